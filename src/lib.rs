@@ -1,0 +1,6 @@
+//! kubepam: privileged access management for Kubernetes.
+//!
+//! Nobody holds standing rights to dangerous tasks: a person requests one
+//! task for a reason and a time, an approver decides, and the right exists
+//! only for that window.
+#![forbid(unsafe_code)]

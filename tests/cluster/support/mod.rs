@@ -1,0 +1,221 @@
+//! Test harness: one real control plane (etcd + kube-apiserver) per test
+//! binary, started by `hack/cluster.sh` on loopback, with a `kube::Client`
+//! per identity and a fresh namespace per test.
+//!
+//! Set `KUBEPAM_TEST_KUBECONFIG` to the kubeconfig of a running local cluster
+//! (`make cluster` writes `.dev/kubeconfig`) to attach to it instead; that
+//! cluster must have the same contexts.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// The people and programs of the local cluster, as its kubeconfig names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Admin,
+    Alice,
+    Bob,
+    Carol,
+    Dave,
+    CiBot,
+    Operator,
+}
+
+impl Identity {
+    pub const ALL: [Identity; 7] = [
+        Identity::Admin,
+        Identity::Alice,
+        Identity::Bob,
+        Identity::Carol,
+        Identity::Dave,
+        Identity::CiBot,
+        Identity::Operator,
+    ];
+
+    pub fn context(self) -> &'static str {
+        match self {
+            Identity::Admin => "admin",
+            Identity::Alice => "alice",
+            Identity::Bob => "bob",
+            Identity::Carol => "carol",
+            Identity::Dave => "dave",
+            Identity::CiBot => "ci-bot",
+            Identity::Operator => "operator",
+        }
+    }
+
+    pub fn username(self) -> &'static str {
+        match self {
+            Identity::CiBot => "system:serviceaccount:ci:deployer",
+            Identity::Operator => "system:serviceaccount:kubepam-system:kubepam",
+            other => other.context(),
+        }
+    }
+
+    pub fn groups(self) -> &'static [&'static str] {
+        match self {
+            Identity::Admin => &["system:masters"],
+            Identity::Alice => &["developers"],
+            Identity::Bob | Identity::Carol => &["pam-approvers"],
+            Identity::Dave => &["developers", "ops-approvers"],
+            Identity::CiBot => &["system:serviceaccounts", "system:serviceaccounts:ci"],
+            Identity::Operator => &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:kubepam-system",
+            ],
+        }
+    }
+}
+
+/// A running control plane this test binary can talk to.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub kubeconfig_path: PathBuf,
+    kubeconfig: Kubeconfig,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The control plane of this test binary, started on first use.
+pub fn cluster() -> &'static TestCluster {
+    CLUSTER.get_or_init(|| {
+        let kubeconfig_path = match std::env::var_os("KUBEPAM_TEST_KUBECONFIG") {
+            Some(path) => PathBuf::from(path),
+            None => start_owned_cluster(),
+        };
+        let kubeconfig = Kubeconfig::read_from(&kubeconfig_path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", kubeconfig_path.display()));
+        TestCluster {
+            kubeconfig_path,
+            kubeconfig,
+        }
+    })
+}
+
+/// Starts a cluster in `target/test-clusters/<pid>`, stopped by a watchdog
+/// as soon as this process exits, whether it passes, panics or is killed.
+fn start_owned_cluster() -> PathBuf {
+    let base = repo_root().join("target/test-clusters");
+    remove_stale_cluster_dirs(&base);
+    let dir = base.join(std::process::id().to_string());
+    let output = Command::new(repo_root().join("hack/cluster.sh"))
+        .arg("up")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--owner-pid")
+        .arg(std::process::id().to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running hack/cluster.sh");
+    assert!(
+        output.status.success(),
+        "hack/cluster.sh up failed ({}); logs in {}",
+        output.status,
+        dir.join("logs").display()
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// Directories of earlier runs whose owner is gone (their servers were
+/// already stopped by the watchdog; only files remain).
+fn remove_stale_cluster_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let alive = entry
+            .file_name()
+            .to_str()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+impl TestCluster {
+    /// A client authenticated as `who`, exactly as `kubectl --context who` is.
+    pub async fn client(&self, who: Identity) -> Client {
+        let options = KubeConfigOptions {
+            context: Some(who.context().to_owned()),
+            ..KubeConfigOptions::default()
+        };
+        let config = Config::from_custom_kubeconfig(self.kubeconfig.clone(), &options)
+            .await
+            .unwrap_or_else(|e| panic!("kubeconfig context {}: {e}", who.context()));
+        Client::try_from(config).expect("building client")
+    }
+
+    /// A fresh namespace for one test, created by admin.
+    pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        let name = format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let admin = self.client(Identity::Admin).await;
+        let api: Api<Namespace> = Api::all(admin.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "kubepam.io/test": "true" } }
+        }))
+        .expect("namespace object");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("creating test namespace");
+        TestNamespace { name, admin }
+    }
+}
+
+/// A namespace made for one test. There is no namespace controller in the
+/// test cluster, so deleting leaves it Terminating; its name is unique anyway.
+pub struct TestNamespace {
+    pub name: String,
+    admin: Client,
+}
+
+impl TestNamespace {
+    pub async fn delete(self) {
+        let api: Api<Namespace> = Api::all(self.admin);
+        let _ = api.delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// Waits until `check` returns `Some`, polling every 50 ms, or panics with
+/// `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The HTTP status of a failed API call, if it was refused by the server.
+pub fn api_status(result: &Result<impl Sized, kube::Error>) -> Option<u16> {
+    match result {
+        Err(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
+    }
+}
