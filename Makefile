@@ -3,6 +3,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 DEV := $(CURDIR)/.dev
 KUBECONFIG_DEV := $(DEV)/kubeconfig
+KUBECTL = $(shell hack/build-controlplane.sh)/kubectl
 
 .PHONY: help
 help: ## List the targets
@@ -24,6 +25,16 @@ cluster-down: ## Stop the local control plane and remove its state
 .PHONY: build
 build: ## Build kubepam
 	cargo build --release
+
+.PHONY: crds
+crds: ## Regenerate crds/ from the Rust types
+	cargo run --quiet -- crds > crds/kubepam.io.yaml
+
+.PHONY: run
+run: cluster ## Install CRDs and RBAC into the local cluster and run kubepam in the foreground as `operator`
+	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin apply --server-side -k manifests/
+	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin wait --for condition=Established --timeout 60s -f crds/kubepam.io.yaml
+	cargo run --release -- run --kubeconfig $(KUBECONFIG_DEV) --context operator
 
 .PHONY: fmt
 fmt: ## Format the code

@@ -4,3 +4,11 @@
 //! task for a reason and a time, an approver decides, and the right exists
 //! only for that window.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod controller;
+pub mod duration;
+pub mod grant;
+pub mod lifecycle;
+pub mod policy_limit;
+mod util;

@@ -35,10 +35,9 @@ fn pid(dir: &Path, name: &str) -> u32 {
 fn alive(pid: u32) -> bool {
     // A zombie is not a server: only count processes that still run.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .split_whitespace()
+        stat.split_whitespace()
             .nth(2)
-            .is_some_and(|state| state == "Z")
+            .is_some_and(|state| state != "Z")
     })
 }
 

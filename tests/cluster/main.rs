@@ -2,6 +2,9 @@
 //! One control plane serves every module of this binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+#![allow(clippy::too_many_lines)] // a scenario reads best as one story
 
+mod lifecycle;
+mod pam;
 mod smoke;
 mod support;

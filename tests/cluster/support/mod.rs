@@ -219,3 +219,133 @@ pub fn api_status(result: &Result<impl Sized, kube::Error>) -> Option<u16> {
         _ => None,
     }
 }
+
+/// kubectl at the version of the control plane (built with it, cached).
+pub fn kubectl() -> PathBuf {
+    let output = Command::new(repo_root().join("hack/build-controlplane.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running hack/build-controlplane.sh");
+    assert!(output.status.success(), "building the control plane failed");
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("kubectl")
+}
+
+impl TestCluster {
+    /// Runs kubectl as `who` against this cluster and returns its output.
+    pub fn kubectl(&self, who: Identity, args: &[&str]) -> std::process::Output {
+        Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig_path)
+            .arg("--context")
+            .arg(who.context())
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// Installs what `make run` installs: the CRDs and `manifests/` (namespace,
+    /// service account, the operator's RBAC), and waits for the CRDs.
+    pub fn install_kubepam(&self) {
+        let manifests = repo_root().join("manifests");
+        let crds = repo_root().join("crds/kubepam.io.yaml");
+        for args in [
+            vec!["apply", "--server-side", "-k", manifests.to_str().unwrap()],
+            vec![
+                "wait",
+                "--for",
+                "condition=Established",
+                "--timeout",
+                "60s",
+                "-f",
+                crds.to_str().unwrap(),
+            ],
+        ] {
+            let output = self.kubectl(Identity::Admin, &args);
+            assert!(
+                output.status.success(),
+                "kubectl {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+
+    /// Where this cluster keeps its logs.
+    pub fn log_dir(&self) -> PathBuf {
+        let dir = self
+            .kubeconfig_path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+            .join("logs");
+        std::fs::create_dir_all(&dir).expect("creating the log directory");
+        dir
+    }
+
+    /// Starts the `kubepam` binary as the `operator` identity, logging to
+    /// `logs/operator-<n>.log`. It is killed when this test process exits.
+    pub fn spawn_operator(&self) -> OperatorProcess {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log_path = self.log_dir().join(format!("operator-{n}.log"));
+        let log = std::fs::File::create(&log_path).expect("creating the operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_kubepam"))
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig_path)
+            .args([
+                "--context",
+                "operator",
+                "--log-format",
+                "json",
+                "--instance",
+            ])
+            .arg(format!("test-{n}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting kubepam");
+        kill_with_this_process(child.id());
+        OperatorProcess { child, log_path }
+    }
+}
+
+/// Kills `pid` as soon as this test process exits, however it exits.
+#[allow(clippy::zombie_processes)] // the watchdog must outlive this process
+fn kill_with_this_process(pid: u32) {
+    let script = "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; kill -9 \"$1\" 2>/dev/null";
+    Command::new("setsid")
+        .args(["bash", "-c", script])
+        .arg(std::process::id().to_string())
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the watchdog");
+}
+
+/// A running `kubepam run`.
+#[derive(Debug)]
+pub struct OperatorProcess {
+    child: std::process::Child,
+    pub log_path: PathBuf,
+}
+
+impl OperatorProcess {
+    /// SIGKILL, as a crash or an evicted pod would stop it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cluster with kubepam installed and one operator running for this
+/// whole test binary.
+pub fn kubepam() -> &'static TestCluster {
+    static OPERATOR: OnceLock<OperatorProcess> = OnceLock::new();
+    let cluster = cluster();
+    OPERATOR.get_or_init(|| {
+        cluster.install_kubepam();
+        cluster.spawn_operator()
+    });
+    cluster
+}

@@ -1,0 +1,20 @@
+//! `kubepam.io/v1alpha1`: the three cluster-scoped kinds.
+
+pub mod common;
+pub mod control;
+pub mod policy;
+pub mod request;
+
+pub use common::{
+    ApprovalType, GrantScope, PolicyType, TaskSpec, condition_false, condition_true,
+    find_condition, from_k8s_time, remove_condition, set_condition, to_k8s_time,
+};
+pub use control::{
+    CONTROL_NAME, DEFAULT_DURATION, DEFAULT_REQUEST_TTL, PrivilegedAccessControl,
+    PrivilegedAccessControlSpec, PrivilegedAccessControlStatus,
+};
+pub use policy::{AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, Scope};
+pub use request::{
+    EXECUTION_LIMIT, ElevationRequest, ElevationRequestSpec, ElevationRequestStatus, Execution,
+    HISTORY_LIMIT, HistoryEntry, Phase, RbacObjectRef, Review, ReviewDecision,
+};

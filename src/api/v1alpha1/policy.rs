@@ -1,0 +1,121 @@
+//! `AccessPolicy`: what may be requested, in which scope, approved how and by whom.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{ApprovalType, PolicyType, TaskSpec};
+
+/// Condition type set on every AccessPolicy by the controller.
+pub const CONDITION_ACCEPTED: &str = "Accepted";
+
+/// A kind of privileged access that people may request (the seed's
+/// `New-ElevatedAccessApprovalPolicy`). At most 30 are accepted per cluster.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[kube(
+    group = "kubepam.io",
+    version = "v1alpha1",
+    kind = "AccessPolicy",
+    plural = "accesspolicies",
+    shortname = "ap",
+    category = "pam",
+    status = "AccessPolicyStatus",
+    derive = "PartialEq",
+    doc = "A kind of privileged access that people may request; at most 30 per cluster.",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"Approval","type":"string","jsonPath":".spec.approvalType"}"#,
+    printcolumn = r#"{"name":"Approver Group","type":"string","jsonPath":".spec.approverGroup"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(
+    validation = Rule::new("self.type != 'Task' || (has(self.task) && !has(self.role) && (!has(self.roles) || size(self.roles) == 0))").message("type Task needs task (verbs, apiGroups, resources) and neither role nor roles"),
+    validation = Rule::new("self.type != 'Role' || (has(self.role) && !has(self.task) && (!has(self.roles) || size(self.roles) == 0))").message("type Role needs role (the name of a ClusterRole) and neither task nor roles"),
+    validation = Rule::new("self.type != 'RoleGroup' || (has(self.roles) && size(self.roles) > 0 && !has(self.task) && !has(self.role))").message("type RoleGroup needs a non-empty roles list (ClusterRole names) and neither task nor role")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicySpec {
+    /// What the policy grants: `Task` (one operation), `Role` (one ClusterRole) or `RoleGroup`
+    /// (several ClusterRoles).
+    #[serde(rename = "type")]
+    pub policy_type: PolicyType,
+    /// For `type: Task`: the operation (verbs, apiGroups, resources, optional resourceNames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskSpec>,
+    /// For `type: Role`: the name of the ClusterRole granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self != ''").message("role must name a ClusterRole"))]
+    pub role: Option<String>,
+    /// For `type: RoleGroup`: the names of the ClusterRoles granted together.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(r, r != '')").message("roles must not contain empty names"))]
+    pub roles: Vec<String>,
+    /// Where the access holds; without it (or with no namespaces) the policy is cluster-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// `Manual` (approvers decide) or `Auto` (approved at once).
+    pub approval_type: ApprovalType,
+    /// The Kubernetes group whose members approve; the control's `defaultApproverGroup` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self.trim() != ''").message("approverGroup must name a Kubernetes group, or be left out to use the control's defaultApproverGroup"))]
+    pub approver_group: Option<String>,
+    /// Longest duration a request may ask for, e.g. `8h`; no limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[hms])+$')").message("maxDuration must be a number followed by s, m or h, e.g. 90s, 30m, 8h or 1h30m"))]
+    pub max_duration: Option<String>,
+    /// For `Manual` approval: how many distinct approvers must approve (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("requiredApprovals must be at least 1"))]
+    #[schemars(extend("format" = "int32"))]
+    pub required_approvals: Option<u32>,
+}
+
+/// Namespaces a policy is limited to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scope {
+    /// Namespaces where the access holds; a request must name one of them. Empty means
+    /// cluster-wide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
+/// Observed state of an AccessPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicyStatus {
+    /// `Accepted` True, or False with a reason such as `PolicyLimitExceeded` or `RoleNotFound`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The policy's identity (a UUID), as the seed's policy GUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<String>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// ClusterRoles named by the policy that do not exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_roles: Vec<String>,
+}
+
+impl AccessPolicySpec {
+    /// The namespaces the policy is limited to; empty means cluster-wide.
+    pub fn namespaces(&self) -> &[String] {
+        self.scope.as_ref().map_or(&[], |s| s.namespaces.as_slice())
+    }
+
+    /// The ClusterRoles the policy grants (empty for a Task policy).
+    pub fn role_names(&self) -> Vec<String> {
+        match self.policy_type {
+            PolicyType::Task => Vec::new(),
+            PolicyType::Role => self.role.iter().cloned().collect(),
+            PolicyType::RoleGroup => self.roles.clone(),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! `ElevationRequest`: one person's request for one policy's rights, for a reason and a time.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{ApprovalType, GrantScope};
+
+/// The most history entries kept in `status.history`; older ones are dropped.
+pub const HISTORY_LIMIT: usize = 50;
+/// The most executions kept in `status.lastExecutions`.
+pub const EXECUTION_LIMIT: usize = 20;
+
+/// A request for the rights of one AccessPolicy (the seed's `New-ElevatedAccessRequest`).
+/// Everything in spec except `reviews` is fixed at creation.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[kube(
+    group = "kubepam.io",
+    version = "v1alpha1",
+    kind = "ElevationRequest",
+    plural = "elevationrequests",
+    shortname = "er",
+    category = "pam",
+    status = "ElevationRequestStatus",
+    derive = "PartialEq",
+    doc = "A request for the rights of one AccessPolicy, for a reason and a time.",
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Requester","type":"string","jsonPath":".spec.requester"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policy"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.namespace"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","description":"grantedUntil while Approved, expiresAt while Pending","jsonPath":".status.deadline"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+// Field-level rules compare each field with its old value; this one catches an
+// optional field being added or removed after creation.
+#[x_kube(validation = Rule::new(
+    "has(self.namespace) == has(oldSelf.namespace) && has(self.duration) == has(oldSelf.duration) \
+     && has(self.requester) == has(oldSelf.requester)"
+).message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+#[serde(rename_all = "camelCase")]
+pub struct ElevationRequestSpec {
+    /// The name of the AccessPolicy whose rights are requested.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self != ''").message("policy must name an AccessPolicy (kubectl get accesspolicies)"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    pub policy: String,
+    /// The namespace the access is wanted in. Required when the policy lists namespaces (must be
+    /// one of them); for a cluster-wide policy it narrows the grant to this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self != ''").message("namespace must be a namespace name, or be left out"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    pub namespace: Option<String>,
+    /// Why the access is needed; recorded for audit.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.trim() != ''").message("reason must say why the access is needed, e.g. a ticket number"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    pub reason: String,
+    /// How long the access should last once approved, e.g. `4h` or `1h30m` (the control's
+    /// `defaultDuration` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[hms])+$')").message("duration must be a number followed by s, m or h, e.g. 90s, 30m, 4h or 1h30m"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    pub duration: Option<String>,
+    /// The authenticated user who created the request; set or checked by admission. A request
+    /// can never be made in someone else's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    pub requester: Option<String>,
+    /// Decisions keyed by reviewer username; each approver writes only their own entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reviews: BTreeMap<String, Review>,
+}
+
+/// One reviewer's decision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Review {
+    /// `Approve`, `Deny`, or `Revoke` (ends an approved grant early).
+    pub decision: ReviewDecision,
+    /// Free text recorded in the request's history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// A reviewer's decision.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ReviewDecision {
+    /// Agree to the request.
+    Approve,
+    /// Refuse the request.
+    Deny,
+    /// Withdraw an approval that is in force.
+    Revoke,
+}
+
+/// The state of a request.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved; the grant holds until `grantedUntil`.
+    Approved,
+    /// Refused (final).
+    Denied,
+    /// Not decided in time, or the grant window ended (final).
+    Expired,
+    /// An approval withdrawn early (final).
+    Revoked,
+}
+
+impl Phase {
+    /// Whether the phase can never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Denied | Self::Expired | Self::Revoked)
+    }
+
+    /// The name as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Approved => "Approved",
+            Self::Denied => "Denied",
+            Self::Expired => "Expired",
+            Self::Revoked => "Revoked",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Observed state of a request. Written only by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ElevationRequestStatus {
+    /// Pending, Approved, Denied, Expired or Revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The request's identity (a UUID), as the seed's request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The group whose members may decide (the policy's, else the control's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_group: Option<String>,
+    /// `Manual` or `Auto`, from the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_type: Option<ApprovalType>,
+    /// Distinct approvals needed for a Manual policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub required_approvals: Option<u32>,
+    /// When the request was submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// When a Pending request expires if nobody decides (submittedAt + requestTTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the phase ends by itself: expiresAt while Pending, grantedUntil while Approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
+    /// When the request was approved, denied or otherwise decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Who decided: the approvers, the denier or revoker, or `kubepam`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decided_by: Vec<String>,
+    /// When the grant ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_until: Option<DateTime<Utc>>,
+    /// What the approval covered; the grant never goes beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantScope>,
+    /// The RBAC objects kubepam made for the grant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rbac_objects: Vec<RbacObjectRef>,
+    /// How many uses of the granted task admission has recorded.
+    #[serde(default)]
+    #[schemars(extend("format" = "int64"))]
+    pub execution_count: u64,
+    /// The most recent recorded uses, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_executions: Vec<Execution>,
+    /// Conditions, chiefly `Approved`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Every transition, oldest first, at most 50 entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A reference to an RBAC object made for a grant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RbacObjectRef {
+    /// `ClusterRole`, `ClusterRoleBinding` or `RoleBinding`.
+    pub kind: String,
+    /// The object's name.
+    pub name: String,
+    /// The object's namespace, for a RoleBinding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// One use of the granted rights, as admission recorded it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    /// When the API server admitted the operation.
+    pub time: DateTime<Utc>,
+    /// The verb, e.g. `delete`.
+    pub verb: String,
+    /// The resource, with subresource if any, e.g. `pods/exec`.
+    pub resource: String,
+    /// The object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The object's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The user who performed it.
+    pub user: String,
+}
+
+/// One transition of the request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// Who caused it: a username, several joined by commas, or `kubepam`.
+    pub actor: String,
+    /// The phase entered.
+    pub action: String,
+    /// The reviewer's comment, or why kubepam made the transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}

@@ -1,0 +1,189 @@
+//! The PrivilegedAccessControl controller: keeps the singleton's status
+//! (Ready, policy counts, active grants) current.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::runtime::controller::{Action, Config};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+
+use super::{Context, Error};
+use crate::api::{
+    AccessPolicy, CONDITION_ACCEPTED, CONTROL_NAME, ElevationRequest, Phase,
+    PrivilegedAccessControl, PrivilegedAccessControlStatus, condition_false, condition_true,
+    find_condition, set_condition,
+};
+use crate::lifecycle::ControlSettings;
+use crate::policy_limit::POLICY_LIMIT;
+
+/// The `Ready` condition of the control.
+pub const CONDITION_READY: &str = "Ready";
+
+/// Counts change with every request; write them at most about once a second.
+const DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Woken by any policy or request change, mapped to the singleton.
+pub fn controller(
+    controller: Controller<PrivilegedAccessControl>,
+    ctx: &Arc<Context>,
+) -> Controller<PrivilegedAccessControl> {
+    let singleton = || Some(ObjectRef::<PrivilegedAccessControl>::new(CONTROL_NAME));
+    controller
+        .with_config(Config::default().debounce(DEBOUNCE))
+        .watches(
+            Api::<AccessPolicy>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            move |_| singleton(),
+        )
+        .watches(
+            Api::<ElevationRequest>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            move |_| singleton(),
+        )
+}
+
+/// The control's desired status, from its spec and the counts (pure).
+pub fn control_status(
+    control: &PrivilegedAccessControl,
+    accepted_policies: u32,
+    refused_policies: u32,
+    active_grants: u32,
+    now: DateTime<Utc>,
+) -> PrivilegedAccessControlStatus {
+    let mut status = control.status.clone().unwrap_or_default();
+    let generation = control.metadata.generation;
+    let settings = ControlSettings::from_spec(&control.spec);
+    let ready = if !control.spec.enabled {
+        condition_false(
+            CONDITION_READY,
+            "Disabled",
+            "privileged access management is disabled: nothing is gated and no new grant is made; grants in force run to their end",
+            now,
+            generation,
+        )
+    } else if settings.problems.is_empty() {
+        condition_true(
+            CONDITION_READY,
+            "Enabled",
+            "privileged access management is enabled",
+            now,
+            generation,
+        )
+    } else {
+        condition_true(
+            CONDITION_READY,
+            "EnabledWithDefaults",
+            settings.problems.join("; "),
+            now,
+            generation,
+        )
+    };
+    set_condition(&mut status.conditions, ready);
+    status.accepted_policies = accepted_policies;
+    status.refused_policies = refused_policies;
+    status.policy_limit = u32::try_from(POLICY_LIMIT).unwrap_or(u32::MAX);
+    status.active_grants = active_grants;
+    status.observed_generation = generation;
+    status
+}
+
+pub async fn reconcile(
+    control: Arc<PrivilegedAccessControl>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    if control.name_any() != CONTROL_NAME {
+        // The CRD's CEL rule refuses any other name; nothing to do.
+        return Ok(Action::await_change());
+    }
+    let (mut accepted, mut refused) = (0u32, 0u32);
+    for policy in ctx.policies.state() {
+        let condition = policy
+            .status
+            .as_ref()
+            .and_then(|s| find_condition(&s.conditions, CONDITION_ACCEPTED));
+        match condition.map(|c| c.status.as_str()) {
+            Some("True") => accepted += 1,
+            Some("False") => refused += 1,
+            _ => {}
+        }
+    }
+    let active = ctx
+        .requests
+        .state()
+        .iter()
+        .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Approved))
+        .count();
+    let status = control_status(
+        &control,
+        accepted,
+        refused,
+        u32::try_from(active).unwrap_or(u32::MAX),
+        Utc::now(),
+    );
+    super::apply_status(
+        &ctx.client,
+        &*control,
+        control.status.as_ref(),
+        &status,
+        None,
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control(yaml: &str) -> PrivilegedAccessControl {
+        let spec = serde_yaml::from_str(yaml).unwrap();
+        PrivilegedAccessControl::new(CONTROL_NAME, spec)
+    }
+
+    #[test]
+    fn enabled_control_is_ready_and_counts() {
+        let c = control("{enabled: true, defaultApproverGroup: pam-approvers}");
+        let status = control_status(&c, 3, 1, 2, Utc::now());
+        let ready = find_condition(&status.conditions, CONDITION_READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Enabled")
+        );
+        assert_eq!(
+            (
+                status.accepted_policies,
+                status.refused_policies,
+                status.policy_limit,
+                status.active_grants
+            ),
+            (3, 1, 30, 2)
+        );
+    }
+
+    #[test]
+    fn disabled_control_is_not_ready() {
+        let c = control("{enabled: false, defaultApproverGroup: pam-approvers}");
+        let ready = control_status(&c, 0, 0, 0, Utc::now());
+        let ready = find_condition(&ready.conditions, CONDITION_READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Disabled")
+        );
+    }
+
+    #[test]
+    fn bad_durations_are_reported_with_the_fallback() {
+        let c = control("{enabled: true, defaultApproverGroup: g, defaultDuration: 4x}");
+        let status = control_status(&c, 0, 0, 0, Utc::now());
+        let ready = find_condition(&status.conditions, CONDITION_READY).unwrap();
+        assert_eq!(ready.reason, "EnabledWithDefaults");
+        assert!(
+            ready.message.contains("defaultDuration"),
+            "{}",
+            ready.message
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! The kube-rs wiring: three controllers that carry out the pure decisions of
+//! [`crate::lifecycle`], [`crate::policy_limit`] and [`crate::grant`].
+//!
+//! Pipeline of a request: `look up policy and control -> decide (pure) ->
+//! write status -> make RBAC match the grant -> announce the transition`.
+//! Only the first step and the last three touch the API server.
+
+mod control;
+mod policy;
+mod rbac;
+mod request;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, future};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::runtime::{Controller, controller::Action};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use crate::api::{AccessPolicy, CONTROL_NAME, ElevationRequest, PrivilegedAccessControl};
+use crate::grant;
+
+pub use control::control_status;
+
+/// The field manager of every object and status kubepam writes.
+pub const FIELD_MANAGER: &str = "kubepam";
+
+/// Errors of the controllers. The variant name is the metric label and Event reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to write the status of {kind} {name}")]
+    WriteStatus {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to read {what}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to apply {kind} {name}")]
+    ApplyRbac {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to delete {kind} {name}")]
+    DeleteRbac {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to update the finalizers of {name}")]
+    Finalizer {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot build the grant of {name}")]
+    BuildGrant {
+        name: String,
+        #[source]
+        source: grant::Error,
+    },
+}
+
+impl Error {
+    /// A stable, low-cardinality label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::WriteStatus { .. } => "WriteStatus",
+            Error::Read { .. } => "Read",
+            Error::ApplyRbac { .. } => "ApplyRbac",
+            Error::DeleteRbac { .. } => "DeleteRbac",
+            Error::Finalizer { .. } => "Finalizer",
+            Error::BuildGrant { .. } => "BuildGrant",
+        }
+    }
+}
+
+/// What every reconcile shares: the client, the caches and the event recorder.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub policies: Store<AccessPolicy>,
+    pub controls: Store<PrivilegedAccessControl>,
+    pub requests: Store<ElevationRequest>,
+    pub recorder: Recorder,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn control(&self) -> Option<Arc<PrivilegedAccessControl>> {
+        self.controls.get(&ObjectRef::new(CONTROL_NAME))
+    }
+}
+
+impl Error {
+    /// How long to wait before retrying: a write conflict is retried at once
+    /// (someone else changed the object; read it again), the API server
+    /// being unavailable a little later, and a grant that cannot be built
+    /// only after a while (it needs a change of spec).
+    pub fn retry_after(&self) -> Duration {
+        let api = match self {
+            Error::WriteStatus { source, .. }
+            | Error::Read { source, .. }
+            | Error::ApplyRbac { source, .. }
+            | Error::DeleteRbac { source, .. }
+            | Error::Finalizer { source, .. } => source,
+            Error::BuildGrant { .. } => return Duration::from_secs(30),
+        };
+        match api {
+            kube::Error::Api(status) if status.code == 409 => Duration::from_millis(50),
+            kube::Error::Api(status) if status.code == 403 => Duration::from_secs(10),
+            _ => Duration::from_secs(1),
+        }
+    }
+}
+
+/// Logs a failed reconcile and schedules the retry its error calls for.
+#[allow(clippy::needless_pass_by_value)] // the signature Controller::run requires
+fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    warn!(
+        kind = %K::kind(&()),
+        name = %object.name_any(),
+        error = %error,
+        source = ?std::error::Error::source(error),
+        reason = error.label(),
+        "reconcile failed; retrying"
+    );
+    Action::requeue(error.retry_after())
+}
+
+/// Server-side apply of an object's whole status under kubepam's field
+/// manager, only when it changed. With `version`, the write is refused (409)
+/// if the object changed since it was read; returns the new resourceVersion.
+async fn apply_status<K, S>(
+    client: &Client,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+    version: Option<String>,
+) -> Result<Option<String>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(version);
+    }
+    let name = object.name_any();
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name, "resourceVersion": version },
+        "status": status,
+    });
+    let written = Api::<K>::all(client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::WriteStatus {
+            kind: K::kind(&()).into_owned(),
+            name,
+            source,
+        })?;
+    Ok(written.resource_version())
+}
+
+/// Options of the controllers.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The name of this replica, reported on Events.
+    pub instance: String,
+}
+
+/// Runs the three controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let reporter = Reporter {
+        controller: "kubepam".into(),
+        instance: Some(options.instance.clone()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let shutdown = futures::FutureExt::shared(shutdown);
+
+    let requests_api: Api<ElevationRequest> = Api::all(client.clone());
+    let policies_api: Api<AccessPolicy> = Api::all(client.clone());
+    let controls_api: Api<PrivilegedAccessControl> = Api::all(client.clone());
+
+    let request_controller = Controller::new(requests_api.clone(), watcher::Config::default());
+    let policy_controller = Controller::new(policies_api.clone(), watcher::Config::default());
+    let control_controller = Controller::new(controls_api.clone(), watcher::Config::default());
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        policies: policy_controller.store(),
+        controls: control_controller.store(),
+        requests: request_controller.store(),
+        recorder,
+    });
+
+    let requests = request::controller(request_controller, &ctx)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(request::reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            log_result("ElevationRequest", result);
+            future::ready(())
+        });
+    let policies = policy::controller(policy_controller, client.clone())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(policy::reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            log_result("AccessPolicy", result);
+            future::ready(())
+        });
+    let controls = control::controller(control_controller, &ctx)
+        .graceful_shutdown_on(shutdown)
+        .run(control::reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            log_result("PrivilegedAccessControl", result);
+            future::ready(())
+        });
+    // Requests are decided only once the policies and the control are known,
+    // so a restart never denies a request for a policy it has not read yet.
+    let stores = ctx.clone();
+    let requests = async move {
+        stores.policies.wait_until_ready().await.ok();
+        stores.controls.wait_until_ready().await.ok();
+        requests.await;
+    };
+    info!("kubepam controllers started");
+    futures::join!(requests, policies, controls);
+    info!("kubepam controllers stopped");
+}
+
+fn log_result<K, E, Q>(
+    kind: &str,
+    result: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E, Q>>,
+) where
+    E: std::error::Error + 'static,
+    Q: std::error::Error + 'static,
+    K: kube::Resource,
+    K::DynamicType: std::fmt::Debug,
+{
+    match result {
+        // Reconcile errors are logged (with their source chain) by error_policy.
+        Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+        // A change to a related object named an object deleted meanwhile.
+        Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+            tracing::debug!(kind, %object, "object gone before its reconcile");
+        }
+        Err(error) => warn!(kind, %error, "controller stream error"),
+    }
+}

@@ -1,0 +1,122 @@
+//! The AccessPolicy controller: applies the 30-policy cap and reports missing
+//! ClusterRoles on each policy's status (see [`crate::policy_limit`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use tracing::info;
+
+use super::{Context, Error};
+use crate::api::{
+    AccessPolicy, AccessPolicyStatus, CONDITION_ACCEPTED, find_condition, from_k8s_time,
+};
+use crate::policy_limit::{policy_acceptance, policy_status};
+
+/// How often a policy that names a missing ClusterRole looks again.
+const MISSING_ROLE_RECHECK: Duration = Duration::from_secs(10);
+
+/// Any policy created or deleted can change which are the 30 oldest, so every
+/// change wakes every policy.
+pub fn controller(
+    controller: Controller<AccessPolicy>,
+    client: Client,
+) -> Controller<AccessPolicy> {
+    let store = controller.store();
+    controller.watches(
+        Api::<AccessPolicy>::all(client),
+        watcher::Config::default(),
+        move |_| {
+            store
+                .state()
+                .iter()
+                .map(|policy| ObjectRef::from_obj(&**policy))
+                .collect::<Vec<_>>()
+        },
+    )
+}
+
+pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if policy.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let live: Vec<_> = ctx
+        .policies
+        .state()
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            (
+                p.name_any(),
+                p.creation_timestamp().map(|t| from_k8s_time(&t)),
+            )
+        })
+        .collect();
+    let (accepted, _) = policy_acceptance(&live);
+    let name = policy.name_any();
+    let missing = missing_roles(&ctx.client, &policy).await?;
+    let recheck = !missing.is_empty();
+    let status = policy_status(&policy, accepted.contains(&name), missing, Utc::now());
+    write_status(&ctx.client, &policy, &status).await?;
+    Ok(if recheck {
+        Action::requeue(MISSING_ROLE_RECHECK)
+    } else {
+        Action::await_change()
+    })
+}
+
+/// The ClusterRoles the policy names that do not exist.
+async fn missing_roles(client: &Client, policy: &AccessPolicy) -> Result<Vec<String>, Error> {
+    let api: Api<ClusterRole> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for role in policy.spec.role_names() {
+        let found = api
+            .get_metadata_opt(&role)
+            .await
+            .map_err(|source| Error::Read {
+                what: format!("ClusterRole {role}"),
+                source,
+            })?;
+        if found.is_none() {
+            missing.push(role);
+        }
+    }
+    Ok(missing)
+}
+
+async fn write_status(
+    client: &Client,
+    policy: &AccessPolicy,
+    status: &AccessPolicyStatus,
+) -> Result<(), Error> {
+    if policy.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let name = policy.name_any();
+    let before = policy
+        .status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, CONDITION_ACCEPTED))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    let after = find_condition(&status.conditions, CONDITION_ACCEPTED)
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    super::apply_status(
+        client,
+        policy,
+        policy.status.as_ref(),
+        status,
+        policy.resource_version(),
+    )
+    .await?;
+    if before != after
+        && let Some((accepted, reason)) = after
+    {
+        info!(policy = %name, accepted = %accepted, %reason, "policy acceptance changed");
+    }
+    Ok(())
+}

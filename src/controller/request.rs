@@ -1,0 +1,287 @@
+//! The ElevationRequest controller: carries out [`lifecycle::decide`].
+//!
+//! Order matters for safety. Rights are added only after the decision that
+//! grants them is recorded in status, and taken away before the record says
+//! they are gone; a crash between the two steps leaves the record ahead of
+//! the RBAC objects, and the next reconcile repairs it. Status writes carry
+//! the resourceVersion that was read, so a decision made from a stale cache
+//! is refused by the API server (409) and made again from fresh data.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Context, Error, rbac};
+use crate::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl};
+use crate::grant::{self, DesiredRbac};
+use crate::lifecycle::{self, ControlView, PolicyView, Transition};
+
+/// Keeps a request until the RBAC objects of its grant are deleted.
+pub const FINALIZER: &str = "kubepam.io/grant-cleanup";
+
+/// The request controller, also woken by changes to policies, the control,
+/// and RBAC objects that carry kubepam's labels (so a binding deleted by hand
+/// is restored, and one edited by hand is put back).
+pub fn controller(
+    controller: Controller<ElevationRequest>,
+    ctx: &Arc<Context>,
+) -> Controller<ElevationRequest> {
+    let requests = controller.store();
+    let for_policy = requests.clone();
+    let for_control = requests.clone();
+    let for_rbac = move |labels: &std::collections::BTreeMap<String, String>| {
+        let id = labels.get(grant::LABEL_REQUEST_ID)?;
+        requests
+            .state()
+            .into_iter()
+            .find(|request| lifecycle::request_id(request) == *id)
+            .map(|request| ObjectRef::from_obj(&*request))
+    };
+    let (rb, crb, cr) = (for_rbac.clone(), for_rbac.clone(), for_rbac);
+    let client = ctx.client.clone();
+    let managed = watcher::Config::default().labels(&grant::managed_selector());
+    controller
+        .watches(
+            Api::<AccessPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            move |policy| {
+                let name = policy.name_any();
+                for_policy
+                    .state()
+                    .into_iter()
+                    .filter(|request| request.spec.policy == name && !is_settled(request))
+                    .map(|request| ObjectRef::from_obj(&*request))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<PrivilegedAccessControl>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| {
+                for_control
+                    .state()
+                    .into_iter()
+                    .filter(|request| !is_settled(request))
+                    .map(|request| ObjectRef::from_obj(&*request))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<RoleBinding>::all(client.clone()),
+            managed.clone(),
+            move |o| rb(o.labels()),
+        )
+        .watches(
+            Api::<ClusterRoleBinding>::all(client.clone()),
+            managed.clone(),
+            move |o| crb(o.labels()),
+        )
+        .watches(Api::<ClusterRole>::all(client), managed, move |o| {
+            cr(o.labels())
+        })
+}
+
+/// A request that is final and holds nothing: no change elsewhere can move it.
+fn is_settled(request: &ElevationRequest) -> bool {
+    request.status.as_ref().is_some_and(|status| {
+        status.phase.is_some_and(Phase::is_final) && status.rbac_objects.is_empty()
+    })
+}
+
+pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = request.name_any();
+    let request_id = lifecycle::request_id(&request);
+    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
+
+    if request.metadata.deletion_timestamp.is_some() {
+        let removed = rbac::prune(&ctx.client, &request_id, &[]).await?;
+        if removed > 0 {
+            info!(request = %name, %request_id, removed, "grant removed with its deleted request");
+        }
+        set_finalizer(&api, &request, request.resource_version(), false).await?;
+        return Ok(Action::await_change());
+    }
+
+    let policy = lookup_policy(&ctx, &request.spec.policy).await?;
+    let control = ctx.control();
+    let decision = lifecycle::decide(
+        &request,
+        &PolicyView::from_policy(policy.as_deref()),
+        &ControlView::from_control(control.as_deref()),
+        Utc::now(),
+    );
+    let desired = match &decision.grant {
+        Some(scope) => grant::desired_rbac(
+            &name,
+            &request_id,
+            request.spec.requester.as_deref().unwrap_or_default(),
+            scope,
+        )
+        .map_err(|source| Error::BuildGrant {
+            name: name.clone(),
+            source,
+        })?,
+        None => DesiredRbac::default(),
+    };
+
+    let recorded = request
+        .status
+        .as_ref()
+        .map(|s| s.rbac_objects.clone())
+        .unwrap_or_default();
+    let mut status = decision.status.clone();
+    status.rbac_objects = desired.object_refs();
+    // Each write returns the new resourceVersion, which guards the next one.
+    let version = request.resource_version();
+    if desired.is_empty() {
+        if !recorded.is_empty() || decision.transition.is_some() {
+            let removed = rbac::prune(&ctx.client, &request_id, &[]).await?;
+            if removed > 0 {
+                info!(request = %name, %request_id, removed, "grant removed");
+            }
+        }
+        let version = super::apply_status(
+            &ctx.client,
+            &*request,
+            request.status.as_ref(),
+            &status,
+            version,
+        )
+        .await?;
+        if status.phase.is_some_and(Phase::is_final) {
+            set_finalizer(&api, &request, version, false).await?;
+        }
+    } else {
+        let version = set_finalizer(&api, &request, version, true).await?;
+        super::apply_status(
+            &ctx.client,
+            &*request,
+            request.status.as_ref(),
+            &status,
+            version,
+        )
+        .await?;
+        // Applied every time: a binding deleted or edited by hand comes back.
+        rbac::apply(&ctx.client, &desired).await?;
+        if recorded != status.rbac_objects {
+            rbac::prune(&ctx.client, &request_id, &status.rbac_objects).await?;
+        }
+    }
+
+    if let Some(transition) = &decision.transition {
+        announce(&ctx, &request, &request_id, transition).await;
+    }
+    Ok(match decision.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+/// The request's policy: from the cache, or from the API server when the
+/// cache does not have it yet (a policy created just before the request must
+/// not make the request fail).
+async fn lookup_policy(ctx: &Context, name: &str) -> Result<Option<Arc<AccessPolicy>>, Error> {
+    if let Some(policy) = ctx.policies.get(&ObjectRef::new(name)) {
+        return Ok(Some(policy));
+    }
+    let api: Api<AccessPolicy> = Api::all(ctx.client.clone());
+    let policy = api.get_opt(name).await.map_err(|source| Error::Read {
+        what: format!("AccessPolicy {name}"),
+        source,
+    })?;
+    Ok(policy.map(Arc::new))
+}
+
+/// Adds or removes the cleanup finalizer, guarded by the resourceVersion read.
+async fn set_finalizer(
+    api: &Api<ElevationRequest>,
+    request: &ElevationRequest,
+    version: Option<String>,
+    present: bool,
+) -> Result<Option<String>, Error> {
+    let mut finalizers = request.finalizers().to_vec();
+    let has = finalizers.iter().any(|f| f == FINALIZER);
+    if has == present {
+        return Ok(version);
+    }
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    } else {
+        finalizers.retain(|f| f != FINALIZER);
+    }
+    let name = request.name_any();
+    let patch = json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": version }
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(written) => Ok(written.resource_version()),
+        // Deleted meanwhile: nothing left to hold.
+        Err(kube::Error::Api(status)) if status.code == 404 && !present => Ok(None),
+        Err(source) => Err(Error::Finalizer { name, source }),
+    }
+}
+
+/// An Event and a log line for every transition. A failure to publish the
+/// Event is logged, never retried into a second transition.
+async fn announce(
+    ctx: &Context,
+    request: &ElevationRequest,
+    request_id: &str,
+    transition: &Transition,
+) {
+    let name = request.name_any();
+    info!(
+        request = %name,
+        %request_id,
+        policy = %request.spec.policy,
+        requester = request.spec.requester.as_deref().unwrap_or_default(),
+        from = transition.from.map_or("New", Phase::as_str),
+        to = transition.to.as_str(),
+        actor = %transition.actor,
+        reason = %transition.reason,
+        "{}",
+        transition.message
+    );
+    let type_ = match transition.to {
+        Phase::Pending | Phase::Approved => EventType::Normal,
+        Phase::Denied | Phase::Expired | Phase::Revoked => EventType::Warning,
+    };
+    let event = Event {
+        type_,
+        reason: transition.reason.clone(),
+        note: Some(truncate(&format!(
+            "{} (by {})",
+            transition.message, transition.actor
+        ))),
+        action: transition.to.as_str().to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &request.object_ref(&())).await {
+        warn!(request = %name, %error, "failed to publish event");
+    }
+}
+
+/// Event notes are limited to 1 kB.
+fn truncate(note: &str) -> String {
+    const LIMIT: usize = 1000;
+    if note.len() <= LIMIT {
+        return note.to_owned();
+    }
+    let mut end = LIMIT;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &note[..end])
+}

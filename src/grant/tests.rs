@@ -1,0 +1,263 @@
+//! Unit tests for the RBAC builders and the Task matcher.
+
+use super::*;
+use proptest::prelude::*;
+
+const ID: &str = "0b4c2a2e-4f4e-4e8e-9a55-8a1f0d3c9e01";
+
+fn task_scope(namespaces: &[&str]) -> GrantScope {
+    GrantScope {
+        policy_type: PolicyType::Task,
+        task: Some(TaskSpec {
+            verbs: vec!["create".into()],
+            api_groups: vec![String::new()],
+            resources: vec!["pods/exec".into()],
+            resource_names: None,
+        }),
+        roles: vec![],
+        namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+fn roles_scope(kind: PolicyType, roles: &[&str], namespaces: &[&str]) -> GrantScope {
+    GrantScope {
+        policy_type: kind,
+        task: None,
+        roles: roles.iter().map(|s| (*s).to_owned()).collect(),
+        namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn task_grant_makes_a_cluster_role_and_role_bindings_per_namespace() {
+    let rbac = desired_rbac("fix-prod", ID, "alice", &task_scope(&["shop", "billing"])).unwrap();
+    assert_eq!(rbac.cluster_roles.len(), 1);
+    let role = &rbac.cluster_roles[0];
+    assert_eq!(role.metadata.name.as_deref(), Some("kubepam-task-fix-prod"));
+    let first_rule = &role.rules.as_ref().unwrap()[0];
+    assert_eq!(first_rule.verbs, ["create"]);
+    assert_eq!(
+        first_rule.resources.as_deref(),
+        Some(&["pods/exec".to_owned()][..])
+    );
+    assert!(rbac.cluster_role_bindings.is_empty());
+    assert_eq!(rbac.role_bindings.len(), 2);
+    for (rb, ns) in rbac.role_bindings.iter().zip(["shop", "billing"]) {
+        assert_eq!(rb.metadata.name.as_deref(), Some("kubepam-fix-prod"));
+        assert_eq!(rb.metadata.namespace.as_deref(), Some(ns));
+        assert_eq!(rb.role_ref.kind, "ClusterRole");
+        assert_eq!(rb.role_ref.name, "kubepam-task-fix-prod");
+        let s = &rb.subjects.as_ref().unwrap()[0];
+        assert_eq!((s.kind.as_str(), s.name.as_str()), ("User", "alice"));
+        assert_eq!(s.api_group.as_deref(), Some("rbac.authorization.k8s.io"));
+    }
+    let labels = rbac.role_bindings[0].metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "kubepam");
+    assert_eq!(labels["kubepam.io/request"], "fix-prod");
+    assert_eq!(labels["kubepam.io/request-id"], ID);
+    assert_eq!(role.metadata.labels, rbac.role_bindings[0].metadata.labels);
+    assert_eq!(
+        rbac.object_refs()
+            .iter()
+            .map(|r| (r.kind.as_str(), r.namespace.as_deref()))
+            .collect::<Vec<_>>(),
+        [
+            ("ClusterRole", None),
+            ("RoleBinding", Some("billing")),
+            ("RoleBinding", Some("shop"))
+        ]
+    );
+}
+
+#[test]
+fn cluster_wide_grant_uses_a_cluster_role_binding() {
+    let rbac = desired_rbac("fix-prod", ID, "alice", &task_scope(&[])).unwrap();
+    assert!(rbac.role_bindings.is_empty());
+    assert_eq!(rbac.cluster_role_bindings.len(), 1);
+    assert_eq!(
+        rbac.cluster_role_bindings[0].metadata.name.as_deref(),
+        Some("kubepam-fix-prod")
+    );
+}
+
+#[test]
+fn role_and_role_group_bind_existing_cluster_roles() {
+    let rbac = desired_rbac(
+        "r1",
+        ID,
+        "alice",
+        &roles_scope(PolicyType::Role, &["admin"], &[]),
+    )
+    .unwrap();
+    assert!(rbac.cluster_roles.is_empty());
+    assert_eq!(
+        rbac.cluster_role_bindings[0].metadata.name.as_deref(),
+        Some("kubepam-r1")
+    );
+    assert_eq!(rbac.cluster_role_bindings[0].role_ref.name, "admin");
+
+    let scope = roles_scope(
+        PolicyType::RoleGroup,
+        &["view", "system:aggregate-to-edit"],
+        &["shop"],
+    );
+    let rbac = desired_rbac("r2", ID, "alice", &scope).unwrap();
+    let names: Vec<_> = rbac
+        .role_bindings
+        .iter()
+        .map(|b| b.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names[0], "kubepam-r2-view");
+    assert!(
+        names[1].starts_with("kubepam-r2-system-aggregate-to-edit-"),
+        "{names:?}"
+    );
+    assert_eq!(
+        rbac.role_bindings[1].role_ref.name,
+        "system:aggregate-to-edit"
+    );
+}
+
+#[test]
+fn refuses_to_build_nothing_or_for_nobody() {
+    assert!(matches!(
+        desired_rbac("r", ID, " ", &task_scope(&[])),
+        Err(Error::MissingRequester { .. })
+    ));
+    assert!(matches!(
+        desired_rbac(
+            "r",
+            ID,
+            "alice",
+            &roles_scope(PolicyType::RoleGroup, &[], &[])
+        ),
+        Err(Error::EmptyScope { .. })
+    ));
+    let mut no_task = task_scope(&[]);
+    no_task.task = None;
+    assert!(desired_rbac("r", ID, "alice", &no_task).is_err());
+}
+
+#[test]
+fn long_names_are_shortened_with_a_hash() {
+    let long = "a".repeat(250);
+    let name = binding_name(&long, None);
+    assert!(name.len() <= MAX_NAME_LEN);
+    assert_ne!(name, binding_name(&"a".repeat(251), None));
+    let label = label_value(&long);
+    assert!(label.len() <= 63);
+    assert_eq!(label_value("fix-prod"), "fix-prod");
+    assert_eq!(
+        selector(ID),
+        format!("app.kubernetes.io/managed-by=kubepam,kubepam.io/request-id={ID}")
+    );
+}
+
+#[test]
+fn task_matching_follows_rbac_rules() {
+    let scope = task_scope(&["shop"]);
+    let exec = Operation {
+        verb: "create",
+        api_group: "",
+        resource: "pods",
+        subresource: Some("exec"),
+        name: Some("web-0"),
+        namespace: Some("shop"),
+    };
+    assert!(covers(&scope, &exec));
+    assert!(!covers(
+        &scope,
+        &Operation {
+            namespace: Some("billing"),
+            ..exec
+        }
+    ));
+    assert!(!covers(
+        &scope,
+        &Operation {
+            subresource: None,
+            ..exec
+        }
+    ));
+    assert!(!covers(
+        &scope,
+        &Operation {
+            verb: "delete",
+            ..exec
+        }
+    ));
+    assert!(covers(
+        &task_scope(&[]),
+        &Operation {
+            namespace: Some("billing"),
+            ..exec
+        }
+    ));
+    let mut named = task_scope(&[]);
+    if let Some(t) = named.task.as_mut() {
+        t.resource_names = Some(vec!["web-1".into()]);
+        t.resources = vec!["*/exec".into()];
+    }
+    assert!(!covers(&named, &exec));
+    assert!(covers(
+        &named,
+        &Operation {
+            name: Some("web-1"),
+            ..exec
+        }
+    ));
+    assert!(!covers(
+        &roles_scope(PolicyType::Role, &["admin"], &[]),
+        &exec
+    ));
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && (s.is_empty()
+            || (s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.ends_with(|c: char| c.is_ascii_alphanumeric())))
+}
+
+proptest! {
+    #[test]
+    fn names_and_labels_are_always_valid(raw in ".{0,300}") {
+        prop_assert!(is_dns_subdomain(&object_name(&raw)), "{}", object_name(&raw));
+        prop_assert!(is_label_value(&label_value(&raw)), "{}", label_value(&raw));
+    }
+
+    #[test]
+    fn every_object_binds_only_the_requester_and_carries_the_labels(
+        roles in proptest::collection::btree_set("[a-z:]{1,12}", 1..4),
+        namespaces in proptest::collection::btree_set("[a-z]{1,8}", 0..3),
+        name in "[a-z0-9]([-a-z0-9.]{0,80}[a-z0-9])?",
+    ) {
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+        let nss: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+        let scope = roles_scope(PolicyType::RoleGroup, &roles, &nss);
+        let rbac = desired_rbac(&name, ID, "alice", &scope).unwrap();
+        let per_role = if nss.is_empty() { 1 } else { nss.len() };
+        prop_assert_eq!(rbac.role_bindings.len() + rbac.cluster_role_bindings.len(), roles.len() * per_role);
+        let refs = rbac.object_refs();
+        let mut dedup = refs.clone();
+        dedup.dedup();
+        prop_assert_eq!(refs.len(), dedup.len(), "names collide");
+        for b in &rbac.role_bindings {
+            prop_assert_eq!(b.subjects.as_ref().unwrap().len(), 1);
+            prop_assert_eq!(&b.subjects.as_ref().unwrap()[0].name, "alice");
+            prop_assert_eq!(b.metadata.labels.as_ref().unwrap().len(), 3);
+            prop_assert!(is_dns_subdomain(b.metadata.name.as_deref().unwrap()));
+        }
+    }
+}

@@ -1,0 +1,748 @@
+//! The request lifecycle as one pure function: [`decide`].
+//!
+//! `decide(request, policy, control, now) -> Decision` computes the complete desired status of an
+//! `ElevationRequest`, the transition (if any) to announce, the rights that must exist right now,
+//! and when to look again. It reads no clock and calls no API: the controller fetches the inputs,
+//! carries out the decision (RBAC, status, Events) and requeues. Timers live in status
+//! timestamps, so a restarted operator catches up at once.
+//!
+//! States (DESIGN §3.1): `Pending → {Approved, Denied, Expired}`, `Approved → {Expired,
+//! Revoked}`; `Denied`, `Expired` and `Revoked` are final.
+
+pub mod scope;
+mod views;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use kube::ResourceExt;
+
+use crate::api::{
+    AccessPolicy, ApprovalType, EXECUTION_LIMIT, ElevationRequest, ElevationRequestStatus,
+    Execution, GrantScope, HISTORY_LIMIT, HistoryEntry, Phase, Review, ReviewDecision,
+    condition_false, condition_true, from_k8s_time, remove_condition, set_condition,
+};
+use crate::duration;
+
+pub use views::{ControlSettings, ControlView, PolicyView, default_duration, default_request_ttl};
+
+/// The actor recorded when kubepam itself makes a transition.
+pub const ACTOR_KUBEPAM: &str = "kubepam";
+/// Condition type: `True` while Approved; `False` with the reason otherwise.
+pub const CONDITION_APPROVED: &str = "Approved";
+/// Condition type: present when reviews were ignored (the requester's own).
+pub const CONDITION_REVIEWS_IGNORED: &str = "ReviewsIgnored";
+/// Condition type: present while the active grant is narrower than the approval.
+pub const CONDITION_GRANT_NARROWED: &str = "GrantNarrowed";
+/// How soon to look again while the policy has not been judged yet.
+pub const UNSETTLED_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// CamelCase reasons used in transitions, conditions and Events.
+pub mod reason {
+    /// A new request was seen.
+    pub const SUBMITTED: &str = "Submitted";
+    /// Waiting for approvers.
+    pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+    /// No `default` PrivilegedAccessControl.
+    pub const CONTROL_MISSING: &str = "ControlMissing";
+    /// The control has `enabled: false`.
+    pub const CONTROL_DISABLED: &str = "ControlDisabled";
+    /// The policy has not been judged yet.
+    pub const POLICY_NOT_SETTLED: &str = "PolicyNotSettled";
+    /// Approved at once by an Auto policy.
+    pub const AUTO_APPROVED: &str = "AutoApproved";
+    /// Approved by enough distinct approvers.
+    pub const MANUAL_APPROVAL: &str = "ManualApproval";
+    /// An approver denied.
+    pub const DENIED_BY_APPROVER: &str = "DeniedByApprover";
+    /// An approver revoked the grant.
+    pub const REVOKED_BY_APPROVER: &str = "RevokedByApprover";
+    /// No decision within the request TTL.
+    pub const REQUEST_TTL_EXCEEDED: &str = "RequestTTLExceeded";
+    /// The grant window ended.
+    pub const GRANT_DURATION_ENDED: &str = "GrantDurationEnded";
+    /// The request names no requester (admission was bypassed): fail closed.
+    pub const MISSING_REQUESTER: &str = "MissingRequester";
+    /// The request gives no reason.
+    pub const MISSING_REASON: &str = "MissingReason";
+    /// The policy does not exist.
+    pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
+    /// The policy was deleted while the grant was active.
+    pub const POLICY_DELETED: &str = "PolicyDeleted";
+    /// The policy no longer allows any of the approved rights.
+    pub const POLICY_NARROWED: &str = "PolicyNarrowed";
+    /// The request's duration does not parse.
+    pub const INVALID_DURATION: &str = "InvalidDuration";
+    /// The request's duration exceeds the policy's `maxDuration`.
+    pub const DURATION_EXCEEDS_POLICY: &str = "DurationExceedsPolicy";
+    /// The policy itself is unusable.
+    pub const INVALID_POLICY: &str = "InvalidPolicy";
+    /// The requester reviewed their own request.
+    pub const SELF_REVIEW: &str = "SelfReview";
+    /// The status lacks what an Approved request must record: fail closed.
+    pub const GRANT_RECORD_MISSING: &str = "GrantRecordMissing";
+}
+
+/// A change of phase, to be announced as an Event and in notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The phase before (`None` for a request seen for the first time).
+    pub from: Option<Phase>,
+    /// The phase after.
+    pub to: Phase,
+    /// Who caused it: username(s) joined by ", ", or `kubepam`.
+    pub actor: String,
+    /// CamelCase reason, usable as an Event reason.
+    pub reason: String,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// What the controller must make true for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The complete desired status (fields the state machine does not own, such as
+    /// `rbacObjects` and executions, are carried over unchanged).
+    pub status: ElevationRequestStatus,
+    /// The transition made, if any; publish an Event only then.
+    pub transition: Option<Transition>,
+    /// The rights that must exist right now; `None` means no RBAC object may exist.
+    pub grant: Option<GrantScope>,
+    /// When to look again (the next deadline); `None` for final phases.
+    pub requeue_after: Option<std::time::Duration>,
+}
+
+/// Decide the desired state of `request` at `now`. Pure and idempotent: applying the returned
+/// status and deciding again with the same inputs yields no transition and the same status.
+pub fn decide(
+    request: &ElevationRequest,
+    policy: &PolicyView<'_>,
+    control: &ControlView,
+    now: DateTime<Utc>,
+) -> Decision {
+    let status = request.status.clone().unwrap_or_default();
+    let from = status.phase;
+    if from.is_some_and(Phase::is_final) {
+        return Decision {
+            status,
+            transition: None,
+            grant: None,
+            requeue_after: None,
+        };
+    }
+    let mut step = Step {
+        request,
+        now,
+        stamp: now.trunc_subsecs(0),
+        generation: request.metadata.generation,
+        status,
+        from,
+        transition: None,
+    };
+    step.status.observed_generation = request.metadata.generation;
+    let (grant, requeue_after) = match from {
+        None | Some(Phase::Pending) => step.pending(policy, control),
+        Some(Phase::Approved) => step.approved(policy),
+        // Final phases returned above.
+        Some(Phase::Denied | Phase::Expired | Phase::Revoked) => (None, None),
+    };
+    step.note_ignored_reviews();
+    Decision {
+        status: step.status,
+        transition: step.transition,
+        grant,
+        requeue_after,
+    }
+}
+
+/// Record one admitted use of a grant: bump the count and keep the last [`EXECUTION_LIMIT`].
+pub fn record_execution(status: &mut ElevationRequestStatus, execution: Execution) {
+    status.execution_count = status.execution_count.saturating_add(1);
+    status.last_executions.push(execution);
+    let excess = status.last_executions.len().saturating_sub(EXECUTION_LIMIT);
+    status.last_executions.drain(..excess);
+}
+
+/// The request's id: its `metadata.uid` (already a UUID), else a UUID derived from its name.
+pub fn request_id(request: &ElevationRequest) -> String {
+    request
+        .metadata
+        .uid
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            crate::util::uuid_from_name("elevationrequest", &request.name_any()).to_string()
+        })
+}
+
+/// Distinct reviewers other than the requester whose decision is one of `decisions`, sorted.
+fn reviewers<'a>(
+    reviews: &'a BTreeMap<String, Review>,
+    requester: Option<&str>,
+    decisions: &[ReviewDecision],
+) -> Vec<(&'a str, &'a Review)> {
+    reviews
+        .iter()
+        .filter(|(who, r)| Some(who.as_str()) != requester && decisions.contains(&r.decision))
+        .map(|(who, r)| (who.as_str(), r))
+        .collect()
+}
+
+fn joined_comments(reviews: &[(&str, &Review)]) -> Option<String> {
+    let parts: Vec<String> = reviews
+        .iter()
+        .filter_map(|(who, r)| r.comment.as_ref().map(|c| format!("{who}: {c}")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+fn until(deadline: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Duration {
+    (deadline - now)
+        .to_std()
+        .unwrap_or(std::time::Duration::ZERO)
+}
+
+struct Step<'a> {
+    request: &'a ElevationRequest,
+    now: DateTime<Utc>,
+    stamp: DateTime<Utc>,
+    generation: Option<i64>,
+    status: ElevationRequestStatus,
+    from: Option<Phase>,
+    transition: Option<Transition>,
+}
+
+type Outcome = (Option<GrantScope>, Option<std::time::Duration>);
+
+/// A Pending request that passed every check against its policy.
+struct Valid<'p> {
+    requester: String,
+    policy: &'p AccessPolicy,
+    policy_name: String,
+    snapshot: GrantScope,
+    grant_duration: TimeDelta,
+}
+
+impl Step<'_> {
+    fn requester(&self) -> Option<&str> {
+        self.request
+            .spec
+            .requester
+            .as_deref()
+            .filter(|r| !r.trim().is_empty())
+    }
+
+    /// Enter `to`, recording history, the `Approved` condition and the transition.
+    fn enter(
+        &mut self,
+        to: Phase,
+        actor: &str,
+        reason: &str,
+        message: String,
+        comment: Option<String>,
+    ) {
+        self.status.phase = Some(to);
+        self.status.history.push(HistoryEntry {
+            time: self.stamp,
+            actor: actor.to_owned(),
+            action: to.as_str().to_owned(),
+            comment: Some(comment.unwrap_or_else(|| message.clone())),
+        });
+        let excess = self.status.history.len().saturating_sub(HISTORY_LIMIT);
+        self.status.history.drain(..excess);
+        let condition = if to == Phase::Approved {
+            condition_true(
+                CONDITION_APPROVED,
+                reason,
+                message.clone(),
+                self.stamp,
+                self.generation,
+            )
+        } else {
+            condition_false(
+                CONDITION_APPROVED,
+                reason,
+                message.clone(),
+                self.stamp,
+                self.generation,
+            )
+        };
+        set_condition(&mut self.status.conditions, condition);
+        self.status.deadline = match to {
+            Phase::Pending => self.status.expires_at,
+            Phase::Approved => self.status.granted_until,
+            Phase::Denied | Phase::Expired | Phase::Revoked => None,
+        };
+        if to.is_final() {
+            remove_condition(&mut self.status.conditions, CONDITION_GRANT_NARROWED);
+        }
+        self.transition = Some(Transition {
+            from: self.from,
+            to,
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+            message,
+        });
+    }
+
+    fn final_state(
+        &mut self,
+        to: Phase,
+        actor: &str,
+        reason: &str,
+        message: String,
+        comment: Option<String>,
+    ) -> Outcome {
+        self.enter(to, actor, reason, message, comment);
+        (None, None)
+    }
+
+    /// Deny by kubepam with a reason.
+    fn deny(&mut self, reason: &str, message: String) -> Outcome {
+        self.status.decided_at = Some(self.stamp);
+        self.status.decided_by = vec![ACTOR_KUBEPAM.to_owned()];
+        self.final_state(Phase::Denied, ACTOR_KUBEPAM, reason, message, None)
+    }
+
+    /// Stay Pending, explaining why on the `Approved` condition.
+    fn wait(
+        &mut self,
+        reason: &str,
+        message: String,
+        retry: Option<std::time::Duration>,
+    ) -> Outcome {
+        set_condition(
+            &mut self.status.conditions,
+            condition_false(
+                CONDITION_APPROVED,
+                reason,
+                message,
+                self.stamp,
+                self.generation,
+            ),
+        );
+        let mut requeue = self
+            .status
+            .expires_at
+            .map_or(std::time::Duration::ZERO, |e| until(e, self.now));
+        if let Some(retry) = retry {
+            requeue = requeue.min(retry);
+        }
+        (None, Some(requeue))
+    }
+
+    fn first_sight(&mut self, control: &ControlView) {
+        if self.status.request_id.is_none() {
+            self.status.request_id = Some(request_id(self.request));
+        }
+        let submitted = *self.status.submitted_at.get_or_insert_with(|| {
+            self.request
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(self.stamp, from_k8s_time)
+        });
+        if self.status.expires_at.is_none() {
+            self.status.expires_at = submitted
+                .checked_add_signed(control.request_ttl())
+                .or(Some(submitted));
+        }
+        let actor = self.requester().unwrap_or("unknown").to_owned();
+        let message = format!("requested access under policy {}", self.request.spec.policy);
+        let comment = Some(self.request.spec.reason.clone());
+        self.enter(Phase::Pending, &actor, reason::SUBMITTED, message, comment);
+    }
+
+    fn resolve_approval(&mut self, policy: &AccessPolicy, control: &ControlView) {
+        let spec = &policy.spec;
+        self.status.approver_group = spec
+            .approver_group
+            .clone()
+            .or_else(|| control.settings().map(|s| s.default_approver_group.clone()));
+        self.status.approval_type = Some(spec.approval_type);
+        self.status.required_approvals = match spec.approval_type {
+            ApprovalType::Manual => Some(spec.required_approvals.unwrap_or(1).max(1)),
+            ApprovalType::Auto => None,
+        };
+    }
+
+    fn pending(&mut self, policy: &PolicyView<'_>, control: &ControlView) -> Outcome {
+        if self.status.phase.is_none() {
+            self.first_sight(control);
+        }
+        if let Some(p) = policy.policy() {
+            self.resolve_approval(p, control);
+        }
+        // A hand-edited status may have lost its deadline: rebuild it from submission.
+        let submitted = self.status.submitted_at.unwrap_or(self.stamp);
+        let expires_at = *self.status.expires_at.get_or_insert_with(|| {
+            submitted
+                .checked_add_signed(control.request_ttl())
+                .unwrap_or(submitted)
+        });
+        self.status.deadline = Some(expires_at);
+        if self.now >= expires_at {
+            let message = format!("no decision before {}", expires_at.to_rfc3339());
+            return self.final_state(
+                Phase::Expired,
+                ACTOR_KUBEPAM,
+                reason::REQUEST_TTL_EXCEEDED,
+                message,
+                None,
+            );
+        }
+        let Valid {
+            requester,
+            policy: accepted,
+            policy_name,
+            snapshot,
+            grant_duration,
+        } = match self.validate(policy, control) {
+            Ok(v) => v,
+            Err(outcome) => return outcome,
+        };
+        let reviews = &self.request.spec.reviews;
+        let deniers = reviewers(
+            reviews,
+            Some(&requester),
+            &[ReviewDecision::Deny, ReviewDecision::Revoke],
+        );
+        if !deniers.is_empty() {
+            let names: Vec<String> = deniers.iter().map(|(w, _)| (*w).to_owned()).collect();
+            let actor = names.join(", ");
+            let comment = joined_comments(&deniers);
+            self.status.decided_at = Some(self.stamp);
+            self.status.decided_by = names;
+            let message = format!("denied by {actor}");
+            return self.final_state(
+                Phase::Denied,
+                &actor,
+                reason::DENIED_BY_APPROVER,
+                message,
+                comment,
+            );
+        }
+        match control {
+            ControlView::Missing => {
+                return self.wait(
+                    reason::CONTROL_MISSING,
+                    "no PrivilegedAccessControl named default exists, so no grant is made; create it to enable kubepam".to_owned(),
+                    None,
+                );
+            }
+            ControlView::Disabled(_) => {
+                return self.wait(
+                    reason::CONTROL_DISABLED,
+                    "PrivilegedAccessControl default has enabled: false, so no grant is made until it is enabled".to_owned(),
+                    None,
+                );
+            }
+            ControlView::Enabled(_) => {}
+        }
+        self.approve_if_ready(Valid {
+            requester,
+            policy: accepted,
+            policy_name,
+            snapshot,
+            grant_duration,
+        })
+    }
+
+    /// Approve when the policy's approval rule is met, else keep waiting.
+    fn approve_if_ready(&mut self, valid: Valid<'_>) -> Outcome {
+        let Valid {
+            requester,
+            policy: accepted,
+            policy_name,
+            snapshot,
+            grant_duration,
+        } = valid;
+        let reviews = &self.request.spec.reviews;
+        match accepted.spec.approval_type {
+            ApprovalType::Auto => {
+                let message = format!("approved automatically by policy {policy_name}");
+                self.approve(
+                    snapshot,
+                    grant_duration,
+                    vec![ACTOR_KUBEPAM.to_owned()],
+                    reason::AUTO_APPROVED,
+                    message,
+                    None,
+                )
+            }
+            ApprovalType::Manual => {
+                let required = self.status.required_approvals.unwrap_or(1).max(1);
+                let approvers = reviewers(reviews, Some(&requester), &[ReviewDecision::Approve]);
+                let have = u32::try_from(approvers.len()).unwrap_or(u32::MAX);
+                if have >= required {
+                    let names: Vec<String> =
+                        approvers.iter().map(|(w, _)| (*w).to_owned()).collect();
+                    let comment = joined_comments(&approvers);
+                    let message = format!("approved by {}", names.join(", "));
+                    self.approve(
+                        snapshot,
+                        grant_duration,
+                        names,
+                        reason::MANUAL_APPROVAL,
+                        message,
+                        comment,
+                    )
+                } else {
+                    let group = self
+                        .status
+                        .approver_group
+                        .clone()
+                        .unwrap_or_else(|| "(none)".to_owned());
+                    let message = format!("{have} of {required} approvals from group {group}");
+                    self.wait(reason::AWAITING_APPROVAL, message, None)
+                }
+            }
+        }
+    }
+
+    /// Check the request against its policy; `Err` carries the outcome when it cannot proceed.
+    // The error is the ordinary outcome tuple, built once per reconcile; boxing buys nothing.
+    #[allow(clippy::result_large_err)]
+    fn validate<'p>(
+        &mut self,
+        policy: &PolicyView<'p>,
+        control: &ControlView,
+    ) -> Result<Valid<'p>, Outcome> {
+        let Some(requester) = self.requester().map(str::to_owned) else {
+            return Err(self.deny(
+                reason::MISSING_REQUESTER,
+                "the request names no requester; kubepam's admission webhook sets it, so recreate the request with the webhook running".to_owned(),
+            ));
+        };
+        if self.request.spec.reason.trim().is_empty() {
+            return Err(self.deny(
+                reason::MISSING_REASON,
+                "the request gives no reason; recreate it with spec.reason".to_owned(),
+            ));
+        }
+        let accepted = match policy {
+            PolicyView::Missing => {
+                let message = format!(
+                    "AccessPolicy {} does not exist; recreate the request naming an existing policy (kubectl get accesspolicies)",
+                    self.request.spec.policy
+                );
+                return Err(self.deny(reason::POLICY_NOT_FOUND, message));
+            }
+            PolicyView::Refused { reason, message } => {
+                let message = format!(
+                    "AccessPolicy {} is not accepted: {message}",
+                    self.request.spec.policy
+                );
+                return Err(self.deny(reason, message));
+            }
+            PolicyView::Unsettled(_) => {
+                let message = format!(
+                    "waiting for AccessPolicy {} to be accepted",
+                    self.request.spec.policy
+                );
+                return Err(self.wait(reason::POLICY_NOT_SETTLED, message, Some(UNSETTLED_RETRY)));
+            }
+            PolicyView::Accepted(p) => *p,
+        };
+        let policy_name = accepted.metadata.name.clone().unwrap_or_default();
+        let snapshot = match scope::snapshot(
+            &policy_name,
+            &accepted.spec,
+            self.request.spec.namespace.as_deref(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return Err(self.deny(e.reason(), e.to_string())),
+        };
+        let grant_duration = match &self.request.spec.duration {
+            None => control.default_duration(),
+            Some(d) => match duration::parse(d) {
+                Ok(d) => d,
+                Err(e) => {
+                    return Err(self.deny(reason::INVALID_DURATION, format!("spec.duration: {e}")));
+                }
+            },
+        };
+        if let Some(max) = &accepted.spec.max_duration {
+            match duration::parse(max) {
+                Ok(max) if grant_duration > max => {
+                    let message = format!(
+                        "duration {} exceeds the maximum {} of policy {policy_name}; request at most {}",
+                        duration::format(grant_duration),
+                        duration::format(max),
+                        duration::format(max)
+                    );
+                    return Err(self.deny(reason::DURATION_EXCEEDS_POLICY, message));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(self.deny(
+                        reason::INVALID_POLICY,
+                        format!("policy {policy_name} maxDuration: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(Valid {
+            requester,
+            policy: accepted,
+            policy_name,
+            snapshot,
+            grant_duration,
+        })
+    }
+
+    fn approve(
+        &mut self,
+        snapshot: GrantScope,
+        grant_duration: TimeDelta,
+        decided_by: Vec<String>,
+        reason: &str,
+        message: String,
+        comment: Option<String>,
+    ) -> Outcome {
+        let until_time = self
+            .stamp
+            .checked_add_signed(grant_duration)
+            .unwrap_or(self.stamp);
+        self.status.decided_at = Some(self.stamp);
+        self.status.granted_until = Some(until_time);
+        self.status.grant = Some(snapshot.clone());
+        let actor = decided_by.join(", ");
+        self.status.decided_by = decided_by;
+        self.enter(Phase::Approved, &actor, reason, message, comment);
+        if self.now >= until_time {
+            return (None, Some(std::time::Duration::ZERO));
+        }
+        (Some(snapshot), Some(until(until_time, self.now)))
+    }
+
+    fn approved(&mut self, policy: &PolicyView<'_>) -> Outcome {
+        let (Some(snapshot), Some(mut granted_until)) =
+            (self.status.grant.clone(), self.status.granted_until)
+        else {
+            return self.final_state(
+                Phase::Revoked,
+                ACTOR_KUBEPAM,
+                reason::GRANT_RECORD_MISSING,
+                "the status lacks the approved scope or grantedUntil; request access again"
+                    .to_owned(),
+                None,
+            );
+        };
+        // A policy whose maxDuration shrank shortens the grant; nothing lengthens it.
+        if let (Some(p), Some(decided_at)) = (policy.policy(), self.status.decided_at)
+            && let Some(Ok(max)) = p.spec.max_duration.as_deref().map(duration::parse)
+            && let Some(end) = decided_at.checked_add_signed(max)
+            && end < granted_until
+        {
+            granted_until = end;
+            self.status.granted_until = Some(end);
+        }
+        self.status.deadline = Some(granted_until);
+        if self.now >= granted_until {
+            let message = format!("the grant ended at {}", granted_until.to_rfc3339());
+            return self.final_state(
+                Phase::Expired,
+                ACTOR_KUBEPAM,
+                reason::GRANT_DURATION_ENDED,
+                message,
+                None,
+            );
+        }
+        let revokers = reviewers(
+            &self.request.spec.reviews,
+            self.requester(),
+            &[ReviewDecision::Revoke, ReviewDecision::Deny],
+        );
+        if !revokers.is_empty() {
+            let names: Vec<String> = revokers.iter().map(|(w, _)| (*w).to_owned()).collect();
+            let actor = names.join(", ");
+            let comment = joined_comments(&revokers);
+            let message = format!("revoked by {actor}");
+            return self.final_state(
+                Phase::Revoked,
+                &actor,
+                reason::REVOKED_BY_APPROVER,
+                message,
+                comment,
+            );
+        }
+        let current = match policy {
+            PolicyView::Missing => {
+                let message = format!("AccessPolicy {} was deleted", self.request.spec.policy);
+                return self.final_state(
+                    Phase::Revoked,
+                    ACTOR_KUBEPAM,
+                    reason::POLICY_DELETED,
+                    message,
+                    None,
+                );
+            }
+            PolicyView::Refused { reason, message } => {
+                let message = format!(
+                    "AccessPolicy {} is no longer accepted: {message}",
+                    self.request.spec.policy
+                );
+                return self.final_state(Phase::Revoked, ACTOR_KUBEPAM, reason, message, None);
+            }
+            PolicyView::Unsettled(p) | PolicyView::Accepted(p) => *p,
+        };
+        let Some(grant) = scope::intersect(&snapshot, &current.spec) else {
+            let message = format!(
+                "AccessPolicy {} no longer allows any of the approved rights",
+                self.request.spec.policy
+            );
+            return self.final_state(
+                Phase::Revoked,
+                ACTOR_KUBEPAM,
+                reason::POLICY_NARROWED,
+                message,
+                None,
+            );
+        };
+        if grant == snapshot {
+            remove_condition(&mut self.status.conditions, CONDITION_GRANT_NARROWED);
+        } else {
+            set_condition(
+                &mut self.status.conditions,
+                condition_true(
+                    CONDITION_GRANT_NARROWED,
+                    reason::POLICY_NARROWED,
+                    format!(
+                        "AccessPolicy {} narrowed; the grant shrank with it",
+                        self.request.spec.policy
+                    ),
+                    self.stamp,
+                    self.generation,
+                ),
+            );
+        }
+        (Some(grant), Some(until(granted_until, self.now)))
+    }
+
+    /// Note reviews the state machine ignores (the requester's own) in a condition.
+    fn note_ignored_reviews(&mut self) {
+        if self.status.phase.is_some_and(Phase::is_final) {
+            return;
+        }
+        let requester = self.request.spec.requester.as_deref();
+        match requester.filter(|r| self.request.spec.reviews.contains_key(*r)) {
+            Some(r) => set_condition(
+                &mut self.status.conditions,
+                condition_true(
+                    CONDITION_REVIEWS_IGNORED,
+                    reason::SELF_REVIEW,
+                    format!("the review by {r} is ignored: nobody can review their own request"),
+                    self.stamp,
+                    self.generation,
+                ),
+            ),
+            None => remove_condition(&mut self.status.conditions, CONDITION_REVIEWS_IGNORED),
+        }
+    }
+}

@@ -1,0 +1,740 @@
+//! The request lifecycle on the real control plane, with the operator running
+//! as its own least-privilege identity and people acting as themselves.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use kubepam::api::{ElevationRequest, Phase};
+use serde_json::json;
+
+use crate::pam::{
+    accepted, create_policy, create_request, delete_policy, events_for, grant_objects, phase,
+    request_id, review, standard_control, wait_allowed, wait_phase,
+};
+use crate::support::{Identity, kubepam};
+
+const DELETE_DEPLOYMENTS: (&str, &str, &str) = ("delete", "apps", "deployments");
+const SOON: Duration = Duration::from_secs(15);
+
+fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "app", "image": "registry.invalid/app:1" }] }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+/// The seed walkthrough: a Manual Task policy, alice requests, bob approves,
+/// alice deletes a Deployment, the window ends and the right disappears.
+#[tokio::test]
+async fn seed_walkthrough_manual_task_policy() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("walkthrough").await;
+    let policy = format!("{}-delete-deployments", ns.name);
+    let policy_obj = create_policy(
+        &admin,
+        &policy,
+        json!({
+            "type": "Task",
+            "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
+            "scope": { "namespaces": [ns.name] },
+            "approvalType": "Manual",
+        }),
+    )
+    .await;
+    assert_eq!(accepted(&policy_obj).0, "True");
+    let policy_id = policy_obj.status.as_ref().and_then(|s| s.policy_id.clone());
+    assert!(
+        policy_id.is_some_and(|id| uuid::Uuid::parse_str(&id).is_ok()),
+        "policyId is a UUID"
+    );
+
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap();
+    let as_alice: Api<Deployment> = Api::namespaced(alice.clone(), &ns.name);
+    let refused = as_alice.delete("web", &DeleteParams::default()).await;
+    assert!(
+        matches!(refused, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "{refused:?}"
+    );
+
+    let name = format!("{}-alice", ns.name);
+    create_request(
+        &alice,
+        &name,
+        json!({
+            "policy": policy, "namespace": ns.name, "reason": "INC-1234: stuck rollout",
+            "duration": "5s", "requester": "alice",
+        }),
+    )
+    .await;
+    let pending = wait_phase(&alice, &name, Phase::Pending, SOON).await;
+    let status = pending.status.clone().unwrap();
+    assert_eq!(status.approver_group.as_deref(), Some("pam-approvers"));
+    assert!(status.request_id.is_some() && status.expires_at.is_some());
+    // Pending grants nothing.
+    assert!(
+        !crate::pam::allowed(
+            &admin,
+            "alice",
+            "delete",
+            "apps",
+            "deployments",
+            Some(&ns.name)
+        )
+        .await
+    );
+
+    review(&bob, &name, "bob", "Approve", "ok, go ahead")
+        .await
+        .unwrap();
+    let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    let status = approved.status.clone().unwrap();
+    assert_eq!(status.decided_by, vec!["bob".to_owned()]);
+    let (decided, until) = (status.decided_at.unwrap(), status.granted_until.unwrap());
+    assert_eq!(
+        (until - decided).num_seconds(),
+        5,
+        "the window is the requested duration"
+    );
+    assert!(
+        !status.rbac_objects.is_empty(),
+        "the grant's objects are recorded"
+    );
+
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        true,
+        SOON,
+    )
+    .await;
+    // Only in the policy's namespace, and only the task.
+    assert!(
+        !crate::pam::allowed(
+            &admin,
+            "alice",
+            "delete",
+            "apps",
+            "deployments",
+            Some("default")
+        )
+        .await
+    );
+    assert!(
+        !crate::pam::allowed(
+            &admin,
+            "alice",
+            "create",
+            "apps",
+            "deployments",
+            Some(&ns.name)
+        )
+        .await
+    );
+    as_alice
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("alice deletes with her grant");
+
+    let expired = wait_phase(&alice, &name, Phase::Expired, Duration::from_secs(20)).await;
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        false,
+        SOON,
+    )
+    .await;
+    deployments
+        .create(&PostParams::default(), &deployment("web2"))
+        .await
+        .unwrap();
+    let refused = as_alice.delete("web2", &DeleteParams::default()).await;
+    assert!(
+        matches!(refused, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "{refused:?}"
+    );
+    assert!(
+        grant_objects(&admin, &request_id(&expired))
+            .await
+            .is_empty(),
+        "no binding is left"
+    );
+
+    // The record tells the story: history and Events.
+    let history: Vec<_> = expired
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .iter()
+        .map(|h| (h.action.clone(), h.actor.clone()))
+        .collect();
+    let actions: Vec<&str> = history.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(actions, ["Pending", "Approved", "Expired"], "{history:?}");
+    assert_eq!(history[0].1, "alice");
+    assert_eq!(history[1].1, "bob");
+    let approval = &expired.status.as_ref().unwrap().history[1];
+    assert_eq!(approval.comment.as_deref(), Some("bob: ok, go ahead"));
+    let events = crate::support::eventually("three events", SOON, || async {
+        let events = events_for(&admin, &name).await;
+        (events.len() >= 3).then_some(events)
+    })
+    .await;
+    let reasons: Vec<_> = events.iter().filter_map(|e| e.action.clone()).collect();
+    assert_eq!(reasons, ["Pending", "Approved", "Expired"]);
+    delete_policy(&admin, &policy).await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn one_deny_denies_and_grants_nothing() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let carol = cluster.client(Identity::Carol).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("deny").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
+    let name = format!("{}-req", ns.name);
+    create_request(&alice, &name, request_spec(&policy, &ns.name, "1h")).await;
+    wait_phase(&alice, &name, Phase::Pending, SOON).await;
+    review(&carol, &name, "carol", "Deny", "not during the freeze")
+        .await
+        .unwrap();
+    let denied = wait_phase(&alice, &name, Phase::Denied, SOON).await;
+    let status = denied.status.as_ref().unwrap();
+    assert!(status.granted_until.is_none() && status.rbac_objects.is_empty());
+    let last = status.history.last().unwrap();
+    assert_eq!(
+        (last.actor.as_str(), last.comment.as_deref()),
+        ("carol", Some("carol: not during the freeze"))
+    );
+    assert!(
+        !crate::pam::allowed(
+            &admin,
+            "alice",
+            "delete",
+            "apps",
+            "deployments",
+            Some(&ns.name)
+        )
+        .await
+    );
+    // Final: a later approval changes nothing.
+    review(
+        &admin_approver(cluster).await,
+        &name,
+        "bob",
+        "Approve",
+        "too late",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = Api::<ElevationRequest>::all(alice.clone())
+        .get(&name)
+        .await
+        .unwrap();
+    assert_eq!(phase(&still), Some(Phase::Denied));
+    delete_policy(&admin, &policy).await;
+    ns.delete().await;
+}
+
+async fn admin_approver(cluster: &crate::support::TestCluster) -> kube::Client {
+    cluster.client(Identity::Bob).await
+}
+
+#[tokio::test]
+async fn revoke_ends_an_active_grant_early() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    let carol = cluster.client(Identity::Carol).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("revoke").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
+    let name = format!("{}-req", ns.name);
+    create_request(&alice, &name, request_spec(&policy, &ns.name, "1h")).await;
+    wait_phase(&alice, &name, Phase::Pending, SOON).await;
+    review(&bob, &name, "bob", "Approve", "ok").await.unwrap();
+    let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        true,
+        SOON,
+    )
+    .await;
+
+    review(&carol, &name, "carol", "Revoke", "done with it")
+        .await
+        .unwrap();
+    let revoked = wait_phase(&alice, &name, Phase::Revoked, SOON).await;
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        false,
+        SOON,
+    )
+    .await;
+    assert!(
+        grant_objects(&admin, &request_id(&approved))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        revoked
+            .status
+            .as_ref()
+            .unwrap()
+            .history
+            .last()
+            .unwrap()
+            .actor,
+        "carol"
+    );
+    delete_policy(&admin, &policy).await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn the_requester_cannot_approve_their_own_request() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("self-approve").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
+    let name = format!("{}-req", ns.name);
+    create_request(&alice, &name, request_spec(&policy, &ns.name, "1h")).await;
+    wait_phase(&alice, &name, Phase::Pending, SOON).await;
+    review(&alice, &name, "alice", "Approve", "trust me")
+        .await
+        .unwrap();
+    let api = Api::<ElevationRequest>::all(alice.clone());
+    let noted = crate::support::eventually("the self-review is noted", SOON, || async {
+        let request = api.get(&name).await.ok()?;
+        let status = request.status.clone()?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "ReviewsIgnored" && c.status == "True")
+            .then_some(request)
+    })
+    .await;
+    assert_eq!(phase(&noted), Some(Phase::Pending));
+    assert!(
+        !crate::pam::allowed(
+            &admin,
+            "alice",
+            "delete",
+            "apps",
+            "deployments",
+            Some(&ns.name)
+        )
+        .await
+    );
+    delete_policy(&admin, &policy).await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn auto_policy_approves_at_once() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("auto").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Auto")).await;
+    let name = format!("{}-req", ns.name);
+    create_request(&alice, &name, request_spec(&policy, &ns.name, "1h")).await;
+    let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    assert_eq!(
+        approved.status.as_ref().unwrap().decided_by,
+        vec!["kubepam".to_owned()]
+    );
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        true,
+        SOON,
+    )
+    .await;
+    // Deleting the request takes the grant with it (finalizer, no GC here).
+    Api::<ElevationRequest>::all(admin.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        false,
+        SOON,
+    )
+    .await;
+    crate::support::eventually("the request is gone", SOON, || async {
+        Api::<ElevationRequest>::all(admin.clone())
+            .get_opt(&name)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        grant_objects(&admin, &request_id(&approved))
+            .await
+            .is_empty()
+    );
+    delete_policy(&admin, &policy).await;
+    ns.delete().await;
+}
+
+/// Role and RoleGroup policies bind existing ClusterRoles (with explicit
+/// rules: the built-in aggregated roles are empty without a controller manager).
+#[tokio::test]
+async fn role_and_role_group_policies_bind_cluster_roles() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let dave = cluster.client(Identity::Dave).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("roles").await;
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let scaler = format!("{}-scaler", ns.name);
+    let secrets = format!("{}-secret-reader", ns.name);
+    for (role, group, resource, verb) in [
+        (&scaler, "apps", "deployments", "patch"),
+        (&secrets, "", "secrets", "get"),
+    ] {
+        let cr: ClusterRole = serde_json::from_value(json!({
+            "metadata": { "name": role },
+            "rules": [{ "apiGroups": [group], "resources": [resource], "verbs": [verb] }]
+        }))
+        .unwrap();
+        roles.create(&PostParams::default(), &cr).await.unwrap();
+    }
+
+    let role_policy = format!("{}-role", ns.name);
+    create_policy(
+        &admin,
+        &role_policy,
+        json!({ "type": "Role", "role": scaler, "scope": { "namespaces": [ns.name] }, "approvalType": "Auto" }),
+    )
+    .await;
+    let group_policy = format!("{}-group", ns.name);
+    create_policy(
+        &admin,
+        &group_policy,
+        json!({ "type": "RoleGroup", "roles": [scaler, secrets], "approvalType": "Auto" }),
+    )
+    .await;
+
+    let role_req = format!("{}-role-req", ns.name);
+    create_request(&dave, &role_req, json!({
+        "policy": role_policy, "namespace": ns.name, "reason": "scale for load test", "requester": "dave",
+    }))
+    .await;
+    wait_phase(&dave, &role_req, Phase::Approved, SOON).await;
+    wait_allowed(
+        &admin,
+        "dave",
+        ("patch", "apps", "deployments"),
+        Some(&ns.name),
+        true,
+        SOON,
+    )
+    .await;
+    assert!(!crate::pam::allowed(&admin, "dave", "get", "", "secrets", Some(&ns.name)).await);
+
+    // Cluster-wide RoleGroup: both roles, in every namespace.
+    let group_req = format!("{}-group-req", ns.name);
+    let created = create_request(
+        &dave,
+        &group_req,
+        json!({
+            "policy": group_policy, "reason": "audit", "requester": "dave", "duration": "1h",
+        }),
+    )
+    .await;
+    let approved = wait_phase(&dave, &group_req, Phase::Approved, SOON).await;
+    wait_allowed(
+        &admin,
+        "dave",
+        ("get", "", "secrets"),
+        Some("default"),
+        true,
+        SOON,
+    )
+    .await;
+    wait_allowed(
+        &admin,
+        "dave",
+        ("patch", "apps", "deployments"),
+        Some("kube-system"),
+        true,
+        SOON,
+    )
+    .await;
+    let objects = grant_objects(&admin, &request_id(&approved)).await;
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert!(
+        objects.iter().all(|o| o.starts_with("ClusterRoleBinding/")),
+        "{objects:?}"
+    );
+    drop(created);
+
+    // A policy naming a missing ClusterRole is refused and says which.
+    let broken = format!("{}-broken", ns.name);
+    let policy = create_policy(
+        &admin,
+        &broken,
+        json!({ "type": "Role", "role": format!("{}-nope", ns.name), "approvalType": "Auto" }),
+    )
+    .await;
+    assert_eq!(
+        accepted(&policy),
+        ("False".to_owned(), "RoleNotFound".to_owned())
+    );
+    assert_eq!(
+        policy.status.as_ref().unwrap().missing_roles,
+        vec![format!("{}-nope", ns.name)]
+    );
+
+    for name in [&role_req, &group_req] {
+        Api::<ElevationRequest>::all(admin.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    wait_allowed(
+        &admin,
+        "dave",
+        ("get", "", "secrets"),
+        Some("default"),
+        false,
+        SOON,
+    )
+    .await;
+    for p in [&role_policy, &group_policy, &broken] {
+        delete_policy(&admin, p).await;
+    }
+    for r in [&scaler, &secrets] {
+        let _ = roles.delete(r, &DeleteParams::default()).await;
+    }
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn deleting_the_policy_ends_an_active_grant() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("policy-gone").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Auto")).await;
+    let name = format!("{}-req", ns.name);
+    create_request(&alice, &name, request_spec(&policy, &ns.name, "1h")).await;
+    let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        true,
+        SOON,
+    )
+    .await;
+    delete_policy(&admin, &policy).await;
+    let revoked = wait_phase(&alice, &name, Phase::Revoked, SOON).await;
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        false,
+        SOON,
+    )
+    .await;
+    assert!(
+        grant_objects(&admin, &request_id(&approved))
+            .await
+            .is_empty()
+    );
+    let last = revoked
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last.actor, "kubepam");
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn requests_that_break_their_policy_are_denied_with_the_reason() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("broken-req").await;
+    let policy = format!("{}-policy", ns.name);
+    let mut spec = task_policy(&ns.name, "Auto");
+    spec["maxDuration"] = json!("1h");
+    create_policy(&admin, &policy, spec).await;
+    for (suffix, spec, reason) in [
+        (
+            "other-ns",
+            request_spec(&policy, "default", "30m"),
+            "NamespaceNotInScope",
+        ),
+        (
+            "too-long",
+            request_spec(&policy, &ns.name, "2h"),
+            "DurationExceedsPolicy",
+        ),
+        (
+            "no-policy",
+            request_spec("no-such-policy", &ns.name, "30m"),
+            "PolicyNotFound",
+        ),
+    ] {
+        let name = format!("{}-{suffix}", ns.name);
+        create_request(&alice, &name, spec).await;
+        let denied = wait_phase(&alice, &name, Phase::Denied, SOON).await;
+        let last = denied
+            .status
+            .as_ref()
+            .unwrap()
+            .history
+            .last()
+            .unwrap()
+            .clone();
+        let events = crate::support::eventually("a denial event", SOON, || async {
+            let events = events_for(&admin, &name).await;
+            events
+                .iter()
+                .any(|e| e.reason.as_deref() == Some(reason))
+                .then_some(events)
+        })
+        .await;
+        assert!(!events.is_empty(), "{suffix}: {last:?}");
+    }
+    // The schema refuses a request without a reason, with a message to act on.
+    let refused = Api::<ElevationRequest>::all(alice.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+                "metadata": { "name": format!("{}-blank", ns.name) },
+                "spec": { "policy": policy, "reason": "  ", "requester": "alice" }
+            }))
+            .unwrap(),
+        )
+        .await;
+    match refused {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.contains("reason must say why"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("a blank reason must be refused: {other:?}"),
+    }
+    delete_policy(&admin, &policy).await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn spec_is_immutable_except_reviews() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("immutable").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
+    let name = format!("{}-req", ns.name);
+    create_request(&alice, &name, request_spec(&policy, &ns.name, "1h")).await;
+    let api = Api::<ElevationRequest>::all(alice.clone());
+    for patch in [
+        json!({ "spec": { "duration": "100h" } }),
+        json!({ "spec": { "reason": "something else" } }),
+        json!({ "spec": { "requester": "bob" } }),
+    ] {
+        let result = api
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await;
+        match result {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{patch}");
+                assert!(
+                    status.message.contains("spec is immutable except reviews"),
+                    "{}",
+                    status.message
+                );
+            }
+            other => panic!("{patch} must be refused: {other:?}"),
+        }
+    }
+    delete_policy(&admin, &policy).await;
+    ns.delete().await;
+}
+
+fn task_policy(namespace: &str, approval: &str) -> serde_json::Value {
+    json!({
+        "type": "Task",
+        "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
+        "scope": { "namespaces": [namespace] },
+        "approvalType": approval,
+    })
+}
+
+fn request_spec(policy: &str, namespace: &str, duration: &str) -> serde_json::Value {
+    json!({
+        "policy": policy, "namespace": namespace, "reason": "INC-42", "duration": duration,
+        "requester": "alice",
+    })
+}
