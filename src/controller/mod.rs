@@ -171,10 +171,14 @@ where
         return Ok(version);
     }
     let name = object.name_any();
+    let mut metadata = serde_json::json!({ "name": name });
+    if let Some(version) = version {
+        metadata["resourceVersion"] = version.into();
+    }
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "metadata": { "name": name, "resourceVersion": version },
+        "metadata": metadata,
         "status": status,
     });
     let written = Api::<K>::all(client.clone())

@@ -1,0 +1,451 @@
+//! Tests that change cluster-wide state (the control, the policy cap, the
+//! operator process itself), so they run one at a time against their own
+//! control plane.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+#![allow(clippy::too_many_lines)] // a scenario reads best as one story
+
+#[path = "../cluster/pam.rs"]
+mod pam;
+#[path = "../cluster/support/mod.rs"]
+mod support;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, ResourceExt};
+use kubepam::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl};
+use serde_json::json;
+use tokio::sync::{Mutex, MutexGuard};
+
+use pam::{
+    accepted, apply_control, create_policy, create_request, grant_objects, request_id,
+    standard_control, wait_allowed, wait_phase, wait_policy_judged,
+};
+use support::{Identity, OperatorProcess, TestCluster, cluster, eventually};
+
+const SOON: Duration = Duration::from_secs(15);
+const DELETE_DEPLOYMENTS: (&str, &str, &str) = ("delete", "apps", "deployments");
+
+/// The operator of this binary; holding the guard is holding the cluster.
+static OPERATOR: Mutex<Option<OperatorProcess>> = Mutex::const_new(None);
+
+async fn exclusive() -> (
+    MutexGuard<'static, Option<OperatorProcess>>,
+    &'static TestCluster,
+) {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    let cluster = cluster();
+    INSTALLED.get_or_init(|| cluster.install_kubepam());
+    let mut guard = OPERATOR.lock().await;
+    if guard.is_none() {
+        *guard = Some(cluster.spawn_operator());
+    }
+    let admin = cluster.client(Identity::Admin).await;
+    remove_all_policies(&admin).await;
+    standard_control(&admin).await;
+    (guard, cluster)
+}
+
+async fn remove_all_policies(admin: &Client) {
+    let api = Api::<AccessPolicy>::all(admin.clone());
+    for policy in api.list(&ListParams::default()).await.unwrap() {
+        let _ = api
+            .delete(&policy.name_any(), &DeleteParams::default())
+            .await;
+    }
+    eventually("no policy left", SOON, || async {
+        api.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
+
+fn task_policy(namespace: &str, approval: &str) -> serde_json::Value {
+    json!({
+        "type": "Task",
+        "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
+        "scope": { "namespaces": [namespace] },
+        "approvalType": approval,
+    })
+}
+
+fn request_spec(policy: &str, namespace: &str, duration: &str) -> serde_json::Value {
+    json!({
+        "policy": policy, "namespace": namespace, "reason": "INC-7", "duration": duration,
+        "requester": "alice",
+    })
+}
+
+fn condition(request: &ElevationRequest, type_: &str) -> Option<(String, String)> {
+    request
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// The 31st policy is refused, and of 31 created at once exactly 30 are
+/// accepted: the 30 oldest, by creation time then name.
+#[tokio::test]
+async fn at_most_thirty_policies_are_accepted() {
+    let (_guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let ns = cluster.namespace("cap").await;
+
+    for i in 0..30 {
+        let policy = create_policy(
+            &admin,
+            &format!("cap-{i:02}"),
+            task_policy(&ns.name, "Auto"),
+        )
+        .await;
+        assert_eq!(accepted(&policy).0, "True", "policy {i}");
+    }
+    let refused = create_policy(&admin, "cap-30", task_policy(&ns.name, "Auto")).await;
+    assert_eq!(
+        accepted(&refused),
+        ("False".to_owned(), "PolicyLimitExceeded".to_owned())
+    );
+    create_request(&alice, "cap-req", request_spec("cap-30", &ns.name, "1h")).await;
+    let denied = wait_phase(&alice, "cap-req", Phase::Denied, SOON).await;
+    let last = denied
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        last.comment
+            .as_deref()
+            .unwrap_or_default()
+            .contains("at most 30"),
+        "{last:?}"
+    );
+    let control = eventually("control counts", SOON, || async {
+        let c = Api::<PrivilegedAccessControl>::all(admin.clone())
+            .get("default")
+            .await
+            .ok()?;
+        let s = c.status.clone()?;
+        (s.accepted_policies == 30 && s.refused_policies == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(control.policy_limit, 30);
+
+    // Deleting one accepted policy lets the refused one in.
+    Api::<AccessPolicy>::all(admin.clone())
+        .delete("cap-00", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("cap-30 accepted once a slot frees", SOON, || async {
+        let p = Api::<AccessPolicy>::all(admin.clone())
+            .get("cap-30")
+            .await
+            .ok()?;
+        (accepted(&p).0 == "True").then_some(())
+    })
+    .await;
+    let _ = Api::<ElevationRequest>::all(admin.clone())
+        .delete("cap-req", &DeleteParams::default())
+        .await;
+
+    // A race: 31 created concurrently leaves exactly 30 accepted.
+    remove_all_policies(&admin).await;
+    let creates = (0..31).map(|i| {
+        let admin = admin.clone();
+        let ns = ns.name.clone();
+        async move {
+            let api = Api::<AccessPolicy>::all(admin);
+            let policy: AccessPolicy = serde_json::from_value(json!({
+                "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+                "metadata": { "name": format!("race-{i:02}") }, "spec": task_policy(&ns, "Auto"),
+            }))
+            .unwrap();
+            api.create(&kube::api::PostParams::default(), &policy)
+                .await
+                .unwrap();
+        }
+    });
+    join_all(creates).await;
+    let mut judged = Vec::new();
+    for i in 0..31 {
+        judged.push(wait_policy_judged(&admin, &format!("race-{i:02}")).await);
+    }
+    // Judgements settle once every create has been seen.
+    let (ok, refused) = eventually("30 accepted and 1 refused", SOON, || async {
+        let all = Api::<AccessPolicy>::all(admin.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        let ok = all.items.iter().filter(|p| accepted(p).0 == "True").count();
+        let refused: Vec<_> = all
+            .items
+            .iter()
+            .filter(|p| accepted(p) == ("False".to_owned(), "PolicyLimitExceeded".to_owned()))
+            .cloned()
+            .collect();
+        (ok == 30 && refused.len() == 1).then_some((ok, refused))
+    })
+    .await;
+    assert_eq!(ok, 30);
+    // The refused one is the youngest (creation time, then name).
+    let youngest = judged
+        .iter()
+        .max_by_key(|p| (p.creation_timestamp().map(|t| t.0), p.name_any()))
+        .unwrap();
+    assert_eq!(refused[0].name_any(), youngest.name_any());
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
+/// `enabled: false` (or no control at all) makes no new grant and says why;
+/// a grant in force runs on; enabling again lets waiting requests through.
+#[tokio::test]
+async fn disabled_or_missing_control_makes_no_new_grant() {
+    let (_guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let ns = cluster.namespace("disabled").await;
+    create_policy(&admin, "auto-delete", task_policy(&ns.name, "Auto")).await;
+    create_request(
+        &alice,
+        "before-disable",
+        request_spec("auto-delete", &ns.name, "1h"),
+    )
+    .await;
+    wait_phase(&alice, "before-disable", Phase::Approved, SOON).await;
+
+    apply_control(
+        &admin,
+        json!({ "enabled": false, "defaultApproverGroup": "pam-approvers" }),
+    )
+    .await;
+    eventually("control reports Disabled", SOON, || async {
+        let c = Api::<PrivilegedAccessControl>::all(admin.clone())
+            .get("default")
+            .await
+            .ok()?;
+        let ready = c
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (ready.status == "False" && ready.reason == "Disabled").then_some(())
+    })
+    .await;
+    create_request(
+        &alice,
+        "while-disabled",
+        request_spec("auto-delete", &ns.name, "1h"),
+    )
+    .await;
+    let api = Api::<ElevationRequest>::all(alice.clone());
+    let waiting = eventually("the request says why it waits", SOON, || async {
+        let r = api.get("while-disabled").await.ok()?;
+        let reasons: Vec<_> = r
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .map(|c| c.reason.clone())
+            .collect();
+        reasons.iter().any(|r| r == "ControlDisabled").then_some(r)
+    })
+    .await;
+    assert_eq!(pam::phase(&waiting), Some(Phase::Pending));
+    // The grant made before still holds.
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        true,
+        SOON,
+    )
+    .await;
+    let before = api.get("before-disable").await.unwrap();
+    assert_eq!(pam::phase(&before), Some(Phase::Approved));
+
+    // No control object at all: same.
+    Api::<PrivilegedAccessControl>::all(admin.clone())
+        .delete("default", &DeleteParams::default())
+        .await
+        .unwrap();
+    create_request(
+        &alice,
+        "no-control",
+        request_spec("auto-delete", &ns.name, "1h"),
+    )
+    .await;
+    eventually("ControlMissing is reported", SOON, || async {
+        let r = api.get("no-control").await.ok()?;
+        let reasons: Vec<_> = r
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .map(|c| c.reason.clone())
+            .collect();
+        reasons.iter().any(|r| r == "ControlMissing").then_some(())
+    })
+    .await;
+
+    standard_control(&admin).await;
+    wait_phase(&alice, "while-disabled", Phase::Approved, SOON).await;
+    wait_phase(&alice, "no-control", Phase::Approved, SOON).await;
+    let _ = condition(&waiting, "Ready");
+    for name in ["before-disable", "while-disabled", "no-control"] {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
+/// A request nobody decides expires after the control's requestTTL.
+#[tokio::test]
+async fn undecided_request_expires_after_the_ttl() {
+    let (_guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    apply_control(
+        &admin,
+        json!({ "enabled": true, "defaultApproverGroup": "pam-approvers", "requestTTL": "3s" }),
+    )
+    .await;
+    let ns = cluster.namespace("ttl").await;
+    create_policy(&admin, "manual-delete", task_policy(&ns.name, "Manual")).await;
+    create_request(
+        &alice,
+        "ttl-req",
+        request_spec("manual-delete", &ns.name, "1h"),
+    )
+    .await;
+    let pending = wait_phase(&alice, "ttl-req", Phase::Pending, SOON).await;
+    let status = pending.status.clone().unwrap();
+    let ttl = status.expires_at.unwrap() - status.submitted_at.unwrap();
+    assert_eq!(ttl.num_seconds(), 3);
+    let expired = wait_phase(&alice, "ttl-req", Phase::Expired, SOON).await;
+    let last = expired
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last.actor, "kubepam");
+    // Too late to approve now.
+    let bob = cluster.client(Identity::Bob).await;
+    pam::review(&bob, "ttl-req", "bob", "Approve", "sorry, was away")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = Api::<ElevationRequest>::all(alice.clone())
+        .get("ttl-req")
+        .await
+        .unwrap();
+    assert_eq!(pam::phase(&still), Some(Phase::Expired));
+    let _ = Api::<ElevationRequest>::all(admin.clone())
+        .delete("ttl-req", &DeleteParams::default())
+        .await;
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
+/// Deadlines live in status, not in memory: an operator that was down when a
+/// grant should have ended ends it as soon as it is back.
+#[tokio::test]
+async fn restarted_operator_catches_up_on_missed_deadlines() {
+    let (mut guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    apply_control(
+        &admin,
+        json!({ "enabled": true, "defaultApproverGroup": "pam-approvers", "requestTTL": "4s" }),
+    )
+    .await;
+    let ns = cluster.namespace("restart").await;
+    create_policy(&admin, "auto-delete", task_policy(&ns.name, "Auto")).await;
+    create_policy(&admin, "manual-delete", task_policy(&ns.name, "Manual")).await;
+    create_request(
+        &alice,
+        "short-grant",
+        request_spec("auto-delete", &ns.name, "3s"),
+    )
+    .await;
+    let approved = wait_phase(&alice, "short-grant", Phase::Approved, SOON).await;
+    create_request(
+        &alice,
+        "never-decided",
+        request_spec("manual-delete", &ns.name, "1h"),
+    )
+    .await;
+    wait_phase(&alice, "never-decided", Phase::Pending, SOON).await;
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        true,
+        SOON,
+    )
+    .await;
+
+    guard.take().unwrap().kill();
+    let until = approved.status.as_ref().unwrap().granted_until.unwrap();
+    // Stay down well past both deadlines: nobody is there to take the right back.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(chrono::Utc::now() > until + chrono::TimeDelta::seconds(2));
+    assert!(
+        pam::allowed(
+            &admin,
+            "alice",
+            "delete",
+            "apps",
+            "deployments",
+            Some(&ns.name)
+        )
+        .await,
+        "without an operator the binding stays (this is what the restart must repair)"
+    );
+
+    let restarted = Instant::now();
+    *guard = Some(cluster.spawn_operator());
+    wait_phase(&alice, "short-grant", Phase::Expired, SOON).await;
+    wait_allowed(
+        &admin,
+        "alice",
+        DELETE_DEPLOYMENTS,
+        Some(&ns.name),
+        false,
+        SOON,
+    )
+    .await;
+    let caught_up = restarted.elapsed();
+    wait_phase(&alice, "never-decided", Phase::Expired, SOON).await;
+    assert!(
+        grant_objects(&admin, &request_id(&approved))
+            .await
+            .is_empty()
+    );
+    println!("restart catch-up: grant ended {caught_up:?} after the operator started");
+
+    let api = Api::<ElevationRequest>::all(admin.clone());
+    for name in ["short-grant", "never-decided"] {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
