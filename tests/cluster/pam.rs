@@ -1,6 +1,8 @@
 //! Helpers to drive kubepam the way people do: apply objects, patch reviews,
 //! and ask the API server what a user may do.
 
+#![allow(dead_code)] // shared by several test binaries, each using a part
+
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
