@@ -36,6 +36,10 @@ run: cluster ## Install CRDs and RBAC into the local cluster and run kubepam in 
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin wait --for condition=Established --timeout 60s -f crds/kubepam.io.yaml
 	cargo run --release -- run --kubeconfig $(KUBECONFIG_DEV) --context operator
 
+.PHONY: bench
+bench: controlplane ## Measure latency, expiry lag, throughput and RSS on the local control plane (see BENCHMARKS.md)
+	cargo bench --bench lifecycle
+
 .PHONY: fmt
 fmt: ## Format the code
 	cargo fmt

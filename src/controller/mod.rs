@@ -111,6 +111,17 @@ impl Context {
 }
 
 impl Error {
+    /// Whether the API server refused a write because the object changed
+    /// since it was read (409): read it again and decide again.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Error::WriteStatus { source, .. } | Error::Finalizer { source, .. } => {
+                matches!(source, kube::Error::Api(status) if status.code == 409)
+            }
+            _ => false,
+        }
+    }
+
     /// How long to wait before retrying: a write conflict is retried at once
     /// (someone else changed the object; read it again), the API server
     /// being unavailable a little later, and a grant that cannot be built

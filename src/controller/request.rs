@@ -97,9 +97,41 @@ fn is_settled(request: &ElevationRequest) -> bool {
     })
 }
 
+/// How many times a reconcile reads the request again after a write conflict
+/// before it gives up and lets the controller retry later.
+const CONFLICT_ATTEMPTS: usize = 3;
+
 pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The cache can lag behind the operator's own last write (a change to a
+    // binding wakes the request before its new status arrives). The guarded
+    // write then fails with 409: read the request fresh and decide again.
+    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
+    let mut current = request;
+    let mut attempt = 1;
+    loop {
+        match reconcile_once(&current, &ctx).await {
+            Err(error) if error.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                attempt += 1;
+                let name = current.name_any();
+                match api.get_opt(&name).await {
+                    Ok(Some(fresh)) => current = Arc::new(fresh),
+                    Ok(None) => return Ok(Action::await_change()),
+                    Err(source) => {
+                        return Err(Error::Read {
+                            what: format!("ElevationRequest {name}"),
+                            source,
+                        });
+                    }
+                }
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Action, Error> {
     let name = request.name_any();
-    let request_id = lifecycle::request_id(&request);
+    let request_id = lifecycle::request_id(request);
     let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
 
     if request.metadata.deletion_timestamp.is_some() {
@@ -107,14 +139,14 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
         if removed > 0 {
             info!(request = %name, %request_id, removed, "grant removed with its deleted request");
         }
-        set_finalizer(&api, &request, request.resource_version(), false).await?;
+        set_finalizer(&api, request, request.resource_version(), false).await?;
         return Ok(Action::await_change());
     }
 
-    let policy = lookup_policy(&ctx, &request.spec.policy).await?;
+    let policy = lookup_policy(ctx, &request.spec.policy).await?;
     let control = ctx.control();
     let decision = lifecycle::decide(
-        &request,
+        request,
         &PolicyView::from_policy(policy.as_deref()),
         &ControlView::from_control(control.as_deref()),
         Utc::now(),
@@ -151,20 +183,20 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
         }
         let version = super::apply_status(
             &ctx.client,
-            &*request,
+            request,
             request.status.as_ref(),
             &status,
             version,
         )
         .await?;
         if status.phase.is_some_and(Phase::is_final) {
-            set_finalizer(&api, &request, version, false).await?;
+            set_finalizer(&api, request, version, false).await?;
         }
     } else {
-        let version = set_finalizer(&api, &request, version, true).await?;
+        let version = set_finalizer(&api, request, version, true).await?;
         super::apply_status(
             &ctx.client,
-            &*request,
+            request,
             request.status.as_ref(),
             &status,
             version,
@@ -178,7 +210,7 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
     }
 
     if let Some(transition) = &decision.transition {
-        announce(&ctx, &request, &request_id, transition).await;
+        announce(ctx, request, &request_id, transition).await;
     }
     Ok(match decision.requeue_after {
         Some(after) => Action::requeue(after),

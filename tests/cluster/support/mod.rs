@@ -331,6 +331,10 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash or an evicted pod would stop it.
     pub fn kill(mut self) {
         let _ = self.child.kill();

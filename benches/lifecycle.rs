@@ -1,0 +1,282 @@
+//! Lifecycle benchmark on the local control plane (`make bench`).
+//!
+//! Prints, for the operator running as its own identity:
+//! - approval-to-access latency: review patch accepted -> SubjectAccessReview allows;
+//! - expiry lag: grantedUntil -> SubjectAccessReview refuses;
+//! - throughput of Auto requests to granted;
+//! - operator peak RSS with many ElevationRequests.
+//!
+//! Sizes can be lowered for a quick look: `KUBEPAM_BENCH_SCALE=0.1 make bench`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::doc_markdown
+)]
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)] // figures for people
+
+#[path = "../tests/cluster/pam.rs"]
+mod pam;
+#[path = "../tests/cluster/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::{StreamExt, stream};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use kubepam::api::{ElevationRequest, Phase};
+use serde_json::json;
+
+use pam::{allowed, create_policy, review, standard_control, wait_phase};
+use support::{Identity, cluster};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn scaled(n: usize) -> usize {
+    let scale: f64 = std::env::var("KUBEPAM_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * scale).round() as usize).max(1)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name}: n={} p50={:.1}ms p90={:.1}ms p99={:.1}ms max={:.1}ms",
+        samples.len(),
+        percentile(&samples, 50.0).as_secs_f64() * 1e3,
+        percentile(&samples, 90.0).as_secs_f64() * 1e3,
+        percentile(&samples, 99.0).as_secs_f64() * 1e3,
+        samples.last().unwrap().as_secs_f64() * 1e3,
+    );
+}
+
+async fn create(admin: &Client, name: &str, policy: &str, ns: &str, user: &str, duration: &str) {
+    let request: ElevationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+        "metadata": { "name": name },
+        "spec": { "policy": policy, "namespace": ns, "reason": "benchmark", "duration": duration, "requester": user },
+    }))
+    .unwrap();
+    let api = Api::<ElevationRequest>::all(admin.clone());
+    // Under load the API server may close a connection; a retried create
+    // that already went through answers 409, which is success here.
+    for attempt in 1.. {
+        match api.create(&PostParams::default(), &request).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(status)) if status.code == 409 => return,
+            Err(error) if attempt < 5 => {
+                eprintln!("create {name}: {error}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("create {name}: {error}"),
+        }
+    }
+}
+
+async fn sar_until(admin: &Client, user: &str, ns: &str, want: bool) -> Instant {
+    loop {
+        if allowed(admin, user, "delete", "apps", "deployments", Some(ns)).await == want {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let cluster = cluster();
+    cluster.install_kubepam();
+    let operator = cluster.spawn_operator();
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("bench").await.name;
+    let task = |approval: &str| {
+        json!({
+            "type": "Task",
+            "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
+            "scope": { "namespaces": [ns] },
+            "approvalType": approval,
+        })
+    };
+    create_policy(&admin, "bench-manual", task("Manual")).await;
+    create_policy(&admin, "bench-auto", task("Auto")).await;
+    let bob = cluster.client(Identity::Bob).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "operator RSS idle: {} KiB",
+        rss_kib(operator.pid(), "VmRSS:")
+    );
+
+    // 1. Approval-to-access latency, one request at a time.
+    let n = scaled(200);
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let (name, user) = (format!("lat-{i}"), format!("lat-user-{i}"));
+        create(&admin, &name, "bench-manual", &ns, &user, "1h").await;
+        wait_phase(&admin, &name, Phase::Pending, WAIT).await;
+        review(&bob, &name, "bob", "Approve", "bench")
+            .await
+            .unwrap();
+        let accepted = Instant::now();
+        let allowed_at = sar_until(&admin, &user, &ns, true).await;
+        latencies.push(allowed_at - accepted);
+    }
+    report("approval-to-access", latencies);
+
+    // 2. Expiry lag: grants of 3s, 20 at a time.
+    let n = scaled(200);
+    let lags: Vec<Duration> = stream::iter(0..n)
+        .map(|i| {
+            let admin = admin.clone();
+            let ns = ns.clone();
+            async move {
+                let (name, user) = (format!("exp-{i}"), format!("exp-user-{i}"));
+                create(&admin, &name, "bench-auto", &ns, &user, "3s").await;
+                let approved = wait_phase(&admin, &name, Phase::Approved, WAIT).await;
+                let until = approved.status.unwrap().granted_until.unwrap();
+                let wait = (until - Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(wait).await;
+                sar_until(&admin, &user, &ns, false).await;
+                (Utc::now() - until).to_std().unwrap_or_default()
+            }
+        })
+        .buffer_unordered(20)
+        .collect()
+        .await;
+    report("expiry lag (grantedUntil -> refused)", lags);
+
+    // 3. Throughput: Auto requests created 50 at a time, until all are granted.
+    let n = scaled(1000);
+    let start = Instant::now();
+    stream::iter(0..n)
+        .for_each_concurrent(50, |i| {
+            let admin = admin.clone();
+            let ns = ns.clone();
+            async move {
+                create(
+                    &admin,
+                    &format!("tp-{i}"),
+                    "bench-auto",
+                    &ns,
+                    &format!("tp-user-{i}"),
+                    "1h",
+                )
+                .await;
+            }
+        })
+        .await;
+    let created = start.elapsed();
+    let api = Api::<ElevationRequest>::all(admin.clone());
+    loop {
+        let list = api.list(&ListParams::default().labels("")).await.unwrap();
+        let granted = list
+            .items
+            .iter()
+            .filter(|r| {
+                r.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("tp-"))
+            })
+            .filter(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Some(Phase::Approved) && !s.rbac_objects.is_empty())
+            })
+            .count();
+        if granted == n {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "only {granted}/{n} granted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = start.elapsed();
+    println!(
+        "throughput: {n} Auto requests created in {:.2}s, all granted in {:.2}s = {:.1} grants/s",
+        created.as_secs_f64(),
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64()
+    );
+
+    // 4. Peak RSS with many requests (Pending: Manual, never decided).
+    let n = scaled(10_000);
+    stream::iter(0..n)
+        .for_each_concurrent(50, |i| {
+            let admin = admin.clone();
+            let ns = ns.clone();
+            async move {
+                create(
+                    &admin,
+                    &format!("rss-{i}"),
+                    "bench-manual",
+                    &ns,
+                    &format!("rss-user-{i}"),
+                    "1h",
+                )
+                .await;
+            }
+        })
+        .await;
+    loop {
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let pending = list
+            .items
+            .iter()
+            .filter(|r| {
+                r.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("rss-"))
+            })
+            .filter(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Some(Phase::Pending))
+            })
+            .count();
+        if pending == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let total = api
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    println!(
+        "operator RSS with {total} ElevationRequests: current {} KiB, peak {} KiB",
+        rss_kib(operator.pid(), "VmRSS:"),
+        rss_kib(operator.pid(), "VmHWM:")
+    );
+    operator.kill();
+}
