@@ -5,6 +5,7 @@
 //! only for that window.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod controller;
 pub mod duration;

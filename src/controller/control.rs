@@ -12,9 +12,8 @@ use kube::{Api, ResourceExt};
 
 use super::{Context, Error};
 use crate::api::{
-    AccessPolicy, CONDITION_ACCEPTED, CONTROL_NAME, ElevationRequest, Phase,
-    PrivilegedAccessControl, PrivilegedAccessControlStatus, condition_false, condition_true,
-    find_condition, set_condition,
+    AccessPolicy, CONDITION_ACCEPTED, CONTROL_NAME, Phase, PrivilegedAccessControl,
+    PrivilegedAccessControlStatus, condition_false, condition_true, find_condition, set_condition,
 };
 use crate::lifecycle::ControlSettings;
 use crate::policy_limit::POLICY_LIMIT;
@@ -24,8 +23,11 @@ pub const CONDITION_READY: &str = "Ready";
 
 /// Counts change with every request; write them at most about once a second.
 const DEBOUNCE: Duration = Duration::from_secs(1);
+/// How often the active-grant count is refreshed. Requests are not watched a
+/// second time for it: with thousands of them that would double the memory.
+const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 
-/// Woken by any policy or request change, mapped to the singleton.
+/// Woken by any policy change, mapped to the singleton.
 pub fn controller(
     controller: Controller<PrivilegedAccessControl>,
     ctx: &Arc<Context>,
@@ -35,11 +37,6 @@ pub fn controller(
         .with_config(Config::default().debounce(DEBOUNCE))
         .watches(
             Api::<AccessPolicy>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            move |_| singleton(),
-        )
-        .watches(
-            Api::<ElevationRequest>::all(ctx.client.clone()),
             watcher::Config::default(),
             move |_| singleton(),
         )
@@ -131,7 +128,7 @@ pub async fn reconcile(
         None,
     )
     .await?;
-    Ok(Action::await_change())
+    Ok(Action::requeue(RECOUNT_EVERY))
 }
 
 #[cfg(test)]

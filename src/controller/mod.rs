@@ -6,6 +6,7 @@
 //! Only the first step and the last three touch the API server.
 
 mod control;
+
 mod policy;
 mod rbac;
 mod request;
@@ -14,11 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, future};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::runtime::{Controller, controller::Action};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -95,6 +97,7 @@ pub struct Context {
     pub policies: Store<AccessPolicy>,
     pub controls: Store<PrivilegedAccessControl>,
     pub requests: Store<ElevationRequest>,
+    pub rbac: rbac::RbacStores,
     pub recorder: Recorder,
 }
 
@@ -207,6 +210,29 @@ where
     Ok(written.resource_version())
 }
 
+/// A controller whose cache drops `managedFields`: kubepam never reads them,
+/// and with thousands of requests they would be most of its memory.
+fn lean_controller<K>(api: Api<K>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|object: &mut K| object.meta_mut().managed_fields = None),
+    )
+    .applied_objects();
+    Controller::for_stream(stream, reader)
+}
+
 /// Options of the controllers.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -231,19 +257,51 @@ pub async fn run(
     let policies_api: Api<AccessPolicy> = Api::all(client.clone());
     let controls_api: Api<PrivilegedAccessControl> = Api::all(client.clone());
 
-    let request_controller = Controller::new(requests_api.clone(), watcher::Config::default());
-    let policy_controller = Controller::new(policies_api.clone(), watcher::Config::default());
-    let control_controller = Controller::new(controls_api.clone(), watcher::Config::default());
+    let request_controller = lean_controller(requests_api);
+    let policy_controller = lean_controller(policies_api);
+    let control_controller = lean_controller(controls_api);
+
+    // kubepam's own RBAC objects, cached so that comparing a grant with what
+    // exists costs no API call; their changes wake the request they belong to.
+    let managed = watcher::Config::default().labels(&grant::managed_selector());
+    let (role_bindings, rb_writer) = reflector::store::<RoleBinding>();
+    let (cluster_role_bindings, crb_writer) = reflector::store::<ClusterRoleBinding>();
+    let (cluster_roles, cr_writer) = reflector::store::<ClusterRole>();
+    let rbac_streams = request::RbacStreams {
+        role_bindings: reflector(
+            rb_writer,
+            watcher(Api::all(client.clone()), managed.clone()),
+        )
+        .default_backoff()
+        .touched_objects()
+        .boxed(),
+        cluster_role_bindings: reflector(
+            crb_writer,
+            watcher(Api::all(client.clone()), managed.clone()),
+        )
+        .default_backoff()
+        .touched_objects()
+        .boxed(),
+        cluster_roles: reflector(cr_writer, watcher(Api::all(client.clone()), managed))
+            .default_backoff()
+            .touched_objects()
+            .boxed(),
+    };
 
     let ctx = Arc::new(Context {
         client: client.clone(),
         policies: policy_controller.store(),
         controls: control_controller.store(),
         requests: request_controller.store(),
+        rbac: rbac::RbacStores {
+            role_bindings,
+            cluster_role_bindings,
+            cluster_roles,
+        },
         recorder,
     });
 
-    let requests = request::controller(request_controller, &ctx)
+    let requests = request::controller(request_controller, &ctx, rbac_streams)
         .graceful_shutdown_on(shutdown.clone())
         .run(request::reconcile, error_policy, ctx.clone())
         .for_each(|result| {
@@ -266,6 +324,9 @@ pub async fn run(
         });
     // Requests are decided only once the policies and the control are known,
     // so a restart never denies a request for a policy it has not read yet.
+    // (The RBAC caches fill as the request controller runs: until then a
+    // grant is applied again, which changes nothing, and removals also use
+    // the objects recorded in status.)
     let stores = ctx.clone();
     let requests = async move {
         stores.policies.wait_until_ready().await.ok();

@@ -1,11 +1,15 @@
-//! Makes the RBAC objects of one grant exactly what [`crate::grant`] wants:
-//! server-side apply of the wanted objects, deletion of every other object
-//! labelled with the request's id.
+//! Makes the RBAC objects of one grant exactly what [`crate::grant`] wants.
+//!
+//! kubepam watches every RBAC object that carries its label, so comparing
+//! what exists with what is wanted costs no API call: objects are applied
+//! (server-side) only when missing or different, and deleted when they
+//! carry the request's id but are not wanted.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,26 +18,98 @@ use super::{Error, FIELD_MANAGER};
 use crate::api::RbacObjectRef;
 use crate::grant::{self, DesiredRbac};
 
-/// Applies the wanted objects (roles first, so no binding points at nothing).
-pub async fn apply(client: &Client, desired: &DesiredRbac) -> Result<(), Error> {
+/// Caches of the RBAC objects labelled as kubepam's.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // reflector stores have no Debug
+pub struct RbacStores {
+    pub role_bindings: Store<RoleBinding>,
+    pub cluster_role_bindings: Store<ClusterRoleBinding>,
+    pub cluster_roles: Store<ClusterRole>,
+}
+
+impl RbacStores {
+    /// Every object cached for the request with this id.
+    pub fn objects_of(&self, request_id: &str) -> Vec<RbacObjectRef> {
+        let ours = |labels: &std::collections::BTreeMap<String, String>| {
+            labels.get(grant::LABEL_REQUEST_ID).map(String::as_str) == Some(request_id)
+        };
+        let mut found = Vec::new();
+        for o in self.role_bindings.state() {
+            if ours(o.labels()) {
+                found.push(reference("RoleBinding", &*o));
+            }
+        }
+        for o in self.cluster_role_bindings.state() {
+            if ours(o.labels()) {
+                found.push(reference("ClusterRoleBinding", &*o));
+            }
+        }
+        for o in self.cluster_roles.state() {
+            if ours(o.labels()) {
+                found.push(reference("ClusterRole", &*o));
+            }
+        }
+        found
+    }
+}
+
+fn reference<K: Resource>(kind: &str, object: &K) -> RbacObjectRef {
+    RbacObjectRef {
+        kind: kind.to_owned(),
+        name: object.name_any(),
+        namespace: object.namespace(),
+    }
+}
+
+/// Applies every wanted object that is missing or differs from what is
+/// cached (roles first, so no binding points at nothing). A binding deleted
+/// or edited by hand is put back this way.
+pub async fn apply(
+    client: &Client,
+    stores: &RbacStores,
+    desired: &DesiredRbac,
+) -> Result<usize, Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut applied = 0;
     for role in &desired.cluster_roles {
-        apply_one(Api::<ClusterRole>::all(client.clone()), role, &params).await?;
+        let current = stores.cluster_roles.get(&ObjectRef::from_obj(role));
+        if current.is_none_or(|c| c.labels() != role.labels() || c.rules != role.rules) {
+            apply_one(Api::<ClusterRole>::all(client.clone()), role, &params).await?;
+            applied += 1;
+        }
     }
     for binding in &desired.cluster_role_bindings {
-        apply_one(
-            Api::<ClusterRoleBinding>::all(client.clone()),
-            binding,
-            &params,
-        )
-        .await?;
+        let current = stores
+            .cluster_role_bindings
+            .get(&ObjectRef::from_obj(binding));
+        if current.is_none_or(|c| {
+            c.labels() != binding.labels()
+                || c.role_ref != binding.role_ref
+                || c.subjects != binding.subjects
+        }) {
+            apply_one(
+                Api::<ClusterRoleBinding>::all(client.clone()),
+                binding,
+                &params,
+            )
+            .await?;
+            applied += 1;
+        }
     }
     for binding in &desired.role_bindings {
-        let namespace = binding.namespace().unwrap_or_default();
-        let api = Api::<RoleBinding>::namespaced(client.clone(), &namespace);
-        apply_one(api, binding, &params).await?;
+        let current = stores.role_bindings.get(&ObjectRef::from_obj(binding));
+        if current.is_none_or(|c| {
+            c.labels() != binding.labels()
+                || c.role_ref != binding.role_ref
+                || c.subjects != binding.subjects
+        }) {
+            let namespace = binding.namespace().unwrap_or_default();
+            let api = Api::<RoleBinding>::namespaced(client.clone(), &namespace);
+            apply_one(api, binding, &params).await?;
+            applied += 1;
+        }
     }
-    Ok(())
+    Ok(applied)
 }
 
 async fn apply_one<K>(api: Api<K>, object: &K, params: &PatchParams) -> Result<(), Error>
@@ -51,65 +127,54 @@ where
     Ok(())
 }
 
-/// Deletes every object labelled with `request_id` that `keep` does not list,
-/// bindings before roles, and returns how many it deleted.
+/// Deletes the objects of the request with `request_id` that `keep` does not
+/// list: those cached with its label, and those `recorded` in its status
+/// (which covers an object created a moment ago and not cached yet).
+/// Bindings go before roles. Returns how many were deleted.
 pub async fn prune(
     client: &Client,
+    stores: &RbacStores,
     request_id: &str,
+    recorded: &[RbacObjectRef],
     keep: &[RbacObjectRef],
 ) -> Result<usize, Error> {
     let keep: BTreeSet<&RbacObjectRef> = keep.iter().collect();
-    let selector = ListParams::default().labels(&grant::selector(request_id));
-    let role_bindings = |namespace: Option<&str>| match namespace {
-        Some(namespace) => Api::<RoleBinding>::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
-    let cluster_role_bindings = |_: Option<&str>| Api::<ClusterRoleBinding>::all(client.clone());
-    let cluster_roles = |_: Option<&str>| Api::<ClusterRole>::all(client.clone());
-    let mut deleted = prune_kind(&role_bindings, &selector, &keep).await?;
-    deleted += prune_kind(&cluster_role_bindings, &selector, &keep).await?;
-    deleted += prune_kind(&cluster_roles, &selector, &keep).await?;
-    Ok(deleted)
-}
-
-/// `api(None)` lists across the cluster; `api(Some(ns))` addresses one object's namespace.
-async fn prune_kind<K>(
-    api: &impl Fn(Option<&str>) -> Api<K>,
-    selector: &ListParams,
-    keep: &BTreeSet<&RbacObjectRef>,
-) -> Result<usize, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let kind = kind_of::<K>();
-    let found = api(None)
-        .list_metadata(selector)
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("{kind}s of a grant"),
-            source,
-        })?;
+    let mut doomed: Vec<RbacObjectRef> = stores
+        .objects_of(request_id)
+        .into_iter()
+        .chain(recorded.iter().cloned())
+        .filter(|o| !keep.contains(o))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Bindings before the roles they point at.
+    doomed.sort_by_key(|o| o.kind == "ClusterRole");
     let mut deleted = 0;
-    for object in found {
-        let reference = RbacObjectRef {
-            kind: kind.to_owned(),
-            name: object.name_any(),
-            namespace: object.namespace(),
+    for object in doomed {
+        let result = match (object.kind.as_str(), &object.namespace) {
+            ("RoleBinding", Some(namespace)) => {
+                delete(
+                    Api::<RoleBinding>::namespaced(client.clone(), namespace),
+                    &object.name,
+                )
+                .await
+            }
+            ("ClusterRoleBinding", _) => {
+                delete(Api::<ClusterRoleBinding>::all(client.clone()), &object.name).await
+            }
+            ("ClusterRole", _) => {
+                delete(Api::<ClusterRole>::all(client.clone()), &object.name).await
+            }
+            // Not an object kubepam makes: nothing to delete.
+            _ => Ok(false),
         };
-        if keep.contains(&reference) {
-            continue;
-        }
-        let result = api(reference.namespace.as_deref())
-            .delete(&reference.name, &DeleteParams::default())
-            .await;
         match result {
-            Ok(_) => deleted += 1,
-            // Already gone: what we wanted.
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Ok(true) => deleted += 1,
+            Ok(false) => {}
             Err(source) => {
                 return Err(Error::DeleteRbac {
-                    kind,
-                    name: reference.name,
+                    kind: static_kind(&object.kind),
+                    name: object.name,
                     source,
                 });
             }
@@ -118,8 +183,24 @@ where
     Ok(deleted)
 }
 
+/// Deletes by name; `false` when it was already gone.
+async fn delete<K>(api: Api<K>, name: &str) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
+    static_kind(&K::kind(&()))
+}
+
+fn static_kind(kind: &str) -> &'static str {
+    match kind {
         "ClusterRole" => "ClusterRole",
         "ClusterRoleBinding" => "ClusterRoleBinding",
         "RoleBinding" => "RoleBinding",

@@ -34,11 +34,12 @@ pub const FINALIZER: &str = "kubepam.io/grant-cleanup";
 pub fn controller(
     controller: Controller<ElevationRequest>,
     ctx: &Arc<Context>,
+    rbac: RbacStreams,
 ) -> Controller<ElevationRequest> {
     let requests = controller.store();
     let for_policy = requests.clone();
     let for_control = requests.clone();
-    let for_rbac = move |labels: &std::collections::BTreeMap<String, String>| {
+    let owner = move |labels: &std::collections::BTreeMap<String, String>| {
         let id = labels.get(grant::LABEL_REQUEST_ID)?;
         requests
             .state()
@@ -46,9 +47,8 @@ pub fn controller(
             .find(|request| lifecycle::request_id(request) == *id)
             .map(|request| ObjectRef::from_obj(&*request))
     };
-    let (rb, crb, cr) = (for_rbac.clone(), for_rbac.clone(), for_rbac);
+    let (rb, crb, cr) = (owner.clone(), owner.clone(), owner);
     let client = ctx.client.clone();
-    let managed = watcher::Config::default().labels(&grant::managed_selector());
     controller
         .watches(
             Api::<AccessPolicy>::all(client.clone()),
@@ -64,7 +64,7 @@ pub fn controller(
             },
         )
         .watches(
-            Api::<PrivilegedAccessControl>::all(client.clone()),
+            Api::<PrivilegedAccessControl>::all(client),
             watcher::Config::default(),
             move |_| {
                 for_control
@@ -75,19 +75,19 @@ pub fn controller(
                     .collect::<Vec<_>>()
             },
         )
-        .watches(
-            Api::<RoleBinding>::all(client.clone()),
-            managed.clone(),
-            move |o| rb(o.labels()),
-        )
-        .watches(
-            Api::<ClusterRoleBinding>::all(client.clone()),
-            managed.clone(),
-            move |o| crb(o.labels()),
-        )
-        .watches(Api::<ClusterRole>::all(client), managed, move |o| {
-            cr(o.labels())
-        })
+        .watches_stream(rbac.role_bindings, move |o| rb(o.labels()))
+        .watches_stream(rbac.cluster_role_bindings, move |o| crb(o.labels()))
+        .watches_stream(rbac.cluster_roles, move |o| cr(o.labels()))
+}
+
+type Changes<K> = futures::stream::BoxStream<'static, Result<K, watcher::Error>>;
+
+/// Changes to kubepam-labelled RBAC objects, each of which wakes its request.
+#[allow(missing_debug_implementations)] // streams have no Debug
+pub struct RbacStreams {
+    pub role_bindings: Changes<RoleBinding>,
+    pub cluster_role_bindings: Changes<ClusterRoleBinding>,
+    pub cluster_roles: Changes<ClusterRole>,
 }
 
 /// A request that is final and holds nothing: no change elsewhere can move it.
@@ -134,8 +134,13 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
     let request_id = lifecycle::request_id(request);
     let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
 
+    let recorded = request
+        .status
+        .as_ref()
+        .map(|s| s.rbac_objects.clone())
+        .unwrap_or_default();
     if request.metadata.deletion_timestamp.is_some() {
-        let removed = rbac::prune(&ctx.client, &request_id, &[]).await?;
+        let removed = rbac::prune(&ctx.client, &ctx.rbac, &request_id, &recorded, &[]).await?;
         if removed > 0 {
             info!(request = %name, %request_id, removed, "grant removed with its deleted request");
         }
@@ -165,18 +170,15 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
         None => DesiredRbac::default(),
     };
 
-    let recorded = request
-        .status
-        .as_ref()
-        .map(|s| s.rbac_objects.clone())
-        .unwrap_or_default();
     let mut status = decision.status.clone();
     status.rbac_objects = desired.object_refs();
     // Each write returns the new resourceVersion, which guards the next one.
     let version = request.resource_version();
     if desired.is_empty() {
-        if !recorded.is_empty() || decision.transition.is_some() {
-            let removed = rbac::prune(&ctx.client, &request_id, &[]).await?;
+        // Also when nothing is recorded: an object may have been made by
+        // hand, or created just before a crash, with this request's label.
+        if !recorded.is_empty() || !ctx.rbac.objects_of(&request_id).is_empty() {
+            let removed = rbac::prune(&ctx.client, &ctx.rbac, &request_id, &recorded, &[]).await?;
             if removed > 0 {
                 info!(request = %name, %request_id, removed, "grant removed");
             }
@@ -202,11 +204,16 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
             version,
         )
         .await?;
-        // Applied every time: a binding deleted or edited by hand comes back.
-        rbac::apply(&ctx.client, &desired).await?;
-        if recorded != status.rbac_objects {
-            rbac::prune(&ctx.client, &request_id, &status.rbac_objects).await?;
-        }
+        // Checked every time: a binding deleted or edited by hand comes back.
+        rbac::apply(&ctx.client, &ctx.rbac, &desired).await?;
+        rbac::prune(
+            &ctx.client,
+            &ctx.rbac,
+            &request_id,
+            &recorded,
+            &status.rbac_objects,
+        )
+        .await?;
     }
 
     if let Some(transition) = &decision.transition {

@@ -1,0 +1,248 @@
+//! Identity rules for `ElevationRequest` (DESIGN §2.3, §3.3).
+//!
+//! - CREATE (mutating, [`request_create`]): `spec.requester` is set to the caller, or must
+//!   already be the caller; no reviews yet. The validating pass ([`request_create_validate`])
+//!   checks the same after mutation and never patches.
+//! - UPDATE ([`request_update`]): only `spec.reviews` may change, each caller writes only their
+//!   own entry, must be in the request's approver group, must not be the requester, and the
+//!   decision must fit the phase.
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+
+use super::{Caller, Verdict, deny};
+use crate::api::{
+    AccessPolicy, ElevationRequest, ElevationRequestSpec, Phase, PrivilegedAccessControl,
+    ReviewDecision,
+};
+use crate::duration;
+use crate::lifecycle::ControlView;
+
+const NO_USERNAME: &str = "the API server sent no username for this call, so kubepam cannot tell who you are; call as an authenticated user";
+
+/// Mutating check of a new request: patch `spec.requester` to the caller when it is absent (or
+/// empty); refuse a request in someone else's name or one that arrives with reviews.
+pub fn request_create(caller: &Caller<'_>, request: &ElevationRequest) -> Verdict {
+    match create_checks(caller, request) {
+        Err(v) => v,
+        Ok(true) => Verdict::Allow,
+        Ok(false) => Verdict::Patch(Patch(vec![PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["spec", "requester"]),
+            value: serde_json::Value::String(caller.username.to_owned()),
+        })])),
+    }
+}
+
+/// Validating check of a new request, after mutation: like [`request_create`], but an absent
+/// `spec.requester` is refused (the mutating webhook always sets it), and it never patches.
+pub fn request_create_validate(caller: &Caller<'_>, request: &ElevationRequest) -> Verdict {
+    match create_checks(caller, request) {
+        Err(v) => v,
+        Ok(true) => Verdict::Allow,
+        Ok(false) => deny(format!(
+            "spec.requester is not set, so kubepam's mutating webhook did not see this request; \
+             set spec.requester to your own username ({}) or ask a cluster administrator to \
+             check the MutatingWebhookConfiguration kubepam",
+            caller.username
+        )),
+    }
+}
+
+/// `Ok(true)` when the requester is the caller, `Ok(false)` when it is absent.
+fn create_checks(caller: &Caller<'_>, request: &ElevationRequest) -> Result<bool, Verdict> {
+    if caller.username.is_empty() {
+        return Err(deny(NO_USERNAME));
+    }
+    let spec = &request.spec;
+    let present = match spec.requester.as_deref() {
+        None | Some("") => false,
+        Some(r) if r == caller.username => true,
+        Some(r) => {
+            return Err(deny(format!(
+                "spec.requester must be your own username ({}), or be left out; a request can \
+                 never be made in someone else's name (it says {r})",
+                caller.username
+            )));
+        }
+    };
+    if !spec.reviews.is_empty() {
+        let keys: Vec<&str> = spec.reviews.keys().map(String::as_str).collect();
+        return Err(deny(format!(
+            "spec.reviews must be empty when a request is created (it has reviews by {}); \
+             approvers add their own review after it is submitted",
+            keys.join(", ")
+        )));
+    }
+    if let Some(d) = &spec.duration
+        && let Err(e) = duration::parse(d)
+    {
+        return Err(deny(format!("spec.duration: {e}")));
+    }
+    Ok(present)
+}
+
+/// Check an update of a request: only reviews may change, and only the caller's own, by a
+/// member of the approver group who is not the requester, with a decision that fits the phase.
+///
+/// `policy` is the AccessPolicy named by `old.spec.policy` (if it exists) and `control` the
+/// `default` PrivilegedAccessControl; both are read only while the request's status does not
+/// yet record its approver group.
+pub fn request_update(
+    caller: &Caller<'_>,
+    old: &ElevationRequest,
+    new: &ElevationRequest,
+    policy: Option<&AccessPolicy>,
+    control: Option<&PrivilegedAccessControl>,
+) -> Verdict {
+    if let Some(field) = changed_field(&old.spec, &new.spec) {
+        return deny(format!(
+            "spec.{field} cannot change after creation (spec is immutable except reviews); \
+             create a new ElevationRequest instead"
+        ));
+    }
+    let changed: Vec<&str> = changed_review_keys(&old.spec, &new.spec);
+    if changed.is_empty() {
+        // Metadata, finalizers, labels: RBAC governs those.
+        return Verdict::Allow;
+    }
+    if caller.username.is_empty() {
+        return deny(NO_USERNAME);
+    }
+    let name = old.metadata.name.as_deref().unwrap_or("");
+    if let Some(other) = changed.iter().find(|k| **k != caller.username) {
+        return deny(format!(
+            "you ({me}) may only add, change or remove your own review, \
+             spec.reviews[\"{me}\"]; the review by {other} is theirs alone to write",
+            me = caller.username
+        ));
+    }
+    let group = approver_group(old, policy, control);
+    if old.spec.requester.as_deref() == Some(caller.username) {
+        let who = match &group {
+            Ok(g) => format!("a member of group {g}"),
+            Err(_) => "a member of its approver group".to_owned(),
+        };
+        return deny(format!(
+            "you ({}) requested ElevationRequest {name}, and nobody can review their own \
+             request; {who} must review it",
+            caller.username
+        ));
+    }
+    let group = match group {
+        Ok(g) => g,
+        Err(v) => return v,
+    };
+    if !caller.in_group(&group) {
+        return deny(format!(
+            "only members of group {group} may review ElevationRequest {name}, and you ({}) are \
+             not one; ask a member of {group} to review it",
+            caller.username
+        ));
+    }
+    let phase = old.status.as_ref().and_then(|s| s.phase);
+    let new_review = new.spec.reviews.get(caller.username);
+    fits_phase(name, phase, new_review.map(|r| r.decision))
+}
+
+/// The first spec field other than `reviews` that differs, by its YAML name.
+fn changed_field(old: &ElevationRequestSpec, new: &ElevationRequestSpec) -> Option<&'static str> {
+    if old.policy != new.policy {
+        Some("policy")
+    } else if old.namespace != new.namespace {
+        Some("namespace")
+    } else if old.reason != new.reason {
+        Some("reason")
+    } else if old.duration != new.duration {
+        Some("duration")
+    } else if old.requester != new.requester {
+        Some("requester")
+    } else {
+        None
+    }
+}
+
+/// Review keys added, changed or removed, sorted.
+pub(crate) fn changed_review_keys<'a>(
+    old: &'a ElevationRequestSpec,
+    new: &'a ElevationRequestSpec,
+) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = old
+        .reviews
+        .keys()
+        .chain(new.reviews.keys())
+        .map(String::as_str)
+        .filter(|k| old.reviews.get(*k) != new.reviews.get(*k))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The approver group of the request: the one the operator recorded in status; before that,
+/// the one it will record (the policy's, else the control's default).
+fn approver_group(
+    old: &ElevationRequest,
+    policy: Option<&AccessPolicy>,
+    control: Option<&PrivilegedAccessControl>,
+) -> Result<String, Verdict> {
+    let recorded = old
+        .status
+        .as_ref()
+        .and_then(|s| s.approver_group.clone())
+        .filter(|g| !g.trim().is_empty());
+    let phase = old.status.as_ref().and_then(|s| s.phase);
+    let control = ControlView::from_control(control);
+    // What the operator resolves on its next pass (lifecycle::decide does the same).
+    let current = policy
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .and_then(|p| {
+            p.spec
+                .approver_group
+                .clone()
+                .or_else(|| control.settings().map(|s| s.default_approver_group.clone()))
+        })
+        .filter(|g| !g.trim().is_empty());
+    match (recorded, current) {
+        // While Pending the operator re-resolves the group on every pass: refuse during the
+        // short window where the policy (or the control) has moved on but the status has not.
+        (Some(r), Some(c)) if r != c && matches!(phase, None | Some(Phase::Pending)) => {
+            Err(deny(format!(
+                "the approver group of this request is changing from {r} to {c} (its \
+                 AccessPolicy or the control was edited); try again in a few seconds"
+            )))
+        }
+        (Some(r), _) => Ok(r),
+        (None, Some(c)) => Ok(c),
+        (None, None) => Err(deny(
+            "the request has not been processed yet, so its approver group is not known; try \
+             again in a few seconds",
+        )),
+    }
+}
+
+/// Whether the caller's new review (or its removal, `None`) fits the phase.
+fn fits_phase(name: &str, phase: Option<Phase>, decision: Option<ReviewDecision>) -> Verdict {
+    match (phase, decision) {
+        (Some(p), _) if p.is_final() => deny(format!(
+            "ElevationRequest {name} is {p}, which is final: its reviews are part of the record \
+             and cannot change; the requester may create a new request"
+        )),
+        (
+            None | Some(Phase::Pending),
+            None | Some(ReviewDecision::Approve | ReviewDecision::Deny),
+        )
+        | (Some(Phase::Approved), Some(ReviewDecision::Revoke)) => Verdict::Allow,
+        (None | Some(Phase::Pending), Some(ReviewDecision::Revoke)) => deny(format!(
+            "ElevationRequest {name} is Pending, so there is no approval to revoke; use decision \
+             Deny to refuse it"
+        )),
+        (Some(Phase::Approved), _) => deny(format!(
+            "ElevationRequest {name} is already Approved: the only review that can still be \
+             recorded is your own with decision Revoke, which ends the grant early"
+        )),
+        // Final phases are handled by the first arm.
+        (Some(Phase::Denied | Phase::Expired | Phase::Revoked), _) => deny(format!(
+            "ElevationRequest {name} is final; its reviews cannot change"
+        )),
+    }
+}

@@ -1,0 +1,234 @@
+//! The `AdmissionReview` envelope: parse a body, decode its objects, build the response.
+//! Nothing here panics, whatever the bytes: a body that is not a review gets
+//! [`AdmissionResponse::invalid`] (with the request's uid when it can be found), an object that
+//! does not decode is refused with the decoding error.
+
+use std::borrow::Borrow;
+
+use kube::Resource;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde::de::DeserializeOwned;
+
+use super::guard::GuardVerdict;
+use super::policy::{policy_create, policy_update};
+use super::request::{request_create, request_create_validate, request_update};
+use super::{Caller, Verdict, deny};
+use crate::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl};
+
+/// Audit annotation naming the ElevationRequest that allowed a guarded operation (the API
+/// server prefixes it with the webhook's name).
+pub const AUDIT_REQUEST: &str = "elevation-request";
+
+/// Why a body or an object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The body is not JSON of an `AdmissionReview`.
+    #[error("the body is not an admission.k8s.io/v1 AdmissionReview: {source}")]
+    Malformed {
+        /// The request's uid, when the body has one.
+        uid: Option<String>,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The review carries no `request`.
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    /// The request lacks an object the operation needs.
+    #[error("the admission request has no {field}")]
+    MissingObject {
+        /// `object` or `oldObject`.
+        field: &'static str,
+    },
+    /// An object does not decode into the expected kind.
+    #[error("{field} is not a valid {kind}: {source}")]
+    Decode {
+        /// `object` or `oldObject`.
+        field: &'static str,
+        /// The kind expected.
+        kind: String,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// The request's uid, when it could be read (for the invalid response).
+    pub fn uid(&self) -> Option<&str> {
+        match self {
+            Self::Malformed { uid, .. } => uid.as_deref(),
+            Self::NoRequest | Self::MissingObject { .. } | Self::Decode { .. } => None,
+        }
+    }
+}
+
+/// Parse a webhook body into its request.
+pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, Error> {
+    match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body) {
+        Ok(review) => review.try_into().map_err(|_| Error::NoRequest),
+        Err(source) => Err(Error::Malformed {
+            uid: salvage_uid(body),
+            source,
+        }),
+    }
+}
+
+/// The `request.uid` of a body that is JSON but not a well-formed review.
+fn salvage_uid(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value
+        .get("request")?
+        .get("uid")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Decode the request's `object` (`old = false`) or `oldObject` (`old = true`) as `K`.
+pub fn decode<K>(req: &AdmissionRequest<DynamicObject>, old: bool) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let field = if old { "oldObject" } else { "object" };
+    let object = if old { &req.old_object } else { &req.object };
+    let object = object.as_ref().ok_or(Error::MissingObject { field })?;
+    let kind = K::kind(&()).into_owned();
+    let value = serde_json::to_value(object).map_err(|source| Error::Decode {
+        field,
+        kind: kind.clone(),
+        source,
+    })?;
+    serde_json::from_value(value).map_err(|source| Error::Decode {
+        field,
+        kind,
+        source,
+    })
+}
+
+/// The response to a request for a verdict.
+pub fn respond<T: Resource>(req: &AdmissionRequest<T>, verdict: Verdict) -> AdmissionResponse {
+    let response = AdmissionResponse::from(req);
+    match verdict {
+        Verdict::Allow => response,
+        Verdict::Deny(message) => response.deny(message),
+        Verdict::Patch(patch) => match response.clone().with_patch(patch) {
+            Ok(patched) => patched,
+            Err(e) => response.deny(format!("kubepam could not encode its patch: {e}")),
+        },
+    }
+}
+
+/// The response to a guarded request; an allowed use names its ElevationRequest in the audit
+/// log.
+pub fn respond_guard<T: Resource>(
+    req: &AdmissionRequest<T>,
+    verdict: &GuardVerdict,
+) -> AdmissionResponse {
+    let mut response = AdmissionResponse::from(req);
+    match verdict {
+        GuardVerdict::NotGuarded | GuardVerdict::ControlOff | GuardVerdict::SystemAccount => {}
+        GuardVerdict::Allowed { request } => {
+            response
+                .audit_annotations
+                .insert(AUDIT_REQUEST.to_owned(), request.clone());
+        }
+        GuardVerdict::Denied(message) => response = response.deny(message),
+    }
+    response
+}
+
+/// The response to a body that could not be read: refused, with the uid when known.
+pub fn invalid(error: &Error) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid(error.to_string());
+    if let Some(uid) = error.uid() {
+        uid.clone_into(&mut response.uid);
+    }
+    response
+}
+
+/// The JSON body of the `AdmissionReview` carrying `response`.
+pub fn response_bytes(response: AdmissionResponse) -> Vec<u8> {
+    let uid = response.uid.clone();
+    serde_json::to_vec(&response.into_review()).unwrap_or_else(|e| {
+        // Unreachable in practice (the types are plain data); still answer with a valid review.
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {
+                "uid": uid,
+                "allowed": false,
+                "status": { "message": format!("kubepam could not encode its response: {e}"), "code": 500 },
+            },
+        })
+        .to_string()
+        .into_bytes()
+    })
+}
+
+/// Which webhook pass is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The mutating webhook: may patch.
+    Mutating,
+    /// The validating webhook: never patches.
+    Validating,
+}
+
+/// Decide an admission request for an `ElevationRequest` (CREATE or UPDATE; other operations
+/// are allowed). `policy` looks up an AccessPolicy by name; `control` is the `default`
+/// PrivilegedAccessControl. An object that does not decode is refused with the reason.
+pub fn admit_elevation_request<P>(
+    req: &AdmissionRequest<DynamicObject>,
+    pass: Pass,
+    policy: impl FnOnce(&str) -> Option<P>,
+    control: Option<&PrivilegedAccessControl>,
+) -> Verdict
+where
+    P: Borrow<AccessPolicy>,
+{
+    let caller = Caller::from_user_info(&req.user_info);
+    match req.operation {
+        Operation::Create => match decode::<ElevationRequest>(req, false) {
+            Ok(new) if pass == Pass::Mutating => request_create(&caller, &new),
+            Ok(new) => request_create_validate(&caller, &new),
+            Err(e) => deny(e.to_string()),
+        },
+        Operation::Update => {
+            let (old, new) = match (decode(req, true), decode(req, false)) {
+                (Ok(old), Ok(new)) => (old, new),
+                (Err(e), _) | (_, Err(e)) => return deny(e.to_string()),
+            };
+            let old: ElevationRequest = old;
+            let policy = policy(&old.spec.policy);
+            request_update(
+                &caller,
+                &old,
+                &new,
+                policy.as_ref().map(Borrow::borrow),
+                control,
+            )
+        }
+        Operation::Delete | Operation::Connect => Verdict::Allow,
+    }
+}
+
+/// Decide an admission request for an `AccessPolicy` (CREATE or UPDATE; other operations are
+/// allowed). `live_policies` counts the AccessPolicies that exist and are not being deleted;
+/// it is only called on CREATE.
+pub fn admit_access_policy(
+    req: &AdmissionRequest<DynamicObject>,
+    live_policies: impl FnOnce() -> usize,
+) -> Verdict {
+    match req.operation {
+        Operation::Create => match decode::<AccessPolicy>(req, false) {
+            Ok(p) => policy_create(&p, live_policies()),
+            Err(e) => deny(e.to_string()),
+        },
+        Operation::Update => match decode::<AccessPolicy>(req, false) {
+            Ok(p) => policy_update(&p),
+            Err(e) => deny(e.to_string()),
+        },
+        Operation::Delete | Operation::Connect => Verdict::Allow,
+    }
+}

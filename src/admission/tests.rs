@@ -1,0 +1,1225 @@
+//! `accepts(..)` / `rejects(..)` tests for every admission rule, on inline JSON.
+
+// Fixtures take inline JSON by value: `json!(..)` at the call site reads best.
+#![allow(clippy::needless_pass_by_value)]
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, Operation as AdmissionOperation};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl};
+
+pub(super) fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap()
+}
+
+pub(super) fn groups(gs: &[&str]) -> Vec<String> {
+    gs.iter().map(|g| (*g).to_owned()).collect()
+}
+
+#[track_caller]
+fn accepts(v: &Verdict) {
+    assert!(v.is_allowed(), "expected to be admitted, got {v:?}");
+}
+
+#[track_caller]
+fn rejects(v: &Verdict, needle: &str) {
+    match v {
+        Verdict::Deny(m) => assert!(m.contains(needle), "message {m:?} lacks {needle:?}"),
+        other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
+    }
+}
+
+pub(super) fn er(spec: Value, status: Value) -> ElevationRequest {
+    serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1",
+        "kind": "ElevationRequest",
+        "metadata": {"name": "r1"},
+        "spec": spec,
+        "status": status,
+    }))
+    .unwrap()
+}
+
+fn base_spec() -> Value {
+    json!({"policy": "prod-delete", "namespace": "prod", "reason": "INC-1", "requester": "alice"})
+}
+
+fn with_reviews(reviews: Value) -> Value {
+    let mut s = base_spec();
+    s["reviews"] = reviews;
+    s
+}
+
+pub(super) fn policy(name: &str, spec: Value, accepted: bool) -> AccessPolicy {
+    let status = if accepted {
+        json!({"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 1}]})
+    } else {
+        json!({})
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1",
+        "kind": "AccessPolicy",
+        "metadata": {"name": name, "generation": 1},
+        "spec": spec,
+        "status": status,
+    }))
+    .unwrap()
+}
+
+pub(super) fn task_policy(
+    name: &str,
+    verbs: &[&str],
+    group: &str,
+    resources: &[&str],
+    namespaces: &[&str],
+) -> AccessPolicy {
+    policy(
+        name,
+        json!({
+            "type": "Task", "approvalType": "Manual", "approverGroup": "approvers",
+            "task": {"verbs": verbs, "apiGroups": [group], "resources": resources},
+            "scope": {"namespaces": namespaces},
+        }),
+        true,
+    )
+}
+
+pub(super) fn control(enabled: bool, system_accounts: &[&str]) -> PrivilegedAccessControl {
+    serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1",
+        "kind": "PrivilegedAccessControl",
+        "metadata": {"name": "default"},
+        "spec": {"enabled": enabled, "defaultApproverGroup": "default-approvers", "systemAccounts": system_accounts},
+    }))
+    .unwrap()
+}
+
+fn caller<'a>(username: &'a str, groups: &'a [String]) -> Caller<'a> {
+    Caller { username, groups }
+}
+
+// ---------------------------------------------------------------- ElevationRequest CREATE
+
+#[test]
+fn create_without_requester_is_patched_to_the_caller() {
+    let mut spec = base_spec();
+    spec.as_object_mut().unwrap().remove("requester");
+    let v = request_create(&caller("alice", &[]), &er(spec.clone(), json!({})));
+    let Verdict::Patch(patch) = &v else {
+        panic!("expected a patch, got {v:?}")
+    };
+    let mut doc = json!({"spec": spec});
+    json_patch::patch(&mut doc, patch).unwrap();
+    assert_eq!(doc["spec"]["requester"], "alice");
+    // The validating pass refuses the same object: the mutating webhook did not run.
+    rejects(
+        &request_create_validate(&caller("alice", &[]), &er(spec, json!({}))),
+        "spec.requester is not set",
+    );
+}
+
+#[test]
+fn create_in_own_name_is_admitted_unchanged() {
+    assert_eq!(
+        request_create(&caller("alice", &[]), &er(base_spec(), json!({}))),
+        Verdict::Allow
+    );
+    accepts(&request_create_validate(
+        &caller("alice", &[]),
+        &er(base_spec(), json!({})),
+    ));
+}
+
+#[test]
+fn create_in_someone_elses_name_is_refused() {
+    let v = request_create(&caller("mallory", &[]), &er(base_spec(), json!({})));
+    rejects(
+        &v,
+        "spec.requester must be your own username (mallory), or be left out",
+    );
+    rejects(&v, "never be made in someone else's name");
+}
+
+#[test]
+fn create_with_reviews_is_refused() {
+    let spec = with_reviews(json!({"bob": {"decision": "Approve"}}));
+    rejects(
+        &request_create(&caller("alice", &[]), &er(spec, json!({}))),
+        "spec.reviews must be empty when a request is created",
+    );
+}
+
+#[test]
+fn create_with_bad_duration_or_no_username_is_refused() {
+    let mut spec = base_spec();
+    spec["duration"] = json!("0s");
+    rejects(
+        &request_create(&caller("alice", &[]), &er(spec, json!({}))),
+        "spec.duration",
+    );
+    rejects(
+        &request_create(&caller("", &[]), &er(base_spec(), json!({}))),
+        "no username",
+    );
+}
+
+// ---------------------------------------------------------------- ElevationRequest UPDATE
+
+fn pending() -> Value {
+    json!({"phase": "Pending", "approverGroup": "approvers"})
+}
+
+fn update(who: &str, gs: &[&str], old: (Value, Value), new_spec: Value) -> Verdict {
+    let gs = groups(gs);
+    let old = er(old.0, old.1);
+    let mut new = old.clone();
+    new.spec = serde_json::from_value(new_spec).unwrap();
+    request_update(&caller(who, &gs), &old, &new, None, None)
+}
+
+#[test]
+fn approver_adds_own_approval() {
+    let v = update(
+        "bob",
+        &["approvers"],
+        (base_spec(), pending()),
+        with_reviews(json!({"bob": {"decision": "Approve", "comment": "ok"}})),
+    );
+    assert_eq!(v, Verdict::Allow);
+}
+
+#[test]
+fn approver_changes_and_removes_own_review_while_pending() {
+    let old = with_reviews(json!({"bob": {"decision": "Approve"}}));
+    accepts(&update(
+        "bob",
+        &["approvers"],
+        (old.clone(), pending()),
+        with_reviews(json!({"bob": {"decision": "Deny"}})),
+    ));
+    accepts(&update(
+        "bob",
+        &["approvers"],
+        (old, pending()),
+        base_spec(),
+    ));
+}
+
+#[test]
+fn writing_someone_elses_review_is_refused() {
+    rejects(
+        &update(
+            "bob",
+            &["approvers"],
+            (base_spec(), pending()),
+            with_reviews(json!({"carol": {"decision": "Approve"}})),
+        ),
+        "the review by carol is theirs alone",
+    );
+    // Removing someone else's review too.
+    let old = with_reviews(json!({"carol": {"decision": "Deny"}}));
+    rejects(
+        &update("bob", &["approvers"], (old, pending()), base_spec()),
+        "the review by carol",
+    );
+}
+
+#[test]
+fn requester_cannot_review_own_request() {
+    rejects(
+        &update(
+            "alice",
+            &["approvers"],
+            (base_spec(), pending()),
+            with_reviews(json!({"alice": {"decision": "Approve"}})),
+        ),
+        "nobody can review their own request; a member of group approvers must review it",
+    );
+}
+
+#[test]
+fn non_member_is_refused_with_the_group_named() {
+    rejects(
+        &update(
+            "bob",
+            &["devs"],
+            (base_spec(), pending()),
+            with_reviews(json!({"bob": {"decision": "Approve"}})),
+        ),
+        "only members of group approvers may review",
+    );
+}
+
+#[test]
+fn other_spec_fields_are_immutable() {
+    let mut spec = base_spec();
+    spec["reason"] = json!("changed");
+    rejects(
+        &update("bob", &["approvers"], (base_spec(), pending()), spec),
+        "spec.reason cannot change",
+    );
+    let mut spec = base_spec();
+    spec["requester"] = json!("bob");
+    rejects(
+        &update("bob", &["approvers"], (base_spec(), pending()), spec),
+        "spec.requester cannot change",
+    );
+    let mut spec = base_spec();
+    spec["duration"] = json!("8h");
+    rejects(
+        &update("alice", &[], (base_spec(), pending()), spec),
+        "spec.duration",
+    );
+}
+
+#[test]
+fn metadata_only_changes_are_allowed_for_anyone() {
+    let old = er(
+        with_reviews(json!({"bob": {"decision": "Approve"}})),
+        json!({"phase": "Denied"}),
+    );
+    let mut new = old.clone();
+    new.metadata.finalizers = Some(vec!["kubepam.io/cleanup".into()]);
+    new.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
+    assert_eq!(
+        request_update(&caller("anyone", &[]), &old, &new, None, None),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn decisions_must_fit_the_phase() {
+    let approve = with_reviews(json!({"bob": {"decision": "Approve"}}));
+    let revoke = with_reviews(json!({"bob": {"decision": "Revoke"}}));
+    let approved = json!({"phase": "Approved", "approverGroup": "approvers"});
+    rejects(
+        &update(
+            "bob",
+            &["approvers"],
+            (base_spec(), pending()),
+            revoke.clone(),
+        ),
+        "no approval to revoke; use decision Deny",
+    );
+    // No phase yet counts as Pending (the group is then known from the status).
+    accepts(&update(
+        "bob",
+        &["approvers"],
+        (base_spec(), json!({"approverGroup": "approvers"})),
+        with_reviews(json!({"bob": {"decision": "Deny"}})),
+    ));
+    accepts(&update(
+        "bob",
+        &["approvers"],
+        (approve.clone(), approved.clone()),
+        revoke.clone(),
+    ));
+    rejects(
+        &update(
+            "carol",
+            &["approvers"],
+            (approve.clone(), approved.clone()),
+            with_reviews(json!({"bob": {"decision": "Approve"}, "carol": {"decision": "Approve"}})),
+        ),
+        "already Approved",
+    );
+    rejects(
+        &update(
+            "bob",
+            &["approvers"],
+            (approve.clone(), approved),
+            base_spec(),
+        ),
+        "already Approved",
+    );
+    for phase in ["Denied", "Expired", "Revoked"] {
+        let status = json!({"phase": phase, "approverGroup": "approvers"});
+        rejects(
+            &update(
+                "carol",
+                &["approvers"],
+                (approve.clone(), status.clone()),
+                with_reviews(
+                    json!({"bob": {"decision": "Approve"}, "carol": {"decision": "Revoke"}}),
+                ),
+            ),
+            "which is final",
+        );
+        rejects(
+            &update(
+                "bob",
+                &["approvers"],
+                (approve.clone(), status),
+                base_spec(),
+            ),
+            "which is final",
+        );
+    }
+}
+
+#[test]
+fn approver_group_falls_back_to_policy_then_control() {
+    let gs = groups(&["pol-approvers"]);
+    let old = er(base_spec(), json!({}));
+    let mut new = old.clone();
+    new.spec.reviews.insert(
+        "bob".into(),
+        serde_json::from_value(json!({"decision": "Approve"})).unwrap(),
+    );
+    let bob = caller("bob", &gs);
+    // Nothing known: not processed yet.
+    rejects(
+        &request_update(&bob, &old, &new, None, None),
+        "has not been processed yet",
+    );
+    let p = policy(
+        "prod-delete",
+        json!({"type": "Role", "role": "admin", "approvalType": "Manual", "approverGroup": "pol-approvers"}),
+        true,
+    );
+    accepts(&request_update(&bob, &old, &new, Some(&p), None));
+    // A policy without a group: the control's default.
+    let p2 = policy(
+        "prod-delete",
+        json!({"type": "Role", "role": "admin", "approvalType": "Manual"}),
+        true,
+    );
+    let c = control(true, &[]);
+    rejects(
+        &request_update(&bob, &old, &new, Some(&p2), Some(&c)),
+        "only members of group default-approvers",
+    );
+    let dgs = groups(&["default-approvers"]);
+    accepts(&request_update(
+        &caller("bob", &dgs),
+        &old,
+        &new,
+        Some(&p2),
+        Some(&c),
+    ));
+    // The status wins once recorded.
+    let old2 = er(
+        base_spec(),
+        json!({"phase": "Approved", "approverGroup": "pol-approvers"}),
+    );
+    let mut new2 = old2.clone();
+    new2.spec.reviews.insert(
+        "bob".into(),
+        serde_json::from_value(json!({"decision": "Revoke"})).unwrap(),
+    );
+    accepts(&request_update(&bob, &old2, &new2, Some(&p2), Some(&c)));
+}
+
+#[test]
+fn a_changing_approver_group_is_refused_while_pending() {
+    let gs = groups(&["old-group"]);
+    let old = er(
+        base_spec(),
+        json!({"phase": "Pending", "approverGroup": "old-group"}),
+    );
+    let mut new = old.clone();
+    new.spec.reviews.insert(
+        "bob".into(),
+        serde_json::from_value(json!({"decision": "Approve"})).unwrap(),
+    );
+    let p = policy(
+        "prod-delete",
+        json!({"type": "Role", "role": "admin", "approvalType": "Manual", "approverGroup": "new-group"}),
+        true,
+    );
+    rejects(
+        &request_update(&caller("bob", &gs), &old, &new, Some(&p), None),
+        "changing from old-group to new-group",
+    );
+}
+
+// ---------------------------------------------------------------- AccessPolicy
+
+fn ap(spec: Value) -> AccessPolicy {
+    policy("p", spec, false)
+}
+
+#[test]
+fn policy_limit_is_enforced_at_create_only() {
+    let p = ap(json!({"type": "Role", "role": "admin", "approvalType": "Manual"}));
+    accepts(&policy_create(&p, 29));
+    rejects(
+        &policy_create(&p, 30),
+        "kubepam accepts at most 30 AccessPolicies per cluster and 30 exist; delete one",
+    );
+    rejects(&policy_create(&p, 45), "45 exist");
+    accepts(&policy_update(&p));
+}
+
+#[test]
+fn policy_type_and_fields_must_agree() {
+    let task = json!({"verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"]});
+    accepts(&policy_update(&ap(
+        json!({"type": "Task", "task": task, "approvalType": "Manual"}),
+    )));
+    rejects(
+        &policy_update(&ap(json!({"type": "Task", "approvalType": "Manual"}))),
+        "type Task needs task",
+    );
+    rejects(
+        &policy_update(&ap(
+            json!({"type": "Task", "task": task, "role": "admin", "approvalType": "Manual"}),
+        )),
+        "type Task needs task",
+    );
+    rejects(
+        &policy_update(&ap(json!({"type": "Role", "approvalType": "Auto"}))),
+        "type Role needs role",
+    );
+    rejects(
+        &policy_update(&ap(
+            json!({"type": "Role", "role": "a", "roles": ["b"], "approvalType": "Auto"}),
+        )),
+        "type Role needs role",
+    );
+    rejects(
+        &policy_update(&ap(
+            json!({"type": "Role", "role": " ", "approvalType": "Auto"}),
+        )),
+        "role must name a ClusterRole",
+    );
+    rejects(
+        &policy_update(&ap(json!({"type": "RoleGroup", "approvalType": "Auto"}))),
+        "type RoleGroup needs a non-empty roles list",
+    );
+    rejects(
+        &policy_update(&ap(
+            json!({"type": "RoleGroup", "roles": ["a", ""], "approvalType": "Auto"}),
+        )),
+        "roles must not contain empty names",
+    );
+    accepts(&policy_update(&ap(
+        json!({"type": "RoleGroup", "roles": ["a", "b"], "approvalType": "Auto"}),
+    )));
+}
+
+#[test]
+fn policy_task_durations_and_approvals_are_checked() {
+    let spec = |task: Value, extra: Value| {
+        let mut s = json!({"type": "Task", "task": task, "approvalType": "Manual"});
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        ap(s)
+    };
+    let good = json!({"verbs": ["delete"], "apiGroups": [""], "resources": ["pods"]});
+    rejects(
+        &policy_update(&spec(
+            json!({"verbs": [], "apiGroups": [""], "resources": ["pods"]}),
+            json!({}),
+        )),
+        "task.verbs must list at least one verb",
+    );
+    rejects(
+        &policy_update(&spec(
+            json!({"verbs": ["delete"], "apiGroups": [], "resources": ["pods"]}),
+            json!({}),
+        )),
+        "task.apiGroups",
+    );
+    rejects(
+        &policy_update(&spec(
+            json!({"verbs": ["delete"], "apiGroups": [""], "resources": []}),
+            json!({}),
+        )),
+        "task.resources",
+    );
+    rejects(
+        &policy_update(&spec(good.clone(), json!({"maxDuration": "4x"}))),
+        "maxDuration: invalid duration \"4x\"",
+    );
+    rejects(
+        &policy_update(&spec(good.clone(), json!({"maxDuration": "0s"}))),
+        "maxDuration",
+    );
+    accepts(&policy_update(&spec(
+        good.clone(),
+        json!({"maxDuration": "8h", "requiredApprovals": 2}),
+    )));
+    rejects(
+        &policy_update(&spec(good.clone(), json!({"requiredApprovals": 0}))),
+        "requiredApprovals must be at least 1",
+    );
+    rejects(
+        &policy_update(&spec(good.clone(), json!({"approverGroup": " "}))),
+        "approverGroup must name",
+    );
+    rejects(
+        &policy_update(&spec(good, json!({"scope": {"namespaces": ["prod", ""]}}))),
+        "scope.namespaces",
+    );
+}
+
+#[test]
+fn policy_warnings_name_unguardable_verbs_and_wildcards() {
+    let p = task_policy("reads", &["get", "list", "delete"], "", &["secrets"], &[]);
+    let w = policy_warnings(&p);
+    assert_eq!(w.len(), 1);
+    assert!(w[0].contains("get, list"), "{w:?}");
+    assert!(
+        policy_warnings(&task_policy(
+            "exec",
+            &["create", "get"],
+            "",
+            &["pods/exec"],
+            &[]
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        policy_warnings(&task_policy("all", &["delete"], "*", &["*"], &[])).len(),
+        1
+    );
+}
+
+// ---------------------------------------------------------------- the guard
+
+fn approved_request(
+    name: &str,
+    who: &str,
+    policy: &str,
+    ns: Option<&str>,
+    scope: &AccessPolicy,
+    until: DateTime<Utc>,
+) -> ElevationRequest {
+    let grant = crate::lifecycle::scope::snapshot(policy, &scope.spec, ns).unwrap();
+    let mut r = er(
+        json!({"policy": policy, "namespace": ns, "reason": "INC-1", "requester": who}),
+        json!({
+            "phase": "Approved", "approverGroup": "approvers",
+            "decidedAt": (until - TimeDelta::hours(4)).to_rfc3339(),
+            "grantedUntil": until.to_rfc3339(),
+        }),
+    );
+    r.metadata.name = Some(name.to_owned());
+    r.status.as_mut().unwrap().grant = Some(grant);
+    r
+}
+
+fn delete_deploy<'a>(ns: Option<&'a str>, name: Option<&'a str>) -> GuardOperation<'a> {
+    GuardOperation {
+        operation: AdmissionOperation::Delete,
+        api_group: "apps",
+        resource: "deployments",
+        subresource: None,
+        name,
+        namespace: ns,
+        collection: false,
+    }
+}
+
+#[test]
+fn guard_passes_operations_no_policy_describes() {
+    let p = task_policy(
+        "prod-delete",
+        &["delete"],
+        "apps",
+        &["deployments"],
+        &["prod"],
+    );
+    let c = control(true, &[]);
+    let gs = groups(&[]);
+    let alice = caller("alice", &gs);
+    let op = delete_deploy(Some("dev"), Some("web"));
+    assert_eq!(
+        guard(&op, &alice, [&p], [], Some(&c), now()),
+        GuardVerdict::NotGuarded
+    );
+    let mut update = delete_deploy(Some("prod"), Some("web"));
+    update.operation = AdmissionOperation::Create;
+    assert_eq!(
+        guard(&update, &alice, [&p], [], Some(&c), now()),
+        GuardVerdict::NotGuarded
+    );
+    // An unaccepted policy guards nothing.
+    let unsettled = policy("x", p.spec.clone().pipe_json(), false);
+    assert_eq!(
+        guard(
+            &delete_deploy(Some("prod"), None),
+            &alice,
+            [&unsettled],
+            [],
+            Some(&c),
+            now()
+        ),
+        GuardVerdict::NotGuarded
+    );
+}
+
+trait PipeJson {
+    fn pipe_json(self) -> Value;
+}
+impl PipeJson for crate::api::AccessPolicySpec {
+    fn pipe_json(self) -> Value {
+        serde_json::to_value(self).unwrap()
+    }
+}
+
+#[test]
+fn guard_denies_without_a_request_and_says_how_to_ask() {
+    let p = task_policy(
+        "prod-delete-deployments",
+        &["delete"],
+        "apps",
+        &["deployments"],
+        &["prod"],
+    );
+    let c = control(true, &[]);
+    let gs = groups(&["system:masters"]);
+    let admin = caller("admin", &gs);
+    let GuardVerdict::Denied(m) = guard(
+        &delete_deploy(Some("prod"), Some("web")),
+        &admin,
+        [&p],
+        [],
+        Some(&c),
+        now(),
+    ) else {
+        panic!("a cluster-admin without a request must be refused");
+    };
+    assert!(m.starts_with("delete deployments.apps \"web\" in namespace prod is a privileged task (AccessPolicy prod-delete-deployments)"), "{m}");
+    assert!(
+        m.contains("`kubectl pam request prod-delete-deployments --namespace prod --reason ...`"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "(spec.policy: prod-delete-deployments, spec.namespace: prod), then wait for approval"
+        ),
+        "{m}"
+    );
+}
+
+#[test]
+fn guard_allows_system_accounts_and_an_off_control() {
+    let p = task_policy(
+        "prod-delete",
+        &["delete"],
+        "apps",
+        &["deployments"],
+        &["prod"],
+    );
+    let gs = groups(&[]);
+    let argo = caller("system:serviceaccount:argocd:argocd", &gs);
+    let op = delete_deploy(Some("prod"), Some("web"));
+    let c = control(true, &["system:serviceaccount:argocd:argocd"]);
+    assert_eq!(
+        guard(&op, &argo, [&p], [], Some(&c), now()),
+        GuardVerdict::SystemAccount
+    );
+    assert_eq!(
+        guard(&op, &argo, [&p], [], Some(&control(false, &[])), now()),
+        GuardVerdict::ControlOff
+    );
+    assert_eq!(
+        guard(&op, &argo, [&p], [], None, now()),
+        GuardVerdict::ControlOff
+    );
+}
+
+#[test]
+fn guard_allows_an_approved_covering_request_and_names_it() {
+    let p = task_policy(
+        "prod-delete",
+        &["delete"],
+        "apps",
+        &["deployments"],
+        &["prod"],
+    );
+    let c = control(true, &[]);
+    let gs = groups(&[]);
+    let alice = caller("alice", &gs);
+    let until = now() + TimeDelta::hours(1);
+    let r = approved_request("r-alice", "alice", "prod-delete", Some("prod"), &p, until);
+    let op = delete_deploy(Some("prod"), Some("web"));
+    assert_eq!(
+        guard(&op, &alice, [&p], [&r], Some(&c), now()),
+        GuardVerdict::Allowed {
+            request: "r-alice".into()
+        }
+    );
+    // Someone else's request does not help.
+    let gs2 = groups(&[]);
+    assert!(matches!(
+        guard(&op, &caller("bob", &gs2), [&p], [&r], Some(&c), now()),
+        GuardVerdict::Denied(_)
+    ));
+    // Expired.
+    assert!(matches!(
+        guard(&op, &alice, [&p], [&r], Some(&c), until),
+        GuardVerdict::Denied(_)
+    ));
+    // With the control off, the use is still attributed.
+    assert_eq!(
+        guard(&op, &alice, [&p], [&r], Some(&control(false, &[])), now()),
+        GuardVerdict::Allowed {
+            request: "r-alice".into()
+        }
+    );
+    let e = execution(&op, &alice, now());
+    assert_eq!(
+        (
+            e.verb.as_str(),
+            e.resource.as_str(),
+            e.name.as_deref(),
+            e.user.as_str()
+        ),
+        ("delete", "deployments", Some("web"), "alice")
+    );
+}
+
+#[test]
+fn guard_respects_a_narrowed_or_deleted_policy() {
+    let wide = task_policy("prod-delete", &["delete"], "apps", &["deployments"], &[]);
+    let c = control(true, &[]);
+    let gs = groups(&[]);
+    let alice = caller("alice", &gs);
+    let until = now() + TimeDelta::hours(1);
+    let r = approved_request("r", "alice", "prod-delete", None, &wide, until);
+    let stage = delete_deploy(Some("stage"), Some("web"));
+    assert!(guard(&stage, &alice, [&wide], [&r], Some(&c), now()).is_allowed());
+    // The policy narrows to prod: stage stays guarded by another policy, and the grant no longer covers it.
+    let narrow = task_policy(
+        "prod-delete",
+        &["delete"],
+        "apps",
+        &["deployments"],
+        &["prod"],
+    );
+    let other = task_policy(
+        "stage-delete",
+        &["delete"],
+        "apps",
+        &["deployments"],
+        &["stage"],
+    );
+    assert!(matches!(
+        guard(&stage, &alice, [&narrow, &other], [&r], Some(&c), now()),
+        GuardVerdict::Denied(_)
+    ));
+    // Deleted policy: the grant ends.
+    assert!(matches!(
+        guard(&stage, &alice, [&other], [&r], Some(&c), now()),
+        GuardVerdict::Denied(_)
+    ));
+}
+
+#[test]
+fn guard_mentions_a_pending_request() {
+    let p = task_policy(
+        "prod-delete",
+        &["delete"],
+        "apps",
+        &["deployments"],
+        &["prod"],
+    );
+    let c = control(true, &[]);
+    let gs = groups(&[]);
+    let r = er(
+        base_spec(),
+        json!({"phase": "Pending", "approverGroup": "approvers"}),
+    );
+    let mut r = r;
+    r.spec.policy = "prod-delete".into();
+    let GuardVerdict::Denied(m) = guard(
+        &delete_deploy(Some("prod"), None),
+        &caller("alice", &gs),
+        [&p],
+        [&r],
+        Some(&c),
+        now(),
+    ) else {
+        panic!()
+    };
+    assert!(
+        m.contains(
+            "your ElevationRequest r1 is still Pending: a member of group approvers must approve it"
+        ),
+        "{m}"
+    );
+}
+
+#[test]
+fn guard_maps_update_patch_collections_and_connect() {
+    let c = control(true, &[]);
+    let gs = groups(&[]);
+    let alice = caller("alice", &gs);
+    // A policy on "patch" guards UPDATE.
+    let patch = task_policy("patch", &["patch"], "apps", &["deployments"], &[]);
+    let mut op = delete_deploy(Some("prod"), Some("web"));
+    op.operation = AdmissionOperation::Update;
+    assert!(matches!(
+        guard(&op, &alice, [&patch], [], Some(&c), now()),
+        GuardVerdict::Denied(_)
+    ));
+    // A policy on "deletecollection" guards a DELETE with no name.
+    let dc = task_policy("dc", &["deletecollection"], "apps", &["deployments"], &[]);
+    let mut coll = delete_deploy(Some("prod"), Some("web"));
+    coll.collection = true;
+    assert!(matches!(
+        guard(&coll, &alice, [&dc], [], Some(&c), now()),
+        GuardVerdict::Denied(_)
+    ));
+    assert_eq!(
+        guard(
+            &delete_deploy(Some("prod"), Some("web")),
+            &alice,
+            [&dc],
+            [],
+            Some(&c),
+            now()
+        ),
+        GuardVerdict::NotGuarded
+    );
+    // exec is CONNECT on pods/exec, RBAC verb create.
+    let exec = task_policy("exec", &["create"], "", &["pods/exec"], &["prod"]);
+    let op = GuardOperation {
+        operation: AdmissionOperation::Connect,
+        api_group: "",
+        resource: "pods",
+        subresource: Some("exec"),
+        name: Some("db-0"),
+        namespace: Some("prod"),
+        collection: false,
+    };
+    assert!(
+        matches!(guard(&op, &alice, [&exec], [], Some(&c), now()), GuardVerdict::Denied(ref m) if m.starts_with("create pods/exec \"db-0\" in namespace prod"))
+    );
+    let r = approved_request(
+        "r",
+        "alice",
+        "exec",
+        Some("prod"),
+        &exec,
+        now() + TimeDelta::hours(1),
+    );
+    assert!(guard(&op, &alice, [&exec], [&r], Some(&c), now()).is_allowed());
+}
+
+#[test]
+fn guard_treats_an_unknown_name_as_possibly_guarded() {
+    let c = control(true, &[]);
+    let gs = groups(&[]);
+    let alice = caller("alice", &gs);
+    let mut p = task_policy("db", &["delete"], "apps", &["deployments"], &[]);
+    p.spec.task.as_mut().unwrap().resource_names = Some(vec!["db".into()]);
+    assert!(matches!(
+        guard(
+            &delete_deploy(Some("prod"), None),
+            &alice,
+            [&p],
+            [],
+            Some(&c),
+            now()
+        ),
+        GuardVerdict::Denied(_)
+    ));
+    assert_eq!(
+        guard(
+            &delete_deploy(Some("prod"), Some("web")),
+            &alice,
+            [&p],
+            [],
+            Some(&c),
+            now()
+        ),
+        GuardVerdict::NotGuarded
+    );
+    // A grant limited to "db" does not cover an unnamed operation.
+    let r = approved_request("r", "alice", "db", None, &p, now() + TimeDelta::hours(1));
+    assert!(matches!(
+        guard(
+            &delete_deploy(Some("prod"), None),
+            &alice,
+            [&p],
+            [&r],
+            Some(&c),
+            now()
+        ),
+        GuardVerdict::Denied(_)
+    ));
+    assert!(
+        guard(
+            &delete_deploy(Some("prod"), Some("db")),
+            &alice,
+            [&p],
+            [&r],
+            Some(&c),
+            now()
+        )
+        .is_allowed()
+    );
+}
+
+#[test]
+fn guard_operation_reads_the_admission_request() {
+    let req = request_json(json!({
+        "uid": "u1", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+        "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+        "name": "", "namespace": "prod", "operation": "DELETE",
+        "userInfo": {"username": "alice", "groups": ["devs"]},
+        "oldObject": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "prod"}},
+    }));
+    let op = GuardOperation::from_request(&req);
+    assert_eq!(op.name, Some("web"));
+    assert!(op.collection);
+    assert_eq!(op.verbs(), ["deletecollection", "delete"]);
+    let caller = Caller::from_user_info(&req.user_info);
+    assert_eq!(
+        (caller.username, caller.groups),
+        ("alice", &["devs".to_owned()][..])
+    );
+}
+
+#[test]
+fn guard_rules_cover_accepted_task_policies_and_report_reads() {
+    let mut refused = task_policy("refused", &["delete"], "", &["secrets"], &[]);
+    refused.status = None;
+    let role = policy(
+        "role",
+        json!({"type": "Role", "role": "admin", "approvalType": "Auto"}),
+        true,
+    );
+    let policies = [
+        task_policy(
+            "deploy",
+            &["delete", "patch", "get"],
+            "apps",
+            &["deployments", "deployments/scale"],
+            &["prod"],
+        ),
+        task_policy("exec", &["create"], "", &["pods/exec", "pods/attach"], &[]),
+        task_policy("all", &["*"], "example.com", &["*"], &[]),
+        refused,
+        role,
+    ];
+    let GuardRules { rules, unguarded } = guard_rules(&policies);
+    let plain: Vec<(Vec<String>, Vec<String>, Vec<String>)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r.operations.clone().unwrap(),
+                r.api_groups.clone().unwrap(),
+                r.resources.clone().unwrap(),
+            )
+        })
+        .collect();
+    let s = |xs: &[&str]| xs.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        plain,
+        vec![
+            (s(&["CONNECT"]), s(&[""]), s(&["pods/attach", "pods/exec"])),
+            (
+                s(&["CONNECT", "CREATE", "DELETE", "UPDATE"]),
+                s(&["example.com"]),
+                s(&["*", "*/*"])
+            ),
+            (
+                s(&["DELETE", "UPDATE"]),
+                s(&["apps"]),
+                s(&["deployments", "deployments/scale"])
+            ),
+        ]
+    );
+    assert!(
+        rules
+            .iter()
+            .all(|r| r.api_versions == Some(vec!["*".into()]) && r.scope.as_deref() == Some("*"))
+    );
+    assert_eq!(
+        unguarded,
+        vec![UnguardedVerb {
+            policy: "deploy".into(),
+            verb: "get".into()
+        }]
+    );
+    assert!(unguarded[0].message().contains("admission never sees it"));
+    assert_eq!(guard_rules(std::iter::empty()), GuardRules::default());
+}
+
+// ---------------------------------------------------------------- the envelope
+
+pub(super) fn request_json(request: Value) -> AdmissionRequest<DynamicObject> {
+    let body =
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});
+    parse_review(body.to_string().as_bytes()).unwrap()
+}
+
+fn er_request(
+    operation: &str,
+    user: &str,
+    gs: &[&str],
+    object: Value,
+    old: Value,
+) -> AdmissionRequest<DynamicObject> {
+    request_json(json!({
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind": {"group": "kubepam.io", "version": "v1alpha1", "kind": "ElevationRequest"},
+        "resource": {"group": "kubepam.io", "version": "v1alpha1", "resource": "elevationrequests"},
+        "name": "r1", "operation": operation,
+        "userInfo": {"username": user, "groups": gs},
+        "object": object, "oldObject": old,
+    }))
+}
+
+fn er_object(spec: Value, status: Value) -> Value {
+    json!({"apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest", "metadata": {"name": "r1"}, "spec": spec, "status": status})
+}
+
+#[test]
+fn envelope_mutates_a_create_and_the_response_carries_the_patch() {
+    let mut spec = base_spec();
+    spec.as_object_mut().unwrap().remove("requester");
+    let req = er_request(
+        "CREATE",
+        "alice",
+        &[],
+        er_object(spec, json!(null)),
+        Value::Null,
+    );
+    let v = admit_elevation_request(&req, Pass::Mutating, |_| None::<AccessPolicy>, None);
+    let resp = respond(&req, v);
+    assert!(resp.allowed);
+    assert_eq!(resp.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+    let patch: Value = serde_json::from_slice(resp.patch.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        patch,
+        json!([{"op": "add", "path": "/spec/requester", "value": "alice"}])
+    );
+    let body: Value = serde_json::from_slice(&response_bytes(resp)).unwrap();
+    assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(body["kind"], "AdmissionReview");
+    assert_eq!(body["response"]["patchType"], "JSONPatch");
+}
+
+#[test]
+fn envelope_validates_an_update_with_the_policy_looked_up() {
+    let old = er_object(base_spec(), json!({"phase": "Pending"}));
+    let new = er_object(
+        with_reviews(json!({"bob": {"decision": "Approve"}})),
+        json!({"phase": "Pending"}),
+    );
+    let req = er_request("UPDATE", "bob", &["pol"], new, old);
+    let p = policy(
+        "prod-delete",
+        json!({"type": "Role", "role": "admin", "approvalType": "Manual", "approverGroup": "pol"}),
+        true,
+    );
+    let mut asked = None;
+    let v = admit_elevation_request(
+        &req,
+        Pass::Validating,
+        |name| {
+            asked = Some(name.to_owned());
+            Some(&p)
+        },
+        None,
+    );
+    assert_eq!(v, Verdict::Allow);
+    assert_eq!(asked.as_deref(), Some("prod-delete"));
+    let denied = respond(&req, Verdict::Deny("no".into()));
+    assert!(!denied.allowed);
+    assert_eq!(denied.result.message, "no");
+}
+
+#[test]
+fn envelope_refuses_objects_that_do_not_decode() {
+    let req = er_request(
+        "CREATE",
+        "alice",
+        &[],
+        json!({"apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest", "metadata": {"name": "r1"}, "spec": {"policy": 5}}),
+        Value::Null,
+    );
+    rejects(
+        &admit_elevation_request(&req, Pass::Mutating, |_| None::<AccessPolicy>, None),
+        "object is not a valid ElevationRequest",
+    );
+    let req = er_request(
+        "UPDATE",
+        "alice",
+        &[],
+        er_object(base_spec(), json!({})),
+        Value::Null,
+    );
+    rejects(
+        &admit_elevation_request(&req, Pass::Validating, |_| None::<AccessPolicy>, None),
+        "the admission request has no oldObject",
+    );
+    let req = er_request("CREATE", "alice", &[], json!({"spec": []}), Value::Null);
+    rejects(
+        &admit_access_policy(&req, || 0),
+        "object is not a valid AccessPolicy",
+    );
+}
+
+#[test]
+fn envelope_counts_policies_only_on_create() {
+    let obj = json!({"apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": "p31"}, "spec": {"type": "Role", "role": "admin", "approvalType": "Auto"}});
+    let mk = |op: &str| {
+        request_json(json!({
+            "uid": "u", "kind": {"group": "kubepam.io", "version": "v1alpha1", "kind": "AccessPolicy"},
+            "resource": {"group": "kubepam.io", "version": "v1alpha1", "resource": "accesspolicies"},
+            "name": "p31", "operation": op, "userInfo": {"username": "admin"}, "object": obj, "oldObject": obj,
+        }))
+    };
+    rejects(
+        &admit_access_policy(&mk("CREATE"), || 30),
+        "at most 30 AccessPolicies per cluster and 30 exist",
+    );
+    accepts(&admit_access_policy(&mk("UPDATE"), || {
+        panic!("no count on update")
+    }));
+    accepts(&admit_access_policy(&mk("DELETE"), || {
+        panic!("no count on delete")
+    }));
+}
+
+#[test]
+fn envelope_answers_garbage_with_an_invalid_response() {
+    let err = parse_review(b"not json").unwrap_err();
+    let resp = invalid(&err);
+    assert!(!resp.allowed);
+    assert!(
+        resp.result
+            .message
+            .contains("not an admission.k8s.io/v1 AdmissionReview")
+    );
+    // A body with a uid but a broken request keeps the uid.
+    let err = parse_review(br#"{"request": {"uid": "abc", "operation": "EXPLODE"}}"#).unwrap_err();
+    assert_eq!(invalid(&err).uid, "abc");
+    let err = parse_review(br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#)
+        .unwrap_err();
+    assert!(matches!(err, Error::NoRequest));
+    let body: Value = serde_json::from_slice(&response_bytes(invalid(&err))).unwrap();
+    assert_eq!(body["response"]["allowed"], false);
+}
+
+#[test]
+fn guard_response_names_the_request_in_the_audit_log() {
+    let req = er_request("DELETE", "alice", &[], Value::Null, Value::Null);
+    let resp = respond_guard(
+        &req,
+        &GuardVerdict::Allowed {
+            request: "r-alice".into(),
+        },
+    );
+    assert!(resp.allowed);
+    assert_eq!(
+        resp.audit_annotations
+            .get(review::AUDIT_REQUEST)
+            .map(String::as_str),
+        Some("r-alice")
+    );
+    let resp = respond_guard(&req, &GuardVerdict::Denied("nope".into()));
+    assert!(!resp.allowed);
+    assert_eq!(resp.result.message, "nope");
+}
