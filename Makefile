@@ -4,6 +4,8 @@ SHELL := bash
 DEV := $(CURDIR)/.dev
 KUBECONFIG_DEV := $(DEV)/kubeconfig
 KUBECTL = $(shell hack/build-controlplane.sh)/kubectl
+# Where the local API server reaches kubepam's admission webhooks under `make run`.
+WEBHOOK_PORT ?= 18443
 
 .PHONY: help
 help: ## List the targets
@@ -34,7 +36,8 @@ crds: ## Regenerate crds/ from the Rust types
 run: cluster ## Install CRDs and RBAC into the local cluster and run kubepam in the foreground as `operator`
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin apply --server-side -k manifests/
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin wait --for condition=Established --timeout 60s -f crds/kubepam.io.yaml
-	cargo run --release -- run --kubeconfig $(KUBECONFIG_DEV) --context operator
+	cargo run --release -- run --kubeconfig $(KUBECONFIG_DEV) --context operator \
+		--webhook-bind 127.0.0.1:$(WEBHOOK_PORT) --webhook-url https://127.0.0.1:$(WEBHOOK_PORT)
 
 .PHONY: bench
 bench: controlplane ## Measure latency, expiry lag, throughput and RSS on the local control plane (see BENCHMARKS.md)

@@ -13,3 +13,4 @@ pub mod grant;
 pub mod lifecycle;
 pub mod policy_limit;
 mod util;
+pub mod webhook;

@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use kubepam::controller::WebhookOptions;
+use kubepam::webhook::{configuration::Endpoint, tls};
 use tracing_subscriber::EnvFilter;
 
 /// Privileged access management for Kubernetes.
@@ -21,7 +23,7 @@ struct Cli {
 enum Command {
     /// Run the operator: reconcile PrivilegedAccessControl, AccessPolicy and
     /// ElevationRequest objects until SIGTERM or Ctrl-C.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the `CustomResourceDefinitions` as YAML (what `crds/` holds).
     Crds,
 }
@@ -44,6 +46,95 @@ struct RunArgs {
     /// Log filter, e.g. `info` or `kubepam=debug,kube=info`.
     #[arg(long, env = "KUBEPAM_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The admission webhooks (identity checks on requests and reviews, the
+/// policy limit, and the guard on privileged tasks).
+#[derive(Debug, clap::Args)]
+struct WebhookArgs {
+    /// Run without admission webhooks. Nothing then checks who asked or who
+    /// decided, and privileged tasks are not gated: for trying things out only.
+    #[arg(long, env = "KUBEPAM_NO_WEBHOOKS")]
+    no_webhooks: bool,
+    /// Address the HTTPS admission server listens on.
+    #[arg(long, env = "KUBEPAM_WEBHOOK_BIND", default_value = "0.0.0.0:8443")]
+    webhook_bind: std::net::SocketAddr,
+    /// URL the API server uses to reach the webhooks (e.g.
+    /// `https://127.0.0.1:8443` for a local API server). Without it, the
+    /// Service given by --webhook-service is used.
+    #[arg(long, env = "KUBEPAM_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// The webhook Service as NAMESPACE/NAME:PORT.
+    #[arg(
+        long,
+        env = "KUBEPAM_WEBHOOK_SERVICE",
+        default_value = "kubepam-system/kubepam:443"
+    )]
+    webhook_service: String,
+    /// Serving certificate (PEM), e.g. from cert-manager; reloaded when it
+    /// changes. Without it, kubepam makes a CA and certificate at start.
+    #[arg(long, env = "KUBEPAM_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// Private key of --tls-cert-file (PEM).
+    #[arg(long, env = "KUBEPAM_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// CA bundle (PEM) the API server must trust for --tls-cert-file; without
+    /// it the webhook configurations carry no caBundle (set by cert-manager's
+    /// CA injector, for example).
+    #[arg(long, env = "KUBEPAM_TLS_CA_FILE")]
+    tls_ca_file: Option<std::path::PathBuf>,
+    /// Do not register the webhook configurations (they are installed by
+    /// other means).
+    #[arg(long, env = "KUBEPAM_NO_REGISTER_WEBHOOKS")]
+    no_register_webhooks: bool,
+}
+
+impl WebhookArgs {
+    fn options(&self) -> anyhow::Result<Option<WebhookOptions>> {
+        if self.no_webhooks {
+            return Ok(None);
+        }
+        let service = parse_service(&self.webhook_service)?;
+        let endpoint = Endpoint {
+            url: self.webhook_url.clone(),
+            service,
+            ca_bundle: None,
+        };
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => tls::Source::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: self.tls_ca_file.clone(),
+            },
+            _ => tls::Source::Generated {
+                names: kubepam::webhook::certificate_names(&endpoint),
+            },
+        };
+        Ok(Some(WebhookOptions {
+            bind: self.webhook_bind,
+            endpoint,
+            tls,
+            register: !self.no_register_webhooks,
+        }))
+    }
+}
+
+/// `NAMESPACE/NAME:PORT`.
+fn parse_service(raw: &str) -> anyhow::Result<(String, String, i32)> {
+    let invalid = || {
+        anyhow::anyhow!(
+            "--webhook-service {raw:?} must look like NAMESPACE/NAME:PORT, e.g. kubepam-system/kubepam:443"
+        )
+    };
+    let (namespace, rest) = raw.split_once('/').ok_or_else(invalid)?;
+    let (name, port) = rest.split_once(':').ok_or_else(invalid)?;
+    let port: i32 = port.parse().map_err(|_| invalid())?;
+    if namespace.is_empty() || name.is_empty() {
+        return Err(invalid());
+    }
+    Ok((namespace.to_owned(), name.to_owned(), port))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -60,17 +151,21 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", kubepam::api::crds_yaml());
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args)?;
+    // One TLS implementation for the whole process (kube's client and the
+    // webhook server); an error only means one was installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = client(&args).await?;
     let options = kubepam::controller::Options {
         instance: args.instance,
+        webhook: args.webhook.options()?,
     };
-    kubepam::controller::run(client, options, shutdown_signal()).await;
+    kubepam::controller::run(client, options, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -107,11 +107,20 @@ where
 }
 
 /// The response to a request for a verdict.
+/// A refusal as `kubectl` shows one: `Error from server (Forbidden): ...`
+/// (without a code the API server would report 400 Bad Request).
+fn forbid(response: AdmissionResponse, message: impl ToString) -> AdmissionResponse {
+    let mut response = response.deny(message);
+    response.result.code = 403;
+    "Forbidden".clone_into(&mut response.result.reason);
+    response
+}
+
 pub fn respond<T: Resource>(req: &AdmissionRequest<T>, verdict: Verdict) -> AdmissionResponse {
     let response = AdmissionResponse::from(req);
     match verdict {
         Verdict::Allow => response,
-        Verdict::Deny(message) => response.deny(message),
+        Verdict::Deny(message) => forbid(response, message),
         Verdict::Patch(patch) => match response.clone().with_patch(patch) {
             Ok(patched) => patched,
             Err(e) => response.deny(format!("kubepam could not encode its patch: {e}")),
@@ -133,7 +142,7 @@ pub fn respond_guard<T: Resource>(
                 .audit_annotations
                 .insert(AUDIT_REQUEST.to_owned(), request.clone());
         }
-        GuardVerdict::Denied(message) => response = response.deny(message),
+        GuardVerdict::Denied(message) => response = forbid(response, message),
     }
     response
 }

@@ -6,12 +6,15 @@
 //! Only the first step and the last three touch the API server.
 
 mod control;
+pub mod executions;
 
 mod policy;
 mod rbac;
 mod request;
+mod webhooks;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, future};
@@ -26,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::api::{AccessPolicy, CONTROL_NAME, ElevationRequest, PrivilegedAccessControl};
 use crate::grant;
+use crate::webhook::{self, configuration::Endpoint, tls};
 
 pub use control::control_status;
 
@@ -99,6 +103,9 @@ pub struct Context {
     pub requests: Store<ElevationRequest>,
     pub rbac: rbac::RbacStores,
     pub recorder: Recorder,
+    /// True once the policy, control and request caches are filled: until
+    /// then the guard refuses rather than guessing (fail closed).
+    pub ready: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Context {
@@ -238,14 +245,31 @@ where
 pub struct Options {
     /// The name of this replica, reported on Events.
     pub instance: String,
+    /// The admission webhooks; `None` runs without them.
+    pub webhook: Option<WebhookOptions>,
 }
 
-/// Runs the three controllers until `shutdown` resolves.
+/// Where and how the admission webhooks are served and registered.
+#[derive(Debug, Clone)]
+pub struct WebhookOptions {
+    /// Address the HTTPS server listens on.
+    pub bind: std::net::SocketAddr,
+    /// How the API server reaches it (the CA bundle is filled in from the
+    /// serving certificate when not given).
+    pub endpoint: Endpoint,
+    /// Where the serving certificate comes from.
+    pub tls: tls::Source,
+    /// Whether kubepam registers its webhook configurations itself.
+    pub register: bool,
+}
+
+/// Runs the three controllers, and the admission webhooks when configured,
+/// until `shutdown` resolves.
 pub async fn run(
     client: Client,
     options: Options,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
+) -> Result<(), webhook::Error> {
     let reporter = Reporter {
         controller: "kubepam".into(),
         instance: Some(options.instance.clone()),
@@ -299,6 +323,7 @@ pub async fn run(
             cluster_roles,
         },
         recorder,
+        ready: Arc::new(AtomicBool::new(false)),
     });
 
     let requests = request::controller(request_controller, &ctx, rbac_streams)
@@ -333,9 +358,93 @@ pub async fn run(
         stores.controls.wait_until_ready().await.ok();
         requests.await;
     };
+    let readiness = ctx.clone();
+    let mark_ready = async move {
+        readiness.policies.wait_until_ready().await.ok();
+        readiness.controls.wait_until_ready().await.ok();
+        readiness.requests.wait_until_ready().await.ok();
+        readiness.ready.store(true, Ordering::SeqCst);
+        info!("caches synced");
+    };
+    let background = match options.webhook {
+        Some(webhook) => start_webhooks(&ctx, webhook).await?,
+        None => Vec::new(),
+    };
     info!("kubepam controllers started");
-    futures::join!(requests, policies, controls);
+    futures::join!(requests, policies, controls, mark_ready);
+    for task in background {
+        task.abort();
+    }
     info!("kubepam controllers stopped");
+    Ok(())
+}
+
+/// Starts the HTTPS server, the execution log writer, the certificate
+/// reloader and the registration of the webhook configurations.
+async fn start_webhooks(
+    ctx: &Arc<Context>,
+    options: WebhookOptions,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, webhook::Error> {
+    let serving = tls::load(&options.tls).await?;
+    let mut endpoint = options.endpoint.clone();
+    if endpoint.ca_bundle.is_none() {
+        endpoint.ca_bundle = serving.ca_bundle.clone();
+    }
+    let operator = whoami(&ctx.client)
+        .await
+        .map_err(webhook::Error::Identity)?;
+    let (recorder, uses) = executions::channel();
+    let handle = axum_server::Handle::new();
+    let mut tasks = Vec::new();
+    let server = webhook::serve(
+        options.bind,
+        serving.config.clone(),
+        ctx.clone(),
+        recorder,
+        handle.clone(),
+    );
+    tasks.push(tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::error!(%error, "admission webhook server stopped");
+        }
+    }));
+    tasks.push(tokio::spawn(executions::run(ctx.clone(), uses)));
+    if let tls::Source::Files { cert, key, .. } = &options.tls {
+        tasks.push(tokio::spawn(tls::watch_files(
+            serving.config.clone(),
+            cert.clone(),
+            key.clone(),
+        )));
+    }
+    if options.register {
+        let registrar = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            // Register only once the server answers and the caches are
+            // filled, so the API server never calls a webhook that cannot decide.
+            let _ = handle.listening().await;
+            while !registrar.ready.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            webhooks::run(registrar, endpoint, operator).await;
+        }));
+    }
+    Ok(tasks)
+}
+
+/// The operator's own username, as the API server authenticates it.
+async fn whoami(client: &Client) -> Result<String, kube::Error> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await?;
+    Ok(review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .unwrap_or_default())
 }
 
 fn log_result<K, E, Q>(

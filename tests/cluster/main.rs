@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 #![allow(clippy::too_many_lines)] // a scenario reads best as one story
 
+mod admission;
 mod lifecycle;
 mod pam;
 mod smoke;

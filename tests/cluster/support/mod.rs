@@ -287,8 +287,17 @@ impl TestCluster {
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log_path = self.log_dir().join(format!("operator-{n}.log"));
         let log = std::fs::File::create(&log_path).expect("creating the operator log");
+        // The API server calls the webhooks on loopback, as in `make run`.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let child = Command::new(env!("CARGO_BIN_EXE_kubepam"))
             .arg("run")
+            .arg("--webhook-bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--webhook-url")
+            .arg(format!("https://127.0.0.1:{port}"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig_path)
             .args([

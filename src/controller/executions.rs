@@ -1,0 +1,151 @@
+//! The execution log: every use of a grant that the guard admits is recorded
+//! on its ElevationRequest (count, last uses) with an Event. Uses arrive on a
+//! channel and are written in batches, so a burst of uses is a few writes,
+//! and admission never waits for them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{Context, Error};
+use crate::api::{ElevationRequest, Execution};
+use crate::lifecycle::record_execution;
+
+/// How long uses are gathered before they are written.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(500);
+/// Uses waiting to be written before admission stops queueing more (they
+/// are then only logged): the log must never slow down or block admission.
+pub const QUEUE_LIMIT: usize = 10_000;
+
+/// One admitted use, for the request that allowed it.
+#[derive(Debug, Clone)]
+pub struct Use {
+    pub request: String,
+    pub execution: Execution,
+}
+
+/// The sending side, held by the webhook server.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    sender: mpsc::Sender<Use>,
+}
+
+impl Recorder {
+    /// Queues a use; never waits.
+    pub fn record(&self, use_: Use) {
+        if let Err(error) = self.sender.try_send(use_) {
+            warn!(%error, "execution log queue full; use recorded in this log line only");
+        }
+    }
+}
+
+pub fn channel() -> (Recorder, mpsc::Receiver<Use>) {
+    let (sender, receiver) = mpsc::channel(QUEUE_LIMIT);
+    (Recorder { sender }, receiver)
+}
+
+/// Writes queued uses until the channel closes.
+pub async fn run(ctx: Arc<Context>, mut receiver: mpsc::Receiver<Use>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch: BTreeMap<String, Vec<Execution>> = BTreeMap::new();
+        batch
+            .entry(first.request)
+            .or_default()
+            .push(first.execution);
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while let Ok(Some(next)) = tokio::time::timeout_at(deadline, receiver.recv()).await {
+            batch.entry(next.request).or_default().push(next.execution);
+        }
+        for (request, executions) in batch {
+            if let Err(error) = write(&ctx, &request, &executions).await {
+                warn!(%request, uses = executions.len(), %error, "failed to record uses");
+            }
+        }
+    }
+}
+
+/// Adds the uses to the request's status, guarded by resourceVersion and
+/// retried on conflict with the controller's own writes.
+async fn write(ctx: &Context, name: &str, executions: &[Execution]) -> Result<(), Error> {
+    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
+    for attempt in 1..=5 {
+        let Some(request) = api.get_opt(name).await.map_err(|source| Error::Read {
+            what: format!("ElevationRequest {name}"),
+            source,
+        })?
+        else {
+            return Ok(());
+        };
+        let mut status = request.status.clone().unwrap_or_default();
+        for execution in executions {
+            record_execution(&mut status, execution.clone());
+        }
+        let written = super::apply_status(
+            &ctx.client,
+            &request,
+            request.status.as_ref(),
+            &status,
+            request.resource_version(),
+        )
+        .await;
+        match written {
+            Ok(_) => {
+                announce(ctx, &request, executions).await;
+                return Ok(());
+            }
+            Err(error) if error.is_conflict() && attempt < 5 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+async fn announce(ctx: &Context, request: &ElevationRequest, executions: &[Execution]) {
+    let described: Vec<String> = executions
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}{}{} by {}",
+                e.verb,
+                e.resource,
+                e.name
+                    .as_deref()
+                    .map(|n| format!("/{n}"))
+                    .unwrap_or_default(),
+                e.namespace
+                    .as_deref()
+                    .map(|n| format!(" in {n}"))
+                    .unwrap_or_default(),
+                e.user
+            )
+        })
+        .collect();
+    info!(request = %request.name_any(), uses = executions.len(), "{}", described.join("; "));
+    let mut note = format!(
+        "{} use(s) of the grant: {}",
+        executions.len(),
+        described.join("; ")
+    );
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Executed".into(),
+        note: Some(note),
+        action: "Execute".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &request.object_ref(&())).await {
+        warn!(request = %request.name_any(), %error, "failed to publish event");
+    }
+}

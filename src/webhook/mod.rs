@@ -1,0 +1,241 @@
+//! The HTTPS admission endpoints: a thin transport over the pure decisions
+//! of [`crate::admission`]. Every replica serves them; what they need to know
+//! (policies, the control, requests) comes from the operator's caches.
+
+pub mod configuration;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use kube::Api;
+use kube::api::{DynamicObject, ListParams};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::runtime::reflector::ObjectRef;
+use tracing::{info, warn};
+
+use crate::admission::{self, Caller, GuardOperation, GuardVerdict, Pass, Verdict};
+use crate::api::AccessPolicy;
+use crate::controller::Context;
+use crate::controller::executions::{Recorder, Use};
+use configuration::{
+    PATH_GUARD, PATH_MUTATE_REQUESTS, PATH_VALIDATE_POLICIES, PATH_VALIDATE_REQUESTS,
+};
+
+/// Errors of the webhook server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to load the serving certificate")]
+    Tls(#[from] tls::Error),
+    #[error("the webhook server failed")]
+    Serve(#[source] std::io::Error),
+    #[error("cannot learn the operator's own username (SelfSubjectReview)")]
+    Identity(#[source] kube::Error),
+}
+
+#[derive(Clone)]
+struct AppState {
+    ctx: Arc<Context>,
+    executions: Recorder,
+}
+
+/// The routes, for the server and for tests.
+fn router(ctx: Arc<Context>, executions: Recorder) -> Router {
+    Router::new()
+        .route(PATH_MUTATE_REQUESTS, post(mutate_requests))
+        .route(PATH_VALIDATE_REQUESTS, post(validate_requests))
+        .route(PATH_VALIDATE_POLICIES, post(validate_policies))
+        .route(PATH_GUARD, post(guard))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(AppState { ctx, executions })
+}
+
+/// Serves HTTPS on `bind` until the process stops.
+pub async fn serve(
+    bind: SocketAddr,
+    config: axum_server::tls_rustls::RustlsConfig,
+    ctx: Arc<Context>,
+    executions: Recorder,
+    handle: axum_server::Handle<SocketAddr>,
+) -> Result<(), Error> {
+    info!(%bind, "admission webhooks listening");
+    axum_server::bind_rustls(bind, config)
+        .handle(handle)
+        .serve(router(ctx, executions).into_make_service())
+        .await
+        .map_err(Error::Serve)
+}
+
+fn reply(response: AdmissionResponse) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        admission::response_bytes(response),
+    )
+        .into_response()
+}
+
+/// Parses the review, or answers a well-formed error for a malformed body.
+fn with_request(
+    body: &[u8],
+    decide: impl FnOnce(&AdmissionRequest<DynamicObject>) -> AdmissionResponse,
+) -> Response {
+    match admission::parse_review(body) {
+        Ok(request) => reply(decide(&request)),
+        Err(error) => {
+            warn!(%error, "malformed admission review");
+            reply(admission::invalid(&error))
+        }
+    }
+}
+
+fn log_denial(kind: &str, request: &AdmissionRequest<DynamicObject>, verdict: &Verdict) {
+    if let Verdict::Deny(message) = verdict {
+        info!(
+            kind,
+            name = %request.name,
+            user = request.user_info.username.as_deref().unwrap_or_default(),
+            operation = ?request.operation,
+            reason = %message,
+            "admission refused"
+        );
+    }
+}
+
+fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
+    with_request(body, |request| {
+        let control = state.ctx.control();
+        let verdict = admission::admit_elevation_request(
+            request,
+            pass,
+            |name| state.ctx.policies.get(&ObjectRef::new(name)),
+            control.as_deref(),
+        );
+        log_denial("ElevationRequest", request, &verdict);
+        admission::respond(request, verdict)
+    })
+}
+
+async fn mutate_requests(State(state): State<AppState>, body: Bytes) -> Response {
+    admit_request(&state, &body, Pass::Mutating)
+}
+
+async fn validate_requests(State(state): State<AppState>, body: Bytes) -> Response {
+    admit_request(&state, &body, Pass::Validating)
+}
+
+async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Response {
+    // The count comes from the API server, not the cache, so two creates in
+    // quick succession see each other (the controller settles true races).
+    let creating = admission::parse_review(&body).is_ok_and(|r| r.operation == Operation::Create);
+    let live = if creating {
+        let api: Api<AccessPolicy> = Api::all(state.ctx.client.clone());
+        match api.list_metadata(&ListParams::default()).await {
+            Ok(list) => Some(
+                list.items
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .count(),
+            ),
+            Err(error) => {
+                warn!(%error, "cannot count AccessPolicies; using the cache");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    with_request(&body, |request| {
+        let verdict = admission::admit_access_policy(request, || {
+            live.unwrap_or_else(|| {
+                state
+                    .ctx
+                    .policies
+                    .state()
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .count()
+            })
+        });
+        log_denial("AccessPolicy", request, &verdict);
+        let warnings = match admission::decode::<AccessPolicy>(request, false) {
+            Ok(policy) if verdict.is_allowed() => admission::policy_warnings(&policy),
+            _ => Vec::new(),
+        };
+        let mut response = admission::respond(request, verdict);
+        if !warnings.is_empty() {
+            response.warnings = Some(warnings);
+        }
+        response
+    })
+}
+
+async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
+    with_request(&body, |request| {
+        if !state.ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
+            let verdict = GuardVerdict::Denied(
+                "kubepam is starting and cannot yet tell whether you hold a grant; try again in a few seconds".into(),
+            );
+            return admission::respond_guard(request, &verdict);
+        }
+        let operation = GuardOperation::from_request(request);
+        let caller = Caller::from_user_info(&request.user_info);
+        let now = Utc::now();
+        let policies = state.ctx.policies.state();
+        let requests = state.ctx.requests.state();
+        let control = state.ctx.control();
+        let verdict = admission::guard(
+            &operation,
+            &caller,
+            policies.iter().map(|p| &**p),
+            requests.iter().map(|r| &**r),
+            control.as_deref(),
+            now,
+        );
+        match &verdict {
+            GuardVerdict::Allowed {
+                request: allowed_by,
+            } if !request.dry_run => {
+                state.executions.record(Use {
+                    request: allowed_by.clone(),
+                    execution: admission::execution(&operation, &caller, now),
+                });
+            }
+            GuardVerdict::Denied(message) => info!(
+                user = caller.username,
+                operation = %operation.full_resource(),
+                namespace = operation.namespace.unwrap_or_default(),
+                name = operation.name.unwrap_or_default(),
+                reason = %message,
+                "privileged task refused"
+            ),
+            _ => {}
+        }
+        admission::respond_guard(request, &verdict)
+    })
+}
+
+/// The names a generated certificate must carry for `endpoint`.
+pub fn certificate_names(endpoint: &configuration::Endpoint) -> Vec<String> {
+    if let Some(url) = &endpoint.url {
+        let host = url
+            .trim_start_matches("https://")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return vec![host];
+    }
+    let (namespace, name, _) = &endpoint.service;
+    vec![
+        format!("{name}.{namespace}.svc"),
+        format!("{name}.{namespace}.svc.cluster.local"),
+    ]
+}
