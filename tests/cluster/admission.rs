@@ -12,7 +12,8 @@ use kubepam::api::{ElevationRequest, Phase};
 use serde_json::json;
 
 use crate::pam::{
-    create_policy, create_request, delete_policy, events_for, review, standard_control, wait_phase,
+    create_policy, create_request, delete_policy, deployment, events_for, review, standard_control,
+    task_policy, wait_phase,
 };
 use crate::support::{Identity, TestNamespace, eventually, kubepam};
 
@@ -24,15 +25,6 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) -> St
         Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => status.message,
         other => panic!("{what} must be refused: {other:?}"),
     }
-}
-
-fn task_policy(namespace: &str, approval: &str) -> serde_json::Value {
-    json!({
-        "type": "Task",
-        "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
-        "scope": { "namespaces": [namespace] },
-        "approvalType": approval,
-    })
 }
 
 async fn setup(prefix: &str, approval: &str) -> (TestNamespace, String) {
@@ -206,20 +198,6 @@ async fn only_the_operator_writes_status() {
     let admin = cluster.client(Identity::Admin).await;
     delete_policy(&admin, &policy).await;
     ns.delete().await;
-}
-
-fn deployment(name: &str) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": {
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "app", "image": "registry.invalid/app:1" }] }
-            }
-        }
-    }))
-    .unwrap()
 }
 
 /// The Microsoft 365 behaviour: a privileged task is refused to anyone

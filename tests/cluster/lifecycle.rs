@@ -11,27 +11,13 @@ use kubepam::api::{ElevationRequest, Phase};
 use serde_json::json;
 
 use crate::pam::{
-    accepted, create_policy, create_request, delete_policy, events_for, grant_objects, phase,
-    request_id, review, standard_control, wait_allowed, wait_phase,
+    accepted, create_policy, create_request, delete_policy, deployment, events_for, grant_objects,
+    phase, request_id, review, standard_control, task_policy, wait_allowed, wait_phase,
 };
 use crate::support::{Identity, kubepam};
 
 const DELETE_DEPLOYMENTS: (&str, &str, &str) = ("delete", "apps", "deployments");
 const SOON: Duration = Duration::from_secs(15);
-
-fn deployment(name: &str) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": {
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "app", "image": "registry.invalid/app:1" }] }
-            }
-        }
-    }))
-    .unwrap()
-}
 
 /// The seed walkthrough: a Manual Task policy, alice requests, bob approves,
 /// alice deletes a Deployment, the window ends and the right disappears.
@@ -696,15 +682,6 @@ async fn spec_is_immutable_except_reviews() {
     }
     delete_policy(&admin, &policy).await;
     ns.delete().await;
-}
-
-fn task_policy(namespace: &str, approval: &str) -> serde_json::Value {
-    json!({
-        "type": "Task",
-        "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
-        "scope": { "namespaces": [namespace] },
-        "approvalType": approval,
-    })
 }
 
 fn request_spec(policy: &str, namespace: &str, duration: &str) -> serde_json::Value {

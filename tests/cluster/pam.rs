@@ -245,3 +245,28 @@ pub fn request_id(request: &ElevationRequest) -> String {
         .and_then(|s| s.request_id.clone())
         .expect("request has an id")
 }
+
+/// A Deployment for tests (no controller runs here, so it never makes Pods).
+pub fn deployment(name: &str) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "app", "image": "registry.invalid/app:1" }] }
+            }
+        }
+    }))
+    .expect("deployment object")
+}
+
+/// The seed's task: delete Deployments, in one namespace.
+pub fn task_policy(namespace: &str, approval: &str) -> Value {
+    json!({
+        "type": "Task",
+        "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
+        "scope": { "namespaces": [namespace] },
+        "approvalType": approval,
+    })
+}

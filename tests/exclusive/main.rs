@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use pam::{
     accepted, apply_control, create_policy, create_request, grant_objects, request_id,
-    standard_control, wait_allowed, wait_phase, wait_policy_judged,
+    standard_control, task_policy, wait_allowed, wait_phase, wait_policy_judged,
 };
 use support::{Identity, OperatorProcess, TestCluster, cluster, eventually};
 
@@ -66,15 +66,6 @@ async fn remove_all_policies(admin: &Client) {
             .then_some(())
     })
     .await;
-}
-
-fn task_policy(namespace: &str, approval: &str) -> serde_json::Value {
-    json!({
-        "type": "Task",
-        "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
-        "scope": { "namespaces": [namespace] },
-        "approvalType": approval,
-    })
 }
 
 fn request_spec(policy: &str, namespace: &str, duration: &str) -> serde_json::Value {
