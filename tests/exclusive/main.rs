@@ -14,7 +14,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use kubepam::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl};
@@ -488,6 +490,109 @@ async fn restarted_operator_catches_up_on_missed_deadlines() {
     let api = Api::<ElevationRequest>::all(admin.clone());
     for name in ["short-grant", "never-decided"] {
         let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
+/// The identity rules also live in the API server (ValidatingAdmissionPolicy):
+/// with kubepam down and its webhooks removed, nobody can forge a requester
+/// or someone else's review, the requester cannot approve, and nobody but
+/// kubepam writes status. A request that slipped in without a requester is
+/// denied once kubepam is back (it fails closed).
+#[tokio::test]
+async fn identity_rules_hold_without_the_webhooks() {
+    let (mut guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    let dave = cluster.client(Identity::Dave).await;
+    let ns = cluster.namespace("no-webhook").await;
+    create_policy(&admin, "manual-delete", task_policy(&ns.name, "Manual")).await;
+    create_request(
+        &alice,
+        "vap-req",
+        json!({ "policy": "manual-delete", "namespace": ns.name, "reason": "INC-9" }),
+    )
+    .await;
+    wait_phase(&alice, "vap-req", Phase::Pending, SOON).await;
+
+    guard.take().unwrap().kill();
+    let webhooks = Api::<ValidatingWebhookConfiguration>::all(admin.clone());
+    for name in ["kubepam", "kubepam-guard"] {
+        let _ = webhooks.delete(name, &DeleteParams::default()).await;
+    }
+    let _ = Api::<MutatingWebhookConfiguration>::all(admin.clone())
+        .delete("kubepam", &DeleteParams::default())
+        .await;
+    let requests = Api::<ElevationRequest>::all(alice.clone());
+    // Admission plugins see the deletion within moments.
+    let forged: ElevationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+        "metadata": { "name": "vap-forged" },
+        "spec": { "policy": "manual-delete", "namespace": ns.name, "reason": "x", "requester": "dave" },
+    }))
+    .unwrap();
+    let message = eventually("the policy refuses a forged requester", SOON, || async {
+        match requests.create(&PostParams::default(), &forged).await {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("someone else") => {
+                Some(s.message)
+            }
+            _ => None,
+        }
+    })
+    .await;
+    assert!(message.contains("kubepam-identity"), "{message}");
+
+    for (who, key, what) in [
+        (&alice, "alice", "the requester approving"),
+        (&dave, "dave", "someone outside the approver group"),
+        (&bob, "carol", "bob writing carol's review"),
+        (&admin, "admin", "a cluster administrator"),
+    ] {
+        let result = pam::review(who, "vap-req", key, "Approve", "x").await;
+        assert!(
+            matches!(&result, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("kubepam-identity")),
+            "{what} must be refused by the policy: {result:?}"
+        );
+    }
+    let forged_status = json!({ "status": { "phase": "Approved" } });
+    let result = Api::<ElevationRequest>::all(admin.clone())
+        .patch_status(
+            "vap-req",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&forged_status),
+        )
+        .await;
+    assert!(
+        matches!(&result, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("only kubepam writes it")),
+        "even admin cannot write status: {result:?}"
+    );
+    // A request without a requester gets in (nothing sets it now) ...
+    create_request(
+        &alice,
+        "vap-anonymous",
+        json!({ "policy": "manual-delete", "namespace": ns.name, "reason": "x" }),
+    )
+    .await;
+    // ... and the real approver's own review is let through.
+    pam::review(&bob, "vap-req", "bob", "Approve", "ok")
+        .await
+        .unwrap();
+
+    *guard = Some(cluster.spawn_operator());
+    wait_phase(&alice, "vap-req", Phase::Approved, SOON).await;
+    let anonymous = wait_phase(&alice, "vap-anonymous", Phase::Denied, SOON).await;
+    let last = anonymous.status.unwrap().history.last().cloned().unwrap();
+    assert_eq!(last.actor, "kubepam");
+    eventually("kubepam registers its webhooks again", SOON, || async {
+        webhooks.get_opt("kubepam").await.ok()?.map(|_| ())
+    })
+    .await;
+    for name in ["vap-req", "vap-anonymous"] {
+        let _ = Api::<ElevationRequest>::all(admin.clone())
+            .delete(name, &DeleteParams::default())
+            .await;
     }
     remove_all_policies(&admin).await;
     ns.delete().await;

@@ -75,6 +75,7 @@ pub struct ElevationRequestSpec {
     pub requester: Option<String>,
     /// Decisions keyed by reviewer username; each approver writes only their own entry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub reviews: BTreeMap<String, Review>,
 }
 
@@ -86,6 +87,7 @@ pub struct Review {
     pub decision: ReviewDecision,
     /// Free text recorded in the request's history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub comment: Option<String>,
 }
 
