@@ -85,6 +85,14 @@ struct WebhookArgs {
     /// CA injector, for example).
     #[arg(long, env = "KUBEPAM_TLS_CA_FILE")]
     tls_ca_file: Option<std::path::PathBuf>,
+    /// Secret (NAMESPACE/NAME) that keeps the certificate kubepam generates,
+    /// so replicas and restarts share it; empty to keep it in memory only.
+    #[arg(
+        long,
+        env = "KUBEPAM_TLS_SECRET",
+        default_value = "kubepam-system/kubepam-webhook-tls"
+    )]
+    tls_secret: Option<String>,
     /// Do not register the webhook configurations (they are installed by
     /// other means).
     #[arg(long, env = "KUBEPAM_NO_REGISTER_WEBHOOKS")]
@@ -110,6 +118,10 @@ impl WebhookArgs {
             },
             _ => tls::Source::Generated {
                 names: kubepam::webhook::certificate_names(&endpoint),
+                secret: match &self.tls_secret {
+                    Some(raw) if !raw.is_empty() => Some(parse_secret(raw)?),
+                    _ => None,
+                },
             },
         };
         Ok(Some(WebhookOptions {
@@ -118,6 +130,18 @@ impl WebhookArgs {
             tls,
             register: !self.no_register_webhooks,
         }))
+    }
+}
+
+/// `NAMESPACE/NAME`.
+fn parse_secret(raw: &str) -> anyhow::Result<(String, String)> {
+    match raw.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+            Ok((namespace.to_owned(), name.to_owned()))
+        }
+        _ => anyhow::bail!(
+            "--tls-secret {raw:?} must look like NAMESPACE/NAME, e.g. kubepam-system/kubepam-webhook-tls"
+        ),
     }
 }
 

@@ -385,7 +385,7 @@ async fn start_webhooks(
     ctx: &Arc<Context>,
     options: WebhookOptions,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, webhook::Error> {
-    let serving = tls::load(&options.tls).await?;
+    let serving = tls::load(&options.tls, &ctx.client).await?;
     let mut endpoint = options.endpoint.clone();
     if endpoint.ca_bundle.is_none() {
         endpoint.ca_bundle = serving.ca_bundle.clone();

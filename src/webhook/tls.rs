@@ -22,6 +22,14 @@ pub enum Error {
     },
     #[error("failed to load the webhook certificate and key")]
     Load(#[source] std::io::Error),
+    #[error("failed to read or store the webhook certificate in Secret {secret}")]
+    Secret {
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Secret {secret} kept changing while the webhook certificate was stored")]
+    SecretRace { secret: String },
 }
 
 /// Where the serving certificate comes from.
@@ -33,8 +41,14 @@ pub enum Source {
         key: PathBuf,
         ca: Option<PathBuf>,
     },
-    /// A CA and certificate made at start for these names (DNS names or IPs).
-    Generated { names: Vec<String> },
+    /// A CA and certificate made by kubepam for these names (DNS names or
+    /// IPs). With `secret` (namespace, name), they are kept in that Secret,
+    /// so every replica and every restart serves the same certificate and
+    /// the caBundle stays the same; the first replica to start makes them.
+    Generated {
+        names: Vec<String>,
+        secret: Option<(String, String)>,
+    },
 }
 
 /// A loaded certificate: the rustls config to serve with (reloadable) and
@@ -46,7 +60,7 @@ pub struct Serving {
 }
 
 /// Loads or generates the serving certificate.
-pub async fn load(source: &Source) -> Result<Serving, Error> {
+pub async fn load(source: &Source, client: &kube::Client) -> Result<Serving, Error> {
     match source {
         Source::Files { cert, key, ca } => {
             let config = RustlsConfig::from_pem_file(cert, key)
@@ -58,8 +72,11 @@ pub async fn load(source: &Source) -> Result<Serving, Error> {
             };
             Ok(Serving { config, ca_bundle })
         }
-        Source::Generated { names } => {
-            let (ca, cert, key) = generate(names)?;
+        Source::Generated { names, secret } => {
+            let (ca, cert, key) = match secret {
+                Some((namespace, name)) => shared(client, namespace, name, names).await?,
+                None => generate(names)?,
+            };
             let config = RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes())
                 .await
                 .map_err(Error::Load)?;
@@ -69,6 +86,88 @@ pub async fn load(source: &Source) -> Result<Serving, Error> {
             })
         }
     }
+}
+
+const CA_KEY: &str = "ca.crt";
+const CERT_KEY: &str = "tls.crt";
+const KEY_KEY: &str = "tls.key";
+/// The names the certificate in the Secret was made for.
+const NAMES_ANNOTATION: &str = "kubepam.io/certificate-names";
+
+/// The certificate kept in the Secret, made (and stored) when the Secret is
+/// missing or was made for other names. Two replicas starting together both
+/// try to create it; the loser reads the winner's.
+async fn shared(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    names: &[String],
+) -> Result<(String, String, String), Error> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret_error = |source| Error::Secret {
+        secret: format!("{namespace}/{name}"),
+        source,
+    };
+    let wanted = names.join(",");
+    for _ in 0..3 {
+        let existing = api.get_opt(name).await.map_err(secret_error)?;
+        if let Some(found) = &existing
+            && let Some(pems) = stored(found, &wanted)
+        {
+            return Ok(pems);
+        }
+        let (ca, cert, key) = generate(names)?;
+        let mut secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": { "app.kubernetes.io/managed-by": "kubepam" },
+                "annotations": { NAMES_ANNOTATION: wanted },
+            },
+            "type": "kubernetes.io/tls",
+            "stringData": { CA_KEY: ca, CERT_KEY: cert, KEY_KEY: key },
+        }))
+        .unwrap_or_default();
+        let written = match existing {
+            None => api.create(&PostParams::default(), &secret).await,
+            Some(found) => {
+                secret.metadata.resource_version = found.metadata.resource_version;
+                api.replace(name, &PostParams::default(), &secret).await
+            }
+        };
+        match written {
+            Ok(_) => {
+                info!(secret = %format!("{namespace}/{name}"), "webhook certificate generated and stored");
+                return Ok((ca, cert, key));
+            }
+            // Another replica stored one first: use it.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(source) => return Err(secret_error(source)),
+        }
+    }
+    Err(Error::SecretRace {
+        secret: format!("{namespace}/{name}"),
+    })
+}
+
+/// The PEMs of a Secret made for `wanted` names, if complete.
+fn stored(
+    secret: &k8s_openapi::api::core::v1::Secret,
+    wanted: &str,
+) -> Option<(String, String, String)> {
+    let names = secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(NAMES_ANNOTATION)?;
+    if names != wanted {
+        return None;
+    }
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
+    Some((text(CA_KEY)?, text(CERT_KEY)?, text(KEY_KEY)?))
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, Error> {

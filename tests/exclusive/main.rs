@@ -448,6 +448,16 @@ async fn restarted_operator_catches_up_on_missed_deadlines() {
     )
     .await;
 
+    let ca_bundle = |admin: Client| async move {
+        Api::<ValidatingWebhookConfiguration>::all(admin)
+            .get("kubepam")
+            .await
+            .ok()
+            .and_then(|c| c.webhooks?.first()?.client_config.ca_bundle.clone())
+    };
+    let ca_before = ca_bundle(admin.clone())
+        .await
+        .expect("a registered caBundle");
     guard.take().unwrap().kill();
     let until = approved.status.as_ref().unwrap().granted_until.unwrap();
     // Stay down well past both deadlines: nobody is there to take the right back.
@@ -486,6 +496,9 @@ async fn restarted_operator_catches_up_on_missed_deadlines() {
             .is_empty()
     );
     println!("restart catch-up: grant ended {caught_up:?} after the operator started");
+    // The certificate is kept in a Secret: a restarted (or second) replica
+    // serves the same one, and the caBundle does not change.
+    assert_eq!(ca_bundle(admin.clone()).await, Some(ca_before));
 
     let api = Api::<ElevationRequest>::all(admin.clone());
     for name in ["short-grant", "never-decided"] {
