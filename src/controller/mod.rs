@@ -414,6 +414,7 @@ async fn start_webhooks(
             serving.config.clone(),
             cert.clone(),
             key.clone(),
+            tls::RELOAD_CHECK,
         )));
     }
     if options.register {

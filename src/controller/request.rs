@@ -300,10 +300,13 @@ async fn announce(
     let event = Event {
         type_,
         reason: transition.reason.clone(),
-        note: Some(truncate(&format!(
-            "{} (by {})",
-            transition.message, transition.actor
-        ))),
+        note: Some(truncate(
+            &if transition.message.contains(&transition.actor) {
+                transition.message.clone()
+            } else {
+                format!("{} (by {})", transition.message, transition.actor)
+            },
+        )),
         action: transition.to.as_str().to_owned(),
         secondary: None,
     };

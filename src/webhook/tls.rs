@@ -3,6 +3,8 @@
 //! of kubepam's own whose certificate becomes the webhooks' `caBundle`).
 
 use std::path::PathBuf;
+#[cfg(test)]
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum_server::tls_rustls::RustlsConfig;
@@ -196,12 +198,15 @@ pub fn generate(names: &[String]) -> Result<(String, String, String), Error> {
     Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }
 
+/// How often certificate files are checked for a change.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
+
 /// Reloads certificate files when they change (cert-manager rotates them in
-/// place); new connections use the new certificate.
-pub async fn watch_files(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
+/// place), checking every `every`; new connections use the new certificate.
+pub async fn watch_files(config: RustlsConfig, cert: PathBuf, key: PathBuf, every: Duration) {
     let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let mut last: (Option<SystemTime>, Option<SystemTime>) = (modified(&cert), modified(&key));
-    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
         let now = (modified(&cert), modified(&key));
@@ -222,6 +227,46 @@ pub async fn watch_files(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn rotated_files_are_reloaded() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let write = |names: &[String]| {
+            let (_, c, k) = generate(names).unwrap();
+            std::fs::write(&cert, c).unwrap();
+            std::fs::write(&key, k).unwrap();
+        };
+        write(&["127.0.0.1".into()]);
+        let source = Source::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: None,
+        };
+        let client_config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(client_config).unwrap();
+        let serving = load(&source, &client).await.unwrap();
+        let before = serving.config.get_inner();
+        let watcher = tokio::spawn(watch_files(
+            serving.config.clone(),
+            cert.clone(),
+            key.clone(),
+            Duration::from_millis(20),
+        ));
+        // Modification times have a coarse resolution on some filesystems.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        write(&["127.0.0.1".into(), "localhost".into()]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::ptr_eq(&before, &serving.config.get_inner()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the rotated certificate was not loaded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        watcher.abort();
+    }
 
     #[test]
     fn generated_certificate_is_signed_by_its_ca_for_the_names() {

@@ -159,6 +159,23 @@ impl TestCluster {
         Client::try_from(config).expect("building client")
     }
 
+    /// A client for any `user`, through admin's impersonation (what
+    /// `kubectl --as USER` does): the API server, admission included, sees
+    /// that user.
+    pub async fn client_as_user(&self, user: &str, groups: &[&str]) -> Client {
+        let options = KubeConfigOptions {
+            context: Some(Identity::Admin.context().to_owned()),
+            ..KubeConfigOptions::default()
+        };
+        let mut config = Config::from_custom_kubeconfig(self.kubeconfig.clone(), &options)
+            .await
+            .expect("admin kubeconfig context");
+        config.auth_info.impersonate = Some(user.to_owned());
+        config.auth_info.impersonate_groups =
+            Some(groups.iter().map(|g| (*g).to_owned()).collect());
+        Client::try_from(config).expect("building client")
+    }
+
     /// A fresh namespace for one test, created by admin.
     pub async fn namespace(&self, prefix: &str) -> TestNamespace {
         let name = format!(
