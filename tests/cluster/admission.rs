@@ -344,3 +344,51 @@ async fn the_guard_gates_privileged_tasks_even_for_cluster_admins() {
     ns.delete().await;
     other.delete().await;
 }
+
+/// Policies that cannot work are refused when they are written, with a
+/// message that says what to change.
+#[tokio::test]
+async fn inconsistent_policies_are_refused_with_a_clear_message() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let ns = cluster.namespace("bad-policy").await;
+    for (suffix, spec, expect) in [
+        (
+            "task-with-role",
+            json!({ "type": "Task", "role": "edit", "approvalType": "Manual",
+                    "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] } }),
+            "Task",
+        ),
+        (
+            "role-without-role",
+            json!({ "type": "Role", "approvalType": "Manual" }),
+            "role",
+        ),
+        (
+            "empty-group",
+            json!({ "type": "RoleGroup", "roles": [], "approvalType": "Auto" }),
+            "roles",
+        ),
+        (
+            "odd-approval",
+            json!({ "type": "Role", "role": "edit", "approvalType": "Sometimes" }),
+            "approvalType",
+        ),
+        (
+            "bad-duration",
+            json!({ "type": "Role", "role": "edit", "approvalType": "Auto", "maxDuration": "4 hours" }),
+            "maxDuration",
+        ),
+    ] {
+        // Sent as raw JSON: some of these are not even valid Rust values.
+        let resource = kube::api::ApiResource::erase::<kubepam::api::AccessPolicy>(&());
+        let raw = kube::api::DynamicObject::new(&format!("{}-{suffix}", ns.name), &resource)
+            .data(json!({ "spec": spec }));
+        let result = Api::<kube::api::DynamicObject>::all_with(admin.clone(), &resource)
+            .create(&PostParams::default(), &raw)
+            .await;
+        let message = refusal(result, suffix);
+        assert!(message.contains(expect), "{suffix}: {message}");
+    }
+    ns.delete().await;
+}
