@@ -24,6 +24,11 @@ pub const LABEL_REQUEST: &str = "kubepam.io/request";
 /// Label holding the request's id.
 pub const LABEL_REQUEST_ID: &str = "kubepam.io/request-id";
 /// The RBAC API group.
+/// Keeps an ElevationRequest until the RBAC objects of its grant are
+/// deleted. Admission adds it when the request is created; the controller
+/// adds it too if it is missing.
+pub const FINALIZER: &str = "kubepam.io/grant-cleanup";
+/// The API group of RBAC objects.
 pub const RBAC_API_GROUP: &str = "rbac.authorization.k8s.io";
 /// Longest object name Kubernetes accepts.
 pub const MAX_NAME_LEN: usize = 253;

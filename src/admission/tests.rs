@@ -111,9 +111,13 @@ fn create_without_requester_is_patched_to_the_caller() {
     let Verdict::Patch(patch) = &v else {
         panic!("expected a patch, got {v:?}")
     };
-    let mut doc = json!({"spec": spec});
+    let mut doc = json!({"metadata": {}, "spec": spec});
     json_patch::patch(&mut doc, patch).unwrap();
     assert_eq!(doc["spec"]["requester"], "alice");
+    assert_eq!(
+        doc["metadata"]["finalizers"],
+        json!(["kubepam.io/grant-cleanup"])
+    );
     // The validating pass refuses the same object: the mutating webhook did not run.
     rejects(
         &request_create_validate(&caller("alice", &[]), &er(spec, json!({}))),
@@ -122,9 +126,26 @@ fn create_without_requester_is_patched_to_the_caller() {
 }
 
 #[test]
-fn create_in_own_name_is_admitted_unchanged() {
+fn create_in_own_name_only_gets_the_cleanup_finalizer() {
+    let v = request_create(&caller("alice", &[]), &er(base_spec(), json!({})));
+    let Verdict::Patch(patch) = &v else {
+        panic!("expected a patch, got {v:?}")
+    };
+    let mut doc = json!({"metadata": {"finalizers": ["someone.else/keep"]}, "spec": base_spec()});
+    let mut request = er(base_spec(), json!({}));
+    request.metadata.finalizers = Some(vec!["someone.else/keep".into()]);
+    let Verdict::Patch(append) = request_create(&caller("alice", &[]), &request) else {
+        panic!("expected a patch")
+    };
+    json_patch::patch(&mut doc, &append).unwrap();
     assert_eq!(
-        request_create(&caller("alice", &[]), &er(base_spec(), json!({}))),
+        doc["metadata"]["finalizers"],
+        json!(["someone.else/keep", "kubepam.io/grant-cleanup"])
+    );
+    assert_eq!(patch.0.len(), 1, "the requester is left as written");
+    request.metadata.finalizers = Some(vec!["kubepam.io/grant-cleanup".into()]);
+    assert_eq!(
+        request_create(&caller("alice", &[]), &request),
         Verdict::Allow
     );
     accepts(&request_create_validate(
@@ -1092,7 +1113,10 @@ fn envelope_mutates_a_create_and_the_response_carries_the_patch() {
     let patch: Value = serde_json::from_slice(resp.patch.as_ref().unwrap()).unwrap();
     assert_eq!(
         patch,
-        json!([{"op": "add", "path": "/spec/requester", "value": "alice"}])
+        json!([
+            {"op": "add", "path": "/spec/requester", "value": "alice"},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["kubepam.io/grant-cleanup"]},
+        ])
     );
     let body: Value = serde_json::from_slice(&response_bytes(resp)).unwrap();
     assert_eq!(body["apiVersion"], "admission.k8s.io/v1");

@@ -25,8 +25,7 @@ use crate::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl}
 use crate::grant::{self, DesiredRbac};
 use crate::lifecycle::{self, ControlView, PolicyView, Transition};
 
-/// Keeps a request until the RBAC objects of its grant are deleted.
-pub const FINALIZER: &str = "kubepam.io/grant-cleanup";
+use crate::grant::FINALIZER;
 
 /// The request controller, also woken by changes to policies, the control,
 /// and RBAC objects that carry kubepam's labels (so a binding deleted by hand
