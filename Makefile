@@ -54,4 +54,4 @@ lint: ## rustfmt check and clippy with warnings as errors
 
 .PHONY: test
 test: controlplane ## Run the whole test suite (unit, property, and real control-plane tests)
-	cargo test --locked
+	cargo test --locked --lib --bins --tests
