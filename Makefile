@@ -34,7 +34,7 @@ crds: ## Regenerate crds/ from the Rust types
 
 .PHONY: run
 run: cluster ## Install CRDs and RBAC into the local cluster and run kubepam in the foreground as `operator`
-	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin apply --server-side -k manifests/
+	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin apply --server-side -k hack/local/
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin wait --for condition=Established --timeout 60s -f crds/kubepam.io.yaml
 	cargo run --release -- run --kubeconfig $(KUBECONFIG_DEV) --context operator \
 		--webhook-bind 127.0.0.1:$(WEBHOOK_PORT) --webhook-url https://127.0.0.1:$(WEBHOOK_PORT)

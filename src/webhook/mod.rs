@@ -54,6 +54,7 @@ fn router(ctx: Arc<Context>, executions: Recorder) -> Router {
         .route(PATH_VALIDATE_POLICIES, post(validate_policies))
         .route(PATH_GUARD, post(guard))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .with_state(AppState { ctx, executions })
 }
 
@@ -71,6 +72,16 @@ pub async fn serve(
         .serve(router(ctx, executions).into_make_service())
         .await
         .map_err(Error::Serve)
+}
+
+/// Ready once the caches are filled (and, being served here, once the
+/// certificate is loaded): before that the guard could not decide.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet").into_response()
+    }
 }
 
 fn reply(response: AdmissionResponse) -> Response {

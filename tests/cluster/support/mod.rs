@@ -263,7 +263,8 @@ impl TestCluster {
     /// Installs what `make run` installs: the CRDs and `manifests/` (namespace,
     /// service account, the operator's RBAC), and waits for the CRDs.
     pub fn install_kubepam(&self) {
-        let manifests = repo_root().join("manifests");
+        // manifests/ without the Deployment: kubepam runs as a local process.
+        let manifests = repo_root().join("hack/local");
         let crds = repo_root().join("crds/kubepam.io.yaml");
         for args in [
             vec!["apply", "--server-side", "-k", manifests.to_str().unwrap()],

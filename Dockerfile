@@ -1,0 +1,16 @@
+# kubepam operator image. The build step is the same `cargo build --release`
+# that `make build` runs.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY tests ./tests
+RUN cargo build --release --locked --bin kubepam
+
+# Minimal runtime: glibc and CA certificates, no shell, non-root.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/kubepam /kubepam
+USER 65532:65532
+ENTRYPOINT ["/kubepam"]
+CMD ["run"]
