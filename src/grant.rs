@@ -13,7 +13,7 @@ use k8s_openapi::api::rbac::v1::{
 use kube::api::ObjectMeta;
 
 use crate::api::{GrantScope, PolicyType, RbacObjectRef, TaskSpec};
-use crate::util::fnv1a64;
+use crate::util::short_hash;
 
 /// Standard label naming the tool that manages an object.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -234,7 +234,7 @@ pub fn policy_rule(task: &TaskSpec) -> PolicyRule {
 }
 
 fn hash_suffix(raw: &str) -> String {
-    format!("{:016x}", fnv1a64(raw.as_bytes()))
+    short_hash(raw.as_bytes())
 }
 
 /// A valid object name (lower-case DNS subdomain, at most 253 characters) for `raw`: `raw` itself
