@@ -7,7 +7,9 @@ use uuid::Uuid;
 /// generated names unique when they must be shortened.
 pub(crate) fn short_hash(data: &[u8]) -> String {
     let digest = Sha256::digest(data);
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    format!("{:016x}", u64::from_be_bytes(first))
 }
 
 /// A deterministic UUID (version 5) for an object of `kind` named `name`, for
