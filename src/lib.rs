@@ -11,6 +11,7 @@ pub mod controller;
 pub mod duration;
 pub mod grant;
 pub mod lifecycle;
+pub mod metrics;
 pub mod policy_limit;
 mod util;
 pub mod webhook;

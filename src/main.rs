@@ -46,6 +46,10 @@ struct RunArgs {
     /// Log filter, e.g. `info` or `kubepam=debug,kube=info`.
     #[arg(long, env = "KUBEPAM_LOG", default_value = "info")]
     log: String,
+    /// Address of the plain-HTTP endpoints `/metrics` (Prometheus),
+    /// `/healthz` and `/readyz` (ready once the caches are synced).
+    #[arg(long, env = "KUBEPAM_METRICS_BIND", default_value = "0.0.0.0:8080")]
+    metrics_bind: std::net::SocketAddr,
     #[command(flatten)]
     webhook: WebhookArgs,
 }
@@ -188,6 +192,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = kubepam::controller::Options {
         instance: args.instance,
         webhook: args.webhook.options()?,
+        metrics_bind: Some(args.metrics_bind),
     };
     kubepam::controller::run(client, options, shutdown_signal()).await?;
     Ok(())

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::api::{AccessPolicy, CONTROL_NAME, ElevationRequest, PrivilegedAccessControl};
 use crate::grant;
+use crate::metrics::{ErrorLabels, KindLabels, Metrics};
 use crate::webhook::{self, configuration::Endpoint, tls};
 
 pub use control::control_status;
@@ -106,6 +107,7 @@ pub struct Context {
     /// True once the policy, control and request caches are filled: until
     /// then the guard refuses rather than guessing (fail closed).
     pub ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Context {
@@ -151,6 +153,34 @@ impl Error {
             _ => Duration::from_secs(1),
         }
     }
+}
+
+/// Counts and times a reconcile, and its failure by reason.
+async fn measured(
+    kind: &'static str,
+    ctx: Arc<Context>,
+    reconcile: impl Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let start = std::time::Instant::now();
+    let result = reconcile.await;
+    let labels = KindLabels {
+        kind: kind.to_owned(),
+    };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
+    if let Err(error) = &result {
+        ctx.metrics
+            .reconcile_errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.to_owned(),
+                reason: error.label().to_owned(),
+            })
+            .inc();
+    }
+    result
 }
 
 /// Logs a failed reconcile and schedules the retry its error calls for.
@@ -247,6 +277,8 @@ pub struct Options {
     pub instance: String,
     /// The admission webhooks; `None` runs without them.
     pub webhook: Option<WebhookOptions>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP).
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// Where and how the admission webhooks are served and registered.
@@ -263,30 +295,9 @@ pub struct WebhookOptions {
     pub register: bool,
 }
 
-/// Runs the three controllers, and the admission webhooks when configured,
-/// until `shutdown` resolves.
-pub async fn run(
-    client: Client,
-    options: Options,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), webhook::Error> {
-    let reporter = Reporter {
-        controller: "kubepam".into(),
-        instance: Some(options.instance.clone()),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
-    let shutdown = futures::FutureExt::shared(shutdown);
-
-    let requests_api: Api<ElevationRequest> = Api::all(client.clone());
-    let policies_api: Api<AccessPolicy> = Api::all(client.clone());
-    let controls_api: Api<PrivilegedAccessControl> = Api::all(client.clone());
-
-    let request_controller = lean_controller(requests_api);
-    let policy_controller = lean_controller(policies_api);
-    let control_controller = lean_controller(controls_api);
-
-    // kubepam's own RBAC objects, cached so that comparing a grant with what
-    // exists costs no API call; their changes wake the request they belong to.
+/// kubepam's own RBAC objects, cached so that comparing a grant with what
+/// exists costs no API call; their changes wake the request they belong to.
+fn rbac_watches(client: &Client) -> (rbac::RbacStores, request::RbacStreams) {
     let managed = watcher::Config::default().labels(&grant::managed_selector());
     let (role_bindings, rb_writer) = reflector::store::<RoleBinding>();
     let (cluster_role_bindings, crb_writer) = reflector::store::<ClusterRoleBinding>();
@@ -312,37 +323,84 @@ pub async fn run(
             .boxed(),
     };
 
+    let stores = rbac::RbacStores {
+        role_bindings,
+        cluster_role_bindings,
+        cluster_roles,
+    };
+    (stores, rbac_streams)
+}
+
+/// Runs the three controllers, and the admission webhooks when configured,
+/// until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), webhook::Error> {
+    let reporter = Reporter {
+        controller: "kubepam".into(),
+        instance: Some(options.instance.clone()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let shutdown = futures::FutureExt::shared(shutdown);
+
+    let requests_api: Api<ElevationRequest> = Api::all(client.clone());
+    let policies_api: Api<AccessPolicy> = Api::all(client.clone());
+    let controls_api: Api<PrivilegedAccessControl> = Api::all(client.clone());
+
+    let request_controller = lean_controller(requests_api);
+    let policy_controller = lean_controller(policies_api);
+    let control_controller = lean_controller(controls_api);
+
+    let (rbac_stores, rbac_streams) = rbac_watches(&client);
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         policies: policy_controller.store(),
         controls: control_controller.store(),
         requests: request_controller.store(),
-        rbac: rbac::RbacStores {
-            role_bindings,
-            cluster_role_bindings,
-            cluster_roles,
-        },
+        rbac: rbac_stores,
         recorder,
         ready: Arc::new(AtomicBool::new(false)),
+        metrics: Arc::new(Metrics::default()),
     });
 
     let requests = request::controller(request_controller, &ctx, rbac_streams)
         .graceful_shutdown_on(shutdown.clone())
-        .run(request::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| measured("ElevationRequest", c.clone(), request::reconcile(o, c)),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| {
             log_result("ElevationRequest", result);
             future::ready(())
         });
     let policies = policy::controller(policy_controller, client.clone())
         .graceful_shutdown_on(shutdown.clone())
-        .run(policy::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| measured("AccessPolicy", c.clone(), policy::reconcile(o, c)),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| {
             log_result("AccessPolicy", result);
             future::ready(())
         });
     let controls = control::controller(control_controller, &ctx)
         .graceful_shutdown_on(shutdown)
-        .run(control::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| {
+                measured(
+                    "PrivilegedAccessControl",
+                    c.clone(),
+                    control::reconcile(o, c),
+                )
+            },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| {
             log_result("PrivilegedAccessControl", result);
             future::ready(())
@@ -366,10 +424,18 @@ pub async fn run(
         readiness.ready.store(true, Ordering::SeqCst);
         info!("caches synced");
     };
-    let background = match options.webhook {
+    let mut background = match options.webhook {
         Some(webhook) => start_webhooks(&ctx, webhook).await?,
         None => Vec::new(),
     };
+    if let Some(bind) = options.metrics_bind {
+        let server = webhook::serve_metrics(bind, ctx.clone());
+        background.push(tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "metrics server stopped");
+            }
+        }));
+    }
     info!("kubepam controllers started");
     futures::join!(requests, policies, controls, mark_ready);
     for task in background {

@@ -292,6 +292,13 @@ async fn announce(
         "{}",
         transition.message
     );
+    ctx.metrics
+        .transitions
+        .get_or_create(&crate::metrics::TransitionLabels {
+            phase: transition.to.as_str().to_owned(),
+            reason: transition.reason.clone(),
+        })
+        .inc();
     let type_ = match transition.to {
         Phase::Pending | Phase::Approved => EventType::Normal,
         Phase::Denied | Phase::Expired | Phase::Revoked => EventType::Warning,

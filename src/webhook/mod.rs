@@ -93,6 +93,24 @@ fn reply(response: AdmissionResponse) -> Response {
         .into_response()
 }
 
+/// Counts and times an answered review.
+fn observe(state: &AppState, webhook: &str, start: std::time::Instant, allowed: bool) {
+    let metrics = &state.ctx.metrics;
+    metrics
+        .admission_requests
+        .get_or_create(&crate::metrics::AdmissionLabels {
+            webhook: webhook.to_owned(),
+            allowed: allowed.to_string(),
+        })
+        .inc();
+    metrics
+        .admission_duration
+        .get_or_create(&crate::metrics::WebhookLabels {
+            webhook: webhook.to_owned(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+}
+
 /// Parses the review, or answers a well-formed error for a malformed body.
 fn with_request(
     body: &[u8],
@@ -121,6 +139,11 @@ fn log_denial(kind: &str, request: &AdmissionRequest<DynamicObject>, verdict: &V
 }
 
 fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
+    let start = std::time::Instant::now();
+    let webhook = match pass {
+        Pass::Mutating => "requester",
+        Pass::Validating => "reviews",
+    };
     with_request(body, |request| {
         let control = state.ctx.control();
         let verdict = admission::admit_elevation_request(
@@ -130,6 +153,7 @@ fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
             control.as_deref(),
         );
         log_denial("ElevationRequest", request, &verdict);
+        observe(state, webhook, start, verdict.is_allowed());
         admission::respond(request, verdict)
     })
 }
@@ -143,6 +167,7 @@ async fn validate_requests(State(state): State<AppState>, body: Bytes) -> Respon
 }
 
 async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Response {
+    let start = std::time::Instant::now();
     // The count comes from the API server, not the cache, so two creates in
     // quick succession see each other (the controller settles true races).
     let creating = admission::parse_review(&body).is_ok_and(|r| r.operation == Operation::Create);
@@ -176,6 +201,7 @@ async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Respon
             })
         });
         log_denial("AccessPolicy", request, &verdict);
+        observe(&state, "policies", start, verdict.is_allowed());
         let warnings = match admission::decode::<AccessPolicy>(request, false) {
             Ok(policy) if verdict.is_allowed() => admission::policy_warnings(&policy),
             _ => Vec::new(),
@@ -189,6 +215,7 @@ async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Respon
 }
 
 async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
+    let start = std::time::Instant::now();
     with_request(&body, |request| {
         if !state.ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
             let verdict = GuardVerdict::Denied(
@@ -229,8 +256,45 @@ async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
             ),
             _ => {}
         }
+        observe(
+            &state,
+            "guard",
+            start,
+            !matches!(verdict, GuardVerdict::Denied(_)),
+        );
         admission::respond_guard(request, &verdict)
     })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP on `bind`.
+pub async fn serve_metrics(bind: SocketAddr, ctx: Arc<Context>) -> Result<(), Error> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState {
+            ctx,
+            executions: crate::controller::executions::channel().0,
+        });
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(Error::Serve)?;
+    info!(%bind, "metrics and health endpoints listening");
+    axum::serve(listener, app).await.map_err(Error::Serve)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let requests = state.ctx.requests.state();
+    let text = state.ctx.metrics.render(requests.iter().map(|r| &**r));
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// The names a generated certificate must carry for `endpoint`.

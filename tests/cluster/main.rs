@@ -7,6 +7,7 @@
 mod admission;
 mod install;
 mod lifecycle;
+mod observability;
 mod pam;
 mod smoke;
 mod support;

@@ -310,8 +310,14 @@ impl TestCluster {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let child = Command::new(env!("CARGO_BIN_EXE_kubepam"))
             .arg("run")
+            .arg("--metrics-bind")
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .arg("--webhook-bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--webhook-url")
@@ -331,7 +337,11 @@ impl TestCluster {
             .spawn()
             .expect("starting kubepam");
         kill_with_this_process(child.id());
-        OperatorProcess { child, log_path }
+        OperatorProcess {
+            child,
+            log_path,
+            metrics_port,
+        }
     }
 }
 
@@ -355,6 +365,8 @@ fn kill_with_this_process(pid: u32) {
 pub struct OperatorProcess {
     child: std::process::Child,
     pub log_path: PathBuf,
+    /// Where its `/metrics`, `/healthz` and `/readyz` answer (plain HTTP).
+    pub metrics_port: u16,
 }
 
 impl OperatorProcess {
@@ -369,14 +381,40 @@ impl OperatorProcess {
     }
 }
 
+static OPERATOR: OnceLock<OperatorProcess> = OnceLock::new();
+
 /// The cluster with kubepam installed and one operator running for this
 /// whole test binary.
 pub fn kubepam() -> &'static TestCluster {
-    static OPERATOR: OnceLock<OperatorProcess> = OnceLock::new();
     let cluster = cluster();
     OPERATOR.get_or_init(|| {
         cluster.install_kubepam();
         cluster.spawn_operator()
     });
     cluster
+}
+
+/// The operator started by [`kubepam`].
+pub fn operator() -> &'static OperatorProcess {
+    kubepam();
+    OPERATOR.get().expect("started by kubepam()")
+}
+
+/// A plain HTTP GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
 }

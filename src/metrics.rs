@@ -1,0 +1,197 @@
+//! Prometheus metrics (text exposition format), served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::{ElevationRequest, Phase};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub phase: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub webhook: String,
+    pub allowed: String,
+}
+
+fn histogram() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// Every metric kubepam exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<KindLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    pub transitions: Family<TransitionLabels, Counter>,
+    pub requests: Family<PhaseLabels, Gauge>,
+    pub active_grants: Gauge,
+    pub admission_requests: Family<AdmissionLabels, Counter>,
+    pub admission_duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
+    pub guard_executions: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kubepam");
+        let metrics = Self {
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(histogram),
+            transitions: Family::default(),
+            requests: Family::default(),
+            active_grants: Gauge::default(),
+            admission_requests: Family::default(),
+            admission_duration: Family::new_with_constructor(histogram),
+            guard_executions: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Reconciles by kind",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by kind and error",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile, by kind",
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "transitions",
+            "Request transitions (decisions) by new phase and reason",
+            metrics.transitions.clone(),
+        );
+        registry.register(
+            "requests",
+            "ElevationRequests by phase, as cached",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "active_grants",
+            "Approved requests holding a grant",
+            metrics.active_grants.clone(),
+        );
+        registry.register(
+            "admission_requests",
+            "Admission reviews answered, by webhook and outcome",
+            metrics.admission_requests.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission review, by webhook",
+            metrics.admission_duration.clone(),
+        );
+        registry.register(
+            "guard_executions",
+            "Uses of a grant admitted by the guard",
+            metrics.guard_executions.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// Refreshes the gauges that are read off the cache, then renders the
+    /// text exposition format.
+    pub fn render<'a>(&self, requests: impl IntoIterator<Item = &'a ElevationRequest>) -> String {
+        let mut counts = [0i64; 5];
+        for request in requests {
+            if let Some(phase) = request.status.as_ref().and_then(|s| s.phase) {
+                counts[phase_index(phase)] += 1;
+            }
+        }
+        for phase in [
+            Phase::Pending,
+            Phase::Approved,
+            Phase::Denied,
+            Phase::Expired,
+            Phase::Revoked,
+        ] {
+            self.requests
+                .get_or_create(&PhaseLabels {
+                    phase: phase.as_str().to_owned(),
+                })
+                .set(counts[phase_index(phase)]);
+        }
+        self.active_grants.set(counts[phase_index(Phase::Approved)]);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn phase_index(phase: Phase) -> usize {
+    match phase {
+        Phase::Pending => 0,
+        Phase::Approved => 1,
+        Phase::Denied => 2,
+        Phase::Expired => 3,
+        Phase::Revoked => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_the_prefix() {
+        let metrics = Metrics::default();
+        metrics
+            .reconciles
+            .get_or_create(&KindLabels {
+                kind: "ElevationRequest".into(),
+            })
+            .inc();
+        metrics.guard_executions.inc();
+        let text = metrics.render(std::iter::empty());
+        for series in [
+            "kubepam_reconciles_total{kind=\"ElevationRequest\"} 1",
+            "kubepam_guard_executions_total 1",
+            "kubepam_requests{phase=\"Approved\"} 0",
+            "kubepam_active_grants 0",
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+    }
+}
