@@ -12,11 +12,11 @@ use serde_json::json;
 
 use crate::pam::{
     accepted, create_policy, create_request, delete_policy, deployment, events_for, grant_objects,
-    phase, request_id, review, standard_control, task_policy, wait_allowed, wait_phase,
+    may_delete_deployments, phase, request_id, review, standard_control, task_policy, wait_allowed,
+    wait_may_delete_deployments, wait_phase,
 };
 use crate::support::{Identity, kubepam};
 
-const DELETE_DEPLOYMENTS: (&str, &str, &str) = ("delete", "apps", "deployments");
 const SOON: Duration = Duration::from_secs(15);
 
 /// The seed walkthrough: a Manual Task policy, alice requests, bob approves,
@@ -75,17 +75,7 @@ async fn seed_walkthrough_manual_task_policy() {
     assert_eq!(status.approver_group.as_deref(), Some("pam-approvers"));
     assert!(status.request_id.is_some() && status.expires_at.is_some());
     // Pending grants nothing.
-    assert!(
-        !crate::pam::allowed(
-            &admin,
-            "alice",
-            "delete",
-            "apps",
-            "deployments",
-            Some(&ns.name)
-        )
-        .await
-    );
+    assert!(!may_delete_deployments(&admin, "alice", Some(&ns.name)).await);
 
     review(&bob, &name, "bob", "Approve", "ok, go ahead")
         .await
@@ -104,27 +94,9 @@ async fn seed_walkthrough_manual_task_policy() {
         "the grant's objects are recorded"
     );
 
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        true,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
     // Only in the policy's namespace, and only the task.
-    assert!(
-        !crate::pam::allowed(
-            &admin,
-            "alice",
-            "delete",
-            "apps",
-            "deployments",
-            Some("default")
-        )
-        .await
-    );
+    assert!(!may_delete_deployments(&admin, "alice", Some("default")).await);
     assert!(
         !crate::pam::allowed(
             &admin,
@@ -142,15 +114,7 @@ async fn seed_walkthrough_manual_task_policy() {
         .expect("alice deletes with her grant");
 
     let expired = wait_phase(&alice, &name, Phase::Expired, Duration::from_secs(20)).await;
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        false,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
     deployments
         .create(&PostParams::default(), &deployment("web2"))
         .await
@@ -230,17 +194,7 @@ async fn one_deny_denies_and_grants_nothing() {
         (last.actor.as_str(), last.comment.as_deref()),
         ("carol", Some("carol: not during the freeze"))
     );
-    assert!(
-        !crate::pam::allowed(
-            &admin,
-            "alice",
-            "delete",
-            "apps",
-            "deployments",
-            Some(&ns.name)
-        )
-        .await
-    );
+    assert!(!may_delete_deployments(&admin, "alice", Some(&ns.name)).await);
     // Final: a later approval is refused at admission, and changes nothing.
     let late = review(
         &admin_approver(cluster).await,
@@ -285,29 +239,13 @@ async fn revoke_ends_an_active_grant_early() {
     wait_phase(&alice, &name, Phase::Pending, SOON).await;
     review(&bob, &name, "bob", "Approve", "ok").await.unwrap();
     let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        true,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
 
     review(&carol, &name, "carol", "Revoke", "done with it")
         .await
         .unwrap();
     let revoked = wait_phase(&alice, &name, Phase::Revoked, SOON).await;
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        false,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
     assert!(
         grant_objects(&admin, &request_id(&approved))
             .await
@@ -344,29 +282,13 @@ async fn auto_policy_approves_at_once() {
         approved.status.as_ref().unwrap().decided_by,
         vec!["kubepam".to_owned()]
     );
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        true,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
     // Deleting the request takes the grant with it (finalizer, no GC here).
     Api::<ElevationRequest>::all(admin.clone())
         .delete(&name, &DeleteParams::default())
         .await
         .unwrap();
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        false,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
     crate::support::eventually("the request is gone", SOON, || async {
         Api::<ElevationRequest>::all(admin.clone())
             .get_opt(&name)
@@ -531,26 +453,10 @@ async fn deleting_the_policy_ends_an_active_grant() {
     let name = format!("{}-req", ns.name);
     create_request(&alice, &name, request_spec(&policy, &ns.name, "1h")).await;
     let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        true,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
     delete_policy(&admin, &policy).await;
     let revoked = wait_phase(&alice, &name, Phase::Revoked, SOON).await;
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        false,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
     assert!(
         grant_objects(&admin, &request_id(&approved))
             .await

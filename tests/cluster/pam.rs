@@ -270,3 +270,27 @@ pub fn task_policy(namespace: &str, approval: &str) -> Value {
         "approvalType": approval,
     })
 }
+
+/// Whether `user` may delete Deployments in `namespace` (the seed's task).
+pub async fn may_delete_deployments(admin: &Client, user: &str, namespace: Option<&str>) -> bool {
+    allowed(admin, user, "delete", "apps", "deployments", namespace).await
+}
+
+/// Waits until `user` may (or may no longer) delete Deployments in `namespace`.
+pub async fn wait_may_delete_deployments(
+    admin: &Client,
+    user: &str,
+    namespace: Option<&str>,
+    want: bool,
+) {
+    let deployments = ("delete", "apps", "deployments");
+    wait_allowed(
+        admin,
+        user,
+        deployments,
+        namespace,
+        want,
+        Duration::from_secs(15),
+    )
+    .await;
+}

@@ -25,12 +25,11 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use pam::{
     accepted, apply_control, create_policy, create_request, grant_objects, request_id,
-    standard_control, task_policy, wait_allowed, wait_phase, wait_policy_judged,
+    standard_control, task_policy, wait_may_delete_deployments, wait_phase, wait_policy_judged,
 };
 use support::{Identity, OperatorProcess, TestCluster, cluster, eventually};
 
 const SOON: Duration = Duration::from_secs(15);
-const DELETE_DEPLOYMENTS: (&str, &str, &str) = ("delete", "apps", "deployments");
 
 /// The operator of this binary; holding the guard is holding the cluster.
 static OPERATOR: Mutex<Option<OperatorProcess>> = Mutex::const_new(None);
@@ -310,15 +309,7 @@ async fn disabled_or_missing_control_makes_no_new_grant() {
     .await;
     assert_eq!(pam::phase(&waiting), Some(Phase::Pending));
     // The grant made before still holds.
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        true,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
     let before = api.get("before-disable").await.unwrap();
     assert_eq!(pam::phase(&before), Some(Phase::Approved));
 
@@ -438,15 +429,7 @@ async fn restarted_operator_catches_up_on_missed_deadlines() {
     )
     .await;
     wait_phase(&alice, "never-decided", Phase::Pending, SOON).await;
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        true,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
 
     let ca_bundle = |admin: Client| async move {
         Api::<ValidatingWebhookConfiguration>::all(admin)
@@ -464,30 +447,14 @@ async fn restarted_operator_catches_up_on_missed_deadlines() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(chrono::Utc::now() > until + chrono::TimeDelta::seconds(2));
     assert!(
-        pam::allowed(
-            &admin,
-            "alice",
-            "delete",
-            "apps",
-            "deployments",
-            Some(&ns.name)
-        )
-        .await,
+        pam::may_delete_deployments(&admin, "alice", Some(&ns.name)).await,
         "without an operator the binding stays (this is what the restart must repair)"
     );
 
     let restarted = Instant::now();
     *guard = Some(cluster.spawn_operator());
     wait_phase(&alice, "short-grant", Phase::Expired, SOON).await;
-    wait_allowed(
-        &admin,
-        "alice",
-        DELETE_DEPLOYMENTS,
-        Some(&ns.name),
-        false,
-        SOON,
-    )
-    .await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
     let caught_up = restarted.elapsed();
     wait_phase(&alice, "never-decided", Phase::Expired, SOON).await;
     assert!(
