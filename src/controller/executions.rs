@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::events::{Event, EventType};
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -126,26 +126,18 @@ async fn announce(ctx: &Context, request: &ElevationRequest, executions: &[Execu
         })
         .collect();
     info!(request = %request.name_any(), uses = executions.len(), "{}", described.join("; "));
-    let mut note = format!(
+    let note = format!(
         "{} use(s) of the grant: {}",
         executions.len(),
         described.join("; ")
     );
-    if note.len() > 1000 {
-        let mut end = 1000;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-    }
-    let event = Event {
-        type_: EventType::Normal,
-        reason: "Executed".into(),
-        note: Some(note),
-        action: "Execute".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &request.object_ref(&())).await {
-        warn!(request = %request.name_any(), %error, "failed to publish event");
-    }
+    super::publish_event(
+        ctx,
+        request,
+        EventType::Normal,
+        "Executed",
+        "Execute",
+        &note,
+    )
+    .await;
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::{StreamExt, future};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, controller::Action};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -181,6 +181,38 @@ async fn measured(
             .inc();
     }
     result
+}
+
+/// Publishes an Event about a request, its note cut to the 1 kB the API
+/// allows. A failure is logged, never retried into a second transition.
+async fn publish_event(
+    ctx: &Context,
+    request: &ElevationRequest,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    const LIMIT: usize = 1000;
+    let mut note = note.to_owned();
+    if note.len() > LIMIT {
+        let mut end = LIMIT - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &request.object_ref(&())).await {
+        warn!(request = %request.name_any(), %error, "failed to publish event");
+    }
 }
 
 /// Logs a failed reconcile and schedules the retry its error calls for.

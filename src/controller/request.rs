@@ -13,12 +13,12 @@ use chrono::Utc;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Context, Error, rbac};
 use crate::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl};
@@ -303,33 +303,18 @@ async fn announce(
         Phase::Pending | Phase::Approved => EventType::Normal,
         Phase::Denied | Phase::Expired | Phase::Revoked => EventType::Warning,
     };
-    let event = Event {
-        type_,
-        reason: transition.reason.clone(),
-        note: Some(truncate(
-            &if transition.message.contains(&transition.actor) {
-                transition.message.clone()
-            } else {
-                format!("{} (by {})", transition.message, transition.actor)
-            },
-        )),
-        action: transition.to.as_str().to_owned(),
-        secondary: None,
+    let note = if transition.message.contains(&transition.actor) {
+        transition.message.clone()
+    } else {
+        format!("{} (by {})", transition.message, transition.actor)
     };
-    if let Err(error) = ctx.recorder.publish(&event, &request.object_ref(&())).await {
-        warn!(request = %name, %error, "failed to publish event");
-    }
-}
-
-/// Event notes are limited to 1 kB.
-fn truncate(note: &str) -> String {
-    const LIMIT: usize = 1000;
-    if note.len() <= LIMIT {
-        return note.to_owned();
-    }
-    let mut end = LIMIT;
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &note[..end])
+    super::publish_event(
+        ctx,
+        request,
+        type_,
+        &transition.reason,
+        transition.to.as_str(),
+        &note,
+    )
+    .await;
 }

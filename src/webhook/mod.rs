@@ -54,7 +54,7 @@ fn router(ctx: Arc<Context>, executions: Recorder) -> Router {
         .route(PATH_VALIDATE_POLICIES, post(validate_policies))
         .route(PATH_GUARD, post(guard))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz).with_state(ctx.clone()))
         .with_state(AppState { ctx, executions })
 }
 
@@ -74,10 +74,9 @@ pub async fn serve(
         .map_err(Error::Serve)
 }
 
-/// Ready once the caches are filled (and, being served here, once the
-/// certificate is loaded): before that the guard could not decide.
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
+/// Ready once the caches are filled: before that the guard could not decide.
+async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
+    if ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
         (StatusCode::OK, "ok").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet").into_response()
@@ -118,11 +117,14 @@ fn with_request(
 ) -> Response {
     match admission::parse_review(body) {
         Ok(request) => reply(decide(&request)),
-        Err(error) => {
-            warn!(%error, "malformed admission review");
-            reply(admission::invalid(&error))
-        }
+        Err(error) => malformed(&error),
     }
+}
+
+/// A well-formed error answer for a body that is not an `AdmissionReview`.
+fn malformed(error: &admission::Error) -> Response {
+    warn!(%error, "malformed admission review");
+    reply(admission::invalid(error))
 }
 
 fn log_denial(kind: &str, request: &AdmissionRequest<DynamicObject>, verdict: &Verdict) {
@@ -168,50 +170,57 @@ async fn validate_requests(State(state): State<AppState>, body: Bytes) -> Respon
 
 async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Response {
     let start = std::time::Instant::now();
+    let request = match admission::parse_review(&body) {
+        Ok(request) => request,
+        Err(error) => return malformed(&error),
+    };
     // The count comes from the API server, not the cache, so two creates in
     // quick succession see each other (the controller settles true races).
-    let creating = admission::parse_review(&body).is_ok_and(|r| r.operation == Operation::Create);
-    let live = if creating {
-        let api: Api<AccessPolicy> = Api::all(state.ctx.client.clone());
-        match api.list_metadata(&ListParams::default()).await {
-            Ok(list) => Some(
-                list.items
-                    .iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .count(),
-            ),
-            Err(error) => {
-                warn!(%error, "cannot count AccessPolicies; using the cache");
-                None
-            }
-        }
+    let live = if request.operation == Operation::Create {
+        count_live_policies(&state.ctx).await
     } else {
         None
     };
-    with_request(&body, |request| {
-        let verdict = admission::admit_access_policy(request, || {
-            live.unwrap_or_else(|| {
-                state
-                    .ctx
-                    .policies
-                    .state()
-                    .iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .count()
-            })
-        });
-        log_denial("AccessPolicy", request, &verdict);
-        observe(&state, "policies", start, verdict.is_allowed());
-        let warnings = match admission::decode::<AccessPolicy>(request, false) {
-            Ok(policy) if verdict.is_allowed() => admission::policy_warnings(&policy),
-            _ => Vec::new(),
-        };
-        let mut response = admission::respond(request, verdict);
-        if !warnings.is_empty() {
-            response.warnings = Some(warnings);
+    let verdict = admission::admit_access_policy(&request, || {
+        live.unwrap_or_else(|| {
+            state
+                .ctx
+                .policies
+                .state()
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .count()
+        })
+    });
+    log_denial("AccessPolicy", &request, &verdict);
+    observe(&state, "policies", start, verdict.is_allowed());
+    let warnings = match admission::decode::<AccessPolicy>(&request, false) {
+        Ok(policy) if verdict.is_allowed() => admission::policy_warnings(&policy),
+        _ => Vec::new(),
+    };
+    let mut response = admission::respond(&request, verdict);
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    reply(response)
+}
+
+/// Live (not deleting) AccessPolicies as the API server lists them; `None`
+/// when it cannot answer (the caller falls back to the cache).
+async fn count_live_policies(ctx: &Context) -> Option<usize> {
+    let api: Api<AccessPolicy> = Api::all(ctx.client.clone());
+    match api.list_metadata(&ListParams::default()).await {
+        Ok(list) => Some(
+            list.items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .count(),
+        ),
+        Err(error) => {
+            warn!(%error, "cannot count AccessPolicies; using the cache");
+            None
         }
-        response
-    })
+    }
 }
 
 async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
@@ -272,10 +281,7 @@ pub async fn serve_metrics(bind: SocketAddr, ctx: Arc<Context>) -> Result<(), Er
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState {
-            ctx,
-            executions: crate::controller::executions::channel().0,
-        });
+        .with_state(ctx);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(Error::Serve)?;
@@ -283,9 +289,9 @@ pub async fn serve_metrics(bind: SocketAddr, ctx: Arc<Context>) -> Result<(), Er
     axum::serve(listener, app).await.map_err(Error::Serve)
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let requests = state.ctx.requests.state();
-    let text = state.ctx.metrics.render(requests.iter().map(|r| &**r));
+async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
+    let requests = ctx.requests.state();
+    let text = ctx.metrics.render(requests.iter().map(|r| &**r));
     (
         StatusCode::OK,
         [(
@@ -299,13 +305,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// The names a generated certificate must carry for `endpoint`.
 pub fn certificate_names(endpoint: &configuration::Endpoint) -> Vec<String> {
-    if let Some(url) = &endpoint.url {
-        let host = url
-            .trim_start_matches("https://")
-            .split(['/', ':'])
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+    if let Some(host) = endpoint
+        .url
+        .as_deref()
+        .and_then(|url| url.parse::<axum::http::Uri>().ok())
+        .and_then(|uri| uri.host().map(str::to_owned))
+    {
         return vec![host];
     }
     let (namespace, name, _) = &endpoint.service;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
@@ -72,25 +71,12 @@ async fn rbac_refuses_alice_until_a_role_is_bound() {
         "alice must be forbidden: {refused:?}"
     );
 
-    let role: Role = serde_json::from_value(json!({
-        "metadata": { "name": "configmap-deleter" },
-        "rules": [{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["delete"] }]
-    }))
-    .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": { "name": "alice-deletes-configmaps" },
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-deleter" },
-        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice" }]
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(admin.clone(), &ns.name)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(admin.clone(), &ns.name)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    ns.bind_role(
+        "configmap-deleter",
+        "alice",
+        json!([{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["delete"] }]),
+    )
+    .await;
 
     // The RBAC authorizer reads from an informer: allow it to catch up.
     eventually(

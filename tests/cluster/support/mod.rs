@@ -203,6 +203,30 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
+    /// Gives `user` the rights `rules` (RBAC `PolicyRule`s as JSON) in this
+    /// namespace, through a Role and RoleBinding named `name`, as admin.
+    pub async fn bind_role(&self, name: &str, user: &str, rules: serde_json::Value) {
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        let role: Role = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name }, "rules": rules,
+        }))
+        .expect("role object");
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
+        }))
+        .expect("role binding object");
+        Api::<Role>::namespaced(self.admin.clone(), &self.name)
+            .create(&PostParams::default(), &role)
+            .await
+            .expect("creating the role");
+        Api::<RoleBinding>::namespaced(self.admin.clone(), &self.name)
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("creating the role binding");
+    }
+
     pub async fn delete(self) {
         let api: Api<Namespace> = Api::all(self.admin);
         let _ = api.delete(&self.name, &DeleteParams::default()).await;
@@ -237,14 +261,18 @@ pub fn api_status(result: &Result<impl Sized, kube::Error>) -> Option<u16> {
     }
 }
 
-/// kubectl at the version of the control plane (built with it, cached).
-pub fn kubectl() -> PathBuf {
-    let output = Command::new(repo_root().join("hack/build-controlplane.sh"))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("running hack/build-controlplane.sh");
-    assert!(output.status.success(), "building the control plane failed");
-    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("kubectl")
+/// kubectl at the version of the control plane (built with it, cached;
+/// the build script runs once per test process).
+pub fn kubectl() -> &'static Path {
+    static KUBECTL: OnceLock<PathBuf> = OnceLock::new();
+    KUBECTL.get_or_init(|| {
+        let output = Command::new(repo_root().join("hack/build-controlplane.sh"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("running hack/build-controlplane.sh");
+        assert!(output.status.success(), "building the control plane failed");
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("kubectl")
+    })
 }
 
 impl TestCluster {
