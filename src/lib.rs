@@ -12,6 +12,7 @@ pub mod duration;
 pub mod grant;
 pub mod lifecycle;
 pub mod metrics;
+pub mod plugin;
 pub mod policy_limit;
 mod util;
 pub mod webhook;
