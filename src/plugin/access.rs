@@ -360,21 +360,7 @@ mod tests {
     }
 
     fn policy() -> AccessPolicy {
-        serde_yaml::from_str(
-            "apiVersion: kubepam.io/v1alpha1
-kind: AccessPolicy
-metadata: { name: prod-delete-deployments, generation: 1 }
-spec:
-  type: Task
-  task: { verbs: [delete], apiGroups: [apps], resources: [deployments] }
-  scope: { namespaces: [prod] }
-  approvalType: Manual
-status:
-  conditions:
-    - { type: Accepted, status: 'True', reason: Accepted, message: ok, observedGeneration: 1, lastTransitionTime: '2025-01-01T10:00:00Z' }
-",
-        )
-        .unwrap()
+        crate::plugin::fixtures::seed_policy()
     }
 
     fn control() -> PrivilegedAccessControl {

@@ -49,6 +49,27 @@ where
     }
 }
 
+/// Print a list in the `-o` format; `false` when the caller prints its table instead (the
+/// default and `wide`), or a notice when there is nothing to show.
+fn print_list<K>(items: &[K], output: Option<Output>, kinds: &str) -> Result<bool, Error>
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize,
+{
+    match output {
+        Some(o @ (Output::Json | Output::Yaml)) => {
+            print(&render::serialize_list(items, o).map_err(Error::Output)?)?;
+        }
+        Some(Output::Name) => {
+            for item in items {
+                println(&render::object_name(item))?;
+            }
+        }
+        _ if items.is_empty() => println(&format!("No {kinds} found."))?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// Run the command; the exit code on success (`can-i` answers "no" with 1).
 pub async fn run(cli: Cli) -> Result<u8, Error> {
     if let Command::Completion(c) = &cli.command {
@@ -173,34 +194,23 @@ async fn policy_create(
 async fn policy_list(client: &Client, output: Option<Output>) -> Result<u8, Error> {
     let mut policies = Kind::<AccessPolicy>::new(client).list().await?;
     policies.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    match output {
-        Some(o @ (Output::Json | Output::Yaml)) => {
-            print(&render::serialize_list(&policies, o).map_err(Error::Output)?)?;
-        }
-        Some(Output::Name) => {
-            for p in &policies {
-                println(&render::object_name(p))?;
-            }
-        }
-        _ if policies.is_empty() => println("No AccessPolicies found.")?,
-        _ => {
-            // The default group only fills a column: a control that cannot be read leaves it out.
-            let control = Kind::<PrivilegedAccessControl>::new(client)
-                .get_opt(CONTROL_NAME)
-                .await
-                .ok()
-                .flatten();
-            let default_group = control
-                .as_ref()
-                .map(|c| c.spec.default_approver_group.as_str());
-            let wide = output == Some(Output::Wide);
-            print(&render::policies_table(
-                &policies,
-                default_group,
-                Utc::now(),
-                wide,
-            ))?;
-        }
+    if !print_list(&policies, output, "AccessPolicies")? {
+        // The default group only fills a column: a control that cannot be read leaves it out.
+        let control = Kind::<PrivilegedAccessControl>::new(client)
+            .get_opt(CONTROL_NAME)
+            .await
+            .ok()
+            .flatten();
+        let default_group = control
+            .as_ref()
+            .map(|c| c.spec.default_approver_group.as_str());
+        let wide = output == Some(Output::Wide);
+        print(&render::policies_table(
+            &policies,
+            default_group,
+            Utc::now(),
+            wide,
+        ))?;
     }
     Ok(exit::OK)
 }
@@ -390,21 +400,9 @@ async fn list(client: &Client, args: &cli::List, output: Option<Output>) -> Resu
     };
     let all = Kind::<ElevationRequest>::new(client).list().await?;
     let requests = select::filter_requests(all, &filter, me.as_ref());
-    match output {
-        Some(o @ (Output::Json | Output::Yaml)) => {
-            print(&render::serialize_list(&requests, o).map_err(Error::Output)?)?;
-        }
-        Some(Output::Name) => {
-            for r in &requests {
-                println(&render::object_name(r))?;
-            }
-        }
-        _ if requests.is_empty() => println("No ElevationRequests found.")?,
-        _ => print(&render::requests_table(
-            &requests,
-            Utc::now(),
-            output == Some(Output::Wide),
-        ))?,
+    if !print_list(&requests, output, "ElevationRequests")? {
+        let wide = output == Some(Output::Wide);
+        print(&render::requests_table(&requests, Utc::now(), wide))?;
     }
     Ok(exit::OK)
 }

@@ -15,6 +15,9 @@ pub mod render;
 pub mod select;
 pub mod task;
 
+#[cfg(test)]
+mod fixtures;
+
 use std::io::Write;
 use std::process::ExitCode;
 

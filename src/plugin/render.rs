@@ -529,21 +529,7 @@ status:
     #[test]
     fn policy_rows_show_what_is_granted_and_whether_it_is_accepted() {
         let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
-        let p: AccessPolicy = serde_yaml::from_str(
-            "apiVersion: kubepam.io/v1alpha1
-kind: AccessPolicy
-metadata: { name: prod-delete-deployments, creationTimestamp: '2025-01-01T10:00:00Z' }
-spec:
-  type: Task
-  task: { verbs: [delete], apiGroups: [apps], resources: [deployments] }
-  scope: { namespaces: [prod] }
-  approvalType: Manual
-status:
-  conditions:
-    - { type: Accepted, status: 'True', reason: Accepted, message: ok, lastTransitionTime: '2025-01-01T10:00:00Z' }
-",
-        )
-        .unwrap();
+        let p = crate::plugin::fixtures::seed_policy();
         let out = strip(&policies_table(&[p], Some("pam-approvers"), now, false));
         let row = out.lines().nth(1).unwrap();
         for cell in [

@@ -69,37 +69,38 @@ pub fn filter_requests(
     requests
 }
 
-/// The request whose name or `status.requestId` is `what` (ids compare case-insensitively).
+/// The object named `what`, else the one whose seed id is `what` (ids compare
+/// case-insensitively, as UUIDs may be typed either way).
+fn find_by_name_or_id<'a, K: kube::Resource>(
+    items: &'a [K],
+    what: &str,
+    id: impl Fn(&K) -> Option<&str>,
+) -> Option<&'a K> {
+    items
+        .iter()
+        .find(|k| k.meta().name.as_deref() == Some(what))
+        .or_else(|| {
+            items
+                .iter()
+                .find(|k| id(k).is_some_and(|id| id.eq_ignore_ascii_case(what)))
+        })
+}
+
+/// The request whose name or `status.requestId` is `what`.
 pub fn find_request<'a>(
     requests: &'a [ElevationRequest],
     what: &str,
 ) -> Option<&'a ElevationRequest> {
-    requests
-        .iter()
-        .find(|r| r.metadata.name.as_deref() == Some(what))
-        .or_else(|| {
-            requests.iter().find(|r| {
-                r.status
-                    .as_ref()
-                    .and_then(|s| s.request_id.as_deref())
-                    .is_some_and(|id| id.eq_ignore_ascii_case(what))
-            })
-        })
+    find_by_name_or_id(requests, what, |r| {
+        r.status.as_ref().and_then(|s| s.request_id.as_deref())
+    })
 }
 
 /// The policy whose name or `status.policyId` is `what`.
 pub fn find_policy<'a>(policies: &'a [AccessPolicy], what: &str) -> Option<&'a AccessPolicy> {
-    policies
-        .iter()
-        .find(|p| p.metadata.name.as_deref() == Some(what))
-        .or_else(|| {
-            policies.iter().find(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.policy_id.as_deref())
-                    .is_some_and(|id| id.eq_ignore_ascii_case(what))
-            })
-        })
+    find_by_name_or_id(policies, what, |p| {
+        p.status.as_ref().and_then(|s| s.policy_id.as_deref())
+    })
 }
 
 /// Whether `what` could be a seed id (a UUID) rather than a name; only then is a name lookup

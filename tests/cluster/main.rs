@@ -9,5 +9,6 @@ mod install;
 mod lifecycle;
 mod observability;
 mod pam;
+mod plugin;
 mod smoke;
 mod support;

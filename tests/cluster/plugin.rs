@@ -1,0 +1,726 @@
+//! `kubectl pam` on the real control plane: the built `kubectl-pam` binary, run as each
+//! person through their kubeconfig context, exactly as they would type it.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::{Api, Client};
+use kubepam::api::{AccessPolicy, ElevationRequest, Phase};
+use kubepam::plugin::error::{Error as PluginError, from_kube};
+use serde_json::Value;
+
+use crate::pam::{
+    accepted, deployment, phase, standard_control, wait_may_delete_deployments, wait_phase,
+    wait_policy_judged,
+};
+use crate::support::{Identity, TestCluster, eventually, http_get, kubepam, operator};
+
+const SOON: Duration = Duration::from_secs(20);
+const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-pam");
+
+/// The cluster, once the operator answers `/readyz` (a first test may start with it).
+async fn ready() -> &'static TestCluster {
+    let cluster = kubepam();
+    let port = operator().metrics_port;
+    eventually("kubepam ready", Duration::from_secs(60), || async {
+        (http_get(port, "/readyz").ok()?.0 == 200).then_some(())
+    })
+    .await;
+    cluster
+}
+
+/// What one run of the plugin printed and how it exited.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    fn ok(self) -> String {
+        assert_eq!(self.code, 0, "kubectl pam failed: {self:#?}");
+        self.stdout
+    }
+}
+
+/// `kubectl pam ARGS` as `who`, with the cluster's kubeconfig.
+fn command(cluster: &TestCluster, who: Identity, args: &[&str]) -> Command {
+    let mut cmd = Command::new(PLUGIN);
+    cmd.arg("--kubeconfig")
+        .arg(&cluster.kubeconfig_path)
+        .arg("--context")
+        .arg(who.context())
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn pam(cluster: &TestCluster, who: Identity, args: &[&str]) -> Run {
+    command(cluster, who, args)
+        .output()
+        .expect("running kubectl-pam")
+        .into()
+}
+
+/// `kubectl pam ARGS` as `who`, in the background, its output kept for [`finish`].
+fn spawn(cluster: &TestCluster, who: Identity, args: &[&str]) -> std::process::Child {
+    command(cluster, who, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting kubectl-pam")
+}
+
+/// The seed's policy through the plugin: deleting Deployments in `namespace` needs a manual
+/// approval.
+fn create_seed_policy(cluster: &TestCluster, policy: &str, namespace: &str) -> Run {
+    let task = ["--task", "delete deployments.apps", "--approval", "Manual"];
+    let mut args = vec!["policy", "create", policy, "-n", namespace];
+    args.extend(task);
+    pam(cluster, Identity::Admin, &args)
+}
+
+/// The name in `elevationrequest.kubepam.io/NAME created`.
+fn created_name(stdout: &str) -> String {
+    stdout
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.split_once('/'))
+        .map_or_else(
+            || panic!("no object name in {stdout:?}"),
+            |(_, name)| name.to_owned(),
+        )
+}
+
+/// Waits for a background run to end.
+async fn finish(mut child: std::process::Child) -> Run {
+    let status = eventually("the background kubectl pam to finish", SOON, || {
+        let status = child.try_wait().expect("polling kubectl-pam");
+        async move { status }
+    })
+    .await;
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+    }
+}
+
+async fn create_deployment(admin: &Client, namespace: &str, name: &str) {
+    Api::<Deployment>::namespaced(admin.clone(), namespace)
+        .create(&PostParams::default(), &deployment(name))
+        .await
+        .unwrap();
+}
+
+/// The seed walkthrough with nothing but the plugin: enable, policy, alice asks and waits,
+/// bob approves, alice's task works, carol revokes, alice is refused again.
+#[tokio::test]
+async fn plugin_walkthrough_from_enable_to_revoke() {
+    let cluster = ready().await;
+    let admin = cluster.client(Identity::Admin).await;
+    // The control is shared by every test here: make sure it exists with the standard
+    // settings, then enable it with the same ones through the plugin.
+    standard_control(&admin).await;
+    let out = pam(
+        cluster,
+        Identity::Admin,
+        &[
+            "enable",
+            "--approver-group",
+            "pam-approvers",
+            "--system-account",
+            "system:serviceaccount:ci:deployer",
+        ],
+    )
+    .ok();
+    assert!(
+        out.contains("privilegedaccesscontrol.kubepam.io/default enabled"),
+        "{out}"
+    );
+
+    let ns = cluster.namespace("plugin-walk").await;
+    let policy = format!("{}-delete-deployments", ns.name);
+    let out = create_seed_policy(cluster, &policy, &ns.name).ok();
+    assert_eq!(out, format!("accesspolicy.kubepam.io/{policy} created\n"));
+    assert_eq!(
+        accepted(&wait_policy_judged(&admin, &policy).await).0,
+        "True"
+    );
+    let listed = pam(cluster, Identity::Alice, &["policy", "list"]).ok();
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&policy))
+        .unwrap_or_else(|| panic!("{policy} in {listed}"));
+    for cell in [
+        "Task",
+        "delete deployments.apps",
+        &ns.name,
+        "Manual",
+        "pam-approvers",
+        "True",
+    ] {
+        assert!(row.contains(cell), "{cell} in {row}");
+    }
+    assert!(
+        !listed.contains('\u{1b}'),
+        "no colour when not on a terminal"
+    );
+
+    create_deployment(&admin, &ns.name, "web").await;
+    let before = pam(
+        cluster,
+        Identity::Alice,
+        &["can-i", "delete", "deployments.apps", "-n", &ns.name],
+    );
+    assert_eq!(before.code, 1, "{before:#?}");
+    assert!(before.stdout.contains(&policy) && before.stdout.ends_with("no\n"));
+    assert!(
+        before.stdout.contains(&format!(
+            "kubectl pam request {policy} --namespace {}",
+            ns.name
+        )),
+        "{}",
+        before.stdout
+    );
+
+    // Alice asks and waits in the background, as she would in a second terminal.
+    let name = format!("{}-alice", ns.name);
+    let reason = "INC-1234: remove the stuck canary";
+    let ask = ["request", &policy, "--name", &name, "--reason", reason];
+    let waiting = spawn(
+        cluster,
+        Identity::Alice,
+        &[&ask[..], &["--duration", "1h", "--wait"]].concat(),
+    );
+    let mut waiting = Some(waiting);
+    let alice = cluster.client(Identity::Alice).await;
+    let requests = Api::<ElevationRequest>::all(alice.clone());
+    let pending = eventually(&format!("{name} Pending"), SOON, || {
+        // A request that could not be created ends the wait at once: show why.
+        if let Some(child) = waiting.as_mut()
+            && child.try_wait().expect("polling kubectl-pam").is_some()
+        {
+            let child = waiting.take().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!("request --wait ended early: {:#?}", Run::from(output));
+        }
+        let requests = requests.clone();
+        let name = name.clone();
+        async move {
+            let r = requests.get(&name).await.ok()?;
+            (phase(&r) == Some(Phase::Pending)).then_some(r)
+        }
+    })
+    .await;
+    let waiting = waiting.unwrap();
+    assert_eq!(pending.spec.requester.as_deref(), Some("alice"));
+    assert_eq!(pending.spec.namespace.as_deref(), Some(ns.name.as_str()));
+
+    let mine = pam(
+        cluster,
+        Identity::Alice,
+        &["list", "--mine", "--status", "Pending"],
+    )
+    .ok();
+    assert!(mine.starts_with("NAME "), "{mine}");
+    assert!(
+        mine.lines()
+            .any(|l| l.starts_with(&name) && l.contains("Pending")),
+        "{mine}"
+    );
+    let queue = pam(cluster, Identity::Bob, &["list", "--to-review"]).ok();
+    assert!(queue.contains(&name), "{queue}");
+    let not_dave = pam(cluster, Identity::Dave, &["list", "--to-review"]).ok();
+    assert!(!not_dave.contains(&name), "{not_dave}");
+
+    let out = pam(
+        cluster,
+        Identity::Bob,
+        &["approve", &name, "-m", "ok, go ahead"],
+    )
+    .ok();
+    assert!(
+        out.starts_with(&format!(
+            "elevationrequest.kubepam.io/{name} approved by bob"
+        )),
+        "{out}"
+    );
+    let waited = finish(waiting).await;
+    assert_eq!(waited.code, 0, "{waited:#?}");
+    assert!(waited.stdout.contains("created; waiting for a decision"));
+    assert!(
+        waited.stdout.contains("Approved by bob, granted until"),
+        "{waited:#?}"
+    );
+
+    let status = pam(cluster, Identity::Alice, &["status", &name]).ok();
+    assert!(status.contains("Status:        Approved\n"), "{status}");
+    assert!(status.contains("ok, go ahead"), "{status}");
+
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
+    let yes = pam(
+        cluster,
+        Identity::Alice,
+        &["can-i", "delete", "deployments.apps", "-n", &ns.name],
+    );
+    assert_eq!(yes.code, 0, "{yes:#?}");
+    assert!(
+        yes.stdout.contains(&format!("grant:   {name} (Approved")),
+        "{}",
+        yes.stdout
+    );
+    assert!(yes.stdout.ends_with("yes\n"));
+    let deleted = cluster.kubectl(
+        Identity::Alice,
+        &["-n", &ns.name, "delete", "deployment", "web"],
+    );
+    assert!(
+        deleted.status.success(),
+        "alice's task works: {}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+
+    let out = pam(cluster, Identity::Carol, &["revoke", &name, "-m", "done"]).ok();
+    assert!(out.contains("revoked by carol"), "{out}");
+    wait_phase(&alice, &name, Phase::Revoked, SOON).await;
+    let status = pam(cluster, Identity::Alice, &["status", &name]).ok();
+    assert!(status.contains("Status:        Revoked\n"), "{status}");
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
+    create_deployment(&admin, &ns.name, "web2").await;
+    let refused = cluster.kubectl(
+        Identity::Alice,
+        &["-n", &ns.name, "delete", "deployment", "web2"],
+    );
+    assert!(!refused.status.success(), "refused after the revoke");
+    let no = pam(
+        cluster,
+        Identity::Alice,
+        &["can-i", "delete", "deployments.apps", "-n", &ns.name],
+    );
+    assert_eq!(no.code, 1, "{no:#?}");
+
+    let out = pam(cluster, Identity::Admin, &["policy", "delete", &policy]).ok();
+    assert_eq!(
+        out,
+        format!("accesspolicy.kubepam.io \"{policy}\" deleted\n")
+    );
+    ns.delete().await;
+}
+
+/// Every refusal reaches the person with the server's own words and a non-zero exit.
+#[tokio::test]
+async fn plugin_errors_say_what_to_do_and_exit_non_zero() {
+    let cluster = ready().await;
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("plugin-err").await;
+    let policy = format!("{}-policy", ns.name);
+    create_seed_policy(cluster, &policy, &ns.name).ok();
+    wait_policy_judged(&admin, &policy).await;
+
+    // A policy that exists already: the API server's refusal, verbatim.
+    let again = create_seed_policy(cluster, &policy, &ns.name);
+    assert_eq!(again.code, 1, "{again:#?}");
+    assert!(
+        again
+            .stderr
+            .starts_with("Error from server (AlreadyExists): "),
+        "{again:#?}"
+    );
+
+    // No name given: the server generates one from the policy's.
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &["request", &policy, "--reason", "INC-42", "--duration", "1h"],
+    )
+    .ok();
+    let name = created_name(&out);
+    assert!(name.starts_with(&format!("{policy}-")), "{out}");
+    let alice = cluster.client(Identity::Alice).await;
+    wait_phase(&alice, &name, Phase::Pending, SOON).await;
+
+    // Admission refusals: the webhook's message as kubectl would show it.
+    let own = pam(cluster, Identity::Alice, &["approve", &name]);
+    assert_eq!(own.code, 1, "{own:#?}");
+    assert!(
+        own.stderr.starts_with("Error from server (Forbidden): "),
+        "{own:#?}"
+    );
+    assert!(
+        own.stderr.contains("nobody can review their own request"),
+        "{own:#?}"
+    );
+    // (The ValidatingAdmissionPolicy or the webhook, whichever answers first.)
+    let outsider = pam(cluster, Identity::Dave, &["approve", &name, "-m", "sure"]);
+    assert_eq!(outsider.code, 1);
+    assert!(
+        outsider.stderr.contains("pam-approvers may review"),
+        "{outsider:#?}"
+    );
+    let early = pam(cluster, Identity::Bob, &["revoke", &name]);
+    assert_eq!(early.code, 1);
+    assert!(
+        early.stderr.contains("there is no approval to revoke"),
+        "{early:#?}"
+    );
+
+    // A denial ends `request --wait` with a failure that says who and why.
+    let reason = format!("INC-43 in {}", ns.name);
+    let ask = ["request", &policy, "--reason", &reason, "--wait"];
+    let waiting = spawn(
+        cluster,
+        Identity::Alice,
+        &[&ask[..], &["--timeout", "1m", "-o", "name"]].concat(),
+    );
+    let second = eventually("alice's second request", SOON, || async {
+        Api::<ElevationRequest>::all(alice.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|r| r.spec.reason == reason && phase(r) == Some(Phase::Pending))
+            .find_map(|r| r.metadata.name)
+    })
+    .await;
+    pam(
+        cluster,
+        Identity::Carol,
+        &["deny", &second, "-m", "not during the freeze"],
+    )
+    .ok();
+    let denied = finish(waiting).await;
+    assert_eq!(denied.code, 1, "{denied:#?}");
+    assert!(
+        denied.stderr.contains(&format!(
+            "ElevationRequest {second} is Denied by carol: carol: not during the freeze"
+        )),
+        "{denied:#?}"
+    );
+    assert_eq!(
+        denied.stdout,
+        format!("elevationrequest.kubepam.io/{second}\n")
+    );
+
+    // What does not exist, and what cannot be asked.
+    let missing = pam(cluster, Identity::Alice, &["status", "no-such-request"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing
+            .stderr
+            .contains("ElevationRequest \"no-such-request\" not found; kubectl pam list"),
+        "{missing:#?}"
+    );
+    let no_policy = pam(
+        cluster,
+        Identity::Alice,
+        &["request", "no-such-policy", "--reason", "x"],
+    );
+    assert_eq!(no_policy.code, 1);
+    assert!(
+        no_policy
+            .stderr
+            .contains("AccessPolicy \"no-such-policy\" not found"),
+        "{no_policy:#?}"
+    );
+    let elsewhere = pam(
+        cluster,
+        Identity::Alice,
+        &["request", &policy, "-n", "default", "--reason", "x"],
+    );
+    assert_eq!(elsewhere.code, 2, "{elsewhere:#?}");
+    assert!(
+        elsewhere
+            .stderr
+            .contains("namespace default is not in the scope of policy"),
+        "{elsewhere:#?}"
+    );
+    let bad_task = pam(
+        cluster,
+        Identity::Admin,
+        &[
+            "policy",
+            "create",
+            "x",
+            "--task",
+            "delete",
+            "--approval",
+            "Auto",
+        ],
+    );
+    assert_eq!(bad_task.code, 2);
+    assert!(
+        bad_task.stderr.contains("write VERB RESOURCE"),
+        "{bad_task:#?}"
+    );
+    let no_grant = pam(
+        cluster,
+        Identity::Admin,
+        &["policy", "create", "x", "--approval", "Auto"],
+    );
+    assert_eq!(no_grant.code, 2, "{no_grant:#?}");
+    let bad_context = Run::from(
+        Command::new(PLUGIN)
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig_path)
+            .args(["--context", "nobody", "list"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(bad_context.code, 1);
+    assert!(
+        bad_context.stderr.contains("cannot load the kubeconfig"),
+        "{bad_context:#?}"
+    );
+
+    // A resource type the API server does not serve, as when the CRDs are not installed:
+    // the real 404s map to "kubepam is not installed", a missing object does not.
+    for (group, plural) in [
+        ("kubepam.io", "nosuchthings"),
+        ("nothere.kubepam.io", "elevationrequests"),
+    ] {
+        let gvk = GroupVersionKind::gvk(group, "v1alpha1", "Thing");
+        let api: Api<DynamicObject> = Api::all_with(
+            admin.clone(),
+            &ApiResource::from_gvk_with_plural(&gvk, plural),
+        );
+        let err = api.list(&ListParams::default()).await.unwrap_err();
+        let mapped = from_kube(err, plural);
+        assert!(
+            matches!(mapped, PluginError::NotInstalled { .. }),
+            "{group}/{plural}: {mapped:?}"
+        );
+        assert!(mapped.to_string().contains("kubepam is not installed"));
+    }
+    let err = Api::<ElevationRequest>::all(admin.clone())
+        .get("no-such-request")
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        from_kube(err, "elevationrequests"),
+        PluginError::Server { ref reason, .. } if reason == "NotFound"
+    ));
+
+    pam(cluster, Identity::Admin, &["policy", "delete", &policy]).ok();
+    ns.delete().await;
+}
+
+/// `-o json` and `-o yaml` are the API objects themselves.
+#[tokio::test]
+async fn plugin_output_round_trips_into_the_api_types() {
+    let cluster = ready().await;
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("plugin-json").await;
+    let policy = format!("{}-exec", ns.name);
+    let out = pam(
+        cluster,
+        Identity::Admin,
+        &[
+            "policy",
+            "create",
+            &policy,
+            "--task",
+            "create pods/exec",
+            "-n",
+            &ns.name,
+            "--approval",
+            "Auto",
+            "--max-duration",
+            "2h",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let created: AccessPolicy = serde_json::from_str(&out).unwrap();
+    assert_eq!(created.metadata.name.as_deref(), Some(policy.as_str()));
+    assert_eq!(created.spec.task.as_ref().unwrap().resources, ["pods/exec"]);
+    wait_policy_judged(&admin, &policy).await;
+    let listed: Value = serde_json::from_str(
+        &pam(cluster, Identity::Alice, &["policy", "list", "-o", "json"]).ok(),
+    )
+    .unwrap();
+    let policies: Vec<AccessPolicy> = serde_json::from_value(listed["items"].clone()).unwrap();
+    let judged = policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(policy.as_str()))
+        .unwrap();
+    assert!(judged.status.as_ref().unwrap().policy_id.is_some());
+
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &[
+            "request",
+            &policy,
+            "--reason",
+            "debug INC-7",
+            "--duration",
+            "30m",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let request: ElevationRequest = serde_json::from_str(&out).unwrap();
+    let name = request.metadata.name.clone().unwrap();
+    assert_eq!(request.spec.requester.as_deref(), Some("alice"));
+    let alice = cluster.client(Identity::Alice).await;
+    let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
+
+    let json = pam(cluster, Identity::Alice, &["status", &name, "-o", "json"]).ok();
+    let from_json: ElevationRequest = serde_json::from_str(&json).unwrap();
+    assert_eq!(from_json.spec, approved.spec);
+    assert_eq!(phase(&from_json), Some(Phase::Approved));
+    let yaml = pam(cluster, Identity::Alice, &["status", &name, "-o", "yaml"]).ok();
+    let from_yaml: ElevationRequest = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(from_yaml.spec, approved.spec);
+    // The seed's request id finds it too.
+    let id = approved
+        .status
+        .as_ref()
+        .unwrap()
+        .request_id
+        .clone()
+        .unwrap();
+    let by_id: ElevationRequest =
+        serde_json::from_str(&pam(cluster, Identity::Bob, &["status", &id, "-o", "json"]).ok())
+            .unwrap();
+    assert_eq!(by_id.metadata.name.as_deref(), Some(name.as_str()));
+
+    let list: Value = serde_json::from_str(
+        &pam(
+            cluster,
+            Identity::Alice,
+            &["list", "--mine", "--status", "Approved", "-o", "json"],
+        )
+        .ok(),
+    )
+    .unwrap();
+    assert_eq!(list["kind"], "List");
+    let items: Vec<ElevationRequest> = serde_json::from_value(list["items"].clone()).unwrap();
+    assert!(
+        items
+            .iter()
+            .any(|r| r.metadata.name.as_deref() == Some(name.as_str()))
+    );
+    assert!(
+        items
+            .iter()
+            .all(|r| r.spec.requester.as_deref() == Some("alice"))
+    );
+    let wide = pam(cluster, Identity::Alice, &["list", "--mine", "-o", "wide"]).ok();
+    assert!(
+        wide.lines().next().unwrap().contains("REQUEST-ID"),
+        "{wide}"
+    );
+    assert!(wide.contains(&id), "{wide}");
+    // Colour only where asked for (a terminal, or CLICOLOR_FORCE as for any anstream tool).
+    assert!(!wide.contains('\u{1b}'));
+    let forced = Run::from(
+        command(cluster, Identity::Alice, &["list", "--mine"])
+            .env("CLICOLOR_FORCE", "1")
+            .env_remove("NO_COLOR")
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert!(forced.contains("\u{1b}[32mApproved"), "{forced:?}");
+
+    let answer: Value = serde_json::from_str(
+        &pam(
+            cluster,
+            Identity::Alice,
+            &["can-i", "create", "pods/exec", "-n", &ns.name, "-o", "json"],
+        )
+        .ok(),
+    )
+    .unwrap();
+    assert_eq!(answer["allowed"], true, "{answer}");
+    assert_eq!(answer["policies"][0]["name"], policy.as_str());
+    assert_eq!(answer["grants"][0]["request"], name.as_str());
+
+    pam(cluster, Identity::Admin, &["policy", "delete", &policy]).ok();
+    ns.delete().await;
+}
+
+/// kubectl finds the plugin on PATH: `kubectl pam ...` runs it.
+#[tokio::test]
+async fn kubectl_runs_the_plugin_from_path() {
+    let cluster = ready().await;
+    let dir = Path::new(PLUGIN).parent().unwrap();
+    let path = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let kubectl = |args: &[&str]| -> Run {
+        Command::new(crate::support::kubectl())
+            .args(args)
+            .env("PATH", &path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    };
+    let plugins = kubectl(&["plugin", "list"]);
+    assert!(plugins.stdout.contains("kubectl-pam"), "{plugins:#?}");
+    let kubeconfig = cluster.kubeconfig_path.to_str().unwrap();
+    let out = kubectl(&[
+        "pam",
+        "--kubeconfig",
+        kubeconfig,
+        "--context",
+        "bob",
+        "list",
+        "--to-review",
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let help = kubectl(&["pam", "approve", "--help"]);
+    assert!(
+        help.stdout.contains("Examples:\n  kubectl pam approve"),
+        "{help:#?}"
+    );
+    let completion = kubectl(&["pam", "completion", "bash"]).ok();
+    assert!(
+        completion.contains("kubectl-pam"),
+        "a bash completion script"
+    );
+    let completion = kubectl(&["pam", "completion", "zsh"]).ok();
+    assert!(
+        completion.starts_with("#compdef kubectl-pam"),
+        "{completion}"
+    );
+}
