@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use kubepam::controller::WebhookOptions;
+use kubepam::controller::leader::LeaderOptions;
 use kubepam::webhook::{configuration::Endpoint, tls};
 use tracing_subscriber::EnvFilter;
 
@@ -37,9 +38,11 @@ struct RunArgs {
     /// Kubeconfig context to use.
     #[arg(long, env = "KUBEPAM_CONTEXT")]
     context: Option<String>,
-    /// Name of this replica, reported on Events (the pod name in a cluster).
-    #[arg(long, env = "POD_NAME", default_value = "kubepam")]
-    instance: String,
+    /// Name of this replica (the pod name in a cluster): reported on Events
+    /// and used as its identity on the leader Lease, so it must be unique
+    /// among the replicas. Defaults to the host name and process id.
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
     /// Log format: json (default when not on a terminal) or text.
     #[arg(long, env = "KUBEPAM_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -52,6 +55,71 @@ struct RunArgs {
     metrics_bind: std::net::SocketAddr,
     #[command(flatten)]
     webhook: WebhookArgs,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+/// Leader election: every replica serves admission, only the holder of the
+/// Lease reconciles.
+#[derive(Debug, clap::Args)]
+struct LeaderArgs {
+    /// Reconcile without leader election. Only for a single replica: two
+    /// replicas would both write.
+    #[arg(long, env = "KUBEPAM_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Namespace of the Lease (the pod's namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kubepam-system")]
+    leader_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, env = "KUBEPAM_LEADER_LEASE", default_value = "kubepam-leader")]
+    leader_lease: String,
+    /// How long the Lease lasts unrenewed: the longest the work waits after
+    /// the leader crashes, e.g. `10s`.
+    #[arg(long, env = "KUBEPAM_LEADER_LEASE_DURATION", default_value = "10s", value_parser = parse_seconds)]
+    leader_lease_duration: std::time::Duration,
+    /// How long before the Lease ends the leader renews it, e.g. `3s`;
+    /// must be shorter than the Lease.
+    #[arg(long, env = "KUBEPAM_LEADER_RENEW_GRACE", default_value = "3s", value_parser = parse_seconds)]
+    leader_renew_grace: std::time::Duration,
+}
+
+impl LeaderArgs {
+    fn options(&self, identity: &str) -> anyhow::Result<Option<LeaderOptions>> {
+        if self.no_leader_election {
+            return Ok(None);
+        }
+        if self.leader_renew_grace >= self.leader_lease_duration {
+            anyhow::bail!(
+                "--leader-renew-grace ({}s) must be shorter than --leader-lease-duration ({}s)",
+                self.leader_renew_grace.as_secs(),
+                self.leader_lease_duration.as_secs()
+            );
+        }
+        Ok(Some(LeaderOptions {
+            namespace: self.leader_namespace.clone(),
+            lease: self.leader_lease.clone(),
+            identity: identity.to_owned(),
+            duration: self.leader_lease_duration,
+            grace: self.leader_renew_grace,
+        }))
+    }
+}
+
+/// Whole seconds, as `10s`, `2m` or a bare `10`.
+fn parse_seconds(raw: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("{raw:?} is not a duration in whole seconds, e.g. 10s or 1m");
+    let (number, unit) = match raw.strip_suffix('s') {
+        Some(number) => (number, 1),
+        None => match raw.strip_suffix('m') {
+            Some(number) => (number, 60),
+            None => (raw, 1),
+        },
+    };
+    let value: u64 = number.parse().map_err(|_| invalid())?;
+    if value == 0 {
+        return Err(format!("{raw:?} must be at least one second"));
+    }
+    Ok(std::time::Duration::from_secs(value * unit))
 }
 
 /// The admission webhooks (identity checks on requests and reviews, the
@@ -189,13 +257,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // webhook server); an error only means one was installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = client(&args).await?;
+    let instance = args.instance.clone().unwrap_or_else(default_instance);
     let options = kubepam::controller::Options {
-        instance: args.instance,
+        leader: args.leader.options(&instance)?,
+        instance,
         webhook: args.webhook.options()?,
         metrics_bind: Some(args.metrics_bind),
     };
     kubepam::controller::run(client, options, shutdown_signal()).await?;
     Ok(())
+}
+
+/// `HOST-PID`: unique among processes on one machine and across machines.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kubepam".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 fn init_logging(args: &RunArgs) -> anyhow::Result<()> {

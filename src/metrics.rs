@@ -60,6 +60,7 @@ pub struct Metrics {
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
     pub guard_executions: Counter,
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -75,6 +76,7 @@ impl Default for Metrics {
             admission_requests: Family::default(),
             admission_duration: Family::new_with_constructor(histogram),
             guard_executions: Counter::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -121,6 +123,11 @@ impl Default for Metrics {
             "guard_executions",
             "Uses of a grant admitted by the guard",
             metrics.guard_executions.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles",
+            metrics.leader.clone(),
         );
         Self {
             registry,

@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kube::ResourceExt;
+use kube::runtime::Controller;
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
-use kube::{Api, ResourceExt};
 
+use super::caches::Caches;
 use super::{Context, Error};
 use crate::api::{
-    AccessPolicy, CONDITION_ACCEPTED, CONTROL_NAME, Phase, PrivilegedAccessControl,
+    CONDITION_ACCEPTED, CONTROL_NAME, Phase, PrivilegedAccessControl,
     PrivilegedAccessControlStatus, condition_false, condition_true, find_condition, set_condition,
 };
 use crate::lifecycle::ControlSettings;
@@ -23,23 +24,17 @@ pub const CONDITION_READY: &str = "Ready";
 
 /// Counts change with every request; write them at most about once a second.
 const DEBOUNCE: Duration = Duration::from_secs(1);
-/// How often the active-grant count is refreshed. Requests are not watched a
-/// second time for it: with thousands of them that would double the memory.
+/// How often the active-grant count is refreshed. Request changes do not wake
+/// the control: under a steady stream of them the debounce would never let
+/// a reconcile through.
 const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// Woken by any policy change, mapped to the singleton.
-pub fn controller(
-    controller: Controller<PrivilegedAccessControl>,
-    ctx: &Arc<Context>,
-) -> Controller<PrivilegedAccessControl> {
+pub fn controller(caches: &Caches) -> Controller<PrivilegedAccessControl> {
     let singleton = || Some(ObjectRef::<PrivilegedAccessControl>::new(CONTROL_NAME));
-    controller
+    Controller::for_shared_stream(caches.controls.everything(), caches.controls.store())
         .with_config(Config::default().debounce(DEBOUNCE))
-        .watches(
-            Api::<AccessPolicy>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            move |_| singleton(),
-        )
+        .watches_shared_stream(caches.policies.changes(), move |_| singleton())
 }
 
 /// The control's desired status, from its spec and the counts (pure).

@@ -5,9 +5,10 @@
 //! write status -> make RBAC match the grant -> announce the transition`.
 //! Only the first step and the last three touch the API server.
 
+mod caches;
 mod control;
 pub mod executions;
-
+pub mod leader;
 mod policy;
 mod rbac;
 mod request;
@@ -18,12 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, future};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, controller::Action};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -279,29 +278,6 @@ where
     Ok(written.resource_version())
 }
 
-/// A controller whose cache drops `managedFields`: kubepam never reads them,
-/// and with thousands of requests they would be most of its memory.
-fn lean_controller<K>(api: Api<K>) -> Controller<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector(
-        writer,
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(|object: &mut K| object.meta_mut().managed_fields = None),
-    )
-    .applied_objects();
-    Controller::for_stream(stream, reader)
-}
-
 /// Options of the controllers.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -311,6 +287,8 @@ pub struct Options {
     pub webhook: Option<WebhookOptions>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP).
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// Leader election; `None` reconciles without it (one replica only).
+    pub leader: Option<leader::LeaderOptions>,
 }
 
 /// Where and how the admission webhooks are served and registered.
@@ -327,79 +305,81 @@ pub struct WebhookOptions {
     pub register: bool,
 }
 
-/// kubepam's own RBAC objects, cached so that comparing a grant with what
-/// exists costs no API call; their changes wake the request they belong to.
-fn rbac_watches(client: &Client) -> (rbac::RbacStores, request::RbacStreams) {
-    let managed = watcher::Config::default().labels(&grant::managed_selector());
-    let (role_bindings, rb_writer) = reflector::store::<RoleBinding>();
-    let (cluster_role_bindings, crb_writer) = reflector::store::<ClusterRoleBinding>();
-    let (cluster_roles, cr_writer) = reflector::store::<ClusterRole>();
-    let rbac_streams = request::RbacStreams {
-        role_bindings: reflector(
-            rb_writer,
-            watcher(Api::all(client.clone()), managed.clone()),
-        )
-        .default_backoff()
-        .touched_objects()
-        .boxed(),
-        cluster_role_bindings: reflector(
-            crb_writer,
-            watcher(Api::all(client.clone()), managed.clone()),
-        )
-        .default_backoff()
-        .touched_objects()
-        .boxed(),
-        cluster_roles: reflector(cr_writer, watcher(Api::all(client.clone()), managed))
-            .default_backoff()
-            .touched_objects()
-            .boxed(),
-    };
-
-    let stores = rbac::RbacStores {
-        role_bindings,
-        cluster_role_bindings,
-        cluster_roles,
-    };
-    (stores, rbac_streams)
-}
-
-/// Runs the three controllers, and the admission webhooks when configured,
-/// until `shutdown` resolves.
+/// Runs kubepam until `shutdown` resolves: the caches and the admission
+/// webhooks on every replica, the controllers on the one holding the Lease.
+/// On shutdown, in-flight reconciles finish, the webhook server drains, the
+/// uses it admitted are written and the Lease is given up.
 pub async fn run(
     client: Client,
     options: Options,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), webhook::Error> {
     let reporter = Reporter {
         controller: "kubepam".into(),
         instance: Some(options.instance.clone()),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let shutdown = futures::FutureExt::shared(shutdown);
+    let shutdown: leader::Stop = futures::FutureExt::shared(Box::pin(shutdown) as _);
 
-    let requests_api: Api<ElevationRequest> = Api::all(client.clone());
-    let policies_api: Api<AccessPolicy> = Api::all(client.clone());
-    let controls_api: Api<PrivilegedAccessControl> = Api::all(client.clone());
-
-    let request_controller = lean_controller(requests_api);
-    let policy_controller = lean_controller(policies_api);
-    let control_controller = lean_controller(controls_api);
-
-    let (rbac_stores, rbac_streams) = rbac_watches(&client);
-
+    let (caches, cache_tasks) = caches::Caches::start(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
-        policies: policy_controller.store(),
-        controls: control_controller.store(),
-        requests: request_controller.store(),
-        rbac: rbac_stores,
+        policies: caches.policies.store(),
+        controls: caches.controls.store(),
+        requests: caches.requests.store(),
+        rbac: caches.rbac_stores(),
         recorder,
         ready: Arc::new(AtomicBool::new(false)),
         metrics: Arc::new(Metrics::default()),
     });
+    let readiness = ctx.clone();
+    let synced = caches.clone();
+    let mark_ready = tokio::spawn(async move {
+        synced.synced().await;
+        readiness.ready.store(true, Ordering::SeqCst);
+        info!("caches synced");
+    });
 
-    let requests = request::controller(request_controller, &ctx, rbac_streams)
-        .graceful_shutdown_on(shutdown.clone())
+    let admission = match options.webhook {
+        Some(webhook) => Some(start_webhooks(&ctx, webhook).await?),
+        None => None,
+    };
+    let metrics_server = options.metrics_bind.map(|bind| {
+        let server = webhook::serve_metrics(bind, ctx.clone());
+        tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "metrics server stopped");
+            }
+        })
+    });
+
+    let registration = admission.as_ref().and_then(|a| a.registration.clone());
+    leader::run_elected(client, options.leader, &ctx.metrics, shutdown, |stop| {
+        lead(ctx.clone(), caches.clone(), registration.clone(), stop)
+    })
+    .await;
+
+    if let Some(admission) = admission {
+        admission.stop().await;
+    }
+    mark_ready.abort();
+    for task in cache_tasks.into_iter().chain(metrics_server) {
+        task.abort();
+    }
+    info!("kubepam stopped");
+    Ok(())
+}
+
+/// The leader's work, until `stop`: the three controllers and the
+/// registration of the webhook configurations.
+async fn lead(
+    ctx: Arc<Context>,
+    caches: caches::Caches,
+    registration: Option<Registration>,
+    stop: leader::Stop,
+) {
+    let requests = request::controller(&caches)
+        .graceful_shutdown_on(stop.clone())
         .run(
             |o, c| measured("ElevationRequest", c.clone(), request::reconcile(o, c)),
             error_policy,
@@ -409,8 +389,8 @@ pub async fn run(
             log_result("ElevationRequest", result);
             future::ready(())
         });
-    let policies = policy::controller(policy_controller, client.clone())
-        .graceful_shutdown_on(shutdown.clone())
+    let policies = policy::controller(&caches)
+        .graceful_shutdown_on(stop.clone())
         .run(
             |o, c| measured("AccessPolicy", c.clone(), policy::reconcile(o, c)),
             error_policy,
@@ -420,8 +400,8 @@ pub async fn run(
             log_result("AccessPolicy", result);
             future::ready(())
         });
-    let controls = control::controller(control_controller, &ctx)
-        .graceful_shutdown_on(shutdown)
+    let controls = control::controller(&caches)
+        .graceful_shutdown_on(stop.clone())
         .run(
             |o, c| {
                 measured(
@@ -438,51 +418,81 @@ pub async fn run(
             future::ready(())
         });
     // Requests are decided only once the policies and the control are known,
-    // so a restart never denies a request for a policy it has not read yet.
-    // (The RBAC caches fill as the request controller runs: until then a
-    // grant is applied again, which changes nothing, and removals also use
-    // the objects recorded in status.)
-    let stores = ctx.clone();
+    // so a restart never denies a request for a policy it has not read yet,
+    // and RBAC is compared only with a complete cache of it.
+    let synced = caches.clone();
     let requests = async move {
-        stores.policies.wait_until_ready().await.ok();
-        stores.controls.wait_until_ready().await.ok();
+        synced.synced().await;
         requests.await;
     };
-    let readiness = ctx.clone();
-    let mark_ready = async move {
-        readiness.policies.wait_until_ready().await.ok();
-        readiness.controls.wait_until_ready().await.ok();
-        readiness.requests.wait_until_ready().await.ok();
-        readiness.ready.store(true, Ordering::SeqCst);
-        info!("caches synced");
+    let registrar = ctx.clone();
+    let register = async move {
+        let Some(registration) = registration else {
+            return;
+        };
+        // Register only once the caches are filled, so the API server never
+        // calls a webhook that cannot decide.
+        while !registrar.ready.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        webhooks::run(registrar, registration.endpoint, registration.operator).await;
     };
-    let mut background = match options.webhook {
-        Some(webhook) => start_webhooks(&ctx, webhook).await?,
-        None => Vec::new(),
+    let register = async move {
+        tokio::select! {
+            () = register => {}
+            () = stop => {}
+        }
     };
-    if let Some(bind) = options.metrics_bind {
-        let server = webhook::serve_metrics(bind, ctx.clone());
-        background.push(tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "metrics server stopped");
-            }
-        }));
-    }
     info!("kubepam controllers started");
-    futures::join!(requests, policies, controls, mark_ready);
-    for task in background {
-        task.abort();
-    }
+    futures::join!(requests, policies, controls, register);
     info!("kubepam controllers stopped");
-    Ok(())
 }
 
-/// Starts the HTTPS server, the execution log writer, the certificate
-/// reloader and the registration of the webhook configurations.
+/// What the leader needs to register the webhook configurations.
+#[derive(Debug, Clone)]
+struct Registration {
+    endpoint: Endpoint,
+    operator: String,
+}
+
+/// The admission side of a replica: the HTTPS server and its helpers.
+#[derive(Debug)]
+struct Admission {
+    server: tokio::task::JoinHandle<()>,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+    executions: tokio::task::JoinHandle<()>,
+    reloader: Option<tokio::task::JoinHandle<()>>,
+    registration: Option<Registration>,
+}
+
+/// How long a shutdown waits for admission calls in flight and for the
+/// uses they admitted to be written.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Admission {
+    /// Stops taking calls, lets those in flight finish, then writes the
+    /// uses they admitted (the recorder closes with the server).
+    async fn stop(self) {
+        self.handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.server).await;
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.executions)
+            .await
+            .is_err()
+        {
+            warn!("uses admitted before shutdown not all recorded in time");
+        }
+        if let Some(reloader) = self.reloader {
+            reloader.abort();
+        }
+    }
+}
+
+/// Starts the HTTPS server, the execution log writer and the certificate
+/// reloader; the webhook configurations are registered by the leader.
 async fn start_webhooks(
     ctx: &Arc<Context>,
     options: WebhookOptions,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, webhook::Error> {
+) -> Result<Admission, webhook::Error> {
     let serving = tls::load(&options.tls, &ctx.client).await?;
     let mut endpoint = options.endpoint.clone();
     if endpoint.ca_bundle.is_none() {
@@ -493,7 +503,6 @@ async fn start_webhooks(
         .map_err(webhook::Error::Identity)?;
     let (recorder, uses) = executions::channel();
     let handle = axum_server::Handle::new();
-    let mut tasks = Vec::new();
     let server = webhook::serve(
         options.bind,
         serving.config.clone(),
@@ -501,33 +510,31 @@ async fn start_webhooks(
         recorder,
         handle.clone(),
     );
-    tasks.push(tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         if let Err(error) = server.await {
             tracing::error!(%error, "admission webhook server stopped");
         }
-    }));
-    tasks.push(tokio::spawn(executions::run(ctx.clone(), uses)));
-    if let tls::Source::Files { cert, key, .. } = &options.tls {
-        tasks.push(tokio::spawn(tls::watch_files(
+    });
+    let executions = tokio::spawn(executions::run(ctx.clone(), uses));
+    let reloader = match &options.tls {
+        tls::Source::Files { cert, key, .. } => Some(tokio::spawn(tls::watch_files(
             serving.config.clone(),
             cert.clone(),
             key.clone(),
             tls::RELOAD_CHECK,
-        )));
-    }
-    if options.register {
-        let registrar = ctx.clone();
-        tasks.push(tokio::spawn(async move {
-            // Register only once the server answers and the caches are
-            // filled, so the API server never calls a webhook that cannot decide.
-            let _ = handle.listening().await;
-            while !registrar.ready.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            webhooks::run(registrar, endpoint, operator).await;
-        }));
-    }
-    Ok(tasks)
+        ))),
+        tls::Source::Generated { .. } => None,
+    };
+    let registration = options
+        .register
+        .then_some(Registration { endpoint, operator });
+    Ok(Admission {
+        server,
+        handle,
+        executions,
+        reloader,
+        registration,
+    })
 }
 
 /// The operator's own username, as the API server authenticates it.

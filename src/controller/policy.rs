@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
+use super::caches::Caches;
 use super::{Context, Error};
 use crate::api::{
     AccessPolicy, AccessPolicyStatus, CONDITION_ACCEPTED, find_condition, from_k8s_time,
@@ -23,22 +24,16 @@ const MISSING_ROLE_RECHECK: Duration = Duration::from_secs(10);
 
 /// Any policy created or deleted can change which are the 30 oldest, so every
 /// change wakes every policy.
-pub fn controller(
-    controller: Controller<AccessPolicy>,
-    client: Client,
-) -> Controller<AccessPolicy> {
-    let store = controller.store();
-    controller.watches(
-        Api::<AccessPolicy>::all(client),
-        watcher::Config::default(),
-        move |_| {
+pub fn controller(caches: &Caches) -> Controller<AccessPolicy> {
+    let store = caches.policies.store();
+    Controller::for_shared_stream(caches.policies.everything(), caches.policies.store())
+        .watches_shared_stream(caches.policies.changes(), move |_| {
             store
                 .state()
                 .iter()
                 .map(|policy| ObjectRef::from_obj(&**policy))
                 .collect::<Vec<_>>()
-        },
-    )
+        })
 }
 
 pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -10,18 +10,18 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
+use super::caches::Caches;
 use super::{Context, Error, rbac};
-use crate::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl};
+use crate::api::{AccessPolicy, ElevationRequest, Phase};
 use crate::grant::{self, DesiredRbac};
 use crate::lifecycle::{self, ControlView, PolicyView, Transition};
 
@@ -30,12 +30,8 @@ use crate::grant::FINALIZER;
 /// The request controller, also woken by changes to policies, the control,
 /// and RBAC objects that carry kubepam's labels (so a binding deleted by hand
 /// is restored, and one edited by hand is put back).
-pub fn controller(
-    controller: Controller<ElevationRequest>,
-    ctx: &Arc<Context>,
-    rbac: RbacStreams,
-) -> Controller<ElevationRequest> {
-    let requests = controller.store();
+pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
+    let requests = caches.requests.store();
     let for_policy = requests.clone();
     let for_control = requests.clone();
     let owner = move |labels: &std::collections::BTreeMap<String, String>| {
@@ -47,46 +43,29 @@ pub fn controller(
             .map(|request| ObjectRef::from_obj(&*request))
     };
     let (rb, crb, cr) = (owner.clone(), owner.clone(), owner);
-    let client = ctx.client.clone();
-    controller
-        .watches(
-            Api::<AccessPolicy>::all(client.clone()),
-            watcher::Config::default(),
-            move |policy| {
-                let name = policy.name_any();
-                for_policy
-                    .state()
-                    .into_iter()
-                    .filter(|request| request.spec.policy == name && !is_settled(request))
-                    .map(|request| ObjectRef::from_obj(&*request))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            Api::<PrivilegedAccessControl>::all(client),
-            watcher::Config::default(),
-            move |_| {
-                for_control
-                    .state()
-                    .into_iter()
-                    .filter(|request| !is_settled(request))
-                    .map(|request| ObjectRef::from_obj(&*request))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches_stream(rbac.role_bindings, move |o| rb(o.labels()))
-        .watches_stream(rbac.cluster_role_bindings, move |o| crb(o.labels()))
-        .watches_stream(rbac.cluster_roles, move |o| cr(o.labels()))
-}
-
-type Changes<K> = futures::stream::BoxStream<'static, Result<K, watcher::Error>>;
-
-/// Changes to kubepam-labelled RBAC objects, each of which wakes its request.
-#[allow(missing_debug_implementations)] // streams have no Debug
-pub struct RbacStreams {
-    pub role_bindings: Changes<RoleBinding>,
-    pub cluster_role_bindings: Changes<ClusterRoleBinding>,
-    pub cluster_roles: Changes<ClusterRole>,
+    Controller::for_shared_stream(caches.requests.everything(), caches.requests.store())
+        .watches_shared_stream(caches.policies.changes(), move |policy| {
+            let name = policy.name_any();
+            for_policy
+                .state()
+                .into_iter()
+                .filter(|request| request.spec.policy == name && !is_settled(request))
+                .map(|request| ObjectRef::from_obj(&*request))
+                .collect::<Vec<_>>()
+        })
+        .watches_shared_stream(caches.controls.changes(), move |_| {
+            for_control
+                .state()
+                .into_iter()
+                .filter(|request| !is_settled(request))
+                .map(|request| ObjectRef::from_obj(&*request))
+                .collect::<Vec<_>>()
+        })
+        .watches_shared_stream(caches.role_bindings.changes(), move |o| rb(o.labels()))
+        .watches_shared_stream(caches.cluster_role_bindings.changes(), move |o| {
+            crb(o.labels())
+        })
+        .watches_shared_stream(caches.cluster_roles.changes(), move |o| cr(o.labels()))
 }
 
 /// A request that is final and holds nothing: no change elsewhere can move it.

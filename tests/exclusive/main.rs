@@ -42,10 +42,12 @@ async fn exclusive() -> (
     let cluster = cluster();
     INSTALLED.get_or_init(|| cluster.install_kubepam());
     let mut guard = OPERATOR.lock().await;
-    if guard.is_none() {
-        *guard = Some(cluster.spawn_operator());
-    }
     let admin = cluster.client(Identity::Admin).await;
+    if guard.is_none() {
+        let operator = cluster.spawn_operator();
+        operator.wait_registered(&admin).await;
+        *guard = Some(operator);
+    }
     remove_all_policies(&admin).await;
     standard_control(&admin).await;
     (guard, cluster)
@@ -430,7 +432,11 @@ async fn restarted_operator_catches_up_on_missed_deadlines() {
     let ca_before = ca_bundle(admin.clone())
         .await
         .expect("a registered caBundle");
-    guard.take().unwrap().kill();
+    // The operator crashes; its container restarts in the same pod (same
+    // identity, so it takes its Lease back at once).
+    let crashed = guard.take().unwrap();
+    let instance = crashed.instance.clone();
+    crashed.kill();
     let until = approved.status.as_ref().unwrap().granted_until.unwrap();
     // Stay down well past both deadlines: nobody is there to take the right back.
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -441,7 +447,10 @@ async fn restarted_operator_catches_up_on_missed_deadlines() {
     );
 
     let restarted = Instant::now();
-    *guard = Some(cluster.spawn_operator());
+    *guard = Some(cluster.spawn_operator_with(&support::OperatorSpec {
+        instance: Some(instance),
+        ..Default::default()
+    }));
     wait_phase(&alice, "short-grant", Phase::Expired, SOON).await;
     wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
     let caught_up = restarted.elapsed();
@@ -486,7 +495,9 @@ async fn identity_rules_hold_without_the_webhooks() {
     .await;
     wait_phase(&alice, "vap-req", Phase::Pending, SOON).await;
 
-    guard.take().unwrap().kill();
+    let stopped = guard.take().unwrap();
+    let instance = stopped.instance.clone();
+    stopped.kill();
     let webhooks = Api::<ValidatingWebhookConfiguration>::all(admin.clone());
     for name in ["kubepam", "kubepam-guard"] {
         let _ = webhooks.delete(name, &DeleteParams::default()).await;
@@ -549,7 +560,10 @@ async fn identity_rules_hold_without_the_webhooks() {
         .await
         .unwrap();
 
-    *guard = Some(cluster.spawn_operator());
+    *guard = Some(cluster.spawn_operator_with(&support::OperatorSpec {
+        instance: Some(instance),
+        ..Default::default()
+    }));
     wait_phase(&alice, "vap-req", Phase::Approved, SOON).await;
     let anonymous = wait_phase(&alice, "vap-anonymous", Phase::Denied, SOON).await;
     let last = anonymous.status.unwrap().history.last().cloned().unwrap();
@@ -565,4 +579,170 @@ async fn identity_rules_hold_without_the_webhooks() {
     }
     remove_all_policies(&admin).await;
     ns.delete().await;
+}
+
+/// Two replicas. The leader is killed (SIGKILL) while requests come and go;
+/// the standby takes over within 15 s, every request is granted exactly once
+/// and taken back, deadlines that fall after the takeover are met on time,
+/// and those that fell while nobody led are met as soon as it leads.
+#[tokio::test]
+async fn the_standby_takes_over_when_the_leader_is_killed() {
+    const REQUESTS: usize = 30;
+    let (mut guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    // Two replicas behind one address, as behind a Service.
+    guard.take().unwrap().terminate();
+    let ports = [support::free_port(), support::free_port()];
+    let url = format!(
+        "https://127.0.0.1:{}",
+        support::balancer(ports.to_vec()).await
+    );
+    let replica = |port: u16| support::OperatorSpec {
+        webhook_port: Some(port),
+        webhook_url: Some(url.clone()),
+        ..Default::default()
+    };
+    let leader = cluster.spawn_operator_with(&replica(ports[0]));
+    eventually(
+        "the first replica leads",
+        Duration::from_secs(30),
+        || async { leader.is_leader().then_some(()) },
+    )
+    .await;
+    leader.wait_registered(&admin).await;
+    let standby = cluster.spawn_operator_with(&replica(ports[1]));
+    eventually("the standby is ready", SOON, || async {
+        (support::http_get(standby.metrics_port, "/readyz").ok()?.0 == 200).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!standby.is_leader(), "only one replica leads");
+
+    let ns = cluster.namespace("failover").await;
+    create_policy(&admin, "failover-auto", task_policy(&ns.name, "Auto")).await;
+    wait_policy_judged(&admin, "failover-auto").await;
+    let names: Vec<String> = (0..REQUESTS).map(|i| format!("failover-{i}")).collect();
+    let workload = {
+        let (alice, names, namespace) = (alice.clone(), names.clone(), ns.name.clone());
+        tokio::spawn(async move {
+            for name in names {
+                create_request(
+                    &alice,
+                    &name,
+                    request_spec("failover-auto", &namespace, "6s"),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed_at = chrono::Utc::now();
+    let killed = Instant::now();
+    leader.kill();
+    eventually("the standby leads", Duration::from_secs(30), || async {
+        standby.is_leader().then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    println!("failover: the standby led {takeover:?} after the leader was killed");
+    assert!(
+        takeover < Duration::from_secs(15),
+        "takeover took {takeover:?}"
+    );
+    let leading_since = killed_at + chrono::TimeDelta::from_std(takeover).unwrap();
+    workload.await.unwrap();
+
+    let mut worst_late = chrono::TimeDelta::MIN;
+    for name in &names {
+        let request = wait_phase(&alice, name, Phase::Expired, Duration::from_secs(60)).await;
+        let status = request.status.clone().unwrap();
+        let actions: Vec<&str> = status.history.iter().map(|h| h.action.as_str()).collect();
+        assert_eq!(
+            actions.iter().filter(|a| **a == "Approved").count(),
+            1,
+            "{name} granted exactly once: {actions:?}"
+        );
+        let expired = status
+            .history
+            .iter()
+            .find(|h| h.action == "Expired")
+            .unwrap()
+            .time;
+        let until = status.granted_until.unwrap();
+        // A deadline is due at its own time, or when the standby leads if
+        // it fell while nobody did.
+        let due = until.max(leading_since);
+        let late = expired - due;
+        worst_late = worst_late.max(late);
+        assert!(
+            late < chrono::TimeDelta::seconds(2),
+            "{name}: expired at {expired}, due at {due} (granted until {until})"
+        );
+        assert!(
+            grant_objects(&admin, &request_id(&request))
+                .await
+                .is_empty(),
+            "{name} left RBAC objects behind"
+        );
+    }
+    println!(
+        "failover: {REQUESTS} requests granted once and ended, worst lateness {} ms",
+        worst_late.num_milliseconds()
+    );
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
+
+    // The balancer ends with this test: the next test starts its own replica.
+    standby.terminate();
+    let api = Api::<ElevationRequest>::all(admin.clone());
+    for name in &names {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
+/// SIGTERM: the operator finishes its work, exits 0 and gives its Lease up
+/// (it holds nothing a successor must wait for); a successor then leads.
+#[tokio::test]
+async fn a_terminated_leader_gives_its_lease_up() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (mut guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let leases = Api::<Lease>::namespaced(admin.clone(), "kubepam-system");
+    let holder = |leases: Api<Lease>| async move {
+        leases
+            .get("kubepam-leader")
+            .await
+            .ok()
+            .and_then(|lease| lease.spec?.holder_identity)
+    };
+    let leader = guard.take().unwrap();
+    eventually("the replica leads", SOON, || async {
+        leader.is_leader().then_some(())
+    })
+    .await;
+    assert_eq!(holder(leases.clone()).await, Some(leader.instance.clone()));
+    let successor = cluster.spawn_operator();
+    eventually("the successor is ready", SOON, || async {
+        (support::http_get(successor.metrics_port, "/readyz").ok()?.0 == 200).then_some(())
+    })
+    .await;
+    let stopped = Instant::now();
+    let exit = leader.terminate();
+    println!("graceful shutdown: exited in {:?}", stopped.elapsed());
+    assert!(exit.success(), "kubepam exits 0 on SIGTERM: {exit:?}");
+    let after_exit = holder(leases.clone()).await;
+    assert!(
+        after_exit.is_none() || after_exit == Some(successor.instance.clone()),
+        "the Lease was given up, not left to expire: held by {after_exit:?}"
+    );
+    eventually("the successor leads", SOON, || async {
+        successor.is_leader().then_some(())
+    })
+    .await;
+    assert_eq!(holder(leases).await, Some(successor.instance.clone()));
+    successor.wait_registered(&admin).await;
+    *guard = Some(successor);
 }

@@ -329,19 +329,23 @@ impl TestCluster {
     /// Starts the `kubepam` binary as the `operator` identity, logging to
     /// `logs/operator-<n>.log`. It is killed when this test process exits.
     pub fn spawn_operator(&self) -> OperatorProcess {
+        self.spawn_operator_with(&OperatorSpec::default())
+    }
+
+    /// Starts the `kubepam` binary as described by `spec`.
+    pub fn spawn_operator_with(&self, spec: &OperatorSpec) -> OperatorProcess {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let instance = spec.instance.clone().unwrap_or_else(|| format!("test-{n}"));
         let log_path = self.log_dir().join(format!("operator-{n}.log"));
         let log = std::fs::File::create(&log_path).expect("creating the operator log");
         // The API server calls the webhooks on loopback, as in `make run`.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = spec.webhook_port.unwrap_or_else(free_port);
+        let webhook_url = spec
+            .webhook_url
+            .clone()
+            .unwrap_or_else(|| format!("https://127.0.0.1:{port}"));
+        let metrics_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_kubepam"))
             .arg("run")
             .arg("--metrics-bind")
@@ -349,7 +353,7 @@ impl TestCluster {
             .arg("--webhook-bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--webhook-url")
-            .arg(format!("https://127.0.0.1:{port}"))
+            .arg(&webhook_url)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig_path)
             .args([
@@ -359,7 +363,7 @@ impl TestCluster {
                 "json",
                 "--instance",
             ])
-            .arg(format!("test-{n}"))
+            .arg(&instance)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -369,8 +373,65 @@ impl TestCluster {
             child,
             log_path,
             metrics_port,
+            instance,
+            webhook_url,
         }
     }
+}
+
+/// How to start one `kubepam run`; the defaults pick fresh values.
+#[derive(Debug, Default, Clone)]
+pub struct OperatorSpec {
+    /// Its name and identity on the leader Lease: the name of a killed one
+    /// models its container restarted in the same pod.
+    pub instance: Option<String>,
+    /// Where its admission server listens.
+    pub webhook_port: Option<u16>,
+    /// How the API server reaches the webhooks (e.g. a [`balancer`] in front
+    /// of several replicas, as a Service would be).
+    pub webhook_url: Option<String>,
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A TCP load balancer on loopback standing in for a Service in front of
+/// several replicas: each connection goes to the next backend that accepts
+/// it, so a dead replica is skipped. Returns its port; it runs until the
+/// test's runtime ends.
+pub async fn balancer(backends: Vec<u16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the balancer");
+    let port = listener.local_addr().expect("its address").port();
+    tokio::spawn(async move {
+        let mut next = 0usize;
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            next += 1;
+            let order: Vec<u16> = (0..backends.len())
+                .map(|i| backends[(next + i) % backends.len()])
+                .collect();
+            tokio::spawn(async move {
+                for backend in order {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
 }
 
 /// Kills `pid` as soon as this test process exits, however it exits.
@@ -395,11 +456,60 @@ pub struct OperatorProcess {
     pub log_path: PathBuf,
     /// Where its `/metrics`, `/healthz` and `/readyz` answer (plain HTTP).
     pub metrics_port: u16,
+    /// Its name, and identity on the leader Lease.
+    pub instance: String,
+    /// How the API server reaches its webhooks.
+    pub webhook_url: String,
 }
 
 impl OperatorProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// One series of its `/metrics`, e.g. `kubepam_leader`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = http_get(self.metrics_port, "/metrics").ok()?;
+        text.lines()
+            .find(|line| line.split_whitespace().next() == Some(series))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// Waits until the webhook configurations send the API server to this
+    /// replica's URL (the leader registers them once its caches are synced).
+    pub async fn wait_registered(&self, admin: &Client) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+        };
+        // Each webhook's URL is this base and its own path.
+        let ours = |url: Option<&String>| url.is_some_and(|u| u.starts_with(&self.webhook_url));
+        let validating = Api::<ValidatingWebhookConfiguration>::all(admin.clone());
+        let mutating = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+        eventually(
+            "kubepam registers its webhooks",
+            Duration::from_secs(60),
+            || async {
+                let v = validating.get_opt("kubepam").await.ok()??;
+                let m = mutating.get_opt("kubepam").await.ok()??;
+                let v_url = v.webhooks?.first()?.client_config.url.clone();
+                let m_url = m.webhooks?.first()?.client_config.url.clone();
+                (ours(v_url.as_ref()) && ours(m_url.as_ref())).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Whether it holds the leader Lease and reconciles.
+    pub fn is_leader(&self) -> bool {
+        self.metric("kubepam_leader") == Some(1.0)
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; waits for it to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("waiting for kubepam to exit")
     }
 
     /// SIGKILL, as a crash or an evicted pod would stop it.

@@ -1,0 +1,182 @@
+//! One watch per kind, shared by everything in the process: the caches serve
+//! admission on every replica, and their changes drive the controllers of
+//! the replica that leads.
+//!
+//! kube's own shared streams (`ReflectHandle`) carry applied objects only,
+//! but a deleted AccessPolicy must wake the requests it granted, so changes
+//! are fanned out here with deletions included.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::channel::mpsc;
+use futures::{FutureExt, Stream, StreamExt, stream};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use tracing::warn;
+
+use super::rbac::RbacStores;
+use crate::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl};
+use crate::grant;
+
+/// A cache of one kind and the changes that reach it.
+#[derive(Debug)]
+pub struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
+    subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<Arc<K>>>>>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Shared<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            subscribers: self.subscribers.clone(),
+        }
+    }
+}
+
+impl<K> Shared<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Every object changed or deleted from now on. Unbounded, so a slow
+    /// consumer never stalls the cache that admission reads; a consumer
+    /// that stops listening is dropped at the next change.
+    pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let (sender, receiver) = mpsc::unbounded();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(sender);
+        receiver
+    }
+
+    /// Every cached object, then every change: what a controller that
+    /// starts now (after winning the lease) has to look at.
+    pub fn everything(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        // Subscribe first, so nothing changed between the two is missed.
+        let changes = self.changes();
+        stream::iter(self.store.state()).chain(changes)
+    }
+
+    fn publish(&self, object: &Arc<K>) {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|subscriber| subscriber.unbounded_send(object.clone()).is_ok());
+    }
+}
+
+/// Starts a watch of `api` into a new cache; the returned future keeps the
+/// cache current and must be polled for as long as the cache is used.
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Shared<K>, impl Future<Output = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let shared = Shared {
+        store,
+        subscribers: Arc::default(),
+    };
+    let publisher = shared.clone();
+    let kind = K::kind(&()).into_owned();
+    // kubepam never reads managedFields; with thousands of requests they
+    // would be most of its memory.
+    let updates = reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .modify(|object: &mut K| object.meta_mut().managed_fields = None),
+    )
+    .touched_objects()
+    .for_each(move |change| {
+        match change {
+            Ok(object) => publisher.publish(&Arc::new(object)),
+            Err(error) => warn!(%kind, %error, "watch failed; retrying"),
+        }
+        futures::future::ready(())
+    });
+    (shared, updates)
+}
+
+/// The caches of the whole process.
+#[derive(Debug, Clone)]
+pub struct Caches {
+    pub requests: Shared<ElevationRequest>,
+    pub policies: Shared<AccessPolicy>,
+    pub controls: Shared<PrivilegedAccessControl>,
+    pub role_bindings: Shared<RoleBinding>,
+    pub cluster_role_bindings: Shared<ClusterRoleBinding>,
+    pub cluster_roles: Shared<ClusterRole>,
+}
+
+impl Caches {
+    /// Starts every watch; the tasks keep the caches current until aborted.
+    pub fn start(client: &Client) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        let mut tasks = Vec::new();
+        let mut spawn = |updates: futures::future::BoxFuture<'static, ()>| {
+            tasks.push(tokio::spawn(updates));
+        };
+        let all = watcher::Config::default;
+        // Only kubepam's own RBAC objects: the rest of the cluster's RBAC is
+        // none of its business and could be large.
+        let managed = || watcher::Config::default().labels(&grant::managed_selector());
+
+        let (requests, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
+        let (policies, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
+        let (controls, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
+        let (role_bindings, updates) = watch(Api::all(client.clone()), managed());
+        spawn(updates.boxed());
+        let (cluster_role_bindings, updates) = watch(Api::all(client.clone()), managed());
+        spawn(updates.boxed());
+        let (cluster_roles, updates) = watch(Api::all(client.clone()), managed());
+        spawn(updates.boxed());
+
+        let caches = Self {
+            requests,
+            policies,
+            controls,
+            role_bindings,
+            cluster_role_bindings,
+            cluster_roles,
+        };
+        (caches, tasks)
+    }
+
+    pub fn rbac_stores(&self) -> RbacStores {
+        RbacStores {
+            role_bindings: self.role_bindings.store(),
+            cluster_role_bindings: self.cluster_role_bindings.store(),
+            cluster_roles: self.cluster_roles.store(),
+        }
+    }
+
+    /// Resolves once every cache holds a complete first listing.
+    pub async fn synced(&self) {
+        let _ = futures::join!(
+            self.policies.store.wait_until_ready(),
+            self.controls.store.wait_until_ready(),
+            self.requests.store.wait_until_ready(),
+            self.role_bindings.store.wait_until_ready(),
+            self.cluster_role_bindings.store.wait_until_ready(),
+            self.cluster_roles.store.wait_until_ready(),
+        );
+    }
+}
