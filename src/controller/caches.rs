@@ -25,6 +25,10 @@ use crate::grant;
 pub struct Shared<K: Resource<DynamicType = ()> + Clone + 'static> {
     store: Store<K>,
     subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<Arc<K>>>>>,
+    /// True once the first listing is complete. Not `Store::wait_until_ready`:
+    /// that wakes only the last of several tasks waiting on it, and the
+    /// controllers wait on it too.
+    filled: tokio::sync::watch::Sender<bool>,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Shared<K> {
@@ -32,6 +36,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Shared<K> {
         Self {
             store: self.store.clone(),
             subscribers: self.subscribers.clone(),
+            filled: self.filled.clone(),
         }
     }
 }
@@ -64,6 +69,11 @@ where
         stream::iter(self.store.state()).chain(changes)
     }
 
+    /// Resolves once the first listing is complete.
+    pub async fn filled(&self) {
+        let _ = self.filled.subscribe().wait_for(|filled| *filled).await;
+    }
+
     fn publish(&self, object: &Arc<K>) {
         self.subscribers
             .lock()
@@ -91,6 +101,7 @@ where
     let shared = Shared {
         store,
         subscribers: Arc::default(),
+        filled: tokio::sync::watch::Sender::new(false),
     };
     let publisher = shared.clone();
     let kind = K::kind(&()).into_owned();
@@ -102,10 +113,17 @@ where
             .default_backoff()
             .modify(|object: &mut K| object.meta_mut().managed_fields = None),
     )
-    .touched_objects()
-    .for_each(move |change| {
-        match change {
-            Ok(object) => publisher.publish(&Arc::new(object)),
+    .for_each(move |event| {
+        match event {
+            Ok(
+                watcher::Event::Apply(object)
+                | watcher::Event::InitApply(object)
+                | watcher::Event::Delete(object),
+            ) => publisher.publish(&Arc::new(object)),
+            Ok(watcher::Event::InitDone) => {
+                publisher.filled.send_replace(true);
+            }
+            Ok(watcher::Event::Init) => {}
             Err(error) => warn!(%kind, %error, "watch failed; retrying"),
         }
         futures::future::ready(())
@@ -170,13 +188,13 @@ impl Caches {
 
     /// Resolves once every cache holds a complete first listing.
     pub async fn synced(&self) {
-        let _ = futures::join!(
-            self.policies.store.wait_until_ready(),
-            self.controls.store.wait_until_ready(),
-            self.requests.store.wait_until_ready(),
-            self.role_bindings.store.wait_until_ready(),
-            self.cluster_role_bindings.store.wait_until_ready(),
-            self.cluster_roles.store.wait_until_ready(),
+        futures::join!(
+            self.policies.filled(),
+            self.controls.filled(),
+            self.requests.filled(),
+            self.role_bindings.filled(),
+            self.cluster_role_bindings.filled(),
+            self.cluster_roles.filled(),
         );
     }
 }

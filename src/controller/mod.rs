@@ -432,9 +432,7 @@ async fn lead(
         };
         // Register only once the caches are filled, so the API server never
         // calls a webhook that cannot decide.
-        while !registrar.ready.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        caches.synced().await;
         webhooks::run(registrar, registration.endpoint, registration.operator).await;
     };
     let register = async move {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::pam::{create_policy, create_request, standard_control, task_policy, wait_phase};
-use crate::support::{Identity, eventually, http_get, kubepam, operator};
+use crate::support::{Identity, OperatorSpec, eventually, http_get, kubepam, operator};
 
 #[tokio::test]
 async fn metrics_count_what_happens() {
@@ -56,5 +56,31 @@ async fn metrics_count_what_happens() {
     );
     assert!(value("kubepam_reconcile_duration_seconds_count{kind=\"ElevationRequest\"}") >= 1.0);
     assert!(text.contains("kubepam_guard_executions_total"));
+    assert_eq!(value("kubepam_leader"), 1.0, "the only replica leads");
     ns.delete().await;
+}
+
+/// `/readyz` stays 503 until every cache is filled: a replica whose identity
+/// may not list what kubepam caches (here alice's) is alive (`/healthz` 200)
+/// but never ready, and never leads. The operator above, able to list, is.
+#[tokio::test]
+async fn not_ready_until_the_caches_are_filled() {
+    let cluster = kubepam();
+    let replica = cluster.spawn_operator_with(&OperatorSpec {
+        context: Some("alice"),
+        args: vec!["--no-webhooks"],
+        ..OperatorSpec::default()
+    });
+    eventually("alive", Duration::from_secs(15), || async {
+        (http_get(replica.metrics_port, "/healthz").ok()?.0 == 200).then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        let (code, body) = http_get(replica.metrics_port, "/readyz").unwrap();
+        assert_eq!(code, 503, "not ready without its caches: {body}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(!replica.is_leader());
+    assert_eq!(http_get(operator().metrics_port, "/readyz").unwrap().0, 200);
+    replica.kill();
 }

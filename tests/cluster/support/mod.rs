@@ -356,9 +356,10 @@ impl TestCluster {
             .arg(&webhook_url)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig_path)
+            .args(&spec.args)
             .args([
                 "--context",
-                "operator",
+                spec.context.unwrap_or("operator"),
                 "--log-format",
                 "json",
                 "--instance",
@@ -390,6 +391,10 @@ pub struct OperatorSpec {
     /// How the API server reaches the webhooks (e.g. a [`balancer`] in front
     /// of several replicas, as a Service would be).
     pub webhook_url: Option<String>,
+    /// The identity it runs as; `operator` unless given.
+    pub context: Option<&'static str>,
+    /// More arguments to `kubepam run`.
+    pub args: Vec<&'static str>,
 }
 
 /// A free TCP port on loopback.
@@ -527,7 +532,25 @@ pub fn kubepam() -> &'static TestCluster {
     let cluster = cluster();
     OPERATOR.get_or_init(|| {
         cluster.install_kubepam();
-        cluster.spawn_operator()
+        let operator = cluster.spawn_operator();
+        // Tests start once the webhooks are in place, as after `make run`.
+        // (On a runtime of its own: this may be called from a sync context.)
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime")
+                        .block_on(async {
+                            let admin = cluster.client(Identity::Admin).await;
+                            operator.wait_registered(&admin).await;
+                        });
+                })
+                .join()
+                .expect("waiting for the webhooks");
+        });
+        operator
     });
     cluster
 }
