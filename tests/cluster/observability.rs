@@ -56,7 +56,7 @@ async fn metrics_count_what_happens() {
     );
     assert!(value("kubepam_reconcile_duration_seconds_count{kind=\"ElevationRequest\"}") >= 1.0);
     assert!(text.contains("kubepam_guard_executions_total"));
-    assert_eq!(value("kubepam_leader"), 1.0, "the only replica leads");
+    assert!(value("kubepam_leader") > 0.5, "the only replica leads");
     ns.delete().await;
 }
 
