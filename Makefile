@@ -32,6 +32,14 @@ build: ## Build kubepam
 crds: ## Regenerate crds/ from the Rust types
 	cargo run --quiet -- crds > crds/kubepam.io.yaml
 
+.PHONY: demo
+demo: ## Start the local control plane and kubepam in the background, and print what to try as alice and bob
+	@hack/demo.sh up
+
+.PHONY: demo-down
+demo-down: ## Stop the demo: kubepam and the local control plane, nothing left behind
+	@hack/demo.sh down
+
 .PHONY: run
 run: cluster ## Install CRDs and RBAC into the local cluster and run kubepam in the foreground as `operator`
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin apply --server-side -k hack/local/
