@@ -4,7 +4,8 @@
 //! - approval-to-access latency: review patch accepted -> SubjectAccessReview allows;
 //! - expiry lag: grantedUntil -> SubjectAccessReview refuses;
 //! - throughput of Auto requests to granted;
-//! - operator peak RSS with many ElevationRequests.
+//! - operator peak RSS with many ElevationRequests;
+//! - failover: the leader of two replicas killed, until the other leads.
 //!
 //! Sizes can be lowered for a quick look: `KUBEPAM_BENCH_SCALE=0.1 make bench`.
 
@@ -115,6 +116,7 @@ async fn main() {
     let operator = cluster.spawn_operator();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let admin = cluster.client(Identity::Admin).await;
+    operator.wait_registered(&admin).await;
     standard_control(&admin).await;
     let ns = cluster.namespace("bench").await.name;
     let task = |approval: &str| {
@@ -268,5 +270,83 @@ async fn main() {
         rss_kib(operator.pid(), "VmRSS:"),
         rss_kib(operator.pid(), "VmHWM:")
     );
-    operator.kill();
+    operator.terminate();
+
+    failover(cluster, &admin, &ns).await;
+}
+
+/// Failover (section 5): two replicas behind one address, as behind a Service. SIGKILL the
+/// leader, time until the other leads and until an Auto request made right
+/// after the kill is granted, start a new replica in its place; repeat.
+async fn failover(cluster: &support::TestCluster, admin: &Client, ns: &str) {
+    struct Replica {
+        port: u16,
+        process: support::OperatorProcess,
+    }
+    let ports = [support::free_port(), support::free_port()];
+    let url = format!(
+        "https://127.0.0.1:{}",
+        support::balancer(ports.to_vec()).await
+    );
+    let start = |port: u16| Replica {
+        port,
+        process: cluster.spawn_operator_with(&support::OperatorSpec {
+            webhook_port: Some(port),
+            webhook_url: Some(url.clone()),
+            ..Default::default()
+        }),
+    };
+    let ready = |replica: &Replica| {
+        support::http_get(replica.process.metrics_port, "/readyz")
+            .is_ok_and(|(code, _)| code == 200)
+    };
+    let mut replicas = vec![start(ports[0])];
+    while !replicas[0].process.is_leader() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replicas[0].process.wait_registered(admin).await;
+    replicas.push(start(ports[1]));
+    while !ready(&replicas[1]) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "replica RSS with the requests above: leader {} KiB, standby {} KiB",
+        rss_kib(replicas[0].process.pid(), "VmRSS:"),
+        rss_kib(replicas[1].process.pid(), "VmRSS:")
+    );
+    let requester = cluster
+        .client_as_user("failover-user", &["developers"])
+        .await;
+    let (mut takeovers, mut grants) = (Vec::new(), Vec::new());
+    for kill in 0..scaled(5).max(5) {
+        let leader = replicas
+            .iter()
+            .position(|r| r.process.is_leader())
+            .expect("one replica leads");
+        let Replica { port, process } = replicas.remove(leader);
+        let killed = Instant::now();
+        process.kill();
+        let name = format!("failover-{kill}");
+        create(&requester, &name, "bench-auto", ns, "1h").await;
+        while !replicas[0].process.is_leader() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        takeovers.push(killed.elapsed());
+        wait_phase(&requester, &name, Phase::Approved, WAIT).await;
+        grants.push(killed.elapsed());
+        replicas.push(start(port));
+        while !ready(&replicas[1]) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Let the new standby settle before the next kill.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    report("failover: leader killed -> standby leads", takeovers);
+    report(
+        "failover: leader killed -> request made then is granted",
+        grants,
+    );
+    for replica in replicas {
+        replica.process.terminate();
+    }
 }
