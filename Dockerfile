@@ -1,5 +1,5 @@
-# kubepam operator image. The build step is the same `cargo build --release`
-# that `make build` runs.
+# kubepam operator image. Its build step is the command `.ci/run` runs on
+# every change (stage "release build (image)"), so CI proves it builds.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
