@@ -42,6 +42,13 @@ pub struct AdmissionLabels {
     pub allowed: String,
 }
 
+/// A refusal's webhook and its stable code (`crate::admission::Reason`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub webhook: String,
+    pub reason: String,
+}
+
 fn histogram() -> Histogram {
     // 1 ms .. ~16 s
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
@@ -58,6 +65,7 @@ pub struct Metrics {
     pub requests: Family<PhaseLabels, Gauge>,
     pub active_grants: Gauge,
     pub admission_requests: Family<AdmissionLabels, Counter>,
+    pub admission_refusals: Family<RefusalLabels, Counter>,
     pub admission_duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
     pub guard_executions: Counter,
     pub leader: Gauge,
@@ -74,6 +82,7 @@ impl Default for Metrics {
             requests: Family::default(),
             active_grants: Gauge::default(),
             admission_requests: Family::default(),
+            admission_refusals: Family::default(),
             admission_duration: Family::new_with_constructor(histogram),
             guard_executions: Counter::default(),
             leader: Gauge::default(),
@@ -113,6 +122,11 @@ impl Default for Metrics {
             "admission_requests",
             "Admission reviews answered, by webhook and outcome",
             metrics.admission_requests.clone(),
+        );
+        registry.register(
+            "admission_refusals",
+            "Admission refusals, by webhook and reason code",
+            metrics.admission_refusals.clone(),
         );
         registry.register(
             "admission_duration_seconds",
@@ -191,12 +205,22 @@ mod tests {
             })
             .inc();
         metrics.guard_executions.inc();
+        metrics
+            .admission_refusals
+            .get_or_create(&RefusalLabels {
+                webhook: "requester".into(),
+                reason: "ForgedRequester".into(),
+            })
+            .inc();
         let text = metrics.render(std::iter::empty());
         for series in [
             "kubepam_reconciles_total{kind=\"ElevationRequest\"} 1",
             "kubepam_guard_executions_total 1",
             "kubepam_requests{phase=\"Approved\"} 0",
             "kubepam_active_grants 0",
+            "kubepam_admission_refusals_total{webhook=\"requester\",reason=\"ForgedRequester\"} 1",
+            "# HELP kubepam_admission_refusals Admission refusals, by webhook and reason code",
+            "# TYPE kubepam_admission_refusals counter",
         ] {
             assert!(text.contains(series), "{series} missing from\n{text}");
         }

@@ -32,7 +32,7 @@ use k8s_openapi::api::admissionregistration::v1::RuleWithOperations;
 use kube::Resource;
 use kube::core::admission::{AdmissionRequest, Operation as AdmissionOperation};
 
-use super::Caller;
+use super::{Caller, Reason, Refusal};
 use crate::api::{
     AccessPolicy, ElevationRequest, Execution, Phase, PolicyType, PrivilegedAccessControl, TaskSpec,
 };
@@ -155,14 +155,24 @@ pub enum GuardVerdict {
         /// The ElevationRequest's name.
         request: String,
     },
-    /// Refused, with a message for the caller.
-    Denied(String),
+    /// Refused, with a code and a message for the caller.
+    Denied(Refusal),
 }
 
 impl GuardVerdict {
     /// Whether the operation is admitted.
     pub fn is_allowed(&self) -> bool {
         !matches!(self, Self::Denied(_))
+    }
+
+    /// The refusal, if refused.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::Denied(r) => Some(r),
+            Self::NotGuarded | Self::ControlOff | Self::SystemAccount | Self::Allowed { .. } => {
+                None
+            }
+        }
     }
 }
 
@@ -211,7 +221,10 @@ pub fn guard<'p, 'r>(
             request: request.to_owned(),
         },
         (None, false) => GuardVerdict::ControlOff,
-        (None, true) => GuardVerdict::Denied(denial(op, &guarding, &mine, now)),
+        (None, true) => GuardVerdict::Denied(Refusal::new(
+            Reason::NoGrant,
+            denial(op, &guarding, &mine, now),
+        )),
     }
 }
 

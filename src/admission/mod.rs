@@ -12,7 +12,8 @@
 //! - [`review`]: the `AdmissionReview` envelope: parsing, decoding objects, building responses;
 //!   never panics on any input.
 //!
-//! Every refusal says what was wrong and who may act or what to do instead.
+//! Every refusal says what was wrong and who may act or what to do instead, and carries a
+//! stable [`Reason`] code for metrics and clients.
 
 pub mod guard;
 pub mod policy;
@@ -60,6 +61,131 @@ impl<'a> Caller<'a> {
     }
 }
 
+/// Why a call was refused: a stable, low-cardinality code, named in `UpperCamelCase` like a
+/// Kubernetes `reason`. It labels `kubepam_admission_refusals_total` and is sent as the cause of
+/// a refusal (`status.details.causes[0].reason`); the same condition always has the same code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The API server sent no username, so kubepam cannot tell who is calling.
+    NoUsername,
+    /// A new request names someone other than its creator in `spec.requester`.
+    ForgedRequester,
+    /// A new request reached the validating webhook without `spec.requester` (the mutating
+    /// webhook did not see it).
+    RequesterNotSet,
+    /// A new request already carries reviews.
+    ReviewsAtCreation,
+    /// A new request's `spec.duration` does not parse.
+    InvalidDuration,
+    /// An update changes a spec field other than `reviews`.
+    SpecImmutable,
+    /// The caller adds, changes or removes someone else's review.
+    OthersReview,
+    /// The requester reviews their own request.
+    SelfReview,
+    /// The caller is not in the request's approver group.
+    NotAnApprover,
+    /// The approver group is being re-resolved (its policy or the control was just edited).
+    ApproverGroupChanging,
+    /// The request has not been processed yet, so its approver group is not known.
+    ApproverGroupUnknown,
+    /// The request is Denied, Expired or Revoked: its reviews are part of the record.
+    PhaseFinal,
+    /// A Revoke on a request that is still Pending.
+    NothingToRevoke,
+    /// A review other than Revoke on a request that is already Approved.
+    AlreadyApproved,
+    /// Creating one more AccessPolicy would exceed the per-cluster cap.
+    PolicyLimit,
+    /// An AccessPolicy spec that cannot work.
+    InvalidPolicy,
+    /// The review lacks the object or old object the operation needs, or it does not decode.
+    MalformedObject,
+    /// The body is not an `AdmissionReview` with a request.
+    MalformedReview,
+    /// A privileged task without an approved grant that covers it (the guard).
+    NoGrant,
+    /// The guard is starting and its caches are not filled yet.
+    NotReady,
+}
+
+impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Self; 20] = [
+        Self::NoUsername,
+        Self::ForgedRequester,
+        Self::RequesterNotSet,
+        Self::ReviewsAtCreation,
+        Self::InvalidDuration,
+        Self::SpecImmutable,
+        Self::OthersReview,
+        Self::SelfReview,
+        Self::NotAnApprover,
+        Self::ApproverGroupChanging,
+        Self::ApproverGroupUnknown,
+        Self::PhaseFinal,
+        Self::NothingToRevoke,
+        Self::AlreadyApproved,
+        Self::PolicyLimit,
+        Self::InvalidPolicy,
+        Self::MalformedObject,
+        Self::MalformedReview,
+        Self::NoGrant,
+        Self::NotReady,
+    ];
+
+    /// The code, e.g. `ForgedRequester`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoUsername => "NoUsername",
+            Self::ForgedRequester => "ForgedRequester",
+            Self::RequesterNotSet => "RequesterNotSet",
+            Self::ReviewsAtCreation => "ReviewsAtCreation",
+            Self::InvalidDuration => "InvalidDuration",
+            Self::SpecImmutable => "SpecImmutable",
+            Self::OthersReview => "OthersReview",
+            Self::SelfReview => "SelfReview",
+            Self::NotAnApprover => "NotAnApprover",
+            Self::ApproverGroupChanging => "ApproverGroupChanging",
+            Self::ApproverGroupUnknown => "ApproverGroupUnknown",
+            Self::PhaseFinal => "PhaseFinal",
+            Self::NothingToRevoke => "NothingToRevoke",
+            Self::AlreadyApproved => "AlreadyApproved",
+            Self::PolicyLimit => "PolicyLimit",
+            Self::InvalidPolicy => "InvalidPolicy",
+            Self::MalformedObject => "MalformedObject",
+            Self::MalformedReview => "MalformedReview",
+            Self::NoGrant => "NoGrant",
+            Self::NotReady => "NotReady",
+        }
+    }
+}
+
+/// A refusal: its code and a message for the person who made the call. Displays as the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The stable code, for metrics and clients.
+    pub reason: Reason,
+    /// What was wrong and who may act or what to do instead.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal for `reason` with `message`.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The outcome of an admission rule.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -67,8 +193,8 @@ pub enum Verdict {
     Allow,
     /// Admit with this JSON patch applied (mutating webhooks only).
     Patch(json_patch::Patch),
-    /// Refuse, with a message for the person who made the call.
-    Deny(String),
+    /// Refuse, with a code and a message for the person who made the call.
+    Deny(Refusal),
 }
 
 impl Verdict {
@@ -77,16 +203,21 @@ impl Verdict {
         !matches!(self, Self::Deny(_))
     }
 
-    /// The refusal message, if refused.
-    pub fn message(&self) -> Option<&str> {
+    /// The refusal, if refused.
+    pub fn refusal(&self) -> Option<&Refusal> {
         match self {
-            Self::Deny(m) => Some(m),
+            Self::Deny(r) => Some(r),
             Self::Allow | Self::Patch(_) => None,
         }
+    }
+
+    /// The refusal message, if refused.
+    pub fn message(&self) -> Option<&str> {
+        self.refusal().map(|r| r.message.as_str())
     }
 }
 
 /// Shorthand for a refusal.
-pub(crate) fn deny(message: impl Into<String>) -> Verdict {
-    Verdict::Deny(message.into())
+pub(crate) fn deny(reason: Reason, message: impl Into<String>) -> Verdict {
+    Verdict::Deny(Refusal::new(reason, message))
 }

@@ -3,7 +3,7 @@
 //! without CEL validation (or an object written before a rule existed) gets the same answer.
 
 use super::guard::{WILDCARD, verb_reaches_admission};
-use super::{Verdict, deny};
+use super::{Reason, Verdict, deny};
 use crate::api::{AccessPolicy, AccessPolicySpec, PolicyType};
 use crate::duration;
 use crate::policy_limit::{POLICY_LIMIT, admission_exceeds_limit};
@@ -12,12 +12,15 @@ use crate::policy_limit::{POLICY_LIMIT, admission_exceeds_limit};
 /// being deleted (not counting this one).
 pub fn policy_create(policy: &AccessPolicy, live_policies: usize) -> Verdict {
     if admission_exceeds_limit(live_policies) {
-        return deny(format!(
-            "kubepam accepts at most {POLICY_LIMIT} AccessPolicies per cluster and \
+        return deny(
+            Reason::PolicyLimit,
+            format!(
+                "kubepam accepts at most {POLICY_LIMIT} AccessPolicies per cluster and \
              {live_policies} exist; delete one you no longer need (kubectl get accesspolicies) \
              before adding {}",
-            display_name(policy)
-        ));
+                display_name(policy)
+            ),
+        );
     }
     policy_update(policy)
 }
@@ -25,7 +28,10 @@ pub fn policy_create(policy: &AccessPolicy, live_policies: usize) -> Verdict {
 /// Check a changed policy: the same shape rules as at creation, without the count.
 pub fn policy_update(policy: &AccessPolicy) -> Verdict {
     match spec_problem(&policy.spec) {
-        Some(problem) => deny(format!("AccessPolicy {}: {problem}", display_name(policy))),
+        Some(problem) => deny(
+            Reason::InvalidPolicy,
+            format!("AccessPolicy {}: {problem}", display_name(policy)),
+        ),
         None => Verdict::Allow,
     }
 }

@@ -76,6 +76,19 @@ proptest! {
         {
             prop_assert!(!verdict.is_allowed());
         }
+        // A refusal names the first check that failed.
+        if let Some(refusal) = verdict.refusal() {
+            let expected: &[Reason] = if changed.iter().any(|k| *k != who) {
+                &[Reason::OthersReview]
+            } else if requester == Some(who) {
+                &[Reason::SelfReview]
+            } else if !in_group {
+                &[Reason::NotAnApprover]
+            } else {
+                &[Reason::PhaseFinal, Reason::NothingToRevoke, Reason::AlreadyApproved]
+            };
+            prop_assert!(expected.contains(&refusal.reason), "{refusal:?}, expected one of {expected:?}");
+        }
     }
 }
 
@@ -292,7 +305,7 @@ proptest! {
             GuardVerdict::NotGuarded => prop_assert!(!guarded),
             GuardVerdict::SystemAccount => prop_assert!(system && who == "alice" && guarded),
             GuardVerdict::ControlOff => prop_assert!(!enabled),
-            GuardVerdict::Denied(m) => prop_assert!(guarded && enabled && m.contains("is a privileged task")),
+            GuardVerdict::Denied(m) => prop_assert!(guarded && enabled && m.reason == Reason::NoGrant && m.message.contains("is a privileged task")),
             GuardVerdict::Allowed { request } => {
                 let r = requests.iter().find(|r| r.metadata.name.as_deref() == Some(request.as_str()));
                 prop_assert!(r.is_some());

@@ -10,7 +10,7 @@
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 
-use super::{Caller, Verdict, deny};
+use super::{Caller, Reason, Verdict, deny};
 use crate::api::{
     AccessPolicy, ElevationRequest, ElevationRequestSpec, Phase, PrivilegedAccessControl,
     ReviewDecision,
@@ -62,44 +62,53 @@ pub fn request_create_validate(caller: &Caller<'_>, request: &ElevationRequest) 
     match create_checks(caller, request) {
         Err(v) => v,
         Ok(true) => Verdict::Allow,
-        Ok(false) => deny(format!(
-            "spec.requester is not set, so kubepam's mutating webhook did not see this request; \
+        Ok(false) => deny(
+            Reason::RequesterNotSet,
+            format!(
+                "spec.requester is not set, so kubepam's mutating webhook did not see this request; \
              set spec.requester to your own username ({}) or ask a cluster administrator to \
              check the MutatingWebhookConfiguration kubepam",
-            caller.username
-        )),
+                caller.username
+            ),
+        ),
     }
 }
 
 /// `Ok(true)` when the requester is the caller, `Ok(false)` when it is absent.
 fn create_checks(caller: &Caller<'_>, request: &ElevationRequest) -> Result<bool, Verdict> {
     if caller.username.is_empty() {
-        return Err(deny(NO_USERNAME));
+        return Err(deny(Reason::NoUsername, NO_USERNAME));
     }
     let spec = &request.spec;
     let present = match spec.requester.as_deref() {
         None | Some("") => false,
         Some(r) if r == caller.username => true,
         Some(r) => {
-            return Err(deny(format!(
-                "spec.requester must be your own username ({}), or be left out; a request can \
+            return Err(deny(
+                Reason::ForgedRequester,
+                format!(
+                    "spec.requester must be your own username ({}), or be left out; a request can \
                  never be made in someone else's name (it says {r})",
-                caller.username
-            )));
+                    caller.username
+                ),
+            ));
         }
     };
     if !spec.reviews.is_empty() {
         let keys: Vec<&str> = spec.reviews.keys().map(String::as_str).collect();
-        return Err(deny(format!(
-            "spec.reviews must be empty when a request is created (it has reviews by {}); \
+        return Err(deny(
+            Reason::ReviewsAtCreation,
+            format!(
+                "spec.reviews must be empty when a request is created (it has reviews by {}); \
              approvers add their own review after it is submitted",
-            keys.join(", ")
-        )));
+                keys.join(", ")
+            ),
+        ));
     }
     if let Some(d) = &spec.duration
         && let Err(e) = duration::parse(d)
     {
-        return Err(deny(format!("spec.duration: {e}")));
+        return Err(deny(Reason::InvalidDuration, format!("spec.duration: {e}")));
     }
     Ok(present)
 }
@@ -118,10 +127,13 @@ pub fn request_update(
     control: Option<&PrivilegedAccessControl>,
 ) -> Verdict {
     if let Some(field) = changed_field(&old.spec, &new.spec) {
-        return deny(format!(
-            "spec.{field} cannot change after creation (spec is immutable except reviews); \
+        return deny(
+            Reason::SpecImmutable,
+            format!(
+                "spec.{field} cannot change after creation (spec is immutable except reviews); \
              create a new ElevationRequest instead"
-        ));
+            ),
+        );
     }
     let changed: Vec<&str> = changed_review_keys(&old.spec, &new.spec);
     if changed.is_empty() {
@@ -129,15 +141,18 @@ pub fn request_update(
         return Verdict::Allow;
     }
     if caller.username.is_empty() {
-        return deny(NO_USERNAME);
+        return deny(Reason::NoUsername, NO_USERNAME);
     }
     let name = old.metadata.name.as_deref().unwrap_or("");
     if let Some(other) = changed.iter().find(|k| **k != caller.username) {
-        return deny(format!(
-            "you ({me}) may only add, change or remove your own review, \
+        return deny(
+            Reason::OthersReview,
+            format!(
+                "you ({me}) may only add, change or remove your own review, \
              spec.reviews[\"{me}\"]; the review by {other} is theirs alone to write",
-            me = caller.username
-        ));
+                me = caller.username
+            ),
+        );
     }
     let group = approver_group(old, policy, control);
     if old.spec.requester.as_deref() == Some(caller.username) {
@@ -145,22 +160,28 @@ pub fn request_update(
             Ok(g) => format!("a member of group {g}"),
             Err(_) => "a member of its approver group".to_owned(),
         };
-        return deny(format!(
-            "you ({}) requested ElevationRequest {name}, and nobody can review their own \
+        return deny(
+            Reason::SelfReview,
+            format!(
+                "you ({}) requested ElevationRequest {name}, and nobody can review their own \
              request; {who} must review it",
-            caller.username
-        ));
+                caller.username
+            ),
+        );
     }
     let group = match group {
         Ok(g) => g,
         Err(v) => return v,
     };
     if !caller.in_group(&group) {
-        return deny(format!(
-            "only members of group {group} may review ElevationRequest {name}, and you ({}) are \
+        return deny(
+            Reason::NotAnApprover,
+            format!(
+                "only members of group {group} may review ElevationRequest {name}, and you ({}) are \
              not one; ask a member of {group} to review it",
-            caller.username
-        ));
+                caller.username
+            ),
+        );
     }
     let phase = old.status.as_ref().and_then(|s| s.phase);
     let new_review = new.spec.reviews.get(caller.username);
@@ -228,15 +249,17 @@ fn approver_group(
     match (recorded, current) {
         // While Pending the operator re-resolves the group on every pass: refuse during the
         // short window where the policy (or the control) has moved on but the status has not.
-        (Some(r), Some(c)) if r != c && matches!(phase, None | Some(Phase::Pending)) => {
-            Err(deny(format!(
+        (Some(r), Some(c)) if r != c && matches!(phase, None | Some(Phase::Pending)) => Err(deny(
+            Reason::ApproverGroupChanging,
+            format!(
                 "the approver group of this request is changing from {r} to {c} (its \
                  AccessPolicy or the control was edited); try again in a few seconds"
-            )))
-        }
+            ),
+        )),
         (Some(r), _) => Ok(r),
         (None, Some(c)) => Ok(c),
         (None, None) => Err(deny(
+            Reason::ApproverGroupUnknown,
             "the request has not been processed yet, so its approver group is not known; try \
              again in a few seconds",
         )),
@@ -246,26 +269,36 @@ fn approver_group(
 /// Whether the caller's new review (or its removal, `None`) fits the phase.
 fn fits_phase(name: &str, phase: Option<Phase>, decision: Option<ReviewDecision>) -> Verdict {
     match (phase, decision) {
-        (Some(p), _) if p.is_final() => deny(format!(
-            "ElevationRequest {name} is {p}, which is final: its reviews are part of the record \
+        (Some(p), _) if p.is_final() => deny(
+            Reason::PhaseFinal,
+            format!(
+                "ElevationRequest {name} is {p}, which is final: its reviews are part of the record \
              and cannot change; the requester may create a new request"
-        )),
+            ),
+        ),
         (
             None | Some(Phase::Pending),
             None | Some(ReviewDecision::Approve | ReviewDecision::Deny),
         )
         | (Some(Phase::Approved), Some(ReviewDecision::Revoke)) => Verdict::Allow,
-        (None | Some(Phase::Pending), Some(ReviewDecision::Revoke)) => deny(format!(
-            "ElevationRequest {name} is Pending, so there is no approval to revoke; use decision \
+        (None | Some(Phase::Pending), Some(ReviewDecision::Revoke)) => deny(
+            Reason::NothingToRevoke,
+            format!(
+                "ElevationRequest {name} is Pending, so there is no approval to revoke; use decision \
              Deny to refuse it"
-        )),
-        (Some(Phase::Approved), _) => deny(format!(
-            "ElevationRequest {name} is already Approved: the only review that can still be \
+            ),
+        ),
+        (Some(Phase::Approved), _) => deny(
+            Reason::AlreadyApproved,
+            format!(
+                "ElevationRequest {name} is already Approved: the only review that can still be \
              recorded is your own with decision Revoke, which ends the grant early"
-        )),
+            ),
+        ),
         // Final phases are handled by the first arm.
-        (Some(Phase::Denied | Phase::Expired | Phase::Revoked), _) => deny(format!(
-            "ElevationRequest {name} is final; its reviews cannot change"
-        )),
+        (Some(Phase::Denied | Phase::Expired | Phase::Revoked), _) => deny(
+            Reason::PhaseFinal,
+            format!("ElevationRequest {name} is final; its reviews cannot change"),
+        ),
     }
 }

@@ -8,12 +8,13 @@ use std::borrow::Borrow;
 use kube::Resource;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::response::{StatusCause, StatusDetails};
 use serde::de::DeserializeOwned;
 
 use super::guard::GuardVerdict;
 use super::policy::{policy_create, policy_update};
 use super::request::{request_create, request_create_validate, request_update};
-use super::{Caller, Verdict, deny};
+use super::{Caller, Reason, Refusal, Verdict, deny};
 use crate::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl};
 
 /// Audit annotation naming the ElevationRequest that allowed a guarded operation (the API
@@ -62,6 +63,20 @@ impl Error {
             Self::NoRequest | Self::MissingObject { .. } | Self::Decode { .. } => None,
         }
     }
+
+    /// The refusal code: [`Reason::MalformedReview`] for a body that is not a review with a
+    /// request, [`Reason::MalformedObject`] for an object that is missing or does not decode.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Malformed { .. } | Self::NoRequest => Reason::MalformedReview,
+            Self::MissingObject { .. } | Self::Decode { .. } => Reason::MalformedObject,
+        }
+    }
+
+    /// The error as a refusal.
+    fn refusal(&self) -> Verdict {
+        deny(self.reason(), self.to_string())
+    }
 }
 
 /// Parse a webhook body into its request.
@@ -106,21 +121,34 @@ where
     })
 }
 
-/// The response to a request for a verdict.
 /// A refusal as `kubectl` shows one: `Error from server (Forbidden): ...`
-/// (without a code the API server would report 400 Bad Request).
-fn forbid(response: AdmissionResponse, message: impl ToString) -> AdmissionResponse {
-    let mut response = response.deny(message);
+/// (without a code the API server would report 400 Bad Request). The refusal's code is the
+/// reason of the status's one cause, for clients that act on it.
+fn forbid(response: AdmissionResponse, refusal: &Refusal) -> AdmissionResponse {
+    let mut response = response.deny(&refusal.message);
     response.result.code = 403;
     "Forbidden".clone_into(&mut response.result.reason);
+    response.result.details = Some(StatusDetails {
+        name: String::new(),
+        group: String::new(),
+        kind: String::new(),
+        uid: String::new(),
+        causes: vec![StatusCause {
+            reason: refusal.reason.as_str().to_owned(),
+            message: String::new(),
+            field: String::new(),
+        }],
+        retry_after_seconds: 0,
+    });
     response
 }
 
+/// The response to a request for a verdict.
 pub fn respond<T: Resource>(req: &AdmissionRequest<T>, verdict: Verdict) -> AdmissionResponse {
     let response = AdmissionResponse::from(req);
     match verdict {
         Verdict::Allow => response,
-        Verdict::Deny(message) => forbid(response, message),
+        Verdict::Deny(refusal) => forbid(response, &refusal),
         Verdict::Patch(patch) => match response.clone().with_patch(patch) {
             Ok(patched) => patched,
             Err(e) => response.deny(format!("kubepam could not encode its patch: {e}")),
@@ -142,7 +170,7 @@ pub fn respond_guard<T: Resource>(
                 .audit_annotations
                 .insert(AUDIT_REQUEST.to_owned(), request.clone());
         }
-        GuardVerdict::Denied(message) => response = forbid(response, message),
+        GuardVerdict::Denied(refusal) => response = forbid(response, refusal),
     }
     response
 }
@@ -201,12 +229,12 @@ where
         Operation::Create => match decode::<ElevationRequest>(req, false) {
             Ok(new) if pass == Pass::Mutating => request_create(&caller, &new),
             Ok(new) => request_create_validate(&caller, &new),
-            Err(e) => deny(e.to_string()),
+            Err(e) => e.refusal(),
         },
         Operation::Update => {
             let (old, new) = match (decode(req, true), decode(req, false)) {
                 (Ok(old), Ok(new)) => (old, new),
-                (Err(e), _) | (_, Err(e)) => return deny(e.to_string()),
+                (Err(e), _) | (_, Err(e)) => return e.refusal(),
             };
             let old: ElevationRequest = old;
             let policy = policy(&old.spec.policy);
@@ -232,11 +260,11 @@ pub fn admit_access_policy(
     match req.operation {
         Operation::Create => match decode::<AccessPolicy>(req, false) {
             Ok(p) => policy_create(&p, live_policies()),
-            Err(e) => deny(e.to_string()),
+            Err(e) => e.refusal(),
         },
         Operation::Update => match decode::<AccessPolicy>(req, false) {
             Ok(p) => policy_update(&p),
-            Err(e) => deny(e.to_string()),
+            Err(e) => e.refusal(),
         },
         Operation::Delete | Operation::Connect => Verdict::Allow,
     }

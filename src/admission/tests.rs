@@ -25,10 +25,16 @@ fn accepts(v: &Verdict) {
 }
 
 #[track_caller]
-fn rejects(v: &Verdict, needle: &str) {
+fn rejects(v: &Verdict, reason: Reason, needle: &str) {
     match v {
-        Verdict::Deny(m) => assert!(m.contains(needle), "message {m:?} lacks {needle:?}"),
-        other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
+        Verdict::Deny(Refusal { reason: r, message }) => {
+            assert_eq!(*r, reason, "reason of {message:?}");
+            assert!(
+                message.contains(needle),
+                "message {message:?} lacks {needle:?}"
+            );
+        }
+        other => panic!("expected a {reason:?} refusal containing {needle:?}, got {other:?}"),
     }
 }
 
@@ -121,6 +127,7 @@ fn create_without_requester_is_patched_to_the_caller() {
     // The validating pass refuses the same object: the mutating webhook did not run.
     rejects(
         &request_create_validate(&caller("alice", &[]), &er(spec, json!({}))),
+        Reason::RequesterNotSet,
         "spec.requester is not set",
     );
 }
@@ -159,9 +166,14 @@ fn create_in_someone_elses_name_is_refused() {
     let v = request_create(&caller("mallory", &[]), &er(base_spec(), json!({})));
     rejects(
         &v,
+        Reason::ForgedRequester,
         "spec.requester must be your own username (mallory), or be left out",
     );
-    rejects(&v, "never be made in someone else's name");
+    rejects(
+        &v,
+        Reason::ForgedRequester,
+        "never be made in someone else's name",
+    );
 }
 
 #[test]
@@ -169,6 +181,7 @@ fn create_with_reviews_is_refused() {
     let spec = with_reviews(json!({"bob": {"decision": "Approve"}}));
     rejects(
         &request_create(&caller("alice", &[]), &er(spec, json!({}))),
+        Reason::ReviewsAtCreation,
         "spec.reviews must be empty when a request is created",
     );
 }
@@ -179,10 +192,12 @@ fn create_with_bad_duration_or_no_username_is_refused() {
     spec["duration"] = json!("0s");
     rejects(
         &request_create(&caller("alice", &[]), &er(spec, json!({}))),
+        Reason::InvalidDuration,
         "spec.duration",
     );
     rejects(
         &request_create(&caller("", &[]), &er(base_spec(), json!({}))),
+        Reason::NoUsername,
         "no username",
     );
 }
@@ -238,12 +253,14 @@ fn writing_someone_elses_review_is_refused() {
             (base_spec(), pending()),
             with_reviews(json!({"carol": {"decision": "Approve"}})),
         ),
+        Reason::OthersReview,
         "the review by carol is theirs alone",
     );
     // Removing someone else's review too.
     let old = with_reviews(json!({"carol": {"decision": "Deny"}}));
     rejects(
         &update("bob", &["approvers"], (old, pending()), base_spec()),
+        Reason::OthersReview,
         "the review by carol",
     );
 }
@@ -257,6 +274,7 @@ fn requester_cannot_review_own_request() {
             (base_spec(), pending()),
             with_reviews(json!({"alice": {"decision": "Approve"}})),
         ),
+        Reason::SelfReview,
         "nobody can review their own request; a member of group approvers must review it",
     );
 }
@@ -270,6 +288,7 @@ fn non_member_is_refused_with_the_group_named() {
             (base_spec(), pending()),
             with_reviews(json!({"bob": {"decision": "Approve"}})),
         ),
+        Reason::NotAnApprover,
         "only members of group approvers may review",
     );
 }
@@ -280,18 +299,21 @@ fn other_spec_fields_are_immutable() {
     spec["reason"] = json!("changed");
     rejects(
         &update("bob", &["approvers"], (base_spec(), pending()), spec),
+        Reason::SpecImmutable,
         "spec.reason cannot change",
     );
     let mut spec = base_spec();
     spec["requester"] = json!("bob");
     rejects(
         &update("bob", &["approvers"], (base_spec(), pending()), spec),
+        Reason::SpecImmutable,
         "spec.requester cannot change",
     );
     let mut spec = base_spec();
     spec["duration"] = json!("8h");
     rejects(
         &update("alice", &[], (base_spec(), pending()), spec),
+        Reason::SpecImmutable,
         "spec.duration",
     );
 }
@@ -323,6 +345,7 @@ fn decisions_must_fit_the_phase() {
             (base_spec(), pending()),
             revoke.clone(),
         ),
+        Reason::NothingToRevoke,
         "no approval to revoke; use decision Deny",
     );
     // No phase yet counts as Pending (the group is then known from the status).
@@ -345,6 +368,7 @@ fn decisions_must_fit_the_phase() {
             (approve.clone(), approved.clone()),
             with_reviews(json!({"bob": {"decision": "Approve"}, "carol": {"decision": "Approve"}})),
         ),
+        Reason::AlreadyApproved,
         "already Approved",
     );
     rejects(
@@ -354,6 +378,7 @@ fn decisions_must_fit_the_phase() {
             (approve.clone(), approved),
             base_spec(),
         ),
+        Reason::AlreadyApproved,
         "already Approved",
     );
     for phase in ["Denied", "Expired", "Revoked"] {
@@ -367,6 +392,7 @@ fn decisions_must_fit_the_phase() {
                     json!({"bob": {"decision": "Approve"}, "carol": {"decision": "Revoke"}}),
                 ),
             ),
+            Reason::PhaseFinal,
             "which is final",
         );
         rejects(
@@ -376,6 +402,7 @@ fn decisions_must_fit_the_phase() {
                 (approve.clone(), status),
                 base_spec(),
             ),
+            Reason::PhaseFinal,
             "which is final",
         );
     }
@@ -394,6 +421,7 @@ fn approver_group_falls_back_to_policy_then_control() {
     // Nothing known: not processed yet.
     rejects(
         &request_update(&bob, &old, &new, None, None),
+        Reason::ApproverGroupUnknown,
         "has not been processed yet",
     );
     let p = policy(
@@ -411,6 +439,7 @@ fn approver_group_falls_back_to_policy_then_control() {
     let c = control(true, &[]);
     rejects(
         &request_update(&bob, &old, &new, Some(&p2), Some(&c)),
+        Reason::NotAnApprover,
         "only members of group default-approvers",
     );
     let dgs = groups(&["default-approvers"]);
@@ -453,6 +482,7 @@ fn a_changing_approver_group_is_refused_while_pending() {
     );
     rejects(
         &request_update(&caller("bob", &gs), &old, &new, Some(&p), None),
+        Reason::ApproverGroupChanging,
         "changing from old-group to new-group",
     );
 }
@@ -469,9 +499,10 @@ fn policy_limit_is_enforced_at_create_only() {
     accepts(&policy_create(&p, 29));
     rejects(
         &policy_create(&p, 30),
+        Reason::PolicyLimit,
         "kubepam accepts at most 30 AccessPolicies per cluster and 30 exist; delete one",
     );
-    rejects(&policy_create(&p, 45), "45 exist");
+    rejects(&policy_create(&p, 45), Reason::PolicyLimit, "45 exist");
     accepts(&policy_update(&p));
 }
 
@@ -483,38 +514,45 @@ fn policy_type_and_fields_must_agree() {
     )));
     rejects(
         &policy_update(&ap(json!({"type": "Task", "approvalType": "Manual"}))),
+        Reason::InvalidPolicy,
         "type Task needs task",
     );
     rejects(
         &policy_update(&ap(
             json!({"type": "Task", "task": task, "role": "admin", "approvalType": "Manual"}),
         )),
+        Reason::InvalidPolicy,
         "type Task needs task",
     );
     rejects(
         &policy_update(&ap(json!({"type": "Role", "approvalType": "Auto"}))),
+        Reason::InvalidPolicy,
         "type Role needs role",
     );
     rejects(
         &policy_update(&ap(
             json!({"type": "Role", "role": "a", "roles": ["b"], "approvalType": "Auto"}),
         )),
+        Reason::InvalidPolicy,
         "type Role needs role",
     );
     rejects(
         &policy_update(&ap(
             json!({"type": "Role", "role": " ", "approvalType": "Auto"}),
         )),
+        Reason::InvalidPolicy,
         "role must name a ClusterRole",
     );
     rejects(
         &policy_update(&ap(json!({"type": "RoleGroup", "approvalType": "Auto"}))),
+        Reason::InvalidPolicy,
         "type RoleGroup needs a non-empty roles list",
     );
     rejects(
         &policy_update(&ap(
             json!({"type": "RoleGroup", "roles": ["a", ""], "approvalType": "Auto"}),
         )),
+        Reason::InvalidPolicy,
         "roles must not contain empty names",
     );
     accepts(&policy_update(&ap(
@@ -537,6 +575,7 @@ fn policy_task_durations_and_approvals_are_checked() {
             json!({"verbs": [], "apiGroups": [""], "resources": ["pods"]}),
             json!({}),
         )),
+        Reason::InvalidPolicy,
         "task.verbs must list at least one verb",
     );
     rejects(
@@ -544,6 +583,7 @@ fn policy_task_durations_and_approvals_are_checked() {
             json!({"verbs": ["delete"], "apiGroups": [], "resources": ["pods"]}),
             json!({}),
         )),
+        Reason::InvalidPolicy,
         "task.apiGroups",
     );
     rejects(
@@ -551,14 +591,17 @@ fn policy_task_durations_and_approvals_are_checked() {
             json!({"verbs": ["delete"], "apiGroups": [""], "resources": []}),
             json!({}),
         )),
+        Reason::InvalidPolicy,
         "task.resources",
     );
     rejects(
         &policy_update(&spec(good.clone(), json!({"maxDuration": "4x"}))),
+        Reason::InvalidPolicy,
         "maxDuration: invalid duration \"4x\"",
     );
     rejects(
         &policy_update(&spec(good.clone(), json!({"maxDuration": "0s"}))),
+        Reason::InvalidPolicy,
         "maxDuration",
     );
     accepts(&policy_update(&spec(
@@ -567,14 +610,17 @@ fn policy_task_durations_and_approvals_are_checked() {
     )));
     rejects(
         &policy_update(&spec(good.clone(), json!({"requiredApprovals": 0}))),
+        Reason::InvalidPolicy,
         "requiredApprovals must be at least 1",
     );
     rejects(
         &policy_update(&spec(good.clone(), json!({"approverGroup": " "}))),
+        Reason::InvalidPolicy,
         "approverGroup must name",
     );
     rejects(
         &policy_update(&spec(good, json!({"scope": {"namespaces": ["prod", ""]}}))),
+        Reason::InvalidPolicy,
         "scope.namespaces",
     );
 }
@@ -696,14 +742,18 @@ fn guard_denies_without_a_request_and_says_how_to_ask() {
     let c = control(true, &[]);
     let gs = groups(&["system:masters"]);
     let admin = caller("admin", &gs);
-    let GuardVerdict::Denied(m) = guard(
+    let GuardVerdict::Denied(Refusal {
+        reason: Reason::NoGrant,
+        message: m,
+    }) = guard(
         &delete_deploy(Some("prod"), Some("web")),
         &admin,
         [&p],
         [],
         Some(&c),
         now(),
-    ) else {
+    )
+    else {
         panic!("a cluster-admin without a request must be refused");
     };
     assert!(m.starts_with("delete deployments.apps \"web\" in namespace prod is a privileged task (AccessPolicy prod-delete-deployments)"), "{m}");
@@ -850,14 +900,18 @@ fn guard_mentions_a_pending_request() {
     );
     let mut r = r;
     r.spec.policy = "prod-delete".into();
-    let GuardVerdict::Denied(m) = guard(
+    let GuardVerdict::Denied(Refusal {
+        reason: Reason::NoGrant,
+        message: m,
+    }) = guard(
         &delete_deploy(Some("prod"), None),
         &caller("alice", &gs),
         [&p],
         [&r],
         Some(&c),
         now(),
-    ) else {
+    )
+    else {
         panic!()
     };
     assert!(
@@ -912,7 +966,7 @@ fn guard_maps_update_patch_collections_and_connect() {
         collection: false,
     };
     assert!(
-        matches!(guard(&op, &alice, [&exec], [], Some(&c), now()), GuardVerdict::Denied(ref m) if m.starts_with("create pods/exec \"db-0\" in namespace prod"))
+        matches!(guard(&op, &alice, [&exec], [], Some(&c), now()), GuardVerdict::Denied(ref m) if m.message.starts_with("create pods/exec \"db-0\" in namespace prod"))
     );
     let r = approved_request(
         "r",
@@ -1149,9 +1203,24 @@ fn envelope_validates_an_update_with_the_policy_looked_up() {
     );
     assert_eq!(v, Verdict::Allow);
     assert_eq!(asked.as_deref(), Some("prod-delete"));
-    let denied = respond(&req, Verdict::Deny("no".into()));
+    let denied = respond(&req, deny(Reason::NotAnApprover, "no"));
     assert!(!denied.allowed);
     assert_eq!(denied.result.message, "no");
+    assert_refusal_status(&denied.result, Reason::NotAnApprover);
+}
+
+/// A refusal is a 403 Forbidden whose one cause carries the reason code.
+#[track_caller]
+fn assert_refusal_status(status: &kube::core::Status, reason: Reason) {
+    assert_eq!(status.code, 403);
+    assert_eq!(status.reason, "Forbidden");
+    let causes: Vec<&str> = status
+        .details
+        .iter()
+        .flat_map(|d| &d.causes)
+        .map(|c| c.reason.as_str())
+        .collect();
+    assert_eq!(causes, [reason.as_str()]);
 }
 
 #[test]
@@ -1165,6 +1234,7 @@ fn envelope_refuses_objects_that_do_not_decode() {
     );
     rejects(
         &admit_elevation_request(&req, Pass::Mutating, |_| None::<AccessPolicy>, None),
+        Reason::MalformedObject,
         "object is not a valid ElevationRequest",
     );
     let req = er_request(
@@ -1176,11 +1246,13 @@ fn envelope_refuses_objects_that_do_not_decode() {
     );
     rejects(
         &admit_elevation_request(&req, Pass::Validating, |_| None::<AccessPolicy>, None),
+        Reason::MalformedObject,
         "the admission request has no oldObject",
     );
     let req = er_request("CREATE", "alice", &[], json!({"spec": []}), Value::Null);
     rejects(
         &admit_access_policy(&req, || 0),
+        Reason::MalformedObject,
         "object is not a valid AccessPolicy",
     );
 }
@@ -1197,6 +1269,7 @@ fn envelope_counts_policies_only_on_create() {
     };
     rejects(
         &admit_access_policy(&mk("CREATE"), || 30),
+        Reason::PolicyLimit,
         "at most 30 AccessPolicies per cluster and 30 exist",
     );
     accepts(&admit_access_policy(&mk("UPDATE"), || {
@@ -1243,7 +1316,288 @@ fn guard_response_names_the_request_in_the_audit_log() {
             .map(String::as_str),
         Some("r-alice")
     );
-    let resp = respond_guard(&req, &GuardVerdict::Denied("nope".into()));
+    let resp = respond_guard(
+        &req,
+        &GuardVerdict::Denied(Refusal::new(Reason::NoGrant, "nope")),
+    );
     assert!(!resp.allowed);
     assert_eq!(resp.result.message, "nope");
+    assert_refusal_status(&resp.result, Reason::NoGrant);
+}
+
+// ---------------------------------------------------------------- reason codes
+
+#[test]
+fn reason_codes_are_distinct_upper_camel_case() {
+    let codes: std::collections::BTreeSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(codes.len(), Reason::ALL.len(), "codes must be distinct");
+    for reason in Reason::ALL {
+        let code = reason.as_str();
+        assert_eq!(
+            format!("{reason:?}"),
+            code,
+            "the code is the variant's name"
+        );
+        assert!(
+            code.starts_with(|c: char| c.is_ascii_uppercase())
+                && code.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{code} is not UpperCamelCase"
+        );
+    }
+    let refusal = Refusal::new(Reason::NoGrant, "why");
+    assert_eq!(refusal.to_string(), "why", "displays as its message");
+}
+
+/// Every refusal path, one scenario each, with the code it must carry. Only
+/// [`Reason::NotReady`] is missing: the webhook transport refuses with it before any rule runs.
+#[test]
+#[allow(clippy::too_many_lines)]
+fn each_refusal_path_yields_its_reason() {
+    let code = |v: Verdict| v.refusal().map(|r| r.reason);
+    let approvers = groups(&["approvers"]);
+    let no_groups = groups(&[]);
+    let alice = caller("alice", &no_groups);
+    let bob = caller("bob", &approvers);
+    let mut no_requester = base_spec();
+    no_requester.as_object_mut().unwrap().remove("requester");
+    let mut bad_duration = base_spec();
+    bad_duration["duration"] = json!("0s");
+    let mut changed_reason = base_spec();
+    changed_reason["reason"] = json!("changed");
+    let approve = |who: &str| with_reviews(json!({ who: {"decision": "Approve"} }));
+    let revoke = with_reviews(json!({"bob": {"decision": "Revoke"}}));
+    let approved = json!({"phase": "Approved", "approverGroup": "approvers"});
+    let unprocessed = er(base_spec(), json!({}));
+    let mut reviewed = unprocessed.clone();
+    reviewed.spec.reviews =
+        serde_json::from_value(json!({"bob": {"decision": "Approve"}})).unwrap();
+    let moved = policy(
+        "prod-delete",
+        json!({"type": "Role", "role": "admin", "approvalType": "Manual", "approverGroup": "new"}),
+        true,
+    );
+    let role = ap(json!({"type": "Role", "role": "admin", "approvalType": "Manual"}));
+    let guarded = task_policy(
+        "prod-delete",
+        &["delete"],
+        "apps",
+        &["deployments"],
+        &["prod"],
+    );
+    let guard_code = |verdict: GuardVerdict| verdict.refusal().map(|r| r.reason);
+    let undecodable = er_request("CREATE", "alice", &[], json!({"spec": []}), Value::Null);
+
+    let create =
+        |who: &str, spec: Value| code(request_create(&caller(who, &[]), &er(spec, json!({}))));
+    let validate = |who: &str, spec: Value| {
+        code(request_create_validate(
+            &caller(who, &[]),
+            &er(spec, json!({})),
+        ))
+    };
+
+    let table: Vec<(&str, Option<Reason>, Reason)> = vec![
+        (
+            "create without a username",
+            create("", base_spec()),
+            Reason::NoUsername,
+        ),
+        (
+            "update without a username",
+            code(update("", &[], (base_spec(), pending()), approve(""))),
+            Reason::NoUsername,
+        ),
+        (
+            "create in someone else's name",
+            create("mallory", base_spec()),
+            Reason::ForgedRequester,
+        ),
+        (
+            "validating pass, in someone else's name",
+            validate("mallory", base_spec()),
+            Reason::ForgedRequester,
+        ),
+        (
+            "validating pass without a requester",
+            validate("alice", no_requester),
+            Reason::RequesterNotSet,
+        ),
+        (
+            "create with reviews",
+            create("alice", approve("bob")),
+            Reason::ReviewsAtCreation,
+        ),
+        (
+            "create with a bad duration",
+            create("alice", bad_duration),
+            Reason::InvalidDuration,
+        ),
+        (
+            "a changed spec field",
+            code(update(
+                "bob",
+                &["approvers"],
+                (base_spec(), pending()),
+                changed_reason,
+            )),
+            Reason::SpecImmutable,
+        ),
+        (
+            "someone else's review",
+            code(update(
+                "bob",
+                &["approvers"],
+                (base_spec(), pending()),
+                approve("carol"),
+            )),
+            Reason::OthersReview,
+        ),
+        (
+            "the requester's own review",
+            code(update(
+                "alice",
+                &["approvers"],
+                (base_spec(), pending()),
+                approve("alice"),
+            )),
+            Reason::SelfReview,
+        ),
+        (
+            "a reviewer outside the group",
+            code(update(
+                "bob",
+                &["devs"],
+                (base_spec(), pending()),
+                approve("bob"),
+            )),
+            Reason::NotAnApprover,
+        ),
+        (
+            "a group being re-resolved",
+            code(request_update(
+                &caller("bob", &groups(&["approvers"])),
+                &er(base_spec(), pending()),
+                &{
+                    let mut n = er(base_spec(), pending());
+                    n.spec.reviews = reviewed.spec.reviews.clone();
+                    n
+                },
+                Some(&moved),
+                None,
+            )),
+            Reason::ApproverGroupChanging,
+        ),
+        (
+            "a request not processed yet",
+            code(request_update(&bob, &unprocessed, &reviewed, None, None)),
+            Reason::ApproverGroupUnknown,
+        ),
+        (
+            "a review of a final request",
+            code(update(
+                "bob",
+                &["approvers"],
+                (
+                    base_spec(),
+                    json!({"phase": "Expired", "approverGroup": "approvers"}),
+                ),
+                approve("bob"),
+            )),
+            Reason::PhaseFinal,
+        ),
+        (
+            "a revoke while pending",
+            code(update(
+                "bob",
+                &["approvers"],
+                (base_spec(), pending()),
+                revoke,
+            )),
+            Reason::NothingToRevoke,
+        ),
+        (
+            "an approval once approved",
+            code(update(
+                "bob",
+                &["approvers"],
+                (base_spec(), approved),
+                approve("bob"),
+            )),
+            Reason::AlreadyApproved,
+        ),
+        (
+            "one policy too many",
+            code(policy_create(&role, 30)),
+            Reason::PolicyLimit,
+        ),
+        (
+            "a policy spec that cannot work (create)",
+            code(policy_create(
+                &ap(json!({"type": "Role", "approvalType": "Auto"})),
+                0,
+            )),
+            Reason::InvalidPolicy,
+        ),
+        (
+            "a policy spec that cannot work (update)",
+            code(policy_update(&ap(
+                json!({"type": "RoleGroup", "approvalType": "Auto"}),
+            ))),
+            Reason::InvalidPolicy,
+        ),
+        (
+            "an object that does not decode",
+            code(admit_access_policy(&undecodable, || 0)),
+            Reason::MalformedObject,
+        ),
+        (
+            "an update without its old object",
+            code(admit_elevation_request(
+                &er_request(
+                    "UPDATE",
+                    "alice",
+                    &[],
+                    er_object(base_spec(), json!({})),
+                    Value::Null,
+                ),
+                Pass::Validating,
+                |_| None::<AccessPolicy>,
+                None,
+            )),
+            Reason::MalformedObject,
+        ),
+        (
+            "a body that is not a review",
+            parse_review(b"not json").err().map(|e| e.reason()),
+            Reason::MalformedReview,
+        ),
+        (
+            "a review without a request",
+            parse_review(br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#)
+                .err()
+                .map(|e| e.reason()),
+            Reason::MalformedReview,
+        ),
+        (
+            "a guarded operation without a grant",
+            guard_code(guard(
+                &delete_deploy(Some("prod"), Some("web")),
+                &alice,
+                [&guarded],
+                [],
+                Some(&control(true, &[])),
+                now(),
+            )),
+            Reason::NoGrant,
+        ),
+    ];
+    for (scenario, got, want) in &table {
+        assert_eq!(*got, Some(*want), "{scenario}");
+    }
+    let covered: std::collections::BTreeSet<Reason> = table.iter().map(|(_, _, r)| *r).collect();
+    let missing: Vec<Reason> = Reason::ALL
+        .into_iter()
+        .filter(|r| !covered.contains(r) && *r != Reason::NotReady)
+        .collect();
+    assert!(missing.is_empty(), "no scenario for {missing:?}");
 }

@@ -21,7 +21,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 
-use crate::admission::{self, Caller, GuardOperation, GuardVerdict, Pass, Verdict};
+use crate::admission::{
+    self, Caller, GuardOperation, GuardVerdict, Pass, Reason, Refusal, Verdict,
+};
 use crate::api::AccessPolicy;
 use crate::controller::Context;
 use crate::controller::executions::{Recorder, Use};
@@ -92,16 +94,19 @@ fn reply(response: AdmissionResponse) -> Response {
         .into_response()
 }
 
-/// Counts and times an answered review.
-fn observe(state: &AppState, webhook: &str, start: std::time::Instant, allowed: bool) {
+/// Counts and times an answered review, and counts its refusal by reason.
+fn observe(state: &AppState, webhook: &str, start: std::time::Instant, refusal: Option<&Refusal>) {
     let metrics = &state.ctx.metrics;
     metrics
         .admission_requests
         .get_or_create(&crate::metrics::AdmissionLabels {
             webhook: webhook.to_owned(),
-            allowed: allowed.to_string(),
+            allowed: refusal.is_none().to_string(),
         })
         .inc();
+    if let Some(refusal) = refusal {
+        count_refusal(state, webhook, refusal.reason);
+    }
     metrics
         .admission_duration
         .get_or_create(&crate::metrics::WebhookLabels {
@@ -110,31 +115,48 @@ fn observe(state: &AppState, webhook: &str, start: std::time::Instant, allowed: 
         .observe(start.elapsed().as_secs_f64());
 }
 
+/// Counts a refusal by `webhook` for `reason` (`kubepam_admission_refusals_total`).
+fn count_refusal(state: &AppState, webhook: &str, reason: Reason) {
+    state
+        .ctx
+        .metrics
+        .admission_refusals
+        .get_or_create(&crate::metrics::RefusalLabels {
+            webhook: webhook.to_owned(),
+            reason: reason.as_str().to_owned(),
+        })
+        .inc();
+}
+
 /// Parses the review, or answers a well-formed error for a malformed body.
 fn with_request(
+    state: &AppState,
+    webhook: &str,
     body: &[u8],
     decide: impl FnOnce(&AdmissionRequest<DynamicObject>) -> AdmissionResponse,
 ) -> Response {
     match admission::parse_review(body) {
         Ok(request) => reply(decide(&request)),
-        Err(error) => malformed(&error),
+        Err(error) => malformed(state, webhook, &error),
     }
 }
 
 /// A well-formed error answer for a body that is not an `AdmissionReview`.
-fn malformed(error: &admission::Error) -> Response {
-    warn!(%error, "malformed admission review");
+fn malformed(state: &AppState, webhook: &str, error: &admission::Error) -> Response {
+    warn!(%error, webhook, "malformed admission review");
+    count_refusal(state, webhook, error.reason());
     reply(admission::invalid(error))
 }
 
 fn log_denial(kind: &str, request: &AdmissionRequest<DynamicObject>, verdict: &Verdict) {
-    if let Verdict::Deny(message) = verdict {
+    if let Verdict::Deny(refusal) = verdict {
         info!(
             kind,
             name = %request.name,
             user = request.user_info.username.as_deref().unwrap_or_default(),
             operation = ?request.operation,
-            reason = %message,
+            code = refusal.reason.as_str(),
+            reason = %refusal.message,
             "admission refused"
         );
     }
@@ -146,7 +168,7 @@ fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
         Pass::Mutating => "requester",
         Pass::Validating => "reviews",
     };
-    with_request(body, |request| {
+    with_request(state, webhook, body, |request| {
         let control = state.ctx.control();
         let verdict = admission::admit_elevation_request(
             request,
@@ -155,7 +177,7 @@ fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
             control.as_deref(),
         );
         log_denial("ElevationRequest", request, &verdict);
-        observe(state, webhook, start, verdict.is_allowed());
+        observe(state, webhook, start, verdict.refusal());
         admission::respond(request, verdict)
     })
 }
@@ -172,7 +194,7 @@ async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Respon
     let start = std::time::Instant::now();
     let request = match admission::parse_review(&body) {
         Ok(request) => request,
-        Err(error) => return malformed(&error),
+        Err(error) => return malformed(&state, "policies", &error),
     };
     // The count comes from the API server, not the cache, so two creates in
     // quick succession see each other (the controller settles true races).
@@ -193,7 +215,7 @@ async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Respon
         })
     });
     log_denial("AccessPolicy", &request, &verdict);
-    observe(&state, "policies", start, verdict.is_allowed());
+    observe(&state, "policies", start, verdict.refusal());
     let warnings = match admission::decode::<AccessPolicy>(&request, false) {
         Ok(policy) if verdict.is_allowed() => admission::policy_warnings(&policy),
         _ => Vec::new(),
@@ -225,11 +247,14 @@ async fn count_live_policies(ctx: &Context) -> Option<usize> {
 
 async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
     let start = std::time::Instant::now();
-    with_request(&body, |request| {
+    with_request(&state, "guard", &body, |request| {
         if !state.ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
-            let verdict = GuardVerdict::Denied(
-                "kubepam is starting and cannot yet tell whether you hold a grant; try again in a few seconds".into(),
-            );
+            let verdict = GuardVerdict::Denied(Refusal::new(
+                Reason::NotReady,
+                "kubepam is starting and cannot yet tell whether you hold a grant; try again in a \
+                 few seconds",
+            ));
+            count_refusal(&state, "guard", Reason::NotReady);
             return admission::respond_guard(request, &verdict);
         }
         let operation = GuardOperation::from_request(request);
@@ -255,22 +280,18 @@ async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
                     execution: admission::execution(&operation, &caller, now),
                 });
             }
-            GuardVerdict::Denied(message) => info!(
+            GuardVerdict::Denied(refusal) => info!(
                 user = caller.username,
                 operation = %operation.full_resource(),
                 namespace = operation.namespace.unwrap_or_default(),
                 name = operation.name.unwrap_or_default(),
-                reason = %message,
+                code = refusal.reason.as_str(),
+                reason = %refusal.message,
                 "privileged task refused"
             ),
             _ => {}
         }
-        observe(
-            &state,
-            "guard",
-            start,
-            !matches!(verdict, GuardVerdict::Denied(_)),
-        );
+        observe(&state, "guard", start, verdict.refusal());
         admission::respond_guard(request, &verdict)
     })
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use kube::Api;
+use kube::api::PostParams;
+use kubepam::api::ElevationRequest;
 use serde_json::json;
 
 use crate::pam::{create_policy, create_request, standard_control, task_policy, wait_phase};
@@ -37,6 +40,22 @@ async fn metrics_count_what_happens() {
         Duration::from_secs(15),
     )
     .await;
+    // A request in someone else's name: refused by the mutating webhook.
+    let forged: ElevationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+        "metadata": { "name": format!("{}-forged", ns.name) },
+        "spec": { "policy": policy, "namespace": ns.name, "reason": "m", "requester": "dave" },
+    }))
+    .unwrap();
+    let refused = Api::<ElevationRequest>::all(alice.clone())
+        .create(&PostParams::default(), &forged)
+        .await;
+    // The code reaches the client as the status's cause.
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403
+            && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "ForgedRequester"))),
+        "a forged requester must be refused: {refused:?}"
+    );
 
     let (code, text) = http_get(port, "/metrics").unwrap();
     assert_eq!(code, 200);
@@ -56,6 +75,10 @@ async fn metrics_count_what_happens() {
     );
     assert!(value("kubepam_reconcile_duration_seconds_count{kind=\"ElevationRequest\"}") >= 1.0);
     assert!(text.contains("kubepam_guard_executions_total"));
+    assert!(
+        value("kubepam_admission_refusals_total{webhook=\"requester\",reason=\"ForgedRequester\"}")
+            >= 1.0
+    );
     assert!(value("kubepam_leader") > 0.5, "the only replica leads");
     ns.delete().await;
 }
