@@ -136,16 +136,75 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parse_never_panics(s in ".{0,40}") {
-            let _ = parse(&s);
-        }
-
-        #[test]
         fn parse_never_panics_on_near_misses(s in "[0-9hms]{0,30}") {
             if let Ok(d) = parse(&s) {
                 prop_assert!(d > TimeDelta::zero());
                 prop_assert!(d.num_seconds() <= MAX_SECONDS);
             }
+        }
+
+        #[test]
+        fn every_refused_duration_is_named_and_told_what_to_write(
+            s in prop_oneof![
+                ".{0,40}",
+                "\\PC{0,12}",
+                "-?[0-9]{1,30}[hmsdHx. ]?",
+                "([0-9]{0,22}[hms.,+ -]?){1,6}",
+                "[0-9]{15,40}[hms]",
+            ],
+        ) {
+            match parse(&s) {
+                Ok(d) => {
+                    prop_assert!(d > TimeDelta::zero() && d.num_seconds() <= MAX_SECONDS);
+                    prop_assert!(s.chars().all(|c| c.is_ascii_digit() || matches!(c, 'h' | 'm' | 's')));
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let quoted = format!("{s:?}");
+                    prop_assert!(message.starts_with("invalid duration "), "{message}");
+                    prop_assert!(message.contains(&quoted), "{message} does not name {quoted}");
+                    prop_assert!(
+                        message.contains("s, m or h")
+                            || message.contains("longer than zero")
+                            || message.contains("shorter than 100 years"),
+                        "{message} does not say what is accepted"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn durations_past_100_years_are_refused_as_too_long(
+            excess in 1u128..=u128::from(u64::MAX) * 1000,
+            unit in proptest::sample::select(vec![('h', 3600u128), ('m', 60), ('s', 1)]),
+            prefix in proptest::option::of(1i64..=1000),
+        ) {
+            let (c, secs) = unit;
+            let max = u128::try_from(MAX_SECONDS).unwrap();
+            let n = max / secs + excess;
+            let typed = match prefix {
+                Some(p) => format!("{p}s{n}{c}"),
+                None => format!("{n}{c}"),
+            };
+            prop_assert_eq!(parse(&typed), Err(Error::TooLong(typed.clone())));
+        }
+
+        #[test]
+        fn a_duration_is_the_sum_of_its_parts(
+            parts in proptest::collection::vec((0i64..=1000, proptest::sample::select(vec![('h', 3600i64), ('m', 60), ('s', 1)])), 1..6),
+        ) {
+            let typed = parts.iter().fold(String::new(), |mut out, (n, (c, _))| {
+                out.push_str(&n.to_string());
+                out.push(*c);
+                out
+            });
+            let total: i64 = parts.iter().map(|(n, (_, secs))| n * secs).sum();
+            let expected = if total == 0 {
+                Err(Error::Zero(typed.clone()))
+            } else {
+                Ok(TimeDelta::seconds(total))
+            };
+            prop_assert_eq!(parse(&typed), expected);
         }
 
         #[test]

@@ -49,6 +49,17 @@ pub enum Error {
         /// The request's name.
         request: String,
     },
+    /// A namespace of the scope cannot hold a RoleBinding.
+    #[error(
+        "grant scope of request {request} names namespace {namespace:?}, which is not a \
+         namespace name (lower-case letters, digits and '-', at most 63 characters)"
+    )]
+    InvalidNamespace {
+        /// The request's name.
+        request: String,
+        /// The namespace as written.
+        namespace: String,
+    },
 }
 
 /// The RBAC objects that must exist for one grant.
@@ -150,6 +161,12 @@ pub fn desired_rbac(
     let empty = || Error::EmptyScope {
         request: request_name.to_owned(),
     };
+    if let Some(ns) = scope.namespaces.iter().find(|ns| !is_dns_label(ns)) {
+        return Err(Error::InvalidNamespace {
+            request: request_name.to_owned(),
+            namespace: ns.clone(),
+        });
+    }
     let labels = labels(request_name, request_id);
     let mut out = DesiredRbac::default();
     // (binding name, ClusterRole name) pairs.
@@ -237,21 +254,31 @@ fn hash_suffix(raw: &str) -> String {
     short_hash(raw.as_bytes())
 }
 
+/// Whether `s` has the shape of one DNS-1123 label: lower-case letters, digits and `-`,
+/// starting and ending with a letter or digit.
+fn is_label_shape(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Whether `s` is a DNS-1123 label of at most 63 characters (a namespace name).
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= MAX_LABEL_VALUE_LEN && is_label_shape(s)
+}
+
 /// A valid object name (lower-case DNS subdomain, at most 253 characters) for `raw`: `raw` itself
 /// when already valid, else a cleaned, shortened form plus a hash of `raw`, so distinct inputs
 /// keep distinct names.
 pub fn object_name(raw: &str) -> String {
-    let valid = !raw.is_empty()
-        && raw.len() <= MAX_NAME_LEN
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && raw.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && raw.ends_with(|c: char| c.is_ascii_alphanumeric());
+    // A DNS subdomain is dot-separated labels: a dot sits between two letters or digits.
+    let valid = raw.len() <= MAX_NAME_LEN && raw.split('.').all(is_label_shape);
     if valid {
         return raw.to_owned();
     }
-    let cleaned: String = raw
+    let mut cleaned: Vec<char> = raw
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
@@ -263,6 +290,15 @@ pub fn object_name(raw: &str) -> String {
         })
         .take(MAX_NAME_LEN - 17)
         .collect();
+    for i in 0..cleaned.len() {
+        let between_alphanumerics = i > 0
+            && cleaned[i - 1].is_ascii_alphanumeric()
+            && cleaned.get(i + 1).is_some_and(char::is_ascii_alphanumeric);
+        if cleaned[i] == '.' && !between_alphanumerics {
+            cleaned[i] = '-';
+        }
+    }
+    let cleaned: String = cleaned.into_iter().collect();
     let cleaned = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     let suffix = hash_suffix(raw);
     if cleaned.is_empty() {

@@ -231,5 +231,45 @@ spec: {type: Role, role: admin, approvalType: Manual}
             reversed.reverse();
             prop_assert_eq!(policy_acceptance(&reversed), (accepted, refused));
         }
+
+        #[test]
+        fn a_policys_status_always_says_whether_it_is_in_force_and_why_not(
+            name in prop_oneof![Just(String::new()), "[a-z][-a-z0-9]{0,20}", "\\PC{0,40}"],
+            uid in proptest::option::of(prop_oneof![Just(String::new()), ".{0,40}"]),
+            generation in proptest::option::of(any::<i64>()),
+            within_limit in any::<bool>(),
+            missing in proptest::collection::vec("\\PC{0,20}", 0..4),
+            now in proptest::option::of(-10_000i64..10_000),
+        ) {
+            let mut p = policy(POLICY);
+            p.metadata.name = Some(name);
+            p.metadata.uid = uid;
+            p.metadata.generation = generation;
+            let now = now.map_or(DateTime::<Utc>::MAX_UTC, at);
+            let s = policy_status(&p, within_limit, missing.clone(), now);
+            prop_assert!(s.policy_id.as_deref().is_some_and(|id| !id.is_empty()));
+            prop_assert_eq!(s.observed_generation, generation);
+            prop_assert_eq!(s.conditions.len(), 1);
+            let c = &s.conditions[0];
+            prop_assert_eq!(c.observed_generation, generation);
+            match (within_limit, missing.is_empty()) {
+                (false, _) => {
+                    prop_assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", reason::POLICY_LIMIT_EXCEEDED));
+                    prop_assert!(c.message.contains("at most 30"));
+                }
+                (true, false) => {
+                    prop_assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", reason::ROLE_NOT_FOUND));
+                    for role in &missing {
+                        prop_assert!(c.message.contains(role.as_str()), "{} does not name {role:?}", c.message);
+                    }
+                }
+                (true, true) => prop_assert_eq!(c.status.as_str(), "True"),
+            }
+            // Deciding again later on the written status keeps the id and the transition time.
+            let mut written = p.clone();
+            written.status = Some(s.clone());
+            let later = now.checked_add_signed(TimeDelta::hours(1)).unwrap_or(now);
+            prop_assert_eq!(policy_status(&written, within_limit, missing, later), s);
+        }
     }
 }

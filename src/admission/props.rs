@@ -460,3 +460,152 @@ proptest! {
         exercise(review_around(request).to_string().as_bytes());
     }
 }
+
+// ---------------------------------------------------------------- arbitrary policy specs
+
+/// Strings as people (and broken tools) write them: empty, blank, plausible, anything.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        1 => Just(String::new()),
+        1 => Just("  ".to_owned()),
+        1 => Just("*".to_owned()),
+        3 => "[a-z][-a-z0-9]{0,10}",
+        2 => ".{0,12}",
+        1 => "\\PC{0,300}",
+    ]
+}
+
+fn texts() -> impl Strategy<Value = Vec<String>> {
+    proptest::collection::vec(text(), 0..4)
+}
+
+fn arbitrary_spec() -> impl Strategy<Value = crate::api::AccessPolicySpec> {
+    let task = (texts(), texts(), texts(), proptest::option::of(texts())).prop_map(
+        |(verbs, api_groups, resources, resource_names)| TaskSpec {
+            verbs,
+            api_groups,
+            resources,
+            resource_names,
+        },
+    );
+    let max_duration = prop_oneof!["[0-9]{1,4}[hms]", "-?[0-9]{0,25}[hmsdx]?", ".{0,10}",];
+    (
+        (
+            proptest::sample::select(vec![
+                PolicyType::Task,
+                PolicyType::Role,
+                PolicyType::RoleGroup,
+            ]),
+            proptest::option::of(task),
+            proptest::option::of(text()),
+            texts(),
+            proptest::option::of(texts()),
+        ),
+        (
+            proptest::sample::select(vec![
+                crate::api::ApprovalType::Auto,
+                crate::api::ApprovalType::Manual,
+            ]),
+            proptest::option::of(text()),
+            proptest::option::of(max_duration),
+            proptest::option::of(prop_oneof![
+                Just(0u32),
+                Just(1),
+                Just(u32::MAX),
+                any::<u32>()
+            ]),
+        ),
+    )
+        .prop_map(
+            |(
+                (policy_type, task, role, roles, namespaces),
+                (approval_type, approver_group, max_duration, required_approvals),
+            )| {
+                crate::api::AccessPolicySpec {
+                    policy_type,
+                    task,
+                    role,
+                    roles,
+                    scope: namespaces.map(|namespaces| crate::api::Scope { namespaces }),
+                    approval_type,
+                    approver_group,
+                    max_duration,
+                    required_approvals,
+                }
+            },
+        )
+}
+
+/// The spec fields a refusal may name (as written in YAML).
+const POLICY_FIELDS: [&str; 10] = [
+    "type ",
+    "task",
+    "role",
+    "roles",
+    "task.verbs",
+    "task.apiGroups",
+    "task.resources",
+    "scope.namespaces",
+    "approverGroup",
+    "maxDuration",
+];
+
+proptest! {
+    #[test]
+    fn every_refused_policy_spec_names_the_policy_and_the_field_to_fix(
+        spec in arbitrary_spec(),
+        name in prop_oneof![Just(String::new()), "[a-z][-a-z0-9]{0,20}"],
+        live in 0usize..40,
+    ) {
+        let mut p = AccessPolicy::new(&name, spec);
+        p.metadata.generation = Some(1);
+        let shown = if name.is_empty() { "(unnamed)" } else { name.as_str() };
+        let _ = policy_warnings(&p);
+        let _ = guard_rules(std::slice::from_ref(&p));
+        let created = policy_create(&p, live);
+        let updated = policy_update(&p);
+        if let Some(r) = created.refusal() {
+            prop_assert!(r.message.contains(shown), "{} does not name {shown}", r.message);
+            if live >= crate::policy_limit::POLICY_LIMIT {
+                prop_assert_eq!(r.reason, Reason::PolicyLimit);
+                prop_assert!(r.message.contains("at most 30") && r.message.contains(&live.to_string()));
+            } else {
+                prop_assert_eq!(Some(r), updated.refusal());
+            }
+        } else {
+            prop_assert!(updated.is_allowed());
+        }
+        if let Some(r) = updated.refusal() {
+            prop_assert_eq!(r.reason, Reason::InvalidPolicy);
+            let prefix = format!("AccessPolicy {shown}: ");
+            let problem = r.message.strip_prefix(&prefix);
+            prop_assert!(problem.is_some(), "{} does not start with {prefix:?}", r.message);
+            let problem = problem.unwrap_or_default();
+            prop_assert!(
+                POLICY_FIELDS.iter().any(|f| problem.starts_with(f)) || problem.starts_with("requiredApprovals"),
+                "{problem:?} does not start with the field to fix"
+            );
+            if problem.starts_with("maxDuration") {
+                let quoted = format!("{:?}", p.spec.max_duration.as_deref().unwrap_or_default());
+                prop_assert!(problem.contains(&quoted), "{problem:?}");
+            }
+        } else {
+            // An admitted policy yields a grant scope for one of its namespaces, and the RBAC
+            // builder either makes valid objects or names the namespace it cannot use.
+            let ns = p.spec.namespaces().first().map(String::as_str);
+            let scope = crate::lifecycle::scope::snapshot(shown, &p.spec, ns);
+            prop_assert!(scope.is_ok(), "{scope:?}");
+            let scope = scope.unwrap_or_else(|_| unreachable!());
+            match crate::grant::desired_rbac("r", "id", "alice", &scope) {
+                Ok(rbac) => prop_assert!(!rbac.is_empty()),
+                Err(e) => prop_assert!(
+                    matches!(&e, crate::grant::Error::InvalidNamespace { namespace, .. } if Some(namespace.as_str()) == ns),
+                    "{e}"
+                ),
+            }
+        }
+        // The controller's view of it never panics either.
+        let status = crate::policy_limit::policy_status(&p, live < 30, p.spec.role_names(), now());
+        prop_assert!(status.policy_id.is_some_and(|id| !id.is_empty()));
+    }
+}

@@ -212,13 +212,18 @@ fn task_matching_follows_rbac_rules() {
     ));
 }
 
+/// Kubernetes' `IsDNS1123Subdomain`: at most 253 characters of dot-separated labels, each
+/// lower-case letters, digits and `-`, starting and ending with a letter or digit.
 fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && label.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && label.ends_with(|c: char| c.is_ascii_alphanumeric())
+        })
 }
 
 fn is_label_value(s: &str) -> bool {
@@ -232,7 +237,7 @@ fn is_label_value(s: &str) -> bool {
 
 proptest! {
     #[test]
-    fn names_and_labels_are_always_valid(raw in ".{0,300}") {
+    fn names_and_labels_are_always_valid(raw in prop_oneof![".{0,300}", "[a-zA-Z0-9.:_ -]{0,300}"]) {
         prop_assert!(is_dns_subdomain(&object_name(&raw)), "{}", object_name(&raw));
         prop_assert!(is_label_value(&label_value(&raw)), "{}", label_value(&raw));
     }
@@ -260,4 +265,105 @@ proptest! {
             prop_assert!(is_dns_subdomain(b.metadata.name.as_deref().unwrap()));
         }
     }
+}
+
+#[test]
+fn dots_that_do_not_separate_labels_become_dashes() {
+    // Found by `names_and_labels_are_always_valid`: "A..b" was cleaned to "a..b-<hash>".
+    for raw in ["A..b", "x.-y", "Z.", ".q", "a. b"] {
+        let name = object_name(raw);
+        assert!(is_dns_subdomain(&name), "{raw:?} gave {name:?}");
+    }
+    assert_eq!(object_name("kubepam-r.v1"), "kubepam-r.v1");
+}
+
+fn odd_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9]([-a-z0-9.]{0,60}[a-z0-9])?",
+        "[a-z0-9.:-]{1,300}",
+        ".{0,80}",
+        Just("a".repeat(253)),
+        Just(format!("{}.{}", "b".repeat(120), "c".repeat(132))),
+    ]
+}
+
+fn odd_scope() -> impl Strategy<Value = GrantScope> {
+    let list = || proptest::collection::vec(odd_name(), 0..3);
+    (
+        proptest::sample::select(vec![
+            PolicyType::Task,
+            PolicyType::Role,
+            PolicyType::RoleGroup,
+        ]),
+        proptest::option::of((list(), list(), list(), proptest::option::of(list()))),
+        list(),
+        proptest::collection::vec(
+            prop_oneof!["[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", odd_name()],
+            0..3,
+        ),
+    )
+        .prop_map(|(policy_type, task, roles, namespaces)| GrantScope {
+            policy_type,
+            task: task.map(|(verbs, api_groups, resources, resource_names)| TaskSpec {
+                verbs,
+                api_groups,
+                resources,
+                resource_names,
+            }),
+            roles,
+            namespaces,
+        })
+}
+
+proptest! {
+    #[test]
+    fn grants_for_any_names_build_only_valid_objects_or_say_why_not(
+        name in odd_name(),
+        id in prop_oneof![Just(ID.to_owned()), ".{0,80}"],
+        requester in prop_oneof![Just("alice".to_owned()), ".{0,20}"],
+        scope in odd_scope(),
+    ) {
+        match desired_rbac(&name, &id, &requester, &scope) {
+            Ok(rbac) => {
+                let metas = rbac.cluster_roles.iter().map(|o| &o.metadata)
+                    .chain(rbac.cluster_role_bindings.iter().map(|o| &o.metadata))
+                    .chain(rbac.role_bindings.iter().map(|o| &o.metadata));
+                for m in metas {
+                    let n = m.name.as_deref().unwrap();
+                    prop_assert!(is_dns_subdomain(n), "object name {n:?}");
+                    if let Some(ns) = &m.namespace {
+                        prop_assert!(ns.len() <= 63 && is_dns_subdomain(ns) && !ns.contains('.'), "namespace {ns:?}");
+                    }
+                    for (k, v) in m.labels.as_ref().unwrap() {
+                        prop_assert!(is_label_value(v), "label {k}={v:?}");
+                    }
+                }
+                for b in &rbac.role_bindings {
+                    prop_assert_eq!(&b.subjects.as_ref().unwrap()[0].name, &requester);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                prop_assert!(message.contains(&name), "{message:?} does not name request {name:?}");
+                if let Error::InvalidNamespace { namespace, .. } = &e {
+                    let quoted = format!("{namespace:?}");
+                    prop_assert!(message.contains(&quoted), "{message:?}");
+                    prop_assert!(scope.namespaces.contains(namespace));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_namespace_that_is_no_namespace_name_is_refused() {
+    for bad in ["Shop", "shop floor", "a.b", &"n".repeat(64), "-x"] {
+        let err = desired_rbac("r", ID, "alice", &task_scope(&[bad])).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidNamespace { namespace, .. } if namespace == bad),
+            "{bad:?}: {err}"
+        );
+        assert!(err.to_string().contains("not a namespace name"));
+    }
+    assert!(desired_rbac("r", ID, "alice", &task_scope(&[&"n".repeat(63)])).is_ok());
 }

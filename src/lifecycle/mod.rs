@@ -13,6 +13,8 @@ pub mod scope;
 mod views;
 
 #[cfg(test)]
+mod deadline_props;
+#[cfg(test)]
 mod props;
 #[cfg(test)]
 mod tests;

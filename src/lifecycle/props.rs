@@ -279,3 +279,126 @@ proptest! {
         }
     }
 }
+
+/// Instants from the fixtures' day to the ends of chrono's range.
+fn any_instant() -> impl Strategy<Value = DateTime<Utc>> {
+    let (min, max) = (
+        DateTime::<Utc>::MIN_UTC.timestamp(),
+        DateTime::<Utc>::MAX_UTC.timestamp(),
+    );
+    prop_oneof![
+        4 => (-100_000i64..100_000).prop_map(at),
+        2 => (min..=max).prop_map(|s| DateTime::from_timestamp(s, 0).expect("in range")),
+        1 => Just(DateTime::<Utc>::MIN_UTC),
+        1 => Just(DateTime::<Utc>::MAX_UTC),
+    ]
+}
+
+/// Strings as a hand-edited or hostile spec may hold them.
+fn any_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just(" ".to_owned()),
+        "[a-z][-a-z0-9]{0,8}",
+        ".{0,12}",
+        "\\PC{0,80}",
+    ]
+}
+
+fn any_duration() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("1s".to_owned()),
+        Just("878400h".to_owned()), // the longest accepted: 100 (leap) years
+        Just("878401h".to_owned()),
+        Just("99999999999999999999h".to_owned()),
+        Just("0s".to_owned()),
+        "-?[0-9]{1,22}[hmsd]?",
+        ".{0,8}",
+    ]
+}
+
+fn any_phase() -> impl Strategy<Value = Option<Phase>> {
+    proptest::option::of(proptest::sample::select(vec![
+        Phase::Pending,
+        Phase::Approved,
+        Phase::Denied,
+        Phase::Expired,
+        Phase::Revoked,
+    ]))
+}
+
+proptest! {
+    #[test]
+    fn decide_never_panics_on_any_request_and_explains_every_refusal(
+        (policy_name, reason_text, namespace, requester) in (any_text(), any_text(), proptest::option::of(any_text()), proptest::option::of(any_text())),
+        duration in proptest::option::of(any_duration()),
+        reviews in proptest::collection::btree_map(any_text(), (decision(), proptest::option::of(any_text())), 0..4),
+        created in proptest::option::of(any_instant()),
+        phase in any_phase(),
+        (submitted, expires, decided, granted) in (
+            proptest::option::of(any_instant()),
+            proptest::option::of(any_instant()),
+            proptest::option::of(any_instant()),
+            proptest::option::of(any_instant()),
+        ),
+        with_grant in any::<bool>(),
+        idx in 0..POLICIES.len(),
+        view in 0u8..4,
+        now in any_instant(),
+    ) {
+        let mut world = World::new();
+        world.controls[2] = ControlView::from_control(Some(&control(
+            "{defaultApproverGroup: g, requestTTL: 878400h, defaultDuration: 878400h}",
+        )));
+        let mut req = request("");
+        req.spec.policy = policy_name;
+        req.spec.reason = reason_text;
+        req.spec.namespace = namespace;
+        req.spec.requester = requester;
+        req.spec.duration = duration.clone();
+        req.spec.reviews = reviews
+            .into_iter()
+            .map(|(who, (decision, comment))| (who, Review { decision, comment }))
+            .collect();
+        req.metadata.creation_timestamp = created.map(crate::api::to_k8s_time);
+        let snapshot = scope::snapshot("p", &world.policies[idx].spec, Some("shop")).ok();
+        req.status = Some(ElevationRequestStatus {
+            phase,
+            submitted_at: submitted,
+            expires_at: expires,
+            decided_at: decided,
+            granted_until: granted,
+            grant: if with_grant { snapshot } else { None },
+            ..ElevationRequestStatus::default()
+        });
+        let state = match view {
+            0 => PolicyState::Missing,
+            1 => PolicyState::Refused,
+            2 => PolicyState::Unsettled(idx),
+            _ => PolicyState::Accepted(idx),
+        };
+        let view = world.view(&state);
+        for c in &world.controls {
+            let d = decide(&req, &view, c, now);
+            let to = d.status.phase.expect("decide always sets a phase");
+            prop_assert_eq!(d.requeue_after.is_none(), to.is_final());
+            if let Some(g) = &d.grant {
+                prop_assert_eq!(to, Phase::Approved);
+                prop_assert!(d.status.granted_until.is_some_and(|u| now < u));
+                prop_assert!(scope::is_within(g, d.status.grant.as_ref().expect("snapshot")));
+            }
+            if let Some(t) = &d.transition {
+                prop_assert!(!t.message.trim().is_empty() && !t.reason.is_empty());
+                if t.reason == reason::INVALID_DURATION {
+                    let quoted = format!("{:?}", duration.as_deref().unwrap_or_default());
+                    prop_assert!(t.message.starts_with("spec.duration: invalid duration "), "{}", t.message);
+                    prop_assert!(t.message.contains(&quoted), "{} does not name {quoted}", t.message);
+                }
+            }
+            // Idempotent at the extremes too.
+            let again = decide(&apply(req.clone(), &d), &view, c, now);
+            prop_assert!(again.transition.is_none(), "{:?}", again.transition);
+            prop_assert_eq!(&again.status, &d.status);
+        }
+    }
+}

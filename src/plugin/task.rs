@@ -278,9 +278,38 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parsing_never_panics(s in ".{0,60}") {
-            let _ = parse_task(&s);
+        fn every_refused_task_names_the_bad_part_and_the_form_to_write(
+            s in prop_oneof![
+                ".{0,60}",
+                "\\PC{0,30}",
+                // Near misses: the right alphabet in the wrong order.
+                "[a-zA-Z*]{0,8}[ ,]{0,2}[a-zA-Z0-9.*/_-]{0,24}( [a-zA-Z0-9.,_-]{0,12})?( x)?",
+                "(delete|create|get|\\*)(,[a-z]{0,4}){0,2} (pods|deployments\\.apps|\\*)(/[a-z*]{0,5})?([.,/][a-zA-Z0-9.*/-]{0,10})?( [a-z0-9.,-]{0,10})?",
+            ],
+        ) {
             let _ = parse_resource(&s);
+            match parse_task(&s) {
+                Ok(task) => {
+                    // What parses is a task the policy validator accepts, and prints back.
+                    prop_assert!(!task.verbs.is_empty() && task.api_groups.len() == 1 && !task.resources.is_empty());
+                    prop_assert!(task.verbs.iter().chain(&task.resources).all(|v| !v.trim().is_empty()));
+                    prop_assert!(task.resource_names.iter().flatten().all(|n| !n.is_empty()));
+                    prop_assert_eq!(parse_task(&format_task(&task)), Ok(task));
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let named = match &e {
+                        Error::Shape(x) => x == &s,
+                        Error::Verb(x) | Error::Resource(x) | Error::Name(x) => !x.is_empty() && s.contains(x.as_str()),
+                        Error::MixedGroups(groups) => !groups.is_empty(),
+                    };
+                    prop_assert!(named, "{e:?} does not name a part of {s:?}");
+                    prop_assert!(
+                        message.contains("e.g.") || message.contains("such as") || message.contains("one policy per group"),
+                        "{message} does not say what to write"
+                    );
+                }
+            }
         }
 
         #[test]
