@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod api;
 pub mod controller;
+pub mod drift;
 pub mod duration;
 pub mod grant;
 pub mod lifecycle;

@@ -27,6 +27,11 @@ pub struct TransitionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
 }
@@ -69,6 +74,8 @@ pub struct Metrics {
     pub admission_duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
     pub guard_executions: Counter,
     pub leader: Gauge,
+    pub drift_repairs: Family<ActionLabels, Counter>,
+    pub foreign_bindings: Gauge,
 }
 
 impl Default for Metrics {
@@ -86,6 +93,8 @@ impl Default for Metrics {
             admission_duration: Family::new_with_constructor(histogram),
             guard_executions: Counter::default(),
             leader: Gauge::default(),
+            drift_repairs: Family::default(),
+            foreign_bindings: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -143,6 +152,16 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease and reconciles",
             metrics.leader.clone(),
         );
+        registry.register(
+            "drift_repairs",
+            "RBAC drift repaired, by action: restored (a grant's object put back), removed-extra (an object labelled as a grant but not part of it), removed-orphan (labelled as kubepam's, no live request), removed-foreign (a hand-made binding of a generated role)",
+            metrics.drift_repairs.clone(),
+        );
+        registry.register(
+            "foreign_bindings",
+            "Bindings made outside kubepam to a ClusterRole kubepam generated for a grant",
+            metrics.foreign_bindings.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -151,6 +170,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one repair of RBAC drift.
+    pub fn drift_repaired(&self, action: &str, count: usize) {
+        self.drift_repairs
+            .get_or_create(&ActionLabels {
+                action: action.to_owned(),
+            })
+            .inc_by(count as u64);
+    }
+
     /// Refreshes the gauges that are read off the cache, then renders the
     /// text exposition format.
     pub fn render<'a>(&self, requests: impl IntoIterator<Item = &'a ElevationRequest>) -> String {

@@ -150,8 +150,8 @@ impl Caches {
             tasks.push(tokio::spawn(updates));
         };
         let all = watcher::Config::default;
-        // Only kubepam's own RBAC objects: the rest of the cluster's RBAC is
-        // none of its business and could be large.
+        // Every binding (one made by hand may bind a role kubepam generated),
+        // but only kubepam's own ClusterRoles: the rest are none of its business.
         let managed = || watcher::Config::default().labels(&grant::managed_selector());
 
         let (requests, updates) = watch(Api::all(client.clone()), all());
@@ -160,9 +160,9 @@ impl Caches {
         spawn(updates.boxed());
         let (controls, updates) = watch(Api::all(client.clone()), all());
         spawn(updates.boxed());
-        let (role_bindings, updates) = watch(Api::all(client.clone()), managed());
+        let (role_bindings, updates) = watch(Api::all(client.clone()), all());
         spawn(updates.boxed());
-        let (cluster_role_bindings, updates) = watch(Api::all(client.clone()), managed());
+        let (cluster_role_bindings, updates) = watch(Api::all(client.clone()), all());
         spawn(updates.boxed());
         let (cluster_roles, updates) = watch(Api::all(client.clone()), managed());
         spawn(updates.boxed());

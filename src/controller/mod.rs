@@ -7,6 +7,7 @@
 
 mod caches;
 mod control;
+mod drift;
 pub mod executions;
 pub mod leader;
 mod policy;
@@ -192,6 +193,18 @@ async fn publish_event(
     action: &str,
     note: &str,
 ) {
+    publish_event_on(ctx, &request.object_ref(&()), type_, reason, action, note).await;
+}
+
+/// Publishes an Event about any object (see [`publish_event`]).
+async fn publish_event_on(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
     const LIMIT: usize = 1000;
     let mut note = note.to_owned();
     if note.len() > LIMIT {
@@ -209,8 +222,12 @@ async fn publish_event(
         action: action.to_owned(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &request.object_ref(&())).await {
-        warn!(request = %request.name_any(), %error, "failed to publish event");
+    if let Err(error) = ctx.recorder.publish(&event, object).await {
+        warn!(
+            object = object.name.as_deref().unwrap_or_default(),
+            %error,
+            "failed to publish event"
+        );
     }
 }
 
@@ -355,7 +372,13 @@ pub async fn run(
 
     let registration = admission.as_ref().and_then(|a| a.registration.clone());
     leader::run_elected(client, options.leader, &ctx.metrics, shutdown, |stop| {
-        lead(ctx.clone(), caches.clone(), registration.clone(), stop)
+        // Boxed: the leader's work is a large future.
+        Box::pin(lead(
+            ctx.clone(),
+            caches.clone(),
+            registration.clone(),
+            stop,
+        ))
     })
     .await;
 
@@ -425,6 +448,7 @@ async fn lead(
         synced.synced().await;
         requests.await;
     };
+    let janitor = drift::run(ctx.clone(), caches.clone(), stop.clone());
     let registrar = ctx.clone();
     let register = async move {
         let Some(registration) = registration else {
@@ -442,7 +466,7 @@ async fn lead(
         }
     };
     info!("kubepam controllers started");
-    futures::join!(requests, policies, controls, register);
+    futures::join!(requests, policies, controls, register, janitor);
     info!("kubepam controllers stopped");
 }
 

@@ -18,7 +18,8 @@ use super::{Error, FIELD_MANAGER};
 use crate::api::RbacObjectRef;
 use crate::grant::{self, DesiredRbac};
 
-/// Caches of the RBAC objects labelled as kubepam's.
+/// Caches of every RoleBinding and ClusterRoleBinding, and of the
+/// ClusterRoles kubepam generated.
 #[derive(Clone)]
 #[allow(missing_debug_implementations)] // reflector stores have no Debug
 pub struct RbacStores {
@@ -61,6 +62,15 @@ fn reference<K: Resource>(kind: &str, object: &K) -> RbacObjectRef {
     }
 }
 
+/// What [`apply`] had to write.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Objects not in the cache (new, or deleted by hand).
+    pub missing: usize,
+    /// Objects in the cache that differed (edited by hand).
+    pub changed: usize,
+}
+
 /// Applies every wanted object that is missing or differs from what is
 /// cached (roles first, so no binding points at nothing). A binding deleted
 /// or edited by hand is put back this way.
@@ -68,21 +78,31 @@ pub async fn apply(
     client: &Client,
     stores: &RbacStores,
     desired: &DesiredRbac,
-) -> Result<usize, Error> {
+) -> Result<Applied, Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut applied = 0;
+    let mut applied = Applied::default();
+    let mut count = |present: bool| {
+        if present {
+            applied.changed += 1;
+        } else {
+            applied.missing += 1;
+        }
+    };
     for role in &desired.cluster_roles {
         let current = stores.cluster_roles.get(&ObjectRef::from_obj(role));
-        if current.is_none_or(|c| c.labels() != role.labels() || c.rules != role.rules) {
+        if current
+            .as_ref()
+            .is_none_or(|c| c.labels() != role.labels() || c.rules != role.rules)
+        {
             apply_one(Api::<ClusterRole>::all(client.clone()), role, &params).await?;
-            applied += 1;
+            count(current.is_some());
         }
     }
     for binding in &desired.cluster_role_bindings {
         let current = stores
             .cluster_role_bindings
             .get(&ObjectRef::from_obj(binding));
-        if current.is_none_or(|c| {
+        if current.as_ref().is_none_or(|c| {
             c.labels() != binding.labels()
                 || c.role_ref != binding.role_ref
                 || c.subjects != binding.subjects
@@ -93,12 +113,12 @@ pub async fn apply(
                 &params,
             )
             .await?;
-            applied += 1;
+            count(current.is_some());
         }
     }
     for binding in &desired.role_bindings {
         let current = stores.role_bindings.get(&ObjectRef::from_obj(binding));
-        if current.is_none_or(|c| {
+        if current.as_ref().is_none_or(|c| {
             c.labels() != binding.labels()
                 || c.role_ref != binding.role_ref
                 || c.subjects != binding.subjects
@@ -106,7 +126,7 @@ pub async fn apply(
             let namespace = binding.namespace().unwrap_or_default();
             let api = Api::<RoleBinding>::namespaced(client.clone(), &namespace);
             apply_one(api, binding, &params).await?;
-            applied += 1;
+            count(current.is_some());
         }
     }
     Ok(applied)
@@ -151,36 +171,35 @@ pub async fn prune(
     doomed.sort_by_key(|o| o.kind == "ClusterRole");
     let mut deleted = 0;
     for object in doomed {
-        let result = match (object.kind.as_str(), &object.namespace) {
-            ("RoleBinding", Some(namespace)) => {
-                delete(
-                    Api::<RoleBinding>::namespaced(client.clone(), namespace),
-                    &object.name,
-                )
-                .await
-            }
-            ("ClusterRoleBinding", _) => {
-                delete(Api::<ClusterRoleBinding>::all(client.clone()), &object.name).await
-            }
-            ("ClusterRole", _) => {
-                delete(Api::<ClusterRole>::all(client.clone()), &object.name).await
-            }
-            // Not an object kubepam makes: nothing to delete.
-            _ => Ok(false),
-        };
-        match result {
-            Ok(true) => deleted += 1,
-            Ok(false) => {}
-            Err(source) => {
-                return Err(Error::DeleteRbac {
-                    kind: static_kind(&object.kind),
-                    name: object.name,
-                    source,
-                });
-            }
+        if delete_object(client, &object).await? {
+            deleted += 1;
         }
     }
     Ok(deleted)
+}
+
+/// Deletes one RBAC object; `false` when it was already gone (or is not a
+/// kind kubepam makes).
+pub async fn delete_object(client: &Client, object: &RbacObjectRef) -> Result<bool, Error> {
+    let result = match (object.kind.as_str(), &object.namespace) {
+        ("RoleBinding", Some(namespace)) => {
+            delete(
+                Api::<RoleBinding>::namespaced(client.clone(), namespace),
+                &object.name,
+            )
+            .await
+        }
+        ("ClusterRoleBinding", _) => {
+            delete(Api::<ClusterRoleBinding>::all(client.clone()), &object.name).await
+        }
+        ("ClusterRole", _) => delete(Api::<ClusterRole>::all(client.clone()), &object.name).await,
+        _ => Ok(false),
+    };
+    result.map_err(|source| Error::DeleteRbac {
+        kind: static_kind(&object.kind),
+        name: object.name.clone(),
+        source,
+    })
 }
 
 /// Deletes by name; `false` when it was already gone.

@@ -183,8 +183,8 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
         )
         .await?;
         // Checked every time: a binding deleted or edited by hand comes back.
-        rbac::apply(&ctx.client, &ctx.rbac, &desired).await?;
-        rbac::prune(
+        let applied = rbac::apply(&ctx.client, &ctx.rbac, &desired).await?;
+        let extra = rbac::prune(
             &ctx.client,
             &ctx.rbac,
             &request_id,
@@ -192,6 +192,9 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
             &status.rbac_objects,
         )
         .await?;
+        if decision.transition.is_none() && recorded == status.rbac_objects {
+            report_drift(ctx, request, &status, applied, extra).await;
+        }
     }
 
     if let Some(transition) = &decision.transition {
@@ -201,6 +204,53 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// How long after a grant is recorded its objects are surely in the cache:
+/// one missing later was deleted by hand (earlier, it may just not have
+/// been seen yet).
+const SETTLED: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// An Event and a metric when a grant in force had to be put back: objects
+/// edited or deleted by hand, or extra objects labelled as part of it.
+async fn report_drift(
+    ctx: &Context,
+    request: &ElevationRequest,
+    status: &crate::api::ElevationRequestStatus,
+    applied: rbac::Applied,
+    extra: usize,
+) {
+    let settled = status
+        .decided_at
+        .is_some_and(|decided| Utc::now() - decided > SETTLED);
+    let restored = applied.changed + if settled { applied.missing } else { 0 };
+    if restored == 0 && extra == 0 {
+        return;
+    }
+    let mut what = Vec::new();
+    if restored > 0 {
+        what.push(format!(
+            "restored {restored} RBAC object(s) of the grant that were edited or deleted by hand"
+        ));
+        ctx.metrics.drift_repaired("restored", restored);
+    }
+    if extra > 0 {
+        what.push(format!(
+            "removed {extra} RBAC object(s) labelled as part of the grant that are not"
+        ));
+        ctx.metrics.drift_repaired("removed-extra", extra);
+    }
+    let note = what.join("; ");
+    tracing::warn!(request = %request.name_any(), "{note}");
+    super::publish_event(
+        ctx,
+        request,
+        EventType::Warning,
+        "GrantRepaired",
+        "Repair",
+        &note,
+    )
+    .await;
 }
 
 /// The request's policy: from the cache, or from the API server when the

@@ -103,6 +103,7 @@ pub fn enable_plan(
                 system_accounts: args.system_accounts.clone(),
                 default_duration: args.default_duration.clone(),
                 request_ttl: args.request_ttl.clone(),
+                remove_foreign_bindings: false,
             },
             status: None,
         };

@@ -5,6 +5,7 @@
 #![allow(clippy::too_many_lines)] // a scenario reads best as one story
 
 mod admission;
+mod drift;
 mod install;
 mod lifecycle;
 mod observability;

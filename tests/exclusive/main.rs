@@ -746,3 +746,92 @@ async fn a_terminated_leader_gives_its_lease_up() {
     successor.wait_registered(&admin).await;
     *guard = Some(successor);
 }
+
+/// With `spec.removeForeignBindings`, a binding made by hand to a role
+/// kubepam generated for a grant is removed, with an Event on it.
+#[tokio::test]
+async fn foreign_bindings_are_removed_when_the_control_says_so() {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let (_guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let ns = cluster.namespace("foreign").await;
+    create_policy(&admin, "auto-delete", task_policy(&ns.name, "Auto")).await;
+    create_request(
+        &alice,
+        "foreign-req",
+        request_spec("auto-delete", &ns.name, "1h"),
+    )
+    .await;
+    let approved = wait_phase(&alice, "foreign-req", Phase::Approved, SOON).await;
+    let bindings = Api::<RoleBinding>::namespaced(admin.clone(), &ns.name);
+    let grant = bindings
+        .list(
+            &ListParams::default()
+                .labels(&format!("kubepam.io/request-id={}", request_id(&approved))),
+        )
+        .await
+        .unwrap()
+        .items
+        .pop()
+        .expect("the grant's binding");
+    apply_control(
+        &admin,
+        json!({
+            "enabled": true,
+            "defaultApproverGroup": "pam-approvers",
+            "removeForeignBindings": true,
+        }),
+    )
+    .await;
+    let copy: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": { "name": "standing-copy", "namespace": ns.name },
+        "roleRef": grant.role_ref,
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dave" }],
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &copy)
+        .await
+        .unwrap();
+    eventually("the foreign binding is removed", SOON, || async {
+        bindings
+            .get_opt("standing-copy")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("a ForeignBindingRemoved Event", SOON, || async {
+        let events =
+            Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), &ns.name)
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+        events
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("ForeignBindingRemoved")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("standing-copy")
+            })
+            .then_some(())
+    })
+    .await;
+    // The grant itself is untouched.
+    assert!(
+        bindings
+            .get_opt(&grant.metadata.name.unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let _ = Api::<ElevationRequest>::all(admin.clone())
+        .delete("foreign-req", &DeleteParams::default())
+        .await;
+    standard_control(&admin).await;
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}

@@ -60,6 +60,11 @@ pub struct PrivilegedAccessControlSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+[hms])+$')").message("requestTTL must be a number followed by s, m or h, e.g. 90s, 30m, 24h"))]
     pub request_ttl: Option<String>,
+    /// Whether kubepam deletes bindings (`RoleBinding`, `ClusterRoleBinding`) made outside kubepam
+    /// that bind a role kubepam generated for a grant (a standing copy of a temporary right).
+    /// They are always reported (Event and metric); with `true` they are also removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_foreign_bindings: bool,
 }
 
 #[allow(clippy::unnecessary_wraps)]
