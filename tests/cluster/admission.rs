@@ -377,3 +377,43 @@ async fn inconsistent_policies_are_refused_with_a_clear_message() {
     }
     ns.delete().await;
 }
+
+/// A namespace that is not a namespace name is refused at the schema, with
+/// what to write, before anything is granted (it could never be bound).
+#[tokio::test]
+async fn namespaces_must_be_namespace_names() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let policy: kubepam::api::AccessPolicy = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+        "metadata": { "name": "bad-namespace-policy" },
+        "spec": {
+            "type": "Task",
+            "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
+            "scope": { "namespaces": ["prod", "Shop Floor"] },
+            "approvalType": "Manual",
+        },
+    }))
+    .unwrap();
+    let refused = Api::<kubepam::api::AccessPolicy>::all(admin.clone())
+        .create(&PostParams::default(), &policy)
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("scope.namespaces must hold namespace names")),
+        "{refused:?}"
+    );
+    let request: ElevationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+        "metadata": { "name": "bad-namespace-request" },
+        "spec": { "policy": "any", "namespace": "Prod", "reason": "INC-1" },
+    }))
+    .unwrap();
+    let refused = Api::<ElevationRequest>::all(alice.clone())
+        .create(&PostParams::default(), &request)
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("namespace must be a namespace name")),
+        "{refused:?}"
+    );
+}

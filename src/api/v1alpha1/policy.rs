@@ -77,12 +77,14 @@ pub struct AccessPolicySpec {
 }
 
 /// Namespaces a policy is limited to.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scope {
     /// Namespaces where the access holds; a request must name one of them. Empty means
     /// cluster-wide.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 63)))]
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("scope.namespaces must hold namespace names (lowercase letters, digits and '-', e.g. prod)"))]
     pub namespaces: Vec<String>,
 }
 

@@ -52,7 +52,7 @@ pub struct ElevationRequestSpec {
     /// one of them); for a cluster-wide policy it narrows the grant to this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
-    #[x_kube(validation = Rule::new("self != ''").message("namespace must be a namespace name, or be left out"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("namespace must be a namespace name (lowercase letters, digits and '-', e.g. prod), or be left out"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
     pub namespace: Option<String>,
     /// Why the access is needed; recorded for audit.
