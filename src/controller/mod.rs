@@ -136,8 +136,10 @@ impl Error {
 
     /// How long to wait before retrying: a write conflict is retried at once
     /// (someone else changed the object; read it again), the API server
-    /// being unavailable a little later, and a grant that cannot be built
-    /// only after a while (it needs a change of spec).
+    /// being unavailable or refusing a little later (a restarted API server
+    /// answers 403 until its authorizer has caught up, and a grant due then
+    /// must not wait long), and a grant that cannot be built only after a
+    /// while (it needs a change of spec).
     pub fn retry_after(&self) -> Duration {
         let api = match self {
             Error::WriteStatus { source, .. }
@@ -149,7 +151,6 @@ impl Error {
         };
         match api {
             kube::Error::Api(status) if status.code == 409 => Duration::from_millis(50),
-            kube::Error::Api(status) if status.code == 403 => Duration::from_secs(10),
             _ => Duration::from_secs(1),
         }
     }
