@@ -159,6 +159,10 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
             let removed = rbac::prune(&ctx.client, &ctx.rbac, &request_id, &recorded, &[]).await?;
             if removed > 0 {
                 info!(request = %name, %request_id, removed, "grant removed");
+                // Nothing was in force: these were made by hand, or left behind.
+                if decision.transition.is_none() && recorded.is_empty() {
+                    report_leftovers(ctx, request, removed).await;
+                }
             }
         }
         let version = super::apply_status(
@@ -240,17 +244,24 @@ async fn report_drift(
         ));
         ctx.metrics.drift_repaired("removed-extra", extra);
     }
-    let note = what.join("; ");
+    publish_drift(ctx, request, "GrantRepaired", &what.join("; ")).await;
+}
+
+/// Objects labelled as this request's grant removed while it holds none:
+/// made by hand, or left behind.
+async fn report_leftovers(ctx: &Context, request: &ElevationRequest, removed: usize) {
+    ctx.metrics.drift_repaired("removed-extra", removed);
+    let note = format!(
+        "removed {removed} RBAC object(s) labelled as part of a grant of this request, which holds none"
+    );
+    // A reason of its own: kube's recorder folds Events of the same reason
+    // into one series and keeps the first note.
+    publish_drift(ctx, request, "LeftoversRemoved", &note).await;
+}
+
+async fn publish_drift(ctx: &Context, request: &ElevationRequest, reason: &str, note: &str) {
     tracing::warn!(request = %request.name_any(), "{note}");
-    super::publish_event(
-        ctx,
-        request,
-        EventType::Warning,
-        "GrantRepaired",
-        "Repair",
-        &note,
-    )
-    .await;
+    super::publish_event(ctx, request, EventType::Warning, reason, "Repair", note).await;
 }
 
 /// The request's policy: from the cache, or from the API server when the

@@ -216,5 +216,52 @@ async fn rbac_changed_by_hand_is_repaired_and_reported() {
         .delete("standing-copy", &DeleteParams::default())
         .await
         .unwrap();
+
+    // Once the grant has ended, an object made with its label goes too.
+    crate::pam::review(
+        &cluster.client(Identity::Bob).await,
+        &name,
+        "bob",
+        "Revoke",
+        "done",
+    )
+    .await
+    .unwrap();
+    wait_phase(&alice, &name, Phase::Revoked, SOON).await;
+    let late = binding(
+        "after-the-end",
+        &ns.name,
+        &json!({ "app.kubernetes.io/managed-by": "kubepam", "kubepam.io/request-id": id }),
+        &generated_role,
+    );
+    bindings
+        .create(&PostParams::default(), &late)
+        .await
+        .unwrap();
+    eventually("the object of an ended grant is removed", SOON, || async {
+        bindings
+            .get_opt("after-the-end")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually(
+        "a GrantRepaired Event saying it holds none",
+        SOON,
+        || async {
+            events_for(&admin, &name)
+                .await
+                .iter()
+                .any(|e| {
+                    e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("which holds none"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
     ns.delete().await;
 }
