@@ -123,9 +123,6 @@ async fn remove_orphan(
     object: &RbacObjectRef,
     request_id: Option<String>,
 ) -> Result<(), super::Error> {
-    if !rbac::delete_object(&ctx.client, object).await? {
-        return Ok(());
-    }
     let owner = request_id.map_or_else(
         || "no request id".to_owned(),
         |id| format!("request id {id}, which no ElevationRequest has"),
@@ -134,18 +131,7 @@ async fn remove_orphan(
         "removed {}: it carries kubepam's labels ({owner}) but is no live grant",
         describe(object)
     );
-    info!(kind = %object.kind, name = %object.name, "{note}");
-    publish_event_on(
-        ctx,
-        &object_reference(object),
-        EventType::Warning,
-        "OrphanRemoved",
-        "Delete",
-        &note,
-    )
-    .await;
-    ctx.metrics.drift_repaired("removed-orphan", 1);
-    Ok(())
+    remove(ctx, object, "OrphanRemoved", "removed-orphan", &note).await
 }
 
 async fn remove_foreign_binding(
@@ -153,24 +139,43 @@ async fn remove_foreign_binding(
     binding: &RbacObjectRef,
     role: &str,
 ) -> Result<(), super::Error> {
-    if !rbac::delete_object(&ctx.client, binding).await? {
-        return Ok(());
-    }
     let note = format!(
         "removed {}: made outside kubepam, it bound {role}, a role kubepam generated for a temporary grant (spec.removeForeignBindings on the PrivilegedAccessControl)",
         describe(binding)
     );
-    info!(kind = %binding.kind, name = %binding.name, "{note}");
-    publish_event_on(
+    remove(
         ctx,
-        &object_reference(binding),
-        EventType::Warning,
+        binding,
         "ForeignBindingRemoved",
-        "Delete",
+        "removed-foreign",
         &note,
     )
+    .await
+}
+
+/// Deletes `object` and, if it was there, says so: a log line, an Event on
+/// it and the drift metric.
+async fn remove(
+    ctx: &Context,
+    object: &RbacObjectRef,
+    reason: &str,
+    action: &str,
+    note: &str,
+) -> Result<(), super::Error> {
+    if !rbac::delete_object(&ctx.client, object).await? {
+        return Ok(());
+    }
+    info!(kind = %object.kind, name = %object.name, "{note}");
+    publish_event_on(
+        ctx,
+        &object_reference(object),
+        EventType::Warning,
+        reason,
+        "Delete",
+        note,
+    )
     .await;
-    ctx.metrics.drift_repaired("removed-foreign", 1);
+    ctx.metrics.drift_repaired(action, 1);
     Ok(())
 }
 
