@@ -105,13 +105,18 @@ where
     };
     let publisher = shared.clone();
     let kind = K::kind(&()).into_owned();
-    // kubepam never reads managedFields; with thousands of requests they
-    // would be most of its memory.
+    // kubepam never reads managedFields or annotations of what it caches;
+    // with thousands of requests (or every binding of a large cluster, some
+    // carrying kubectl's last-applied copy) they would be most of its memory.
     let updates = reflector(
         writer,
         watcher(api, config)
             .default_backoff()
-            .modify(|object: &mut K| object.meta_mut().managed_fields = None),
+            .modify(|object: &mut K| {
+                let meta = object.meta_mut();
+                meta.managed_fields = None;
+                meta.annotations = None;
+            }),
     )
     .for_each(move |event| {
         match event {
