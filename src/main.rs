@@ -119,7 +119,10 @@ fn parse_seconds(raw: &str) -> Result<std::time::Duration, String> {
     if value == 0 {
         return Err(format!("{raw:?} must be at least one second"));
     }
-    Ok(std::time::Duration::from_secs(value * unit))
+    value
+        .checked_mul(unit)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(invalid)
 }
 
 /// The admission webhooks (identity checks on requests and reviews, the
@@ -325,5 +328,53 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_durations_are_whole_seconds_or_minutes() {
+        assert_eq!(parse_seconds("10s"), Ok(std::time::Duration::from_secs(10)));
+        assert_eq!(parse_seconds("2m"), Ok(std::time::Duration::from_secs(120)));
+        assert_eq!(parse_seconds("15"), Ok(std::time::Duration::from_secs(15)));
+        for bad in [
+            "",
+            "0s",
+            "1h",
+            "-3s",
+            "1.5s",
+            "s",
+            "99999999999999999999s",
+            "18446744073709551615m",
+        ] {
+            let error = parse_seconds(bad).unwrap_err();
+            assert!(error.contains(&format!("{bad:?}")), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_renew_grace_must_be_shorter_than_the_lease() {
+        let cli = Cli::try_parse_from([
+            "kubepam",
+            "run",
+            "--leader-lease-duration",
+            "5s",
+            "--leader-renew-grace",
+            "5s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run expected");
+        };
+        let error = args.leader.options("me").unwrap_err().to_string();
+        assert!(error.contains("--leader-renew-grace"), "{error}");
+        let cli = Cli::try_parse_from(["kubepam", "run", "--no-leader-election"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run expected");
+        };
+        assert!(args.leader.options("me").unwrap().is_none());
     }
 }
