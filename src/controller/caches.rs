@@ -82,6 +82,23 @@ where
     }
 }
 
+/// How long a failed watch waits before it tries again: from 0.5 s, doubling,
+/// at most 2 s (kube's default goes up to 30 s). After an API server restart
+/// or an etcd stall the caches must catch up within seconds: a request made
+/// then must be seen, and a grant due then must end on time.
+fn watch_backoff() -> impl kube::runtime::utils::Backoff {
+    let schedule = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(500))
+        .with_max_delay(std::time::Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(schedule),
+        std::time::Duration::from_secs(60),
+    )
+}
+
 /// Starts a watch of `api` into a new cache; the returned future keeps the
 /// cache current and must be polled for as long as the cache is used.
 fn watch<K>(
@@ -111,7 +128,7 @@ where
     let updates = reflector(
         writer,
         watcher(api, config)
-            .default_backoff()
+            .backoff(watch_backoff())
             .modify(|object: &mut K| {
                 let meta = object.meta_mut();
                 meta.managed_fields = None;

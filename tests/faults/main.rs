@@ -801,5 +801,8 @@ async fn control_plane_faults(fx: &mut Fixture) {
 }
 
 /// How long after the control plane is back a deadline that fell in the
-/// outage may take to be met (watches reconnect, the work due is done).
-const CATCH_UP_SLACK_SECS: i64 = 5;
+/// outage may take to be met: a restarted API server refuses (403) for some
+/// seconds after `/readyz` until its authorizer has caught up, writes are
+/// retried every second, watches reconnect within 2 s, then the work that
+/// fell due is done. Measured worst: 3.4–6.4 s (BENCHMARKS.md).
+const CATCH_UP_SLACK_SECS: i64 = 10;
