@@ -8,11 +8,13 @@
 pub mod admission;
 pub mod api;
 pub mod controller;
+pub mod delivery;
 pub mod drift;
 pub mod duration;
 pub mod grant;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod plugin;
 pub mod policy_limit;
 mod util;

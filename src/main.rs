@@ -53,6 +53,10 @@ struct RunArgs {
     /// `/healthz` and `/readyz` (ready once the caches are synced).
     #[arg(long, env = "KUBEPAM_METRICS_BIND", default_value = "0.0.0.0:8080")]
     metrics_bind: std::net::SocketAddr,
+    /// Namespace of the Secrets that notification sinks name (the pod's
+    /// namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kubepam-system")]
+    secret_namespace: String,
     #[command(flatten)]
     webhook: WebhookArgs,
     #[command(flatten)]
@@ -266,6 +270,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance,
         webhook: args.webhook.options()?,
         metrics_bind: Some(args.metrics_bind),
+        secret_namespace: args.secret_namespace.clone(),
     };
     kubepam::controller::run(client, options, shutdown_signal()).await?;
     Ok(())

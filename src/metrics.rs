@@ -54,6 +54,13 @@ pub struct RefusalLabels {
     pub reason: String,
 }
 
+/// A notification try's sink and result (`sent`, `retry`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub sink: String,
+    pub result: String,
+}
+
 fn histogram() -> Histogram {
     // 1 ms .. ~16 s
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
@@ -76,6 +83,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub drift_repairs: Family<ActionLabels, Counter>,
     pub foreign_bindings: Gauge,
+    pub notifications: Family<DeliveryLabels, Counter>,
+    pub notification_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -95,6 +104,8 @@ impl Default for Metrics {
             leader: Gauge::default(),
             drift_repairs: Family::default(),
             foreign_bindings: Gauge::default(),
+            notifications: Family::default(),
+            notification_backlog: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +173,16 @@ impl Default for Metrics {
             "Bindings made outside kubepam to a ClusterRole kubepam generated for a grant",
             metrics.foreign_bindings.clone(),
         );
+        registry.register(
+            "notifications",
+            "Notification delivery tries, by sink and result (sent, retry, failed)",
+            metrics.notifications.clone(),
+        );
+        registry.register(
+            "notification_backlog",
+            "Notifications recorded and not yet delivered, as cached",
+            metrics.notification_backlog.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -179,11 +200,25 @@ impl Metrics {
             .inc_by(count as u64);
     }
 
+    /// Counts one notification try.
+    pub fn notification_tried(&self, sink: &str, result: &str) {
+        self.notifications
+            .get_or_create(&DeliveryLabels {
+                sink: sink.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
     /// Refreshes the gauges that are read off the cache, then renders the
     /// text exposition format.
     pub fn render<'a>(&self, requests: impl IntoIterator<Item = &'a ElevationRequest>) -> String {
         let mut counts = [0i64; 5];
+        let mut backlog = 0usize;
         for request in requests {
+            if let Some(status) = &request.status {
+                backlog += crate::notify::outbox::backlog(&status.notifications);
+            }
             if let Some(phase) = request.status.as_ref().and_then(|s| s.phase) {
                 counts[phase_index(phase)] += 1;
             }
@@ -202,6 +237,8 @@ impl Metrics {
                 .set(counts[phase_index(phase)]);
         }
         self.active_grants.set(counts[phase_index(Phase::Approved)]);
+        self.notification_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -14,9 +14,11 @@ use super::caches::Caches;
 use super::{Context, Error};
 use crate::api::{
     CONDITION_ACCEPTED, CONTROL_NAME, Phase, PrivilegedAccessControl,
-    PrivilegedAccessControlStatus, condition_false, condition_true, find_condition, set_condition,
+    PrivilegedAccessControlStatus, condition_false, condition_true, find_condition,
+    remove_condition, set_condition,
 };
 use crate::lifecycle::ControlSettings;
+use crate::notify::health;
 use crate::policy_limit::POLICY_LIMIT;
 
 /// The `Ready` condition of the control.
@@ -108,13 +110,37 @@ pub async fn reconcile(
         .iter()
         .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Approved))
         .count();
-    let status = control_status(
+    let now = Utc::now();
+    let mut status = control_status(
         &control,
         accepted,
         refused,
         u32::try_from(active).unwrap_or(u32::MAX),
-        Utc::now(),
+        now,
     );
+    let sinks: Vec<String> = control
+        .spec
+        .notifications
+        .iter()
+        .flat_map(|n| n.sinks.iter().map(|s| s.name.clone()))
+        .collect();
+    let backlog = ctx
+        .requests
+        .state()
+        .iter()
+        .filter_map(|r| r.status.as_ref())
+        .map(|s| crate::notify::outbox::backlog(&s.notifications))
+        .sum();
+    match health::condition(
+        &sinks,
+        &ctx.notifier.health(),
+        backlog,
+        now,
+        control.metadata.generation,
+    ) {
+        Some(condition) => set_condition(&mut status.conditions, condition),
+        None => remove_condition(&mut status.conditions, health::CONDITION_NOTIFICATIONS),
+    }
     super::apply_status(
         &ctx.client,
         &*control,

@@ -10,6 +10,7 @@ mod control;
 mod drift;
 pub mod executions;
 pub mod leader;
+mod notify;
 mod policy;
 mod rbac;
 mod request;
@@ -108,6 +109,8 @@ pub struct Context {
     /// then the guard refuses rather than guessing (fail closed).
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// Sends notifications and keeps each sink's health (used on the leader).
+    pub notifier: Arc<notify::Notifier>,
 }
 
 impl std::fmt::Debug for Context {
@@ -307,6 +310,8 @@ pub struct Options {
     pub metrics_bind: Option<std::net::SocketAddr>,
     /// Leader election; `None` reconciles without it (one replica only).
     pub leader: Option<leader::LeaderOptions>,
+    /// The namespace of the Secrets notification sinks name (kubepam's own).
+    pub secret_namespace: String,
 }
 
 /// Where and how the admission webhooks are served and registered.
@@ -349,6 +354,10 @@ pub async fn run(
         recorder,
         ready: Arc::new(AtomicBool::new(false)),
         metrics: Arc::new(Metrics::default()),
+        notifier: Arc::new(notify::Notifier::new(crate::delivery::Sender::new(
+            client.clone(),
+            options.secret_namespace.clone(),
+        ))),
     });
     let readiness = ctx.clone();
     let synced = caches.clone();
@@ -441,6 +450,24 @@ async fn lead(
             log_result("PrivilegedAccessControl", result);
             future::ready(())
         });
+    let deliveries = notify::controller(&caches)
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            |o, c| measured("Notification", c.clone(), notify::reconcile(o, c)),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| {
+            log_result("Notification", result);
+            future::ready(())
+        });
+    // Notifications are tried only once the control is known: its sinks say
+    // where they go.
+    let synced = caches.clone();
+    let deliveries = async move {
+        synced.synced().await;
+        deliveries.await;
+    };
     // Requests are decided only once the policies and the control are known,
     // so a restart never denies a request for a policy it has not read yet,
     // and RBAC is compared only with a complete cache of it.
@@ -467,7 +494,7 @@ async fn lead(
         }
     };
     info!("kubepam controllers started");
-    futures::join!(requests, policies, controls, register, janitor);
+    futures::join!(requests, deliveries, policies, controls, register, janitor);
     info!("kubepam controllers stopped");
 }
 

@@ -17,13 +17,14 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::caches::Caches;
 use super::{Context, Error, rbac};
-use crate::api::{AccessPolicy, ElevationRequest, Phase};
+use crate::api::{AccessPolicy, DeliveryState, ElevationRequest, Phase};
 use crate::grant::{self, DesiredRbac};
 use crate::lifecycle::{self, ControlView, PolicyView, Transition};
+use crate::notify::plan;
 
 use crate::grant::FINALIZER;
 
@@ -150,6 +151,10 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
 
     let mut status = decision.status.clone();
     status.rbac_objects = desired.object_refs();
+    // Recorded in the same write as the transition: neither can be lost
+    // without the other. The delivery controller sends them.
+    let owed = owed_notifications(request, &status, &decision, control.as_deref());
+    plan::enqueue(&mut status.notifications, owed.clone());
     // Each write returns the new resourceVersion, which guards the next one.
     let version = request.resource_version();
     if desired.is_empty() {
@@ -204,10 +209,53 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
     if let Some(transition) = &decision.transition {
         announce(ctx, request, &request_id, transition).await;
     }
+    report_undeliverable(ctx, request, &owed).await;
     Ok(match decision.requeue_after {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// The notifications a transition owes under the control's settings.
+fn owed_notifications(
+    request: &ElevationRequest,
+    status: &crate::api::ElevationRequestStatus,
+    decision: &lifecycle::Decision,
+    control: Option<&crate::api::PrivilegedAccessControl>,
+) -> Vec<crate::api::Notification> {
+    let (Some(transition), Some(config)) = (
+        &decision.transition,
+        control.and_then(|c| c.spec.notifications.as_ref()),
+    ) else {
+        return Vec::new();
+    };
+    plan::for_transition(request, status, transition, config, Utc::now())
+}
+
+/// An Event for each notification that cannot be sent as configured.
+async fn report_undeliverable(
+    ctx: &Context,
+    request: &ElevationRequest,
+    entries: &[crate::api::Notification],
+) {
+    for entry in entries.iter().filter(|n| n.state == DeliveryState::Failed) {
+        let note = format!(
+            "notification {} through sink {:?} cannot be sent: {}",
+            entry.id,
+            entry.sink,
+            entry.last_error.as_deref().unwrap_or_default()
+        );
+        warn!(request = %request.name_any(), "{note}");
+        super::publish_event(
+            ctx,
+            request,
+            EventType::Warning,
+            "NotificationFailed",
+            "Notify",
+            &note,
+        )
+        .await;
+    }
 }
 
 /// How long after a grant is recorded its objects are surely in the cache:

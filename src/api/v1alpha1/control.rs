@@ -5,6 +5,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::notifications::Notifications;
+
 /// The only name kubepam honours for a `PrivilegedAccessControl`.
 pub const CONTROL_NAME: &str = "default";
 /// Grant duration used when neither the request nor the control sets one.
@@ -65,6 +67,9 @@ pub struct PrivilegedAccessControlSpec {
     /// They are always reported (Event and metric); with `true` they are also removed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_foreign_bindings: bool,
+    /// Mail and webhook notifications to approver groups and requesters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Notifications>,
 }
 
 #[allow(clippy::unnecessary_wraps)]

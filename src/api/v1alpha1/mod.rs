@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod control;
+pub mod notifications;
 pub mod policy;
 pub mod request;
 
@@ -13,8 +14,12 @@ pub use control::{
     CONTROL_NAME, DEFAULT_DURATION, DEFAULT_REQUEST_TTL, PrivilegedAccessControl,
     PrivilegedAccessControlSpec, PrivilegedAccessControlStatus,
 };
+pub use notifications::{
+    ApproverRoute, Audience, DeliveryState, Notification, NotificationEvent, Notifications,
+    PayloadFormat, RequesterRoute, SecretKeyRef, Sink, SmtpSecurity, SmtpSink, WebhookSink,
+};
 pub use policy::{AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, Scope};
 pub use request::{
     EXECUTION_LIMIT, ElevationRequest, ElevationRequestSpec, ElevationRequestStatus, Execution,
-    HISTORY_LIMIT, HistoryEntry, Phase, RbacObjectRef, Review, ReviewDecision,
+    HISTORY_LIMIT, HistoryEntry, NOTIFICATION_LIMIT, Phase, RbacObjectRef, Review, ReviewDecision,
 };

@@ -9,9 +9,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{ApprovalType, GrantScope};
+use super::notifications::Notification;
 
 /// The most history entries kept in `status.history`; older ones are dropped.
 pub const HISTORY_LIMIT: usize = 50;
+/// The most notifications kept in `status.notifications`; the oldest delivered go first.
+pub const NOTIFICATION_LIMIT: usize = 40;
 /// The most executions kept in `status.lastExecutions`.
 pub const EXECUTION_LIMIT: usize = 20;
 
@@ -195,6 +198,10 @@ pub struct ElevationRequestStatus {
     /// Conditions, chiefly `Approved`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Notifications owed for the request and how their delivery went (the outbox), at most
+    /// 40 entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<Notification>,
     /// Every transition, oldest first, at most 50 entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,

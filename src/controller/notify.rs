@@ -1,0 +1,327 @@
+//! The delivery controller: sends the notifications recorded in requests' outboxes.
+//!
+//! It runs beside the request controller, on the leader, and never holds it up: the request
+//! controller only records what is owed, in the same status write as the transition. Here
+//! each due entry is tried, and its outcome recorded with a write guarded by resourceVersion;
+//! a conflict reads the request again and records the outcome on the fresh copy. Tries that
+//! fail are retried with backoff ([`outbox`]); a sink failing again and again is reported on
+//! the control (Event and condition).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::runtime::Controller;
+use kube::runtime::controller::{Action, Config};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::caches::Caches;
+use super::{Context, Error};
+use crate::api::{DeliveryState, ElevationRequest, Notification, Notifications, Phase};
+use crate::delivery::Sender;
+use crate::duration;
+use crate::lifecycle::ControlSettings;
+use crate::notify::health::{self, Change, SinkHealth};
+use crate::notify::outbox::{self, Outcome};
+use crate::notify::{plan, render};
+
+/// Requests whose notifications are being tried at once; a slow sink holds up no more.
+const CONCURRENCY: u16 = 64;
+/// How many times an outcome is recorded again after a write conflict.
+const RECORD_ATTEMPTS: usize = 5;
+
+/// What the delivery controller keeps between reconciles.
+#[derive(Debug)]
+pub struct Notifier {
+    pub sender: Sender,
+    health: Mutex<BTreeMap<String, SinkHealth>>,
+}
+
+impl Notifier {
+    pub fn new(sender: Sender) -> Self {
+        Self {
+            sender,
+            health: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A copy of what is known of each sink.
+    pub fn health(&self) -> BTreeMap<String, SinkHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, sink: &str, error: Option<&str>, now: DateTime<Utc>) -> Option<Change> {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        health::record(&mut health, sink, error, now)
+    }
+}
+
+/// The delivery controller, also woken by changes to the control (a sink fixed or a route
+/// added).
+pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
+    let requests = caches.requests.store();
+    Controller::for_shared_stream(caches.requests.everything(), caches.requests.store())
+        .with_config(Config::default().concurrency(CONCURRENCY))
+        .watches_shared_stream(caches.controls.changes(), move |_| {
+            requests
+                .state()
+                .into_iter()
+                .filter(|r| {
+                    r.status.as_ref().is_some_and(|s| {
+                        s.phase == Some(Phase::Approved) || outbox::backlog(&s.notifications) > 0
+                    })
+                })
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        })
+}
+
+pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let control = ctx.control();
+    let config = control
+        .as_ref()
+        .and_then(|c| c.spec.notifications.clone())
+        .unwrap_or_default();
+    let default_duration = control.as_ref().map_or_else(
+        || crate::api::DEFAULT_DURATION.to_owned(),
+        |c| duration::format(ControlSettings::from_spec(&c.spec).default_duration),
+    );
+    let mut current = (*request).clone();
+    if current.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+
+    let ending = plan::grant_ending(&current, &config, Utc::now());
+    if !ending.is_empty() {
+        current = record(&ctx, current, |outbox| {
+            plan::enqueue(outbox, ending.clone());
+        })
+        .await?;
+    }
+
+    let now = Utc::now();
+    let outbox = current
+        .status
+        .as_ref()
+        .map(|s| s.notifications.clone())
+        .unwrap_or_default();
+    let due: Vec<Notification> = outbox::due(&outbox, now).into_iter().cloned().collect();
+    if !due.is_empty() {
+        let tries = due
+            .iter()
+            .map(|entry| attempt(&ctx, &config, &current, entry, &default_duration));
+        let outcomes = futures::future::join_all(tries).await;
+        let done = Utc::now();
+        current = record(&ctx, current, |outbox| {
+            for (entry, outcome) in due.iter().zip(&outcomes) {
+                outbox::record(outbox, &entry.id, outcome, done);
+            }
+        })
+        .await?;
+        for (entry, outcome) in due.iter().zip(&outcomes) {
+            report(&ctx, &current, entry, outcome).await;
+        }
+    }
+
+    let outbox = current
+        .status
+        .as_ref()
+        .map(|s| s.notifications.as_slice())
+        .unwrap_or_default();
+    let ending_at = plan::grant_ending_at(&current, &config).filter(|_| {
+        !outbox
+            .iter()
+            .any(|n| n.event == crate::api::NotificationEvent::GrantEnding)
+    });
+    let next = [outbox::next_due(outbox), ending_at]
+        .into_iter()
+        .flatten()
+        .min();
+    Ok(match next {
+        Some(at) => Action::requeue(
+            (at - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(50)),
+        ),
+        None => Action::await_change(),
+    })
+}
+
+/// One try of one entry.
+async fn attempt(
+    ctx: &Context,
+    config: &Notifications,
+    request: &ElevationRequest,
+    entry: &Notification,
+    default_duration: &str,
+) -> Outcome {
+    let Some(sink) = plan::sink(config, &entry.sink) else {
+        return Outcome::Fail(format!(
+            "sink {:?} is not configured in the control's notifications.sinks",
+            entry.sink
+        ));
+    };
+    let format = sink
+        .webhook
+        .as_ref()
+        .map(|hook| hook.format)
+        .unwrap_or_default();
+    let message = render::message(request, entry, default_duration);
+    let body = render::webhook_body(request, entry, &message, format, default_duration);
+    let started = std::time::Instant::now();
+    let result = ctx.notifier.sender.send(sink, entry, &message, &body).await;
+    let now = Utc::now();
+    let outcome = match &result {
+        Ok(()) => Outcome::Sent,
+        Err(error) => Outcome::Retry(error.to_string()),
+    };
+    let change = ctx.notifier.record(
+        &entry.sink,
+        result.as_ref().err().map(ToString::to_string).as_deref(),
+        now,
+    );
+    let name = request.name_any();
+    match &outcome {
+        Outcome::Sent => info!(
+            request = %name,
+            notification = %entry.id,
+            sink = %entry.sink,
+            event = entry.event.as_str(),
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "notification sent"
+        ),
+        Outcome::Retry(error) | Outcome::Fail(error) => warn!(
+            request = %name,
+            notification = %entry.id,
+            sink = %entry.sink,
+            attempt = entry.attempts + 1,
+            %error,
+            "notification not delivered"
+        ),
+    }
+    if let Some(change) = change {
+        announce_health(ctx, &entry.sink, &change).await;
+    }
+    outcome
+}
+
+/// Applies `change` to the request's outbox and writes the status, guarded by
+/// resourceVersion; after a conflict, reads the request again and applies it to that.
+async fn record(
+    ctx: &Context,
+    mut current: ElevationRequest,
+    change: impl Fn(&mut Vec<Notification>),
+) -> Result<ElevationRequest, Error> {
+    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
+    let name = current.name_any();
+    for attempt in 1..=RECORD_ATTEMPTS {
+        let mut status = current.status.clone().unwrap_or_default();
+        change(&mut status.notifications);
+        match super::apply_status(
+            &ctx.client,
+            &current,
+            current.status.as_ref(),
+            &status,
+            current.resource_version(),
+        )
+        .await
+        {
+            Ok(version) => {
+                current.status = Some(status);
+                current.metadata.resource_version = version;
+                return Ok(current);
+            }
+            Err(error) if error.is_conflict() && attempt < RECORD_ATTEMPTS => {
+                current = match api.get_opt(&name).await {
+                    Ok(Some(fresh)) => fresh,
+                    Ok(None) => return Ok(current),
+                    Err(source) => {
+                        return Err(Error::Read {
+                            what: format!("ElevationRequest {name}"),
+                            source,
+                        });
+                    }
+                };
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(current)
+}
+
+/// Metrics, and an Event on the request when a notification is given up.
+async fn report(
+    ctx: &Context,
+    request: &ElevationRequest,
+    tried: &Notification,
+    outcome: &Outcome,
+) {
+    let recorded = request
+        .status
+        .as_ref()
+        .and_then(|s| s.notifications.iter().find(|n| n.id == tried.id));
+    let given_up = recorded.filter(|n| n.state == DeliveryState::Failed);
+    let result = match outcome {
+        Outcome::Sent => "sent",
+        Outcome::Retry(_) if given_up.is_none() => "retry",
+        Outcome::Retry(_) | Outcome::Fail(_) => "failed",
+    };
+    ctx.metrics.notification_tried(&tried.sink, result);
+    if let Some(entry) = given_up {
+        let note = format!(
+            "notification {} to {} through sink {:?} not delivered: {}",
+            entry.id,
+            entry.recipient,
+            entry.sink,
+            entry.last_error.as_deref().unwrap_or("unknown error")
+        );
+        super::publish_event(
+            ctx,
+            request,
+            EventType::Warning,
+            "NotificationFailed",
+            "Notify",
+            &note,
+        )
+        .await;
+    }
+}
+
+/// An Event on the control when a sink starts or stops failing.
+async fn announce_health(ctx: &Context, sink: &str, change: &Change) {
+    let Some(control) = ctx.control() else {
+        return;
+    };
+    let (type_, reason, note) = match change {
+        Change::Failing { failures, error } => (
+            EventType::Warning,
+            "NotificationSinkFailing",
+            format!(
+                "sink {sink:?} failed {failures} tries in a row: {error}; notifications wait and are retried with backoff"
+            ),
+        ),
+        Change::Recovered { failures } => (
+            EventType::Normal,
+            "NotificationSinkRecovered",
+            format!("sink {sink:?} delivers again after {failures} failed tries"),
+        ),
+    };
+    warn!(sink, "{note}");
+    super::publish_event_on(
+        ctx,
+        &control.object_ref(&()),
+        type_,
+        reason,
+        "Notify",
+        &note,
+    )
+    .await;
+}

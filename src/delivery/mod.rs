@@ -1,0 +1,182 @@
+//! The notification transports: SMTP and HTTP webhooks, with credentials read from Secrets in
+//! kubepam's namespace at send time. Error texts name what failed and never carry a credential
+//! or a webhook URL (which can itself be one).
+
+mod smtp;
+mod webhook;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::api::{Notification, Sink};
+use crate::notify::render::Message;
+
+/// The label a Secret needs before kubepam sends any of it: without it, whoever edits the
+/// control could have kubepam send another Secret of its namespace to a server of theirs.
+pub const SECRET_LABEL: &str = "kubepam.io/notifications";
+
+/// How long one try may take before it counts as failed.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a try failed. Every text is safe to log and to record in status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read Secret {namespace}/{name}: {reason}")]
+    Secret {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error("Secret {namespace}/{name} has no key {key:?}")]
+    SecretKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("sink {sink:?}: {reason}")]
+    Config { sink: String, reason: String },
+    #[error("SMTP {server}: {reason}")]
+    Smtp { server: String, reason: String },
+    #[error("webhook: {reason}")]
+    Webhook { reason: String },
+    #[error("timed out after {}s", SEND_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// Sends notifications; one per replica, shared by every delivery.
+#[derive(Clone)]
+pub struct Sender {
+    client: Client,
+    namespace: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    /// A sender that reads Secrets in `namespace` with `client`.
+    pub fn new(client: Client, namespace: String) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(SEND_TIMEOUT)
+            .user_agent(concat!("kubepam/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Self {
+            client,
+            namespace,
+            http,
+        }
+    }
+
+    /// The namespace credentials are read from.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// One try to deliver `message` for `entry` through `sink`; `body` is the webhook body.
+    pub async fn send(
+        &self,
+        sink: &Sink,
+        entry: &Notification,
+        message: &Message,
+        body: &Value,
+    ) -> Result<(), Error> {
+        let attempt = async {
+            match (&sink.smtp, &sink.webhook) {
+                (Some(smtp), _) => smtp::send(self, &sink.name, smtp, entry, message).await,
+                (None, Some(hook)) => webhook::send(self, hook, message, body).await,
+                (None, None) => Err(Error::Config {
+                    sink: sink.name.clone(),
+                    reason: "sets neither smtp nor webhook".to_owned(),
+                }),
+            }
+        };
+        tokio::time::timeout(SEND_TIMEOUT, attempt)
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    /// The value of `key` in the Secret `name`, as text.
+    async fn secret(&self, name: &str, key: &str) -> Result<Credential, Error> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let secret = api.get(name).await.map_err(|error| Error::Secret {
+            namespace: self.namespace.clone(),
+            name: name.to_owned(),
+            reason: match error {
+                kube::Error::Api(status) => status.message,
+                other => other.to_string(),
+            },
+        })?;
+        let labelled = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SECRET_LABEL))
+            .is_some_and(|value| value == "true");
+        if !labelled {
+            return Err(Error::Secret {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                reason: format!(
+                    "it is not labelled {SECRET_LABEL}=true; kubepam sends only Secrets labelled for notifications"
+                ),
+            });
+        }
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .map(|bytes| String::from_utf8_lossy(&bytes.0).trim_end().to_owned())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|data| data.get(key).cloned())
+            })
+            .ok_or_else(|| Error::SecretKey {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                key: key.to_owned(),
+            })?;
+        Ok(Credential(value))
+    }
+}
+
+/// A credential read from a Secret; its `Debug` never shows it.
+struct Credential(String);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Credential {
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An error's whole chain of causes in one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
