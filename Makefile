@@ -61,5 +61,15 @@ lint: ## rustfmt check and clippy with warnings as errors
 	cargo clippy --all-targets -- -D warnings
 
 .PHONY: test
-test: controlplane ## Run the whole test suite (unit, property, and real control-plane tests)
+test: controlplane testtools ## Run the whole test suite (unit, property, and real control-plane tests)
 	cargo test --locked --lib --bins --tests
+
+# The SMTP server the notification tests send to (aiosmtpd from PyPI), in a
+# virtualenv of its own under target/.
+TEST_PYTHON := target/testtools/bin/python3
+.PHONY: testtools
+testtools: $(TEST_PYTHON)
+$(TEST_PYTHON): hack/testtools-requirements.txt
+	python3 -m venv target/testtools
+	target/testtools/bin/pip install --quiet --disable-pip-version-check -r hack/testtools-requirements.txt
+	@touch $@

@@ -106,13 +106,14 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
         .await?;
     }
 
-    let now = Utc::now();
-    let outbox = current
-        .status
-        .as_ref()
-        .map(|s| s.notifications.clone())
-        .unwrap_or_default();
-    let due: Vec<Notification> = outbox::due(&outbox, now).into_iter().cloned().collect();
+    let mut due = due_entries(&current);
+    if !due.is_empty() {
+        // The cache can be behind this controller's own last record (a
+        // change queued during a send wakes it before its write is seen):
+        // what was sent is known only from the API server.
+        current = read(&ctx, &current.name_any()).await?.unwrap_or(current);
+        due = due_entries(&current);
+    }
     if !due.is_empty() {
         let tries = due
             .iter()
@@ -153,6 +154,30 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
         ),
         None => Action::await_change(),
     })
+}
+
+/// The entries of the request due now.
+fn due_entries(request: &ElevationRequest) -> Vec<Notification> {
+    let outbox = request
+        .status
+        .as_ref()
+        .map(|s| s.notifications.as_slice())
+        .unwrap_or_default();
+    outbox::due(outbox, Utc::now())
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+/// The request as the API server has it now.
+async fn read(ctx: &Context, name: &str) -> Result<Option<ElevationRequest>, Error> {
+    Api::<ElevationRequest>::all(ctx.client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("ElevationRequest {name}"),
+            source,
+        })
 }
 
 /// One try of one entry.
@@ -220,7 +245,6 @@ async fn record(
     mut current: ElevationRequest,
     change: impl Fn(&mut Vec<Notification>),
 ) -> Result<ElevationRequest, Error> {
-    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
     let name = current.name_any();
     for attempt in 1..=RECORD_ATTEMPTS {
         let mut status = current.status.clone().unwrap_or_default();
@@ -240,16 +264,10 @@ async fn record(
                 return Ok(current);
             }
             Err(error) if error.is_conflict() && attempt < RECORD_ATTEMPTS => {
-                current = match api.get_opt(&name).await {
-                    Ok(Some(fresh)) => fresh,
-                    Ok(None) => return Ok(current),
-                    Err(source) => {
-                        return Err(Error::Read {
-                            what: format!("ElevationRequest {name}"),
-                            source,
-                        });
-                    }
-                };
+                match read(ctx, &name).await? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(current),
+                }
             }
             Err(error) => return Err(error),
         }

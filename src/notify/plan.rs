@@ -33,10 +33,21 @@ pub fn for_transition(
         (_, Phase::Expired) => (NotificationEvent::Expired, asked_approvers, true),
     };
     let mut owed = Vec::new();
+    // The reviewer's comment, from the history line the transition wrote.
+    let comment = status
+        .history
+        .last()
+        .filter(|h| h.action == transition.to.as_str())
+        .and_then(|h| h.comment.as_deref())
+        .filter(|c| !c.is_empty() && !transition.message.contains(*c));
+    let message = match comment {
+        Some(comment) => format!("{}: {comment}", transition.message),
+        None => transition.message.clone(),
+    };
     let created = Created {
         event,
         actor: Some(transition.actor.clone()),
-        message: Some(transition.message.clone()),
+        message: Some(message),
         at: now,
     };
     if approvers {
@@ -148,23 +159,27 @@ fn to_approvers(
     let mut owed: Vec<Notification> = Vec::new();
     for route in config.approver_routes.iter().filter(|r| r.group == group) {
         let id = entry_id(created.event, Audience::Approvers, &route.sink);
-        // Several routes of one group to one sink make one message to all their addresses.
-        if let Some(existing) = owed.iter_mut().find(|n| n.id == id) {
-            for address in &route.to {
-                if !existing.to.contains(address) {
-                    existing.to.push(address.clone());
-                }
+        // Several routes of one group to one sink make one message to all their addresses,
+        // each named once.
+        let index = if let Some(index) = owed.iter().position(|n| n.id == id) {
+            index
+        } else {
+            owed.push(entry(
+                id,
+                created,
+                Audience::Approvers,
+                &group,
+                &route.sink,
+                Vec::new(),
+            ));
+            owed.len() - 1
+        };
+        let to = &mut owed[index].to;
+        for address in &route.to {
+            if !to.contains(address) {
+                to.push(address.clone());
             }
-            continue;
         }
-        owed.push(entry(
-            id,
-            created,
-            Audience::Approvers,
-            &group,
-            &route.sink,
-            route.to.clone(),
-        ));
     }
     owed
 }

@@ -10,7 +10,6 @@ mod pam;
 #[path = "../cluster/support/mod.rs"]
 mod support;
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -21,33 +20,22 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use kubepam::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl};
 use serde_json::json;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::MutexGuard;
 
 use pam::{
     accepted, apply_control, create_policy, create_request, grant_objects, request_id,
     standard_control, task_policy, wait_may_delete_deployments, wait_phase, wait_policy_judged,
 };
-use support::{Identity, OperatorProcess, TestCluster, cluster, eventually};
+use support::{Identity, OperatorProcess, TestCluster, eventually};
 
 const SOON: Duration = Duration::from_secs(15);
-
-/// The operator of this binary; holding the guard is holding the cluster.
-static OPERATOR: Mutex<Option<OperatorProcess>> = Mutex::const_new(None);
 
 async fn exclusive() -> (
     MutexGuard<'static, Option<OperatorProcess>>,
     &'static TestCluster,
 ) {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    let cluster = cluster();
-    INSTALLED.get_or_init(|| cluster.install_kubepam());
-    let mut guard = OPERATOR.lock().await;
+    let (guard, cluster) = support::exclusive_operator().await;
     let admin = cluster.client(Identity::Admin).await;
-    if guard.is_none() {
-        let operator = cluster.spawn_operator();
-        operator.wait_registered(&admin).await;
-        *guard = Some(operator);
-    }
     remove_all_policies(&admin).await;
     standard_control(&admin).await;
     (guard, cluster)

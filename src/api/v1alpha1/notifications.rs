@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.approverRoutes.all(r, self.sinks.exists(s, s.name == r.sink))").message("every approverRoutes[].sink must name one of sinks[].name"),
-    validation = Rule::new("self.requesterRoutes.all(r, self.sinks.exists(s, s.name == r.sink))").message("every requesterRoutes[].sink must name one of sinks[].name"),
-    validation = Rule::new("self.approverRoutes.all(r, size(r.to) > 0 || !self.sinks.exists(s, s.name == r.sink && has(s.smtp)))").message("an approverRoutes entry to an smtp sink needs to: the addresses that reach the group, e.g. [pam-approvers@example.com]"),
-    validation = Rule::new("self.requesterRoutes.all(r, has(r.addressTemplate) || size(r.addresses) > 0 || !self.sinks.exists(s, s.name == r.sink && has(s.smtp)))").message("a requesterRoutes entry to an smtp sink needs addresses (username: address) or addressTemplate, e.g. '{user}@example.com'")
+    validation = Rule::new("!has(self.approverRoutes) || self.approverRoutes.all(r, has(self.sinks) && self.sinks.exists(s, s.name == r.sink))").message("every approverRoutes[].sink must name one of sinks[].name"),
+    validation = Rule::new("!has(self.requesterRoutes) || self.requesterRoutes.all(r, has(self.sinks) && self.sinks.exists(s, s.name == r.sink))").message("every requesterRoutes[].sink must name one of sinks[].name"),
+    validation = Rule::new("!has(self.approverRoutes) || !has(self.sinks) || self.approverRoutes.all(r, (has(r.to) && size(r.to) > 0) || !self.sinks.exists(s, s.name == r.sink && has(s.smtp)))").message("an approverRoutes entry to an smtp sink needs to: the addresses that reach the group, e.g. [pam-approvers@example.com]"),
+    validation = Rule::new("!has(self.requesterRoutes) || !has(self.sinks) || self.requesterRoutes.all(r, has(r.addressTemplate) || (has(r.addresses) && size(r.addresses) > 0) || !self.sinks.exists(s, s.name == r.sink && has(s.smtp)))").message("a requesterRoutes entry to an smtp sink needs addresses (username: address) or addressTemplate, e.g. '{user}@example.com'")
 )]
 pub struct Notifications {
     /// Named destinations: SMTP servers and HTTP webhooks.

@@ -579,3 +579,27 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .unwrap_or_default();
     Ok((code, body))
 }
+
+/// The operator of a binary whose tests change cluster-wide state (the
+/// control, the operator process), held by one test at a time.
+pub static EXCLUSIVE: tokio::sync::Mutex<Option<OperatorProcess>> =
+    tokio::sync::Mutex::const_new(None);
+
+/// Holds the cluster for one test: kubepam installed, one operator running
+/// (started on first use, or again after a test took it away).
+pub async fn exclusive_operator() -> (
+    tokio::sync::MutexGuard<'static, Option<OperatorProcess>>,
+    &'static TestCluster,
+) {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    let cluster = cluster();
+    INSTALLED.get_or_init(|| cluster.install_kubepam());
+    let mut guard = EXCLUSIVE.lock().await;
+    if guard.is_none() {
+        let admin = cluster.client(Identity::Admin).await;
+        let operator = cluster.spawn_operator();
+        operator.wait_registered(&admin).await;
+        *guard = Some(operator);
+    }
+    (guard, cluster)
+}

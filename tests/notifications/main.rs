@@ -1,0 +1,786 @@
+//! Notifications, end to end: a real SMTP server (aiosmtpd, `smtp_sink.py`) and HTTP
+//! receivers on loopback, kubepam running as the `operator` identity. The tests change the
+//! control's sinks and restart the operator, so they run one at a time on their own control
+//! plane.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+#![allow(clippy::too_many_lines)] // a scenario reads best as one story
+
+#[path = "../cluster/pam.rs"]
+mod pam;
+mod receivers;
+#[path = "../cluster/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use kubepam::api::{
+    DeliveryState, ElevationRequest, Notification, Phase, PrivilegedAccessControl, find_condition,
+};
+use serde_json::{Value, json};
+
+use pam::{
+    apply_control, create_policy, create_request, review, task_policy, wait_may_delete_deployments,
+    wait_phase,
+};
+use receivers::{HookReceiver, SmtpServer};
+use support::{Identity, eventually, free_port};
+
+const SOON: Duration = Duration::from_secs(20);
+const SMTP_USER: &str = "mailer";
+const SMTP_PASSWORD: &str = "smtp-pw-7f3a9c-never-logged";
+const HOOK_TOKEN: &str = "hook-token-52b1e0-never-logged";
+
+/// A Secret in kubepam's namespace, labelled for notifications or not.
+async fn secret(admin: &Client, name: &str, data: &[(&str, &str)], for_notifications: bool) {
+    let labels = if for_notifications {
+        json!({ "kubepam.io/notifications": "true" })
+    } else {
+        json!({})
+    };
+    let data: BTreeMap<&str, &str> = data.iter().copied().collect();
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": name, "namespace": "kubepam-system", "labels": labels },
+        "stringData": data,
+    });
+    Api::<Secret>::namespaced(admin.clone(), "kubepam-system")
+        .patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .expect("applying the secret");
+}
+
+/// The control with these notification settings; requests expire after `ttl`.
+async fn control_with(admin: &Client, notifications: Value, ttl: &str) {
+    apply_control(
+        admin,
+        json!({
+            "enabled": true,
+            "defaultApproverGroup": "pam-approvers",
+            "requestTTL": ttl,
+            "notifications": notifications,
+        }),
+    )
+    .await;
+}
+
+fn outbox(request: &ElevationRequest) -> Vec<Notification> {
+    request
+        .status
+        .as_ref()
+        .map(|s| s.notifications.clone())
+        .unwrap_or_default()
+}
+
+fn request_id(request: &ElevationRequest) -> String {
+    request
+        .status
+        .as_ref()
+        .and_then(|s| s.request_id.clone())
+        .expect("a request id")
+}
+
+/// Waits until every notification of the request is delivered; returns the request.
+async fn wait_all_sent(admin: &Client, name: &str, timeout: Duration) -> ElevationRequest {
+    let api = Api::<ElevationRequest>::all(admin.clone());
+    eventually(
+        &format!("every notification of {name} sent"),
+        timeout,
+        || async {
+            let request = api.get(name).await.ok()?;
+            let outbox = outbox(&request);
+            (!outbox.is_empty() && outbox.iter().all(|n| n.state == DeliveryState::Sent))
+                .then_some(request)
+        },
+    )
+    .await
+}
+
+/// Events about the control.
+async fn control_events(admin: &Client) -> Vec<Event> {
+    Api::<Event>::namespaced(admin.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("listing events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some("PrivilegedAccessControl"))
+        })
+        .collect()
+}
+
+/// The control's `NotificationsDelivering` condition: (status, reason, message).
+async fn delivery_condition(admin: &Client) -> Option<(String, String, String)> {
+    let control = Api::<PrivilegedAccessControl>::all(admin.clone())
+        .get("default")
+        .await
+        .ok()?;
+    let status = control.status?;
+    let c = find_condition(&status.conditions, "NotificationsDelivering")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Each message type reaches the right people once, by mail and by webhook, with what they
+/// need to act; credentials reach the servers and nothing else.
+#[tokio::test]
+async fn every_message_type_arrives_once_with_its_recipients() {
+    let (guard, cluster) = support::exclusive_operator().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    let carol = cluster.client(Identity::Carol).await;
+    let ns = cluster.namespace("notify").await;
+
+    let smtp = SmtpServer::start(Some((SMTP_USER, SMTP_PASSWORD)));
+    let hook = HookReceiver::start(free_port(), Duration::ZERO).await;
+    secret(
+        &admin,
+        "smtp-login",
+        &[("username", SMTP_USER), ("password", SMTP_PASSWORD)],
+        true,
+    )
+    .await;
+    secret(&admin, "hook-token", &[("token", HOOK_TOKEN)], true).await;
+    control_with(
+        &admin,
+        json!({
+            "sinks": [
+                { "name": "mail", "smtp": {
+                    "host": "127.0.0.1", "port": smtp.port, "security": "None",
+                    "from": "kubepam@example.com", "credentialsSecret": "smtp-login" } },
+                { "name": "hook", "webhook": {
+                    "url": hook.url(), "tokenSecret": { "name": "hook-token", "key": "token" } } },
+            ],
+            "approverRoutes": [
+                { "group": "pam-approvers", "sink": "mail", "to": ["approvers@example.com"] },
+                { "group": "pam-approvers", "sink": "hook" },
+                { "group": "ops-approvers", "sink": "mail", "to": ["ops@example.com"] },
+            ],
+            "requesterRoutes": [
+                { "sink": "mail", "addressTemplate": "{user}@example.com",
+                  "addresses": { "bob": "robert@example.com" } },
+                { "sink": "hook" },
+            ],
+            "grantEndingNotice": "4s",
+        }),
+        "30s",
+    )
+    .await;
+    create_policy(&admin, "notify-deploys", task_policy(&ns.name, "Manual")).await;
+    let spec = |duration: &str| {
+        json!({ "policy": "notify-deploys", "namespace": ns.name,
+                "reason": "INC-4711 stuck rollout", "duration": duration })
+    };
+
+    // Approved, warned before its end, ended.
+    create_request(&alice, "notify-approved", spec("9s")).await;
+    // Denied with a comment.
+    create_request(&alice, "notify-denied", spec("1h")).await;
+    // Approved, then revoked.
+    create_request(&alice, "notify-revoked", spec("1h")).await;
+    // Nobody decides.
+    create_request(&alice, "notify-expired", spec("1h")).await;
+    for name in [
+        "notify-approved",
+        "notify-denied",
+        "notify-revoked",
+        "notify-expired",
+    ] {
+        wait_phase(&admin, name, Phase::Pending, SOON).await;
+    }
+    // The approvers hear of each new request before anyone decides.
+    eventually("four submissions by mail and webhook", SOON, || async {
+        let mails = smtp.messages();
+        let hooks = hook.received();
+        (mails.len() >= 4 && hooks.len() >= 4).then_some(())
+    })
+    .await;
+
+    review(&bob, "notify-approved", "bob", "Approve", "go ahead")
+        .await
+        .unwrap();
+    review(
+        &carol,
+        "notify-denied",
+        "carol",
+        "Deny",
+        "not during the freeze",
+    )
+    .await
+    .unwrap();
+    review(&bob, "notify-revoked", "bob", "Approve", "ok")
+        .await
+        .unwrap();
+    wait_phase(&admin, "notify-revoked", Phase::Approved, SOON).await;
+    review(&carol, "notify-revoked", "carol", "Revoke", "done here")
+        .await
+        .unwrap();
+
+    let a_minute = Duration::from_secs(60);
+    wait_phase(&admin, "notify-approved", Phase::Expired, a_minute).await;
+    wait_phase(&admin, "notify-expired", Phase::Expired, a_minute).await;
+    let mut requests = BTreeMap::new();
+    for name in [
+        "notify-approved",
+        "notify-denied",
+        "notify-revoked",
+        "notify-expired",
+    ] {
+        let request = wait_all_sent(&admin, name, SOON).await;
+        requests.insert(request_id(&request), name);
+    }
+    // Anything sent twice would arrive by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let expected: BTreeMap<&str, Vec<&str>> = BTreeMap::from([
+        (
+            "notify-approved",
+            vec![
+                "submitted.approvers",
+                "approved.requester",
+                "approved.approvers",
+                "grantending.requester",
+                "ended.requester",
+            ],
+        ),
+        (
+            "notify-denied",
+            vec![
+                "submitted.approvers",
+                "denied.requester",
+                "denied.approvers",
+            ],
+        ),
+        (
+            "notify-revoked",
+            vec![
+                "submitted.approvers",
+                "approved.requester",
+                "approved.approvers",
+                "revoked.requester",
+                "revoked.approvers",
+            ],
+        ),
+        (
+            "notify-expired",
+            vec![
+                "submitted.approvers",
+                "expired.requester",
+                "expired.approvers",
+            ],
+        ),
+    ]);
+    // (request, entry id) -> how many times it arrived, per channel.
+    let mut arrived: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mails = smtp.messages();
+    for mail in &mails {
+        let id = mail.message_id.trim_matches(['<', '>']);
+        let id = id
+            .strip_suffix("@kubepam.io")
+            .expect("kubepam's Message-ID");
+        let (request, entry) = requests
+            .keys()
+            .find_map(|rid| Some((rid, id.strip_prefix(&format!("{rid}."))?)))
+            .unwrap_or_else(|| panic!("a mail about an unknown request: {id}"));
+        *arrived
+            .entry((requests[request].to_owned(), entry.to_owned()))
+            .or_default() += 1;
+    }
+    let hooks = hook.received();
+    for call in &hooks {
+        let id = call.body["id"].as_str().unwrap();
+        let (request, entry) = id.split_once('/').unwrap();
+        *arrived
+            .entry((requests[request].to_owned(), entry.to_owned()))
+            .or_default() += 1;
+    }
+    let mut wanted = BTreeMap::new();
+    for (name, entries) in &expected {
+        for entry in entries {
+            for sink in ["mail", "hook"] {
+                wanted.insert(((*name).to_owned(), format!("{entry}.{sink}")), 1usize);
+            }
+        }
+    }
+    assert_eq!(arrived, wanted, "each notification once, and no other");
+
+    // Mail: the envelope and headers name the right people; the server saw the login.
+    let mail_for = |request: &str, entry: &str| {
+        let rid = requests.iter().find(|(_, n)| **n == request).unwrap().0;
+        mails
+            .iter()
+            .find(|m| m.message_id.contains(&format!("{rid}.{entry}.mail@")))
+            .unwrap_or_else(|| panic!("no mail {entry} for {request}"))
+            .clone()
+    };
+    let submitted = mail_for("notify-approved", "submitted.approvers");
+    assert_eq!(submitted.rcpt_tos, ["approvers@example.com"]);
+    assert_eq!(submitted.auth_user.as_deref(), Some(SMTP_USER));
+    assert!(submitted.from.contains("kubepam@example.com"));
+    for needle in [
+        "alice",
+        "notify-deploys",
+        &format!("namespace {}", ns.name),
+        "9s",
+        "INC-4711 stuck rollout",
+        "kubectl pam approve notify-approved",
+        "kubectl pam deny notify-approved",
+        "kubectl patch elevationrequest notify-approved --type=merge -p",
+        "\\\"decision\\\":\\\"Approve\\\"",
+    ] {
+        assert!(
+            submitted.body.contains(needle),
+            "the submission mail says {needle:?}:\n{}",
+            submitted.body
+        );
+    }
+    assert!(submitted.subject.contains("approval needed"));
+    let approved = mail_for("notify-approved", "approved.requester");
+    assert_eq!(approved.rcpt_tos, ["alice@example.com"]);
+    assert!(
+        approved.body.contains("approved by bob"),
+        "{}",
+        approved.body
+    );
+    let denied = mail_for("notify-denied", "denied.requester");
+    assert!(
+        denied.body.contains("not during the freeze"),
+        "the reviewer's comment reaches the requester:\n{}",
+        denied.body
+    );
+    let told_approvers = mail_for("notify-denied", "denied.approvers");
+    assert_eq!(told_approvers.rcpt_tos, ["approvers@example.com"]);
+    assert!(told_approvers.body.contains("Nothing is left to decide"));
+    assert!(
+        mails
+            .iter()
+            .all(|m| !m.rcpt_tos.iter().any(|r| r == "ops@example.com")),
+        "another group's route is not used"
+    );
+    let ending = mail_for("notify-approved", "grantending.requester");
+    assert!(ending.subject.contains("ends soon"), "{}", ending.subject);
+
+    // Webhook: the bearer token from the Secret, and the documented body.
+    assert!(
+        hooks
+            .iter()
+            .all(|h| h.authorization.as_deref() == Some(&format!("Bearer {HOOK_TOKEN}"))),
+        "every call carries the token"
+    );
+    let call = hooks
+        .iter()
+        .find(|h| h.body["event"] == "Submitted" && h.body["request"]["name"] == "notify-approved")
+        .unwrap();
+    assert_eq!(call.body["apiVersion"], "kubepam.io/v1alpha1");
+    assert_eq!(call.body["kind"], "Notification");
+    assert_eq!(call.body["audience"], "Approvers");
+    assert_eq!(call.body["recipient"], "pam-approvers");
+    assert_eq!(call.body["request"]["requester"], "alice");
+    assert_eq!(call.body["request"]["namespace"], ns.name.as_str());
+    assert_eq!(call.body["request"]["reason"], "INC-4711 stuck rollout");
+    assert_eq!(
+        call.body["commands"]["approve"],
+        "kubectl pam approve notify-approved"
+    );
+    assert_eq!(call.id_header.as_deref(), call.body["id"].as_str());
+    let call = hooks
+        .iter()
+        .find(|h| h.body["event"] == "Revoked" && h.body["audience"] == "Requester")
+        .unwrap();
+    assert_eq!(call.body["recipient"], "alice");
+    // Addresses come from each route; this one names none.
+    assert_eq!(call.body["to"], json!([]));
+    assert_eq!(call.body["actor"], "carol");
+
+    // No credential in the operator's log, in Events or in any status.
+    let log = std::fs::read_to_string(&guard.as_ref().unwrap().log_path).unwrap();
+    let events = serde_json::to_string(
+        &Api::<Event>::namespaced(admin.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    )
+    .unwrap();
+    let statuses = serde_json::to_string(
+        &Api::<ElevationRequest>::all(admin.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    )
+    .unwrap();
+    let control = serde_json::to_string(
+        &Api::<PrivilegedAccessControl>::all(admin.clone())
+            .get("default")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(log.contains("notification sent"), "deliveries are logged");
+    for (what, text) in [
+        ("log", &log),
+        ("events", &events),
+        ("statuses", &statuses),
+        ("control", &control),
+    ] {
+        for credential in [SMTP_PASSWORD, HOOK_TOKEN] {
+            assert!(!text.contains(credential), "a credential in the {what}");
+        }
+    }
+    drop(guard);
+}
+
+/// A sink that is down is reported on the control and retried; when it is back it receives
+/// the whole backlog, each message once. A Secret not labelled for notifications is never
+/// sent, even when the control names it.
+#[tokio::test]
+async fn a_sink_that_was_down_receives_the_backlog() {
+    let (guard, cluster) = support::exclusive_operator().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let ns = cluster.namespace("backlog").await;
+
+    let down = free_port();
+    let leak = HookReceiver::start(free_port(), Duration::ZERO).await;
+    // Whoever edits the control points a token at another Secret of kubepam's namespace.
+    secret(
+        &admin,
+        "unrelated",
+        &[("token", "not-for-any-webhook")],
+        false,
+    )
+    .await;
+    control_with(
+        &admin,
+        json!({
+            "sinks": [
+                { "name": "chat", "webhook": { "url": format!("http://127.0.0.1:{down}/hook"),
+                                               "format": "Slack" } },
+                { "name": "leak", "webhook": { "url": leak.url(),
+                    "tokenSecret": { "name": "unrelated", "key": "token" } } },
+            ],
+            "requesterRoutes": [ { "sink": "chat" }, { "sink": "leak" } ],
+        }),
+        "24h",
+    )
+    .await;
+    create_policy(&admin, "backlog-deploys", task_policy(&ns.name, "Auto")).await;
+    let names: Vec<String> = (0..5).map(|i| format!("backlog-{i}")).collect();
+    for name in &names {
+        create_request(
+            &alice,
+            name,
+            json!({ "policy": "backlog-deploys", "namespace": ns.name,
+                    "reason": "backlog", "duration": "1h" }),
+        )
+        .await;
+    }
+    for name in &names {
+        wait_phase(&admin, name, Phase::Approved, SOON).await;
+    }
+
+    let (status, reason, message) = eventually("the sink reported failing", SOON, || async {
+        delivery_condition(&admin)
+            .await
+            .filter(|(status, ..)| status == "False")
+    })
+    .await;
+    assert_eq!(reason, "SinkFailing");
+    assert!(message.contains("\"chat\""), "{message}");
+    assert!(!message.contains(&down.to_string()), "no URL: {message}");
+    assert_eq!(status, "False");
+    eventually("an Event on the control", SOON, || async {
+        control_events(&admin)
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("NotificationSinkFailing"))
+    })
+    .await;
+    let api = Api::<ElevationRequest>::all(admin.clone());
+    let pending = eventually("retries recorded", SOON, || async {
+        let request = api.get(&names[0]).await.ok()?;
+        let entry = outbox(&request)
+            .into_iter()
+            .find(|n| n.sink == "chat" && n.attempts >= 2)?;
+        Some(entry)
+    })
+    .await;
+    assert_eq!(pending.state, DeliveryState::Pending);
+    assert!(pending.next_attempt_at.is_some());
+    assert!(pending.last_error.is_some());
+    // The unlabelled Secret is refused: nothing reaches the other receiver.
+    let refused = eventually("the unlabelled Secret refused", SOON, || async {
+        let request = api.get(&names[0]).await.ok()?;
+        outbox(&request)
+            .into_iter()
+            .find(|n| n.sink == "leak" && n.attempts >= 1)
+    })
+    .await;
+    assert!(
+        refused
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not labelled kubepam.io/notifications=true")),
+        "{refused:?}"
+    );
+    assert!(leak.received().is_empty(), "nothing sent with that Secret");
+
+    // The sink comes back.
+    let chat = HookReceiver::start(down, Duration::ZERO).await;
+    for name in &names {
+        let request_id = request_id(&api.get(name).await.unwrap());
+        let id = format!("{request_id}/approved.requester.chat");
+        eventually(
+            &format!("the backlog for {name}"),
+            Duration::from_secs(90),
+            || {
+                let found = chat
+                    .received()
+                    .iter()
+                    .any(|h| h.id_header.as_deref() == Some(&id));
+                async move { found.then_some(()) }
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = chat.received();
+    assert_eq!(calls.len(), names.len(), "each once: {calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.body.as_object().is_some_and(|o| o.len() == 1)
+                && c.body["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("*[kubepam]"))),
+        "Slack's body: {calls:?}"
+    );
+    eventually("the control says the sinks deliver", SOON, || async {
+        delivery_condition(&admin)
+            .await
+            .filter(|(_, reason, message)| {
+                // The refused Secret keeps the other sink failing.
+                reason == "SinkFailing" && !message.contains("\"chat\"")
+            })
+    })
+    .await;
+    eventually("a recovery Event", SOON, || async {
+        control_events(&admin)
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("NotificationSinkRecovered"))
+    })
+    .await;
+    drop(guard);
+}
+
+/// The operator killed after a decision is recorded and before its notification is sent:
+/// the next one sends it, once.
+#[tokio::test]
+async fn a_restart_between_decided_and_sent_sends_once() {
+    let (mut guard, cluster) = support::exclusive_operator().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let ns = cluster.namespace("restart").await;
+
+    let port = free_port();
+    control_with(
+        &admin,
+        json!({
+            "sinks": [ { "name": "hook", "webhook": { "url": format!("http://127.0.0.1:{port}/") } } ],
+            "requesterRoutes": [ { "sink": "hook" } ],
+        }),
+        "24h",
+    )
+    .await;
+    create_policy(&admin, "restart-deploys", task_policy(&ns.name, "Auto")).await;
+    create_request(
+        &alice,
+        "restart-0",
+        json!({ "policy": "restart-deploys", "namespace": ns.name,
+                "reason": "restart", "duration": "1h" }),
+    )
+    .await;
+    let api = Api::<ElevationRequest>::all(admin.clone());
+    // Decided and recorded; the one try so far failed (nothing listens yet).
+    let recorded = eventually("the decision recorded, not sent", SOON, || async {
+        let request = api.get("restart-0").await.ok()?;
+        let entry = outbox(&request).into_iter().next()?;
+        (entry.state == DeliveryState::Pending && entry.attempts >= 1).then_some(request)
+    })
+    .await;
+    guard.take().unwrap().kill();
+    let hook = HookReceiver::start(port, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        hook.received().is_empty(),
+        "nobody sends while kubepam is down"
+    );
+
+    let operator = cluster.spawn_operator();
+    operator.wait_registered(&admin).await;
+    *guard = Some(operator);
+    wait_all_sent(&admin, "restart-0", Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let id = format!("{}/approved.requester.hook", request_id(&recorded));
+    let calls: Vec<_> = hook
+        .received()
+        .into_iter()
+        .filter(|h| h.id_header.as_deref() == Some(&id))
+        .collect();
+    assert_eq!(calls.len(), 1, "sent exactly once: {calls:?}");
+    drop(guard);
+}
+
+/// A sink that takes 2 s to answer does not hold up grants: access is in place while the
+/// approval's notification is still on its way.
+#[tokio::test]
+async fn a_slow_sink_does_not_delay_the_grant() {
+    let (guard, cluster) = support::exclusive_operator().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    let ns = cluster.namespace("slow").await;
+
+    let slow = HookReceiver::start(free_port(), Duration::from_secs(2)).await;
+    control_with(
+        &admin,
+        json!({
+            "sinks": [ { "name": "slow", "webhook": { "url": slow.url() } } ],
+            "approverRoutes": [ { "group": "pam-approvers", "sink": "slow" } ],
+            "requesterRoutes": [ { "sink": "slow" } ],
+        }),
+        "24h",
+    )
+    .await;
+    create_policy(&admin, "slow-deploys", task_policy(&ns.name, "Manual")).await;
+    let api = Api::<ElevationRequest>::all(admin.clone());
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let name = format!("slow-{i}");
+        create_request(
+            &alice,
+            &name,
+            json!({ "policy": "slow-deploys", "namespace": ns.name,
+                    "reason": "slow sink", "duration": "20s" }),
+        )
+        .await;
+        wait_phase(&admin, &name, Phase::Pending, SOON).await;
+        let start = Instant::now();
+        review(&bob, &name, "bob", "Approve", "").await.unwrap();
+        wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
+        let latency = start.elapsed();
+        let request = api.get(&name).await.unwrap();
+        let id = format!("{}/approved.requester.slow", request_id(&request));
+        assert!(
+            !slow
+                .received()
+                .iter()
+                .any(|h| h.id_header.as_deref() == Some(&id)),
+            "access was granted before the sink answered the approval's notification"
+        );
+        latencies.push(latency);
+        // The next request starts without this grant.
+        wait_phase(&admin, &name, Phase::Expired, Duration::from_secs(40)).await;
+    }
+    latencies.sort();
+    println!(
+        "approval-to-access with a 2 s sink: median {:?}, max {:?} (n={})",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        latencies.len()
+    );
+    for i in 0..5 {
+        wait_all_sent(&admin, &format!("slow-{i}"), Duration::from_secs(60)).await;
+    }
+    drop(guard);
+}
+
+/// The schema refuses notification settings that cannot work, saying what to write.
+#[tokio::test]
+async fn bad_notification_settings_are_refused_with_what_to_write() {
+    let (guard, cluster) = support::exclusive_operator().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let api = Api::<PrivilegedAccessControl>::all(admin.clone());
+    let cases = [
+        (
+            json!({ "sinks": [ { "name": "a", "webhook": { "url": "http://x" } } ],
+                    "approverRoutes": [ { "group": "g", "sink": "b" } ] }),
+            "every approverRoutes[].sink must name one of sinks[].name",
+        ),
+        (
+            json!({ "sinks": [ { "name": "m", "smtp": { "host": "h", "from": "k@example.com" } } ],
+                    "approverRoutes": [ { "group": "g", "sink": "m" } ] }),
+            "needs to: the addresses that reach the group",
+        ),
+        (
+            json!({ "sinks": [ { "name": "m", "smtp": { "host": "h", "from": "k@example.com" } } ],
+                    "requesterRoutes": [ { "sink": "m" } ] }),
+            "needs addresses (username: address) or addressTemplate",
+        ),
+        (
+            json!({ "sinks": [ { "name": "a", "webhook": { "url": "http://x" },
+                                 "smtp": { "host": "h", "from": "k@example.com" } } ] }),
+            "a sink sets exactly one of smtp and webhook",
+        ),
+        (
+            json!({ "sinks": [ { "name": "a", "webhook": { "url": "ftp://x" } } ] }),
+            "webhook.url must start with https:// or http://",
+        ),
+        (
+            json!({ "sinks": [ { "name": "a", "webhook": { "url": "http://x" } },
+                               { "name": "a", "webhook": { "url": "http://y" } } ] }),
+            "sinks[].name must be unique",
+        ),
+        (
+            json!({ "sinks": [], "requesterRoutes": [],
+                    "grantEndingNotice": "soon" }),
+            "grantEndingNotice must be a number followed by s, m or h",
+        ),
+        (
+            json!({ "sinks": [ { "name": "m", "smtp": { "host": "h", "from": "k@example.com" } } ],
+                    "requesterRoutes": [ { "sink": "m", "addressTemplate": "alice@example.com" } ] }),
+            "addressTemplate must contain {user}",
+        ),
+    ];
+    for (notifications, wanted) in cases {
+        let control = json!({
+            "apiVersion": "kubepam.io/v1alpha1", "kind": "PrivilegedAccessControl",
+            "metadata": { "name": "default" },
+            "spec": { "enabled": true, "defaultApproverGroup": "pam-approvers",
+                      "notifications": notifications },
+        });
+        let result = api
+            .patch(
+                "default",
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&control),
+            )
+            .await;
+        match result {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{notifications}: {}", status.message);
+                assert!(
+                    status.message.contains(wanted),
+                    "{notifications}: {}",
+                    status.message
+                );
+            }
+            other => panic!("{notifications} must be refused: {other:?}"),
+        }
+    }
+    drop(guard);
+}
