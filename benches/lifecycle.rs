@@ -1,7 +1,8 @@
 //! Lifecycle benchmark on the local control plane (`make bench`).
 //!
 //! Prints, for the operator running as its own identity:
-//! - approval-to-access latency: review patch accepted -> SubjectAccessReview allows;
+//! - approval-to-access latency: review patch accepted -> SubjectAccessReview allows, without
+//!   notifications and with a webhook sink that takes 2 s to answer;
 //! - expiry lag: grantedUntil -> SubjectAccessReview refuses;
 //! - throughput of Auto requests to granted;
 //! - operator peak RSS with many ElevationRequests;
@@ -23,6 +24,9 @@
 
 #[path = "../tests/cluster/pam.rs"]
 mod pam;
+#[path = "../tests/notifications/receivers.rs"]
+#[allow(dead_code)] // the bench uses the HTTP receiver only
+mod receivers;
 #[path = "../tests/cluster/support/mod.rs"]
 mod support;
 
@@ -152,6 +156,49 @@ async fn main() {
         latencies.push(allowed_at - accepted);
     }
     report("approval-to-access", latencies);
+
+    // 1b. The same with every notification going to a sink that takes 2 s to answer.
+    let slow = receivers::HookReceiver::start(support::free_port(), Duration::from_secs(2)).await;
+    pam::apply_control(
+        &admin,
+        json!({
+            "enabled": true,
+            "defaultApproverGroup": "pam-approvers",
+            "systemAccounts": ["system:serviceaccount:ci:deployer"],
+            "notifications": {
+                "sinks": [ { "name": "slow", "webhook": { "url": slow.url() } } ],
+                "approverRoutes": [ { "group": "pam-approvers", "sink": "slow" } ],
+                "requesterRoutes": [ { "sink": "slow" } ],
+            },
+        }),
+    )
+    .await;
+    let n = scaled(100);
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let (name, user) = (format!("slowsink-{i}"), format!("slowsink-user-{i}"));
+        let requester = cluster.client_as_user(&user, &["developers"]).await;
+        create(&requester, &name, "bench-manual", &ns, "1h").await;
+        wait_phase(&admin, &name, Phase::Pending, WAIT).await;
+        review(&bob, &name, "bob", "Approve", "bench")
+            .await
+            .unwrap();
+        let accepted = Instant::now();
+        let allowed_at = sar_until(&admin, &user, &ns, true).await;
+        latencies.push(allowed_at - accepted);
+    }
+    report("approval-to-access (2 s webhook sink)", latencies);
+    let started = Instant::now();
+    // Submitted to the approvers; Approved to the requester and to the approvers.
+    let owed = 3 * n;
+    while slow.received().len() < owed && started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "notifications delivered to the 2 s sink: {}/{owed}",
+        slow.received().len()
+    );
+    standard_control(&admin).await;
 
     // 2. Expiry lag: grants of 3s, 20 at a time.
     let n = scaled(200);

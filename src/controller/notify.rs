@@ -85,39 +85,40 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
 
 pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let control = ctx.control();
+    let none = Notifications::default();
     let config = control
         .as_ref()
-        .and_then(|c| c.spec.notifications.clone())
-        .unwrap_or_default();
+        .and_then(|c| c.spec.notifications.as_ref())
+        .unwrap_or(&none);
+    if request.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    // Most changes of a request owe nothing: decided without a copy.
+    let ending = plan::grant_ending(&request, config, Utc::now());
+    if ending.is_empty() && due_entries(&request).is_empty() {
+        return Ok(next_look(&request, config));
+    }
     let default_duration = control.as_ref().map_or_else(
         || crate::api::DEFAULT_DURATION.to_owned(),
         |c| duration::format(ControlSettings::from_spec(&c.spec).default_duration),
     );
-    let mut current = (*request).clone();
-    if current.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
 
-    let ending = plan::grant_ending(&current, &config, Utc::now());
+    let mut current = (*request).clone();
     if !ending.is_empty() {
         current = record(&ctx, current, |outbox| {
             plan::enqueue(outbox, ending.clone());
         })
         .await?;
     }
-
-    let mut due = due_entries(&current);
-    if !due.is_empty() {
-        // The cache can be behind this controller's own last record (a
-        // change queued during a send wakes it before its write is seen):
-        // what was sent is known only from the API server.
-        current = read(&ctx, &current.name_any()).await?.unwrap_or(current);
-        due = due_entries(&current);
-    }
+    // The cache can be behind this controller's own last record (a change
+    // queued during a send wakes it before its write is seen): what was
+    // sent is known only from the API server.
+    current = read(&ctx, &current.name_any()).await?.unwrap_or(current);
+    let due = due_entries(&current);
     if !due.is_empty() {
         let tries = due
             .iter()
-            .map(|entry| attempt(&ctx, &config, &current, entry, &default_duration));
+            .map(|entry| attempt(&ctx, config, &current, entry, &default_duration));
         let outcomes = futures::future::join_all(tries).await;
         let done = Utc::now();
         current = record(&ctx, current, |outbox| {
@@ -130,13 +131,17 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
             report(&ctx, &current, entry, outcome).await;
         }
     }
+    Ok(next_look(&current, config))
+}
 
-    let outbox = current
+/// Wakes the controller when the next entry is due, or the grant-ending notice.
+fn next_look(request: &ElevationRequest, config: &Notifications) -> Action {
+    let outbox = request
         .status
         .as_ref()
         .map(|s| s.notifications.as_slice())
         .unwrap_or_default();
-    let ending_at = plan::grant_ending_at(&current, &config).filter(|_| {
+    let ending_at = plan::grant_ending_at(request, config).filter(|_| {
         !outbox
             .iter()
             .any(|n| n.event == crate::api::NotificationEvent::GrantEnding)
@@ -145,7 +150,7 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
         .into_iter()
         .flatten()
         .min();
-    Ok(match next {
+    match next {
         Some(at) => Action::requeue(
             (at - Utc::now())
                 .to_std()
@@ -153,7 +158,7 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
                 .max(Duration::from_millis(50)),
         ),
         None => Action::await_change(),
-    })
+    }
 }
 
 /// The entries of the request due now.
