@@ -784,3 +784,80 @@ async fn bad_notification_settings_are_refused_with_what_to_write() {
     }
     drop(guard);
 }
+
+/// Mail goes over STARTTLS and over TLS from the first byte, with the server's certificate
+/// verified against the trusted roots (here a test CA, given as `SSL_CERT_FILE`).
+#[tokio::test]
+async fn mail_is_sent_over_starttls_and_tls() {
+    let (mut guard, cluster) = support::exclusive_operator().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let ns = cluster.namespace("tls").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = kubepam::webhook::tls::generate(&["127.0.0.1".to_owned()]).unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    std::fs::write(&ca_path, ca).unwrap();
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let login = Some((SMTP_USER, SMTP_PASSWORD));
+    let starttls = SmtpServer::start_with(login, Some(("starttls", &cert_path, &key_path)));
+    let implicit = SmtpServer::start_with(login, Some(("implicit", &cert_path, &key_path)));
+
+    // An operator that trusts the test CA, as one would trust a company CA.
+    guard.take().unwrap().kill();
+    let operator = cluster.spawn_operator_with(&support::OperatorSpec {
+        env: vec![("SSL_CERT_FILE", ca_path.display().to_string())],
+        ..support::OperatorSpec::default()
+    });
+    operator.wait_registered(&admin).await;
+    *guard = Some(operator);
+
+    secret(
+        &admin,
+        "smtp-login",
+        &[("username", SMTP_USER), ("password", SMTP_PASSWORD)],
+        true,
+    )
+    .await;
+    let smtp = |port: u16, security: &str| {
+        json!({ "host": "127.0.0.1", "port": port, "security": security,
+                "from": "kubepam@example.com", "credentialsSecret": "smtp-login" })
+    };
+    control_with(
+        &admin,
+        json!({
+            "sinks": [
+                { "name": "starttls", "smtp": smtp(starttls.port, "StartTLS") },
+                { "name": "implicit", "smtp": smtp(implicit.port, "TLS") },
+            ],
+            "requesterRoutes": [
+                { "sink": "starttls", "addressTemplate": "{user}@example.com" },
+                { "sink": "implicit", "addressTemplate": "{user}@example.com" },
+            ],
+        }),
+        "24h",
+    )
+    .await;
+    create_policy(&admin, "tls-deploys", task_policy(&ns.name, "Auto")).await;
+    create_request(
+        &alice,
+        "tls-0",
+        json!({ "policy": "tls-deploys", "namespace": ns.name,
+                "reason": "tls", "duration": "1h" }),
+    )
+    .await;
+    wait_all_sent(&admin, "tls-0", Duration::from_secs(60)).await;
+    for (server, name) in [(&starttls, "STARTTLS"), (&implicit, "TLS")] {
+        let mails = server.messages();
+        assert_eq!(mails.len(), 1, "one mail over {name}: {mails:?}");
+        assert!(mails[0].encrypted, "the mail over {name} is encrypted");
+        assert_eq!(mails[0].auth_user.as_deref(), Some(SMTP_USER));
+        assert_eq!(mails[0].rcpt_tos, ["alice@example.com"]);
+    }
+    drop(guard);
+}

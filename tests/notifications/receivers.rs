@@ -20,6 +20,8 @@ use crate::support::{free_port, repo_root};
 pub struct Mail {
     pub rcpt_tos: Vec<String>,
     pub auth_user: Option<String>,
+    /// Whether the mail came over TLS.
+    pub encrypted: bool,
     pub from: String,
     pub subject: String,
     pub message_id: String,
@@ -37,6 +39,15 @@ pub struct SmtpServer {
 impl SmtpServer {
     /// Starts the server; with `login`, it requires SMTP AUTH with exactly those credentials.
     pub fn start(login: Option<(&str, &str)>) -> Self {
+        Self::start_with(login, None)
+    }
+
+    /// As [`Self::start`], speaking TLS with `tls`: (`starttls` or `implicit`, cert file,
+    /// key file).
+    pub fn start_with(
+        login: Option<(&str, &str)>,
+        tls: Option<(&str, &std::path::Path, &std::path::Path)>,
+    ) -> Self {
         let python = repo_root().join("target/testtools/bin/python3");
         assert!(
             python.exists(),
@@ -55,6 +66,10 @@ impl SmtpServer {
             .arg(&out);
         if let Some((user, password)) = login {
             command.args(["--user", user, "--password", password]);
+        }
+        if let Some((mode, cert, key)) = tls {
+            command.args(["--tls", mode]);
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
         }
         let mut child = command
             .stdout(Stdio::piped())

@@ -11,6 +11,7 @@ import email
 import email.policy
 import json
 import signal
+import ssl
 import sys
 import threading
 
@@ -31,6 +32,8 @@ class Recorder:
             "auth_user": session.auth_data.login.decode()
             if isinstance(session.auth_data, LoginPassword)
             else None,
+            "encrypted": server.transport is not None
+            and server.transport.get_extra_info("ssl_object") is not None,
             "from": str(message["From"]),
             "to": str(message["To"]),
             "subject": str(message["Subject"]),
@@ -48,6 +51,9 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--user")
     parser.add_argument("--password")
+    parser.add_argument("--tls", choices=["starttls", "implicit"])
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     args = parser.parse_args()
 
     def authenticate(server, session, envelope, mechanism, auth_data):
@@ -65,6 +71,13 @@ def main():
             "auth_required": True,
             "auth_require_tls": False,
         }
+    if args.tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+        if args.tls == "starttls":
+            options.update(tls_context=context, require_starttls=True)
+        else:
+            options.update(ssl_context=context)
     controller = Controller(
         Recorder(args.out), hostname="127.0.0.1", port=args.port, **options
     )

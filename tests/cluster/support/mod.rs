@@ -357,6 +357,7 @@ impl TestCluster {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig_path)
             .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--context",
                 spec.context.unwrap_or("operator"),
@@ -395,6 +396,8 @@ pub struct OperatorSpec {
     pub context: Option<&'static str>,
     /// More arguments to `kubepam run`.
     pub args: Vec<&'static str>,
+    /// More environment variables.
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// A free TCP port on loopback.
