@@ -124,17 +124,9 @@ pub async fn reconcile(
         .iter()
         .flat_map(|n| n.sinks.iter().map(|s| s.name.clone()))
         .collect();
-    let backlog = ctx
-        .requests
-        .state()
-        .iter()
-        .filter_map(|r| r.status.as_ref())
-        .map(|s| crate::notify::outbox::backlog(&s.notifications))
-        .sum();
     match health::condition(
         &sinks,
         &ctx.notifier.health(),
-        backlog,
         now,
         control.metadata.generation,
     ) {

@@ -21,7 +21,9 @@ use tracing::{info, warn};
 
 use super::caches::Caches;
 use super::{Context, Error};
-use crate::api::{DeliveryState, ElevationRequest, Notification, Notifications, Phase};
+use crate::api::{
+    DeliveryState, ElevationRequest, ElevationRequestStatus, Notification, Notifications, Phase,
+};
 use crate::delivery::Sender;
 use crate::duration;
 use crate::lifecycle::ControlSettings;
@@ -39,6 +41,9 @@ const RECORD_ATTEMPTS: usize = 5;
 pub struct Notifier {
     pub sender: Sender,
     health: Mutex<BTreeMap<String, SinkHealth>>,
+    /// Outcomes of tries not yet recorded in status, by (request uid, entry id): a write
+    /// that failed is retried with them instead of sending again.
+    unrecorded: Mutex<BTreeMap<(String, String), Outcome>>,
 }
 
 impl Notifier {
@@ -46,6 +51,46 @@ impl Notifier {
         Self {
             sender,
             health: Mutex::new(BTreeMap::new()),
+            unrecorded: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn key(request: &ElevationRequest, entry: &Notification) -> (String, String) {
+        (
+            request.metadata.uid.clone().unwrap_or_default(),
+            entry.id.clone(),
+        )
+    }
+
+    /// The outcome of a try of `entry` that is not recorded yet, if any.
+    fn held(&self, request: &ElevationRequest, entry: &Notification) -> Option<Outcome> {
+        let unrecorded = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unrecorded.get(&Self::key(request, entry)).cloned()
+    }
+
+    fn hold(&self, request: &ElevationRequest, entries: &[Notification], outcomes: &[Outcome]) {
+        let mut unrecorded = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A retry may simply be tried again; a delivery must not be.
+        for (entry, outcome) in entries.iter().zip(outcomes) {
+            if !matches!(outcome, Outcome::Retry(_)) {
+                unrecorded.insert(Self::key(request, entry), outcome.clone());
+            }
+        }
+    }
+
+    fn release(&self, request: &ElevationRequest, entries: &[Notification]) {
+        let mut unrecorded = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for entry in entries {
+            unrecorded.remove(&Self::key(request, entry));
         }
     }
 
@@ -105,8 +150,12 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
 
     let mut current = (*request).clone();
     if !ending.is_empty() {
-        current = record(&ctx, current, |outbox| {
-            plan::enqueue(outbox, ending.clone());
+        // Planned again on each copy written: a fresh one may have ended.
+        current = record(&ctx, current, |request| {
+            let owed = plan::grant_ending(request, config, Utc::now());
+            if let Some(status) = request.status.as_mut() {
+                plan::enqueue(&mut status.notifications, owed);
+            }
         })
         .await?;
     }
@@ -116,17 +165,25 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
     current = read(&ctx, &current.name_any()).await?.unwrap_or(current);
     let due = due_entries(&current);
     if !due.is_empty() {
-        let tries = due
-            .iter()
-            .map(|entry| attempt(&ctx, config, &current, entry, &default_duration));
+        let tries = due.iter().map(|entry| async {
+            match ctx.notifier.held(&current, entry) {
+                Some(outcome) => outcome,
+                None => attempt(&ctx, config, &current, entry, &default_duration).await,
+            }
+        });
         let outcomes = futures::future::join_all(tries).await;
         let done = Utc::now();
-        current = record(&ctx, current, |outbox| {
-            for (entry, outcome) in due.iter().zip(&outcomes) {
-                outbox::record(outbox, &entry.id, outcome, done);
+        // Kept until written: a failed write must not send them again.
+        ctx.notifier.hold(&current, &due, &outcomes);
+        current = record(&ctx, current, |request| {
+            if let Some(status) = request.status.as_mut() {
+                for (entry, outcome) in due.iter().zip(&outcomes) {
+                    outbox::record(&mut status.notifications, &entry.id, outcome, done);
+                }
             }
         })
         .await?;
+        ctx.notifier.release(&current, &due);
         for (entry, outcome) in due.iter().zip(&outcomes) {
             report(&ctx, &current, entry, outcome).await;
         }
@@ -211,6 +268,9 @@ async fn attempt(
     let now = Utc::now();
     let outcome = match &result {
         Ok(()) => Outcome::Sent,
+        // Wrong settings fail at once, with an Event that says what to fix;
+        // retrying them for a day would only hide them.
+        Err(error) if error.is_permanent() => Outcome::Fail(error.to_string()),
         Err(error) => Outcome::Retry(error.to_string()),
     };
     let change = ctx.notifier.record(
@@ -248,25 +308,28 @@ async fn attempt(
 async fn record(
     ctx: &Context,
     mut current: ElevationRequest,
-    change: impl Fn(&mut Vec<Notification>),
+    change: impl Fn(&mut ElevationRequest),
 ) -> Result<ElevationRequest, Error> {
     let name = current.name_any();
     for attempt in 1..=RECORD_ATTEMPTS {
-        let mut status = current.status.clone().unwrap_or_default();
-        change(&mut status.notifications);
+        let mut changed = current.clone();
+        changed.status.get_or_insert_with(Default::default);
+        change(&mut changed);
         match super::apply_status(
             &ctx.client,
             &current,
             current.status.as_ref(),
-            &status,
+            changed
+                .status
+                .as_ref()
+                .unwrap_or(&ElevationRequestStatus::default()),
             current.resource_version(),
         )
         .await
         {
             Ok(version) => {
-                current.status = Some(status);
-                current.metadata.resource_version = version;
-                return Ok(current);
+                changed.metadata.resource_version = version;
+                return Ok(changed);
             }
             Err(error) if error.is_conflict() && attempt < RECORD_ATTEMPTS => {
                 match read(ctx, &name).await? {

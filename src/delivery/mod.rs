@@ -29,6 +29,8 @@ pub enum Error {
         namespace: String,
         name: String,
         reason: String,
+        /// The Secret exists but is not labelled for notifications.
+        unlabelled: bool,
     },
     #[error("Secret {namespace}/{name} has no key {key:?}")]
     SecretKey {
@@ -44,6 +46,18 @@ pub enum Error {
     Webhook { reason: String },
     #[error("timed out after {}s", SEND_TIMEOUT.as_secs())]
     Timeout,
+}
+
+impl Error {
+    /// Whether the settings are wrong (a Secret not labelled or without the key, an address
+    /// that does not parse, a credential that would go in clear): trying again cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::SecretKey { .. } | Error::Config { .. } => true,
+            Error::Secret { unlabelled, .. } => *unlabelled,
+            Error::Smtp { .. } | Error::Webhook { .. } | Error::Timeout => false,
+        }
+    }
 }
 
 /// Sends notifications; one per replica, shared by every delivery.
@@ -65,7 +79,10 @@ impl std::fmt::Debug for Sender {
 impl Sender {
     /// A sender that reads Secrets in `namespace` with `client`.
     pub fn new(client: Client, namespace: String) -> Self {
+        // No redirects: a 3xx would turn the POST into a GET elsewhere and
+        // count as delivered.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(SEND_TIMEOUT)
             .user_agent(concat!("kubepam/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -93,7 +110,7 @@ impl Sender {
         let attempt = async {
             match (&sink.smtp, &sink.webhook) {
                 (Some(smtp), _) => smtp::send(self, &sink.name, smtp, entry, message).await,
-                (None, Some(hook)) => webhook::send(self, hook, message, body).await,
+                (None, Some(hook)) => webhook::send(self, &sink.name, hook, message, body).await,
                 (None, None) => Err(Error::Config {
                     sink: sink.name.clone(),
                     reason: "sets neither smtp nor webhook".to_owned(),
@@ -115,6 +132,7 @@ impl Sender {
                 kube::Error::Api(status) => status.message,
                 other => other.to_string(),
             },
+            unlabelled: false,
         })?;
         let labelled = secret
             .metadata
@@ -129,6 +147,7 @@ impl Sender {
                 reason: format!(
                     "it is not labelled {SECRET_LABEL}=true; kubepam sends only Secrets labelled for notifications"
                 ),
+                unlabelled: true,
             });
         }
         let value = secret
@@ -164,6 +183,16 @@ impl Credential {
     fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `host` is this machine (in a cluster: the pod, e.g. a relay beside kubepam), the
+/// only place a credential may be sent without TLS.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An error's whole chain of causes in one line.

@@ -60,6 +60,11 @@ pub(super) async fn send(
     };
     let mut builder = builder.port(port(smtp)).timeout(Some(super::SEND_TIMEOUT));
     if let Some(secret) = &smtp.credentials_secret {
+        if smtp.security == SmtpSecurity::None && !super::is_loopback(&smtp.host) {
+            return Err(config(
+                "credentialsSecret needs security StartTLS or TLS: kubepam sends a password in clear only to a loopback relay".to_owned(),
+            ));
+        }
         let username = sender.secret(secret, "username").await?;
         let password = sender.secret(secret, "password").await?;
         builder = builder.credentials(Credentials::new(

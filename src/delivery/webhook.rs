@@ -11,6 +11,7 @@ pub const ID_HEADER: &str = "X-Kubepam-Notification-Id";
 
 pub(super) async fn send(
     sender: &Sender,
+    sink: &str,
     hook: &WebhookSink,
     message: &Message,
     body: &Value,
@@ -34,6 +35,15 @@ pub(super) async fn send(
         .header(ID_HEADER, &message.id)
         .json(body);
     if let Some(secret) = &hook.token_secret {
+        let clear = reqwest::Url::parse(&url).map_or(true, |parsed| {
+            parsed.scheme() != "https" && !parsed.host_str().is_some_and(super::is_loopback)
+        });
+        if clear {
+            return Err(Error::Config {
+                sink: sink.to_owned(),
+                reason: "tokenSecret needs an https:// URL: kubepam sends a token in clear only to a loopback address".to_owned(),
+            });
+        }
         let token = sender.secret(&secret.name, &secret.key).await?;
         request = request.bearer_auth(token.expose());
     }
@@ -44,6 +54,10 @@ pub(super) async fn send(
     let status = response.status();
     if status.is_success() {
         Ok(())
+    } else if status.is_redirection() {
+        Err(Error::Webhook {
+            reason: format!("the receiver answered {status}; redirects are not followed"),
+        })
     } else {
         Err(Error::Webhook {
             reason: format!("the receiver answered {status}"),

@@ -71,7 +71,6 @@ pub fn record(
 pub fn condition(
     sinks: &[String],
     health: &BTreeMap<String, SinkHealth>,
-    backlog: usize,
     now: DateTime<Utc>,
     generation: Option<i64>,
 ) -> Option<Condition> {
@@ -82,10 +81,11 @@ pub fn condition(
         .iter()
         .filter_map(|name| {
             let h = health.get(name).filter(|h| h.is_failing())?;
+            // No counts: the message changes only when the news does, so
+            // the control is not rewritten at every try.
             let since = h.failing_since.map(|t| t.to_rfc3339()).unwrap_or_default();
             Some(format!(
-                "sink {name:?} failed {} tries in a row since {since}: {}",
-                h.consecutive_failures,
+                "sink {name:?} fails since {since}: {}",
                 h.last_error.as_deref().unwrap_or("unknown error")
             ))
         })
@@ -94,7 +94,7 @@ pub fn condition(
         condition_true(
             CONDITION_NOTIFICATIONS,
             "Delivering",
-            format!("every sink delivers; {backlog} notification(s) waiting"),
+            "every sink delivers",
             now,
             generation,
         )
@@ -103,7 +103,7 @@ pub fn condition(
             CONDITION_NOTIFICATIONS,
             "SinkFailing",
             format!(
-                "{}; {backlog} notification(s) waiting, retried with backoff",
+                "{}; notifications wait and are retried with backoff (kubepam_notification_backlog)",
                 failing.join("; ")
             ),
             now,

@@ -92,14 +92,14 @@ pub fn grant_ending(
             .iter()
             .any(|n| n.event == NotificationEvent::GrantEnding)
     });
-    if now < at || recorded {
+    let Some(until) = request.status.as_ref().and_then(|s| s.granted_until) else {
+        return Vec::new();
+    };
+    // Late (a restart, a sink long down) is fine; after the end it is not.
+    if now < at || now >= until || recorded {
         return Vec::new();
     }
-    let until = request
-        .status
-        .as_ref()
-        .and_then(|s| s.granted_until)
-        .map_or_else(String::new, |u| u.to_rfc3339());
+    let until = until.to_rfc3339();
     let created = Created {
         event: NotificationEvent::GrantEnding,
         actor: Some(crate::lifecycle::ACTOR_KUBEPAM.to_owned()),

@@ -67,7 +67,7 @@ pub fn webhook_body(
 ) -> Value {
     match format {
         PayloadFormat::Slack => {
-            json!({ "text": format!("*{}*\n{}", message.subject, message.text) })
+            json!({ "text": slack_escape(&format!("*{}*\n{}", message.subject, message.text)) })
         }
         PayloadFormat::Json => {
             let name = request.metadata.name.clone().unwrap_or_default();
@@ -113,6 +113,14 @@ pub fn webhook_body(
             body
         }
     }
+}
+
+/// Slack's control characters: a reason such as `<!channel>` or `<https://x|Approve>` must
+/// stay text, not ping a channel or make a link.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// `<request id>/<entry id>`: stable across tries and restarts.

@@ -1014,7 +1014,25 @@ fn a_slack_body_is_only_text_led_by_the_bold_subject() {
     let object = body.as_object().unwrap();
     assert_eq!(object.keys().collect::<Vec<_>>(), ["text"]);
     let text = body["text"].as_str().unwrap();
-    assert_eq!(text, format!("*{}*\n{}", m.subject, m.text));
+    let escaped = format!("*{}*\n{}", m.subject, m.text)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    assert_eq!(text, escaped);
+}
+
+#[test]
+fn a_slack_body_keeps_what_people_wrote_as_text() {
+    let (mut r, entry) = submitted();
+    r.spec.reason = "<!channel> see <https://evil.example|Approve here> & hurry".to_owned();
+    let m = render::message(&r, &entry, "1h");
+    let body = render::webhook_body(&r, &entry, &m, PayloadFormat::Slack, "1h");
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.contains("&lt;!channel&gt; see &lt;https://evil.example|Approve here&gt; &amp; hurry"),
+        "{text}"
+    );
+    assert!(!text.contains("<!channel>"));
 }
 
 #[test]
@@ -1109,7 +1127,7 @@ fn a_success_on_a_sink_not_failing_reports_nothing_and_resets_the_count() {
 #[test]
 fn the_condition_is_absent_without_sinks() {
     assert_eq!(
-        health::condition(&[], &BTreeMap::new(), 0, t0(), Some(1)),
+        health::condition(&[], &BTreeMap::new(), t0(), Some(1)),
         None
     );
 }
@@ -1119,36 +1137,34 @@ fn the_condition_is_true_when_no_sink_fails() {
     let mut health = BTreeMap::new();
     health::record(&mut health, "chat", Some("once"), at(0));
     let sinks = ["team-mail".to_owned(), "chat".to_owned()];
-    let c = health::condition(&sinks, &health, 4, at(5), Some(3)).unwrap();
+    let c = health::condition(&sinks, &health, at(5), Some(3)).unwrap();
     assert_eq!(c.type_, health::CONDITION_NOTIFICATIONS);
     assert_eq!(c.status, "True");
     assert_eq!(c.reason, "Delivering");
-    assert!(
-        c.message.contains("4 notification(s) waiting"),
-        "{}",
-        c.message
-    );
+    assert_eq!(c.message, "every sink delivers");
     assert_eq!(c.observed_generation, Some(3));
 }
 
 #[test]
-fn the_condition_is_false_naming_the_failing_sink_its_error_and_the_backlog() {
+fn the_condition_is_false_naming_the_failing_sink_and_its_error() {
     let mut health = BTreeMap::new();
     for i in 0..FAILING_AFTER {
         health::record(&mut health, "chat", Some("HTTP 503"), at(i.into()));
     }
     health::record(&mut health, "team-mail", Some("timeout"), at(0));
     let sinks = ["team-mail".to_owned(), "chat".to_owned()];
-    let c = health::condition(&sinks, &health, 7, at(5), Some(3)).unwrap();
+    let c = health::condition(&sinks, &health, at(5), Some(3)).unwrap();
     assert_eq!(c.status, "False");
     assert_eq!(c.reason, "SinkFailing");
     assert!(c.message.contains("sink \"chat\""), "{}", c.message);
     assert!(c.message.contains("HTTP 503"), "{}", c.message);
-    assert!(
-        c.message.contains("7 notification(s) waiting"),
-        "{}",
-        c.message
-    );
+    // Stable while the news is: no counts that change at every try.
+    let later = {
+        let mut health = health.clone();
+        health::record(&mut health, "chat", Some("HTTP 503"), at(9));
+        health::condition(&sinks, &health, at(10), Some(3)).unwrap()
+    };
+    assert_eq!(later.message, c.message);
     assert!(!c.message.contains("team-mail"), "{}", c.message);
     assert!(!c.message.contains("timeout"), "{}", c.message);
 }
@@ -1318,8 +1334,11 @@ proptest! {
                 prop_assert_eq!(&body["id"], &json!(m.id));
                 let slack = render::webhook_body(&r, &n, &m, PayloadFormat::Slack, &default_duration);
                 let text = slack["text"].as_str().unwrap_or_default();
-                let bold_subject = format!("*{}*", m.subject);
+                let escape = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+                let bold_subject = escape(&format!("*{}*", m.subject));
                 prop_assert!(text.starts_with(&bold_subject));
+                // Nothing a requester writes can become Slack markup.
+                prop_assert!(!text.contains('<') && !text.contains('>'));
             }
         }
     }

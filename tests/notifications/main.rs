@@ -724,7 +724,7 @@ async fn bad_notification_settings_are_refused_with_what_to_write() {
         (
             json!({ "sinks": [ { "name": "m", "smtp": { "host": "h", "from": "k@example.com" } } ],
                     "approverRoutes": [ { "group": "g", "sink": "m" } ] }),
-            "needs to: the addresses that reach the group",
+            "needs to (the addresses that reach the group)",
         ),
         (
             json!({ "sinks": [ { "name": "m", "smtp": { "host": "h", "from": "k@example.com" } } ],
@@ -754,6 +754,21 @@ async fn bad_notification_settings_are_refused_with_what_to_write() {
             json!({ "sinks": [ { "name": "m", "smtp": { "host": "h", "from": "k@example.com" } } ],
                     "requesterRoutes": [ { "sink": "m", "addressTemplate": "alice@example.com" } ] }),
             "addressTemplate must contain {user}",
+        ),
+        (
+            json!({ "sinks": [ { "name": "m", "smtp": { "host": "smtp.example.com", "security": "None",
+                                 "from": "k@example.com", "credentialsSecret": "login" } } ] }),
+            "credentialsSecret needs security StartTLS or TLS",
+        ),
+        (
+            json!({ "sinks": [ { "name": "a", "webhook": { "url": "http://chat.example.com/hook",
+                                 "tokenSecret": { "name": "t", "key": "token" } } } ] }),
+            "tokenSecret needs an https:// url",
+        ),
+        (
+            json!({ "sinks": [ { "name": "m", "smtp": { "host": "h", "from": "k@example.com" } } ],
+                    "approverRoutes": [ { "group": "g", "sink": "m", "to": ["not an address"] } ] }),
+            "approverRoutes[].to must hold mail addresses",
         ),
     ];
     for (notifications, wanted) in cases {

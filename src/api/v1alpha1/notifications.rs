@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(
     validation = Rule::new("!has(self.approverRoutes) || self.approverRoutes.all(r, has(self.sinks) && self.sinks.exists(s, s.name == r.sink))").message("every approverRoutes[].sink must name one of sinks[].name"),
     validation = Rule::new("!has(self.requesterRoutes) || self.requesterRoutes.all(r, has(self.sinks) && self.sinks.exists(s, s.name == r.sink))").message("every requesterRoutes[].sink must name one of sinks[].name"),
-    validation = Rule::new("!has(self.approverRoutes) || !has(self.sinks) || self.approverRoutes.all(r, (has(r.to) && size(r.to) > 0) || !self.sinks.exists(s, s.name == r.sink && has(s.smtp)))").message("an approverRoutes entry to an smtp sink needs to: the addresses that reach the group, e.g. [pam-approvers@example.com]"),
+    validation = Rule::new("!has(self.approverRoutes) || !has(self.sinks) || self.approverRoutes.all(r, (has(r.to) && size(r.to) > 0) || !self.sinks.exists(s, s.name == r.sink && has(s.smtp)))").message("an approverRoutes entry to an smtp sink needs to (the addresses that reach the group), e.g. [pam-approvers@example.com]"),
     validation = Rule::new("!has(self.requesterRoutes) || !has(self.sinks) || self.requesterRoutes.all(r, has(r.addressTemplate) || (has(r.addresses) && size(r.addresses) > 0) || !self.sinks.exists(s, s.name == r.sink && has(s.smtp)))").message("a requesterRoutes entry to an smtp sink needs addresses (username: address) or addressTemplate, e.g. '{user}@example.com'")
 )]
 pub struct Notifications {
@@ -58,6 +58,7 @@ pub struct Sink {
 /// An SMTP server.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecret) || (has(self.security) && self.security != 'None') || self.host in ['localhost', '127.0.0.1', '::1']").message("smtp.credentialsSecret needs security StartTLS or TLS: kubepam sends a password in clear only to a loopback relay"))]
 pub struct SmtpSink {
     /// The server's host name, e.g. `smtp.example.com`.
     #[schemars(length(max = 253))]
@@ -99,7 +100,10 @@ pub enum SmtpSecurity {
 /// `urlSecret` is set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.url) != has(self.urlSecret)").message("a webhook sets exactly one of url and urlSecret (use urlSecret when the URL itself is a credential, as for Slack)"))]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.urlSecret)").message("a webhook sets exactly one of url and urlSecret (use urlSecret when the URL itself is a credential, as for Slack)"),
+    validation = Rule::new("!has(self.tokenSecret) || !has(self.url) || self.url.startsWith('https://') || self.url.matches('^http://(localhost|127[.]0[.]0[.]1)([:/].*)?$')").message("webhook.tokenSecret needs an https:// url: kubepam sends a token in clear only to a loopback address")
+)]
 pub struct WebhookSink {
     /// The URL, e.g. `https://chat.example.com/hooks/pam`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,6 +161,7 @@ pub struct ApproverRoute {
     /// Addresses that reach the group: required for an SMTP sink; passed on in a webhook's body.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(max = 254)))]
+    #[x_kube(validation = Rule::new("self.all(a, a.matches('^[^@ ,:<>]+@[^@ ,:<>]+$'))").message("approverRoutes[].to must hold mail addresses, e.g. pam-approvers@example.com"))]
     pub to: Vec<String>,
 }
 
