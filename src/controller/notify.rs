@@ -158,6 +158,7 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
             }
         })
         .await?;
+        report_undeliverable(&ctx, &current, &ending).await;
     }
     // The cache can be behind this controller's own last record (a change
     // queued during a send wakes it before its write is seen): what was
@@ -341,6 +342,32 @@ async fn record(
         }
     }
     Ok(current)
+}
+
+/// An Event for each notification that cannot be sent as configured.
+pub(super) async fn report_undeliverable(
+    ctx: &Context,
+    request: &ElevationRequest,
+    entries: &[Notification],
+) {
+    for entry in entries.iter().filter(|n| n.state == DeliveryState::Failed) {
+        let note = format!(
+            "notification {} through sink {:?} cannot be sent: {}",
+            entry.id,
+            entry.sink,
+            entry.last_error.as_deref().unwrap_or_default()
+        );
+        warn!(request = %request.name_any(), "{note}");
+        super::publish_event(
+            ctx,
+            request,
+            EventType::Warning,
+            "NotificationFailed",
+            "Notify",
+            &note,
+        )
+        .await;
+    }
 }
 
 /// Metrics, and an Event on the request when a notification is given up.

@@ -17,11 +17,11 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::caches::Caches;
 use super::{Context, Error, rbac};
-use crate::api::{AccessPolicy, DeliveryState, ElevationRequest, Phase};
+use crate::api::{AccessPolicy, ElevationRequest, Phase};
 use crate::grant::{self, DesiredRbac};
 use crate::lifecycle::{self, ControlView, PolicyView, Transition};
 use crate::notify::plan;
@@ -209,7 +209,7 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
     if let Some(transition) = &decision.transition {
         announce(ctx, request, &request_id, transition).await;
     }
-    report_undeliverable(ctx, request, &owed).await;
+    super::notify::report_undeliverable(ctx, request, &owed).await;
     Ok(match decision.requeue_after {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
@@ -230,32 +230,6 @@ fn owed_notifications(
         return Vec::new();
     };
     plan::for_transition(request, status, transition, config, Utc::now())
-}
-
-/// An Event for each notification that cannot be sent as configured.
-async fn report_undeliverable(
-    ctx: &Context,
-    request: &ElevationRequest,
-    entries: &[crate::api::Notification],
-) {
-    for entry in entries.iter().filter(|n| n.state == DeliveryState::Failed) {
-        let note = format!(
-            "notification {} through sink {:?} cannot be sent: {}",
-            entry.id,
-            entry.sink,
-            entry.last_error.as_deref().unwrap_or_default()
-        );
-        warn!(request = %request.name_any(), "{note}");
-        super::publish_event(
-            ctx,
-            request,
-            EventType::Warning,
-            "NotificationFailed",
-            "Notify",
-            &note,
-        )
-        .await;
-    }
 }
 
 /// How long after a grant is recorded its objects are surely in the cache:

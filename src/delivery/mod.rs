@@ -124,6 +124,12 @@ impl Sender {
 
     /// The value of `key` in the Secret `name`, as text.
     async fn secret(&self, name: &str, key: &str) -> Result<Credential, Error> {
+        let mut values = self.secret_values(name, &[key]).await?;
+        Ok(values.remove(0))
+    }
+
+    /// The values of `keys` in the Secret `name` (one read), in their order.
+    async fn secret_values(&self, name: &str, keys: &[&str]) -> Result<Vec<Credential>, Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let secret = api.get(name).await.map_err(|error| Error::Secret {
             namespace: self.namespace.clone(),
@@ -150,23 +156,21 @@ impl Sender {
                 unlabelled: true,
             });
         }
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(key))
-            .map(|bytes| String::from_utf8_lossy(&bytes.0).trim_end().to_owned())
-            .or_else(|| {
+        keys.iter()
+            .map(|key| {
                 secret
-                    .string_data
+                    .data
                     .as_ref()
-                    .and_then(|data| data.get(key).cloned())
+                    .and_then(|data| data.get(*key))
+                    .map(|bytes| String::from_utf8_lossy(&bytes.0).trim_end().to_owned())
+                    .map(Credential)
+                    .ok_or_else(|| Error::SecretKey {
+                        namespace: self.namespace.clone(),
+                        name: name.to_owned(),
+                        key: (*key).to_owned(),
+                    })
             })
-            .ok_or_else(|| Error::SecretKey {
-                namespace: self.namespace.clone(),
-                name: name.to_owned(),
-                key: key.to_owned(),
-            })?;
-        Ok(Credential(value))
+            .collect()
     }
 }
 

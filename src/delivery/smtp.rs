@@ -65,11 +65,12 @@ pub(super) async fn send(
                 "credentialsSecret needs security StartTLS or TLS: kubepam sends a password in clear only to a loopback relay".to_owned(),
             ));
         }
-        let username = sender.secret(secret, "username").await?;
-        let password = sender.secret(secret, "password").await?;
+        let login = sender
+            .secret_values(secret, &["username", "password"])
+            .await?;
         builder = builder.credentials(Credentials::new(
-            username.expose().to_owned(),
-            password.expose().to_owned(),
+            login[0].expose().to_owned(),
+            login[1].expose().to_owned(),
         ));
     }
     builder
