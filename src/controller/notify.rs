@@ -344,7 +344,7 @@ async fn record(
     Ok(current)
 }
 
-/// An Event for each notification that cannot be sent as configured.
+/// An Event for each notification given up (`Failed`), with why.
 pub(super) async fn report_undeliverable(
     ctx: &Context,
     request: &ElevationRequest,
@@ -352,8 +352,9 @@ pub(super) async fn report_undeliverable(
 ) {
     for entry in entries.iter().filter(|n| n.state == DeliveryState::Failed) {
         let note = format!(
-            "notification {} through sink {:?} cannot be sent: {}",
+            "notification {} to {} through sink {:?} not delivered: {}",
             entry.id,
+            entry.recipient,
             entry.sink,
             entry.last_error.as_deref().unwrap_or_default()
         );
@@ -389,22 +390,7 @@ async fn report(
     };
     ctx.metrics.notification_tried(&tried.sink, result);
     if let Some(entry) = given_up {
-        let note = format!(
-            "notification {} to {} through sink {:?} not delivered: {}",
-            entry.id,
-            entry.recipient,
-            entry.sink,
-            entry.last_error.as_deref().unwrap_or("unknown error")
-        );
-        super::publish_event(
-            ctx,
-            request,
-            EventType::Warning,
-            "NotificationFailed",
-            "Notify",
-            &note,
-        )
-        .await;
+        report_undeliverable(ctx, request, std::slice::from_ref(entry)).await;
     }
 }
 
