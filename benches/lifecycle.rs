@@ -93,6 +93,30 @@ async fn create(requester: &Client, name: &str, policy: &str, ns: &str, duration
     }
 }
 
+/// Approval-to-access of `n` Manual requests, one at a time, each by a user of its own:
+/// from bob's review patch accepted to a SubjectAccessReview that allows.
+async fn approval_latencies(
+    cluster: &support::TestCluster,
+    admin: &Client,
+    bob: &Client,
+    ns: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let (name, user) = (format!("{prefix}-{i}"), format!("{prefix}-user-{i}"));
+        let requester = cluster.client_as_user(&user, &["developers"]).await;
+        create(&requester, &name, "bench-manual", ns, "1h").await;
+        wait_phase(admin, &name, Phase::Pending, WAIT).await;
+        review(bob, &name, "bob", "Approve", "bench").await.unwrap();
+        let accepted = Instant::now();
+        let allowed_at = sar_until(admin, &user, ns, true).await;
+        latencies.push(allowed_at - accepted);
+    }
+    latencies
+}
+
 async fn sar_until(admin: &Client, user: &str, ns: &str, want: bool) -> Instant {
     loop {
         if allowed(admin, user, "delete", "apps", "deployments", Some(ns)).await == want {
@@ -142,19 +166,7 @@ async fn main() {
 
     // 1. Approval-to-access latency, one request at a time.
     let n = scaled(200);
-    let mut latencies = Vec::with_capacity(n);
-    for i in 0..n {
-        let (name, user) = (format!("lat-{i}"), format!("lat-user-{i}"));
-        let requester = cluster.client_as_user(&user, &["developers"]).await;
-        create(&requester, &name, "bench-manual", &ns, "1h").await;
-        wait_phase(&admin, &name, Phase::Pending, WAIT).await;
-        review(&bob, &name, "bob", "Approve", "bench")
-            .await
-            .unwrap();
-        let accepted = Instant::now();
-        let allowed_at = sar_until(&admin, &user, &ns, true).await;
-        latencies.push(allowed_at - accepted);
-    }
+    let latencies = approval_latencies(cluster, &admin, &bob, &ns, "lat", n).await;
     report("approval-to-access", latencies);
 
     // 1b. The same with every notification going to a sink that takes 2 s to answer.
@@ -174,19 +186,7 @@ async fn main() {
     )
     .await;
     let n = scaled(100);
-    let mut latencies = Vec::with_capacity(n);
-    for i in 0..n {
-        let (name, user) = (format!("slowsink-{i}"), format!("slowsink-user-{i}"));
-        let requester = cluster.client_as_user(&user, &["developers"]).await;
-        create(&requester, &name, "bench-manual", &ns, "1h").await;
-        wait_phase(&admin, &name, Phase::Pending, WAIT).await;
-        review(&bob, &name, "bob", "Approve", "bench")
-            .await
-            .unwrap();
-        let accepted = Instant::now();
-        let allowed_at = sar_until(&admin, &user, &ns, true).await;
-        latencies.push(allowed_at - accepted);
-    }
+    let latencies = approval_latencies(cluster, &admin, &bob, &ns, "slowsink", n).await;
     report("approval-to-access (2 s webhook sink)", latencies);
     let started = Instant::now();
     // Submitted to the approvers; Approved to the requester and to the approvers.

@@ -270,7 +270,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance,
         webhook: args.webhook.options()?,
         metrics_bind: Some(args.metrics_bind),
-        secret_namespace: args.secret_namespace.clone(),
+        sender: kubepam::delivery::Sender::new(client.clone(), args.secret_namespace.clone())
+            .context("cannot start the HTTP client of notification webhooks")?,
     };
     kubepam::controller::run(client, options, shutdown_signal()).await?;
     Ok(())

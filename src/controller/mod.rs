@@ -310,8 +310,8 @@ pub struct Options {
     pub metrics_bind: Option<std::net::SocketAddr>,
     /// Leader election; `None` reconciles without it (one replica only).
     pub leader: Option<leader::LeaderOptions>,
-    /// The namespace of the Secrets notification sinks name (kubepam's own).
-    pub secret_namespace: String,
+    /// Sends notifications, reading the Secrets sinks name in kubepam's own namespace.
+    pub sender: crate::delivery::Sender,
 }
 
 /// Where and how the admission webhooks are served and registered.
@@ -354,10 +354,7 @@ pub async fn run(
         recorder,
         ready: Arc::new(AtomicBool::new(false)),
         metrics: Arc::new(Metrics::default()),
-        notifier: Arc::new(notify::Notifier::new(crate::delivery::Sender::new(
-            client.clone(),
-            options.secret_namespace.clone(),
-        ))),
+        notifier: Arc::new(notify::Notifier::new(options.sender.clone())),
     });
     let readiness = ctx.clone();
     let synced = caches.clone();

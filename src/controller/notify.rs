@@ -199,15 +199,13 @@ fn next_look(request: &ElevationRequest, config: &Notifications) -> Action {
         .as_ref()
         .map(|s| s.notifications.as_slice())
         .unwrap_or_default();
-    let ending_at = plan::grant_ending_at(request, config).filter(|_| {
-        !outbox
-            .iter()
-            .any(|n| n.event == crate::api::NotificationEvent::GrantEnding)
-    });
-    let next = [outbox::next_due(outbox), ending_at]
-        .into_iter()
-        .flatten()
-        .min();
+    let next = [
+        outbox::next_due(outbox),
+        plan::grant_ending_at(request, config),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     match next {
         Some(at) => Action::requeue(
             (at - Utc::now())

@@ -78,20 +78,22 @@ impl std::fmt::Debug for Sender {
 
 impl Sender {
     /// A sender that reads Secrets in `namespace` with `client`.
-    pub fn new(client: Client, namespace: String) -> Self {
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be made (its TLS backend fails to start).
+    pub fn new(client: Client, namespace: String) -> Result<Self, reqwest::Error> {
         // No redirects: a 3xx would turn the POST into a GET elsewhere and
         // count as delivered.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(SEND_TIMEOUT)
             .user_agent(concat!("kubepam/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        Self {
+            .build()?;
+        Ok(Self {
             client,
             namespace,
             http,
-        }
+        })
     }
 
     /// The namespace credentials are read from.

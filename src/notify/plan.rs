@@ -59,16 +59,21 @@ pub fn for_transition(
     owed
 }
 
-/// When the requester is told that the grant ends soon, if at all: `grantEndingNotice` before
-/// `grantedUntil`, and only when that is after the approval (a grant shorter than the notice
-/// gets none; the approval said when it ends).
+/// When the requester is to be told that the grant ends soon, while that is still owed:
+/// `grantEndingNotice` before `grantedUntil`, only when that is after the approval (a grant
+/// shorter than the notice gets none; the approval said when it ends), and not once the
+/// notice is recorded.
 pub fn grant_ending_at(
     request: &ElevationRequest,
     config: &Notifications,
 ) -> Option<DateTime<Utc>> {
     let notice = notice_period(config)?;
     let status = request.status.as_ref()?;
-    if status.phase != Some(Phase::Approved) || config.requester_routes.is_empty() {
+    let recorded = status
+        .notifications
+        .iter()
+        .any(|n| n.event == NotificationEvent::GrantEnding);
+    if status.phase != Some(Phase::Approved) || config.requester_routes.is_empty() || recorded {
         return None;
     }
     let until = status.granted_until?;
@@ -77,8 +82,8 @@ pub fn grant_ending_at(
     (at > decided).then_some(at)
 }
 
-/// The grant-ending notifications owed at `now`: none before [`grant_ending_at`], and none
-/// once they are recorded.
+/// The grant-ending notifications owed at `now`: none before [`grant_ending_at`], none after
+/// the grant ended, and none once they are recorded.
 pub fn grant_ending(
     request: &ElevationRequest,
     config: &Notifications,
@@ -87,16 +92,11 @@ pub fn grant_ending(
     let Some(at) = grant_ending_at(request, config) else {
         return Vec::new();
     };
-    let recorded = request.status.as_ref().is_some_and(|s| {
-        s.notifications
-            .iter()
-            .any(|n| n.event == NotificationEvent::GrantEnding)
-    });
     let Some(until) = request.status.as_ref().and_then(|s| s.granted_until) else {
         return Vec::new();
     };
     // Late (a restart, a sink long down) is fine; after the end it is not.
-    if now < at || now >= until || recorded {
+    if now < at || now >= until {
         return Vec::new();
     }
     let until = until.to_rfc3339();
