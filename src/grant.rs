@@ -1,9 +1,13 @@
 //! Pure builders for the RBAC objects that carry a grant, and the matcher the Task guard uses.
 //!
-//! A grant is: for a `Task`, a generated ClusterRole `kubepam-task-<request>`; then a RoleBinding
-//! per namespace (or one ClusterRoleBinding when cluster-wide) for each ClusterRole, binding the
-//! requester. Every object carries the labels in [`labels`], so the controller can find and
-//! delete whatever it made.
+//! A grant is: for a `Task`, a generated ClusterRole `kubepam-task-<request id>`; then a
+//! RoleBinding per namespace (or one ClusterRoleBinding when cluster-wide) for each ClusterRole,
+//! binding the requester. Every object carries the labels in [`labels`], so the controller can
+//! find whatever it made and tell it from everything else.
+//!
+//! Names come from the request id (the request's `metadata.uid`, chosen by the API server), never
+//! from the request's name: a user who picks a request name cannot make kubepam's objects land on
+//! an existing object's name (`kubepam-operator`, a binding of someone else).
 
 use std::collections::BTreeMap;
 
@@ -133,17 +137,27 @@ pub fn managed_selector() -> String {
     format!("{LABEL_MANAGED_BY}={MANAGER}")
 }
 
-/// Name of the ClusterRole generated for a Task grant.
-pub fn task_cluster_role_name(request_name: &str) -> String {
-    object_name(&format!("kubepam-task-{request_name}"))
+/// Name of the ClusterRole generated for a Task grant of the request with this id.
+pub fn task_cluster_role_name(request_id: &str) -> String {
+    object_name(&format!("kubepam-task-{request_id}"))
 }
 
-/// Name of the binding for one ClusterRole; `role` is `None` when the grant has only one.
-pub fn binding_name(request_name: &str, role: Option<&str>) -> String {
+/// Name of the binding for one ClusterRole of the request with this id; `role` is `None` when
+/// the grant has only one.
+pub fn binding_name(request_id: &str, role: Option<&str>) -> String {
     match role {
-        None => object_name(&format!("kubepam-{request_name}")),
-        Some(role) => object_name(&format!("kubepam-{request_name}-{role}")),
+        None => object_name(&format!("kubepam-grant-{request_id}")),
+        Some(role) => object_name(&format!("kubepam-grant-{request_id}-{role}")),
     }
+}
+
+/// Whether `labels` mark an object as made by kubepam for the request with this id: the only
+/// objects kubepam may apply over, edit or delete for that request.
+pub fn owned_by(labels: Option<&BTreeMap<String, String>>, request_id: &str) -> bool {
+    labels.is_some_and(|labels| {
+        labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER)
+            && labels.get(LABEL_REQUEST_ID) == Some(&label_value(request_id))
+    })
 }
 
 /// Build the desired RBAC objects for a grant.
@@ -176,13 +190,13 @@ pub fn desired_rbac(
             if task.verbs.is_empty() || task.resources.is_empty() || task.api_groups.is_empty() {
                 return Err(empty());
             }
-            let role_name = task_cluster_role_name(request_name);
+            let role_name = task_cluster_role_name(request_id);
             out.cluster_roles.push(ClusterRole {
                 metadata: meta(&role_name, None, &labels),
                 rules: Some(vec![policy_rule(task)]),
                 aggregation_rule: None,
             });
-            vec![(binding_name(request_name, None), role_name)]
+            vec![(binding_name(request_id, None), role_name)]
         }
         PolicyType::Role | PolicyType::RoleGroup => {
             if scope.roles.is_empty() {
@@ -193,7 +207,7 @@ pub fn desired_rbac(
                 .roles
                 .iter()
                 .map(|role| {
-                    let name = binding_name(request_name, (!single).then_some(role.as_str()));
+                    let name = binding_name(request_id, (!single).then_some(role.as_str()));
                     (name, role.clone())
                 })
                 .collect()
@@ -269,13 +283,18 @@ fn is_dns_label(s: &str) -> bool {
     s.len() <= MAX_LABEL_VALUE_LEN && is_label_shape(s)
 }
 
+/// Whether `s` is a valid name for most Kubernetes objects (a lower-case DNS subdomain of at
+/// most 253 characters), such as an AccessPolicy's. Anything else must never reach a URL.
+pub fn is_object_name(s: &str) -> bool {
+    s.len() <= MAX_NAME_LEN && s.split('.').all(is_label_shape)
+}
+
 /// A valid object name (lower-case DNS subdomain, at most 253 characters) for `raw`: `raw` itself
 /// when already valid, else a cleaned, shortened form plus a hash of `raw`, so distinct inputs
 /// keep distinct names.
 pub fn object_name(raw: &str) -> String {
     // A DNS subdomain is dot-separated labels: a dot sits between two letters or digits.
-    let valid = raw.len() <= MAX_NAME_LEN && raw.split('.').all(is_label_shape);
-    if valid {
+    if is_object_name(raw) {
         return raw.to_owned();
     }
     let mut cleaned: Vec<char> = raw

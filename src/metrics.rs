@@ -85,9 +85,20 @@ pub struct Metrics {
     pub foreign_bindings: Gauge,
     pub notifications: Family<DeliveryLabels, Counter>,
     pub notification_backlog: Gauge,
+    /// Admission configurations of kubepam's found changed or deleted by
+    /// someone else and restored, by object.
+    pub guard_repairs: Family<ObjectLabels, Counter>,
+}
+
+/// One of kubepam's admission objects, e.g. `ValidatingWebhookConfiguration/kubepam-guard`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub object: String,
 }
 
 impl Default for Metrics {
+    // One registration per metric, in one list.
+    #[allow(clippy::too_many_lines)]
     fn default() -> Self {
         let mut registry = Registry::with_prefix("kubepam");
         let metrics = Self {
@@ -106,8 +117,14 @@ impl Default for Metrics {
             foreign_bindings: Gauge::default(),
             notifications: Family::default(),
             notification_backlog: Gauge::default(),
+            guard_repairs: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "guard_repairs",
+            "kubepam's webhook configurations found changed or deleted by someone else and restored",
+            metrics.guard_repairs.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles by kind",

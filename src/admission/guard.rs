@@ -228,19 +228,26 @@ pub fn guard<'p, 'r>(
     }
 }
 
-/// Whether an accepted Task policy describes `op`.
+/// The task a policy guards: that of a Task policy that is accepted, or not judged yet (created
+/// or edited a moment ago). Guarding an unsettled policy by its new spec fails safe: an edit never
+/// opens a gap between the old rules leaving and the new ones arriving.
+pub fn guarding_task(policy: &AccessPolicy) -> Option<&TaskSpec> {
+    match PolicyView::from_policy(Some(policy)) {
+        PolicyView::Accepted(p) | PolicyView::Unsettled(p) => p
+            .spec
+            .task
+            .as_ref()
+            .filter(|_| p.spec.policy_type == PolicyType::Task),
+        PolicyView::Missing | PolicyView::Refused { .. } => None,
+    }
+}
+
+/// Whether an accepted (or not yet judged) Task policy describes `op`.
 fn policy_guards(policy: &AccessPolicy, op: &GuardOperation<'_>) -> bool {
-    let PolicyView::Accepted(p) = PolicyView::from_policy(Some(policy)) else {
+    let Some(task) = guarding_task(policy) else {
         return false;
     };
-    let Some(task) = p
-        .spec
-        .task
-        .as_ref()
-        .filter(|_| p.spec.policy_type == PolicyType::Task)
-    else {
-        return false;
-    };
+    let p = policy;
     let namespaces = p.spec.namespaces();
     let ns_ok = namespaces.is_empty()
         || op
@@ -465,7 +472,8 @@ pub(crate) fn verb_reaches_admission(verb: &str, resources: &[String]) -> bool {
     })
 }
 
-/// The guard webhook's rules for the accepted Task policies among `policies`.
+/// The guard webhook's rules for the Task policies among `policies` that guard (see
+/// [`guarding_task`]).
 ///
 /// Each rule keeps its policy's API groups; `*` in resources becomes `*` and `*/*` (admission's
 /// `*` leaves out subresources, RBAC's does not); versions and scope are `*` (namespaces are
@@ -474,16 +482,8 @@ pub fn guard_rules<'p>(policies: impl IntoIterator<Item = &'p AccessPolicy>) -> 
     // (operations, apiGroups) -> resources
     let mut grouped: BTreeMap<(Vec<String>, Vec<String>), BTreeSet<String>> = BTreeMap::new();
     let mut unguarded = BTreeSet::new();
-    for policy in policies {
-        let PolicyView::Accepted(p) = PolicyView::from_policy(Some(policy)) else {
-            continue;
-        };
-        let Some(task) = p
-            .spec
-            .task
-            .as_ref()
-            .filter(|_| p.spec.policy_type == PolicyType::Task)
-        else {
+    for p in policies {
+        let Some(task) = guarding_task(p) else {
             continue;
         };
         let name = p.metadata.name.clone().unwrap_or_default();

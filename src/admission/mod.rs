@@ -31,7 +31,7 @@ pub use guard::{
     GuardOperation, GuardRules, GuardVerdict, UnguardedVerb, execution, guard, guard_rules,
 };
 pub use policy::{policy_create, policy_update, policy_warnings};
-pub use request::{request_create, request_create_validate, request_update};
+pub use request::{metadata_change, request_create, request_create_validate, request_update};
 pub use review::{
     Error, Pass, admit_access_policy, admit_elevation_request, decode, invalid, parse_review,
     respond, respond_guard, response_bytes,
@@ -107,11 +107,14 @@ pub enum Reason {
     NoGrant,
     /// The guard is starting and its caches are not filled yet.
     NotReady,
+    /// The caller changes metadata that is kubepam's (owner references, finalizers, `kubepam.io/`
+    /// keys) or someone else's (another person's labels and annotations).
+    MetadataReserved,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::NoUsername,
         Self::ForgedRequester,
         Self::RequesterNotSet,
@@ -132,6 +135,7 @@ impl Reason {
         Self::MalformedReview,
         Self::NoGrant,
         Self::NotReady,
+        Self::MetadataReserved,
     ];
 
     /// The code, e.g. `ForgedRequester`.
@@ -157,6 +161,7 @@ impl Reason {
             Self::MalformedReview => "MalformedReview",
             Self::NoGrant => "NoGrant",
             Self::NotReady => "NotReady",
+            Self::MetadataReserved => "MetadataReserved",
         }
     }
 }

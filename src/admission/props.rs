@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::guard::task_guards;
 use super::request::changed_review_keys;
-use super::tests::{control, er, groups, now, policy};
+use super::tests::{OPERATOR, control, er, groups, now, policy};
 use super::*;
 use crate::api::{AccessPolicy, ElevationRequest, GrantScope, PolicyType, Review, TaskSpec};
 
@@ -297,8 +297,8 @@ proptest! {
         let g = op.as_guard();
         let verdict = guard(&g, &caller, &policies, &requests, Some(&control), now());
         let guarded = policies.iter().any(|p| {
-            p.status.as_ref().is_some_and(|s| !s.conditions.is_empty())
-                && p.spec.task.as_ref().is_some_and(|t| task_guards(t, &g))
+            // Accepted and not-yet-judged policies both guard (fail safe).
+            p.spec.task.as_ref().is_some_and(|t| task_guards(t, &g))
                 && (p.spec.namespaces().is_empty() || g.namespace.is_some_and(|ns| p.spec.namespaces().iter().any(|n| n == ns)))
         });
         match &verdict {
@@ -396,8 +396,13 @@ fn exercise(body: &[u8]) {
                 true,
             );
             for pass in [Pass::Mutating, Pass::Validating] {
-                let v =
-                    admit_elevation_request(&req, pass, |_| Some(&p), Some(&control(true, &[])));
+                let v = admit_elevation_request(
+                    &req,
+                    pass,
+                    |_| Some(&p),
+                    Some(&control(true, &[])),
+                    OPERATOR,
+                );
                 let _ = response_bytes(respond(&req, v));
             }
             let v = admit_access_policy(&req, || 30);

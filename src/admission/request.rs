@@ -9,6 +9,7 @@
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
+use kube::api::ObjectMeta;
 
 use super::{Caller, Reason, Verdict, deny};
 use crate::api::{
@@ -111,6 +112,104 @@ fn create_checks(caller: &Caller<'_>, request: &ElevationRequest) -> Result<bool
         return Err(deny(Reason::InvalidDuration, format!("spec.duration: {e}")));
     }
     Ok(present)
+}
+
+/// The garbage collector: it may remove ownerReferences and deletion finalizers.
+pub const GARBAGE_COLLECTOR: &str = "system:serviceaccount:kube-system:generic-garbage-collector";
+/// Cluster administrators, who may remove kubepam's finalizer when uninstalling.
+pub const ADMIN_GROUP: &str = "system:masters";
+/// Label and annotation keys with this prefix are kubepam's to set.
+pub const RESERVED_PREFIX: &str = "kubepam.io/";
+
+/// Check what a caller changes in a request's metadata (on CREATE `old` is `None`).
+///
+/// - `ownerReferences` and `finalizers` are kubepam's: only kubepam (`operator`), members of
+///   `system:masters` and the garbage collector may change them. An owner reference would let
+///   the garbage collector delete the request and its record with its owner, and a removed
+///   finalizer would let a request go before its grant is cleaned up.
+/// - Labels and annotations are the requester's (their own bookkeeping, the tracking labels of
+///   the tools that apply their requests); nobody else may change them, and keys under
+///   `kubepam.io/` are kubepam's alone.
+pub fn metadata_change(
+    caller: &Caller<'_>,
+    old: Option<&ElevationRequest>,
+    new: &ElevationRequest,
+    operator: &str,
+) -> Verdict {
+    let privileged = (!operator.is_empty() && caller.username == operator)
+        || caller.in_group(ADMIN_GROUP)
+        || caller.username == GARBAGE_COLLECTOR;
+    if privileged {
+        return Verdict::Allow;
+    }
+    let empty = ObjectMeta::default();
+    let before = old.map_or(&empty, |o| &o.metadata);
+    let after = &new.metadata;
+    let name = after.name.as_deref().unwrap_or("");
+    if before.owner_references != after.owner_references
+        && !(old.is_none() && after.owner_references.as_ref().is_none_or(Vec::is_empty))
+    {
+        return deny(
+            Reason::MetadataReserved,
+            format!(
+                "metadata.ownerReferences of ElevationRequest {name} are kubepam's: with an owner, \
+                 the garbage collector would delete the request and its record; leave them out"
+            ),
+        );
+    }
+    // The finalizers kubepam's mutating webhook adds at creation are its own.
+    let finalizers = |m: &ObjectMeta| {
+        m.finalizers
+            .iter()
+            .flatten()
+            .filter(|f| old.is_some() || *f != crate::grant::FINALIZER)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    if old.is_some() && finalizers(before) != finalizers(after) {
+        return deny(
+            Reason::MetadataReserved,
+            format!(
+                "metadata.finalizers of ElevationRequest {name} are kubepam's: its finalizer keeps \
+                 the request until its grant is removed; a cluster administrator (system:masters) \
+                 may remove it when uninstalling kubepam"
+            ),
+        );
+    }
+    let reserved = |m: &ObjectMeta| -> Vec<(String, String)> {
+        m.labels
+            .iter()
+            .flatten()
+            .chain(m.annotations.iter().flatten())
+            .filter(|(k, _)| k.starts_with(RESERVED_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    if reserved(before) != reserved(after) {
+        return deny(
+            Reason::MetadataReserved,
+            format!(
+                "labels and annotations under {RESERVED_PREFIX} are kubepam's; remove them from \
+                 ElevationRequest {name}"
+            ),
+        );
+    }
+    let requester = old.and_then(|o| o.spec.requester.as_deref());
+    if old.is_some()
+        && requester != Some(caller.username)
+        && (before.labels != after.labels || before.annotations != after.annotations)
+    {
+        return deny(
+            Reason::MetadataReserved,
+            format!(
+                "only the requester ({}) may change the labels and annotations of \
+                 ElevationRequest {name}; you ({}) may only write your own review",
+                requester.unwrap_or("unknown"),
+                caller.username
+            ),
+        );
+    }
+    Verdict::Allow
 }
 
 /// Check an update of a request: only reviews may change, and only the caller's own, by a

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::guard::GuardVerdict;
 use super::policy::{policy_create, policy_update};
-use super::request::{request_create, request_create_validate, request_update};
+use super::request::{metadata_change, request_create, request_create_validate, request_update};
 use super::{Caller, Reason, Refusal, Verdict, deny};
 use crate::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl};
 
@@ -220,6 +220,7 @@ pub fn admit_elevation_request<P>(
     pass: Pass,
     policy: impl FnOnce(&str) -> Option<P>,
     control: Option<&PrivilegedAccessControl>,
+    operator: &str,
 ) -> Verdict
 where
     P: Borrow<AccessPolicy>,
@@ -227,8 +228,11 @@ where
     let caller = Caller::from_user_info(&req.user_info);
     match req.operation {
         Operation::Create => match decode::<ElevationRequest>(req, false) {
-            Ok(new) if pass == Pass::Mutating => request_create(&caller, &new),
-            Ok(new) => request_create_validate(&caller, &new),
+            Ok(new) => match metadata_change(&caller, None, &new, operator) {
+                Verdict::Allow if pass == Pass::Mutating => request_create(&caller, &new),
+                Verdict::Allow => request_create_validate(&caller, &new),
+                refused => refused,
+            },
             Err(e) => e.refusal(),
         },
         Operation::Update => {
@@ -237,6 +241,10 @@ where
                 (Err(e), _) | (_, Err(e)) => return e.refusal(),
             };
             let old: ElevationRequest = old;
+            if let refused @ Verdict::Deny(_) = metadata_change(&caller, Some(&old), &new, operator)
+            {
+                return refused;
+            }
             let policy = policy(&old.spec.policy);
             request_update(
                 &caller,

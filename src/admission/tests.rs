@@ -59,6 +59,9 @@ fn with_reviews(reviews: Value) -> Value {
     s
 }
 
+/// kubepam's own username in these tests.
+pub(super) const OPERATOR: &str = "system:serviceaccount:kubepam-system:kubepam";
+
 pub(super) fn policy(name: &str, spec: Value, accepted: bool) -> AccessPolicy {
     let status = if accepted {
         json!({"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 1}]})
@@ -706,19 +709,137 @@ fn guard_passes_operations_no_policy_describes() {
         guard(&update, &alice, [&p], [], Some(&c), now()),
         GuardVerdict::NotGuarded
     );
-    // An unaccepted policy guards nothing.
-    let unsettled = policy("x", p.spec.clone().pipe_json(), false);
+    // A refused policy guards nothing.
+    let mut refused = policy("x", p.spec.clone().pipe_json(), false);
+    refused.status = serde_json::from_value(json!({"conditions": [{"type": "Accepted", "status": "False", "reason": "PolicyLimitExceeded", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 1}]})).unwrap();
     assert_eq!(
         guard(
             &delete_deploy(Some("prod"), None),
             &alice,
-            [&unsettled],
+            [&refused],
             [],
             Some(&c),
             now()
         ),
         GuardVerdict::NotGuarded
     );
+}
+
+/// A policy created or edited a moment ago, not judged yet, guards at once by its new spec:
+/// an edit never opens the guard.
+#[test]
+fn an_unsettled_policy_guards_by_its_new_spec() {
+    let p = task_policy("x", &["delete"], "apps", &["deployments"], &["prod"]);
+    let mut edited = p.clone();
+    edited.metadata.generation = Some(2);
+    let c = control(true, &[]);
+    let gs = groups(&[]);
+    let alice = caller("alice", &gs);
+    let verdict = guard(
+        &delete_deploy(Some("prod"), None),
+        &alice,
+        [&edited],
+        [],
+        Some(&c),
+        now(),
+    );
+    assert_eq!(verdict.refusal().map(|r| r.reason), Some(Reason::NoGrant));
+    let fresh = policy("x", p.spec.clone().pipe_json(), false);
+    let verdict = guard(
+        &delete_deploy(Some("prod"), None),
+        &alice,
+        [&fresh],
+        [],
+        Some(&c),
+        now(),
+    );
+    assert_eq!(verdict.refusal().map(|r| r.reason), Some(Reason::NoGrant));
+    assert!(!guard_rules([&fresh, &edited]).rules.is_empty());
+}
+
+fn with_metadata(metadata: Value) -> Value {
+    let mut object = er_object(
+        base_spec(),
+        json!({"phase": "Pending", "approverGroup": "approvers"}),
+    );
+    object["metadata"] = metadata;
+    object
+}
+
+fn metadata_verdict(who: &str, gs: &[&str], old: Value, new: Value) -> Verdict {
+    let req = er_request("UPDATE", who, gs, with_metadata(new), with_metadata(old));
+    admit_elevation_request(
+        &req,
+        Pass::Validating,
+        |_| None::<AccessPolicy>,
+        None,
+        OPERATOR,
+    )
+}
+
+/// Owner references and finalizers are kubepam's; labels and annotations the requester's.
+#[test]
+fn metadata_is_written_only_by_whom_it_belongs_to() {
+    let plain = json!({"name": "r1", "finalizers": ["kubepam.io/grant-cleanup"]});
+    let owned = json!({"name": "r1", "finalizers": ["kubepam.io/grant-cleanup"], "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "5f1c1f7e-0000-4000-8000-000000000001"}]});
+    let unfinalized = json!({"name": "r1"});
+    let labelled =
+        json!({"name": "r1", "finalizers": ["kubepam.io/grant-cleanup"], "labels": {"team": "a"}});
+    let reserved = json!({"name": "r1", "finalizers": ["kubepam.io/grant-cleanup"], "labels": {"kubepam.io/ended": "true"}});
+    for (who, gs) in [
+        ("bob", &["approvers"][..]),
+        ("alice", &["developers"][..]),
+        ("mallory", &[][..]),
+    ] {
+        for tampered in [&owned, &unfinalized, &reserved] {
+            let verdict = metadata_verdict(who, gs, plain.clone(), tampered.clone());
+            assert_eq!(
+                verdict.refusal().map(|r| r.reason),
+                Some(Reason::MetadataReserved),
+                "{who}: {tampered}"
+            );
+        }
+    }
+    // Labels: the requester's to set, nobody else's.
+    assert_eq!(
+        metadata_verdict("alice", &[], plain.clone(), labelled.clone()),
+        Verdict::Allow
+    );
+    let verdict = metadata_verdict("bob", &["approvers"], plain.clone(), labelled.clone());
+    assert!(
+        verdict
+            .message()
+            .unwrap()
+            .contains("only the requester (alice)"),
+        "{verdict:?}"
+    );
+    // kubepam, cluster administrators (uninstalling) and the garbage collector may.
+    for (who, gs) in [
+        (OPERATOR, &[][..]),
+        ("root", &["system:masters"][..]),
+        (request::GARBAGE_COLLECTOR, &[][..]),
+    ] {
+        assert_eq!(
+            metadata_verdict(who, gs, plain.clone(), unfinalized.clone()),
+            Verdict::Allow,
+            "{who}"
+        );
+    }
+    // At creation, no owner and no kubepam.io/ keys.
+    for object in [owned, reserved] {
+        let req = er_request("CREATE", "alice", &[], with_metadata(object), Value::Null);
+        let verdict = admit_elevation_request(
+            &req,
+            Pass::Mutating,
+            |_| None::<AccessPolicy>,
+            None,
+            OPERATOR,
+        );
+        assert_eq!(
+            verdict.refusal().map(|r| r.reason),
+            Some(Reason::MetadataReserved)
+        );
+    }
 }
 
 trait PipeJson {
@@ -1057,7 +1178,7 @@ fn guard_operation_reads_the_admission_request() {
 #[test]
 fn guard_rules_cover_accepted_task_policies_and_report_reads() {
     let mut refused = task_policy("refused", &["delete"], "", &["secrets"], &[]);
-    refused.status = None;
+    refused.status = serde_json::from_value(json!({"conditions": [{"type": "Accepted", "status": "False", "reason": "PolicyLimitExceeded", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 1}]})).unwrap();
     let role = policy(
         "role",
         json!({"type": "Role", "role": "admin", "approvalType": "Auto"}),
@@ -1160,7 +1281,13 @@ fn envelope_mutates_a_create_and_the_response_carries_the_patch() {
         er_object(spec, json!(null)),
         Value::Null,
     );
-    let v = admit_elevation_request(&req, Pass::Mutating, |_| None::<AccessPolicy>, None);
+    let v = admit_elevation_request(
+        &req,
+        Pass::Mutating,
+        |_| None::<AccessPolicy>,
+        None,
+        OPERATOR,
+    );
     let resp = respond(&req, v);
     assert!(resp.allowed);
     assert_eq!(resp.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
@@ -1200,6 +1327,7 @@ fn envelope_validates_an_update_with_the_policy_looked_up() {
             Some(&p)
         },
         None,
+        OPERATOR,
     );
     assert_eq!(v, Verdict::Allow);
     assert_eq!(asked.as_deref(), Some("prod-delete"));
@@ -1233,7 +1361,13 @@ fn envelope_refuses_objects_that_do_not_decode() {
         Value::Null,
     );
     rejects(
-        &admit_elevation_request(&req, Pass::Mutating, |_| None::<AccessPolicy>, None),
+        &admit_elevation_request(
+            &req,
+            Pass::Mutating,
+            |_| None::<AccessPolicy>,
+            None,
+            OPERATOR,
+        ),
         Reason::MalformedObject,
         "object is not a valid ElevationRequest",
     );
@@ -1245,7 +1379,13 @@ fn envelope_refuses_objects_that_do_not_decode() {
         Value::Null,
     );
     rejects(
-        &admit_elevation_request(&req, Pass::Validating, |_| None::<AccessPolicy>, None),
+        &admit_elevation_request(
+            &req,
+            Pass::Validating,
+            |_| None::<AccessPolicy>,
+            None,
+            OPERATOR,
+        ),
         Reason::MalformedObject,
         "the admission request has no oldObject",
     );
@@ -1563,8 +1703,19 @@ fn each_refusal_path_yields_its_reason() {
                 Pass::Validating,
                 |_| None::<AccessPolicy>,
                 None,
+                OPERATOR,
             )),
             Reason::MalformedObject,
+        ),
+        (
+            "an owner reference added by an approver",
+            code(metadata_verdict(
+                "bob",
+                &["approvers"],
+                json!({"name": "r1"}),
+                json!({"name": "r1", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "5f1c1f7e-0000-4000-8000-000000000001"}]}),
+            )),
+            Reason::MetadataReserved,
         ),
         (
             "a body that is not a review",

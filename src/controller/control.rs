@@ -11,6 +11,7 @@ use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::ObjectRef;
 
 use super::caches::Caches;
+use super::webhooks::GuardState;
 use super::{Context, Error};
 use crate::api::{
     CONDITION_ACCEPTED, CONTROL_NAME, Phase, PrivilegedAccessControl,
@@ -20,6 +21,7 @@ use crate::api::{
 use crate::lifecycle::ControlSettings;
 use crate::notify::health;
 use crate::policy_limit::POLICY_LIMIT;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 /// The `Ready` condition of the control.
 pub const CONDITION_READY: &str = "Ready";
@@ -84,6 +86,69 @@ pub fn control_status(
     status
 }
 
+/// Condition type: whether kubepam could register its admission configuration.
+pub const CONDITION_GUARD_READY: &str = "GuardReady";
+/// Condition type: whether kubepam's admission configuration is as kubepam registered it.
+pub const CONDITION_GUARD_INTACT: &str = "GuardIntact";
+
+/// The `GuardReady` and `GuardIntact` conditions (absent when kubepam does
+/// not register its webhooks).
+pub fn guard_conditions(
+    guard: &GuardState,
+    now: DateTime<Utc>,
+    generation: Option<i64>,
+) -> [(&'static str, Option<Condition>); 2] {
+    if !guard.registering {
+        return [
+            (CONDITION_GUARD_READY, None),
+            (CONDITION_GUARD_INTACT, None),
+        ];
+    }
+    let ready = match &guard.write_error {
+        None => condition_true(
+            CONDITION_GUARD_READY,
+            "Registered",
+            "the guard and kubepam's webhooks are registered with the API server",
+            now,
+            generation,
+        ),
+        Some(error) => condition_false(
+            CONDITION_GUARD_READY,
+            "RegistrationFailed",
+            format!("{error}; Task policies not yet registered are not accepted until it works"),
+            now,
+            generation,
+        ),
+    };
+    let intact = match (&guard.tampered, &guard.last_restore) {
+        (Some(what), _) => condition_false(
+            CONDITION_GUARD_INTACT,
+            "Tampered",
+            format!("{what} by someone other than kubepam and is not restored yet"),
+            now,
+            generation,
+        ),
+        (None, Some(restore)) => condition_true(
+            CONDITION_GUARD_INTACT,
+            "Restored",
+            format!("as kubepam registered it; last change by someone else: {restore}"),
+            now,
+            generation,
+        ),
+        (None, None) => condition_true(
+            CONDITION_GUARD_INTACT,
+            "AsRegistered",
+            "kubepam's webhook configurations are exactly as kubepam registered them",
+            now,
+            generation,
+        ),
+    };
+    [
+        (CONDITION_GUARD_READY, Some(ready)),
+        (CONDITION_GUARD_INTACT, Some(intact)),
+    ]
+}
+
 pub async fn reconcile(
     control: Arc<PrivilegedAccessControl>,
     ctx: Arc<Context>,
@@ -132,6 +197,17 @@ pub async fn reconcile(
     ) {
         Some(condition) => set_condition(&mut status.conditions, condition),
         None => remove_condition(&mut status.conditions, health::CONDITION_NOTIFICATIONS),
+    }
+    let guard = ctx
+        .guard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    for (kind, condition) in guard_conditions(&guard, now, control.metadata.generation) {
+        match condition {
+            Some(condition) => set_condition(&mut status.conditions, condition),
+            None => remove_condition(&mut status.conditions, kind),
+        }
     }
     super::apply_status(
         &ctx.client,

@@ -163,7 +163,7 @@ async fn remove(
     action: &str,
     note: &str,
 ) -> Result<(), super::Error> {
-    if !rbac::delete_object(&ctx.client, object).await? {
+    if !rbac::delete_object(&ctx.client, object, None).await? {
         return Ok(());
     }
     info!(kind = %object.kind, name = %object.name, "{note}");

@@ -111,6 +111,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Sends notifications and keeps each sink's health (used on the leader).
     pub notifier: Arc<notify::Notifier>,
+    /// What the registrar knows of the guard (used on the leader).
+    pub guard: webhooks::SharedGuardState,
 }
 
 impl std::fmt::Debug for Context {
@@ -355,6 +357,7 @@ pub async fn run(
         ready: Arc::new(AtomicBool::new(false)),
         metrics: Arc::new(Metrics::default()),
         notifier: Arc::new(notify::Notifier::new(options.sender.clone())),
+        guard: webhooks::SharedGuardState::default(),
     });
     let readiness = ctx.clone();
     let synced = caches.clone();
@@ -556,6 +559,7 @@ async fn start_webhooks(
         ctx.clone(),
         recorder,
         handle.clone(),
+        operator.as_str().into(),
     );
     let server = tokio::spawn(async move {
         if let Err(error) = server.await {

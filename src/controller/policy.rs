@@ -13,11 +13,15 @@ use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
 use super::caches::Caches;
+use super::webhooks::GuardState;
 use super::{Context, Error};
 use crate::api::{
-    AccessPolicy, AccessPolicyStatus, CONDITION_ACCEPTED, find_condition, from_k8s_time,
+    AccessPolicy, AccessPolicyStatus, CONDITION_ACCEPTED, PolicyType, find_condition, from_k8s_time,
 };
 use crate::policy_limit::{policy_acceptance, policy_status};
+
+/// How soon a Task policy looks again while the guard does not hold it yet.
+const GUARD_WAIT: Duration = Duration::from_millis(100);
 
 /// How often a policy that names a missing ClusterRole looks again.
 const MISSING_ROLE_RECHECK: Duration = Duration::from_secs(10);
@@ -54,9 +58,18 @@ pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<A
         .collect();
     let (accepted, _) = policy_acceptance(&live);
     let name = policy.name_any();
+    let accepted_now = accepted.contains(&name);
+    // A Task policy's generation is accepted only once the guard holds it:
+    // `Accepted` never claims more than the API server enforces.
+    if accepted_now
+        && policy.spec.policy_type == PolicyType::Task
+        && !GuardState::enforces(&ctx.guard, &name, policy.metadata.generation)
+    {
+        return Ok(Action::requeue(GUARD_WAIT));
+    }
     let missing = missing_roles(&ctx.client, &policy).await?;
     let recheck = !missing.is_empty();
-    let status = policy_status(&policy, accepted.contains(&name), missing, Utc::now());
+    let status = policy_status(&policy, accepted_now, missing, Utc::now());
     write_status(&ctx.client, &policy, &status).await?;
     Ok(if recheck {
         Action::requeue(MISSING_ROLE_RECHECK)

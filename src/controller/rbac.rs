@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -32,7 +32,7 @@ impl RbacStores {
     /// Every object cached for the request with this id.
     pub fn objects_of(&self, request_id: &str) -> Vec<RbacObjectRef> {
         let ours = |labels: &std::collections::BTreeMap<String, String>| {
-            labels.get(grant::LABEL_REQUEST_ID).map(String::as_str) == Some(request_id)
+            grant::owned_by(Some(labels), request_id)
         };
         let mut found = Vec::new();
         for o in self.role_bindings.state() {
@@ -63,93 +63,173 @@ fn reference<K: Resource>(kind: &str, object: &K) -> RbacObjectRef {
 }
 
 /// What [`apply`] had to write.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// Objects not in the cache (new, or deleted by hand).
     pub missing: usize,
     /// Objects in the cache that differed (edited by hand).
     pub changed: usize,
+    /// Every wanted object, now known to exist as kubepam's for this request: what status may
+    /// record.
+    pub owned: Vec<RbacObjectRef>,
 }
 
-/// Applies every wanted object that is missing or differs from what is
-/// cached (roles first, so no binding points at nothing). A binding deleted
-/// or edited by hand is put back this way.
+/// What [`apply`] found in the way: an object with a wanted name that kubepam did not make for
+/// this request. Nothing of it was changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collision {
+    pub object: RbacObjectRef,
+}
+
+/// Makes every wanted object exist as wanted (roles first, so no binding points at nothing),
+/// but only ever over objects kubepam made for this very request: a missing object is created
+/// (never applied over a name someone else holds), and one that exists is changed only when it
+/// carries this request's ownership labels, with its uid as a precondition. A binding deleted or
+/// edited by hand is put back this way. Stops at the first object held by someone else.
 pub async fn apply(
     client: &Client,
     stores: &RbacStores,
     desired: &DesiredRbac,
-) -> Result<Applied, Error> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    request_id: &str,
+) -> Result<Result<Applied, Collision>, Error> {
     let mut applied = Applied::default();
-    let mut count = |present: bool| {
-        if present {
-            applied.changed += 1;
-        } else {
-            applied.missing += 1;
-        }
+    let same_role =
+        |a: &ClusterRole, b: &ClusterRole| a.labels() == b.labels() && a.rules == b.rules;
+    let same_cluster_binding = |a: &ClusterRoleBinding, b: &ClusterRoleBinding| {
+        a.labels() == b.labels() && a.role_ref == b.role_ref && a.subjects == b.subjects
+    };
+    let same_role_binding = |a: &RoleBinding, b: &RoleBinding| {
+        a.labels() == b.labels() && a.role_ref == b.role_ref && a.subjects == b.subjects
     };
     for role in &desired.cluster_roles {
-        let current = stores.cluster_roles.get(&ObjectRef::from_obj(role));
-        if current
-            .as_ref()
-            .is_none_or(|c| c.labels() != role.labels() || c.rules != role.rules)
-        {
-            apply_one(Api::<ClusterRole>::all(client.clone()), role, &params).await?;
-            count(current.is_some());
+        let api = Api::<ClusterRole>::all(client.clone());
+        let cached = stores.cluster_roles.get(&ObjectRef::from_obj(role));
+        let outcome = ensure(api, role, cached.as_deref(), same_role, request_id).await?;
+        if let Err(collision) = applied.count(outcome, "ClusterRole", role) {
+            return Ok(Err(collision));
         }
     }
     for binding in &desired.cluster_role_bindings {
-        let current = stores
+        let api = Api::<ClusterRoleBinding>::all(client.clone());
+        let cached = stores
             .cluster_role_bindings
             .get(&ObjectRef::from_obj(binding));
-        if current.as_ref().is_none_or(|c| {
-            c.labels() != binding.labels()
-                || c.role_ref != binding.role_ref
-                || c.subjects != binding.subjects
-        }) {
-            apply_one(
-                Api::<ClusterRoleBinding>::all(client.clone()),
-                binding,
-                &params,
-            )
-            .await?;
-            count(current.is_some());
+        let outcome = ensure(
+            api,
+            binding,
+            cached.as_deref(),
+            same_cluster_binding,
+            request_id,
+        )
+        .await?;
+        if let Err(collision) = applied.count(outcome, "ClusterRoleBinding", binding) {
+            return Ok(Err(collision));
         }
     }
     for binding in &desired.role_bindings {
-        let current = stores.role_bindings.get(&ObjectRef::from_obj(binding));
-        if current.as_ref().is_none_or(|c| {
-            c.labels() != binding.labels()
-                || c.role_ref != binding.role_ref
-                || c.subjects != binding.subjects
-        }) {
-            let namespace = binding.namespace().unwrap_or_default();
-            let api = Api::<RoleBinding>::namespaced(client.clone(), &namespace);
-            apply_one(api, binding, &params).await?;
-            count(current.is_some());
+        let namespace = binding.namespace().unwrap_or_default();
+        let api = Api::<RoleBinding>::namespaced(client.clone(), &namespace);
+        let cached = stores.role_bindings.get(&ObjectRef::from_obj(binding));
+        let outcome = ensure(
+            api,
+            binding,
+            cached.as_deref(),
+            same_role_binding,
+            request_id,
+        )
+        .await?;
+        if let Err(collision) = applied.count(outcome, "RoleBinding", binding) {
+            return Ok(Err(collision));
         }
     }
-    Ok(applied)
+    applied.owned.sort();
+    Ok(Ok(applied))
 }
 
-async fn apply_one<K>(api: Api<K>, object: &K, params: &PatchParams) -> Result<(), Error>
+impl Applied {
+    fn count<K: Resource>(
+        &mut self,
+        outcome: Ensured,
+        kind: &str,
+        object: &K,
+    ) -> Result<(), Collision> {
+        let reference = reference(kind, object);
+        match outcome {
+            Ensured::Unchanged => {}
+            Ensured::Created => self.missing += 1,
+            Ensured::Repaired => self.changed += 1,
+            Ensured::HeldByOther => return Err(Collision { object: reference }),
+        }
+        self.owned.push(reference);
+        Ok(())
+    }
+}
+
+/// What [`ensure`] did with one wanted object.
+#[derive(Clone, Copy)]
+enum Ensured {
+    Unchanged,
+    Created,
+    Repaired,
+    /// An object of that name exists without this request's ownership labels.
+    HeldByOther,
+}
+
+/// Creates `wanted`, or brings the object of its name back to it when it is this request's.
+async fn ensure<K>(
+    api: Api<K>,
+    wanted: &K,
+    cached: Option<&K>,
+    same: impl Fn(&K, &K) -> bool,
+    request_id: &str,
+) -> Result<Ensured, Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
-    let name = object.name_any();
-    api.patch(&name, params, &Patch::Apply(object))
-        .await
-        .map_err(|source| Error::ApplyRbac {
-            kind: kind_of::<K>(),
-            name,
-            source,
-        })?;
-    Ok(())
+    let name = wanted.name_any();
+    let failed = |source| Error::ApplyRbac {
+        kind: kind_of::<K>(),
+        name: name.clone(),
+        source,
+    };
+    let existing = match cached {
+        Some(current) => current.clone(),
+        None => match api.create(&PostParams::default(), wanted).await {
+            Ok(_) => return Ok(Ensured::Created),
+            // Made meanwhile, by kubepam (the cache lags) or by someone else: look.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                match api.get_opt(&name).await.map_err(failed)? {
+                    Some(found) => found,
+                    None => return Ok(Ensured::Unchanged),
+                }
+            }
+            Err(source) => return Err(failed(source)),
+        },
+    };
+    if !grant::owned_by(existing.meta().labels.as_ref(), request_id) {
+        return Ok(Ensured::HeldByOther);
+    }
+    if same(&existing, wanted) {
+        return Ok(cached.map_or(Ensured::Created, |_| Ensured::Unchanged));
+    }
+    // The uid makes the write fail (409) if the object was replaced since it was checked.
+    let mut object = wanted.clone();
+    object.meta_mut().uid.clone_from(&existing.meta().uid);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .map_err(failed)?;
+    Ok(Ensured::Repaired)
 }
 
 /// Deletes the objects of the request with `request_id` that `keep` does not
 /// list: those cached with its label, and those `recorded` in its status
-/// (which covers an object created a moment ago and not cached yet).
+/// (which covers an object created a moment ago and not cached yet). Only
+/// objects that carry this request's ownership labels are deleted, with their
+/// uid as a precondition; any other object of a recorded name is left alone.
 /// Bindings go before roles. Returns how many were deleted.
 pub async fn prune(
     client: &Client,
@@ -171,28 +251,122 @@ pub async fn prune(
     doomed.sort_by_key(|o| o.kind == "ClusterRole");
     let mut deleted = 0;
     for object in doomed {
-        if delete_object(client, &object).await? {
+        if delete_owned(client, &object, request_id).await? {
             deleted += 1;
         }
     }
     Ok(deleted)
 }
 
-/// Deletes one RBAC object; `false` when it was already gone (or is not a
-/// kind kubepam makes).
-pub async fn delete_object(client: &Client, object: &RbacObjectRef) -> Result<bool, Error> {
+/// Deletes `object` if it carries the ownership labels of the request with
+/// `request_id`; `false` when it is gone, or is not that request's.
+async fn delete_owned(
+    client: &Client,
+    object: &RbacObjectRef,
+    request_id: &str,
+) -> Result<bool, Error> {
+    let failed = |source| Error::DeleteRbac {
+        kind: static_kind(&object.kind),
+        name: object.name.clone(),
+        source,
+    };
+    let uid = match (object.kind.as_str(), &object.namespace) {
+        ("RoleBinding", Some(namespace)) => {
+            owned_uid(
+                Api::<RoleBinding>::namespaced(client.clone(), namespace),
+                &object.name,
+                request_id,
+            )
+            .await
+        }
+        ("ClusterRoleBinding", _) => {
+            owned_uid(
+                Api::<ClusterRoleBinding>::all(client.clone()),
+                &object.name,
+                request_id,
+            )
+            .await
+        }
+        ("ClusterRole", _) => {
+            owned_uid(
+                Api::<ClusterRole>::all(client.clone()),
+                &object.name,
+                request_id,
+            )
+            .await
+        }
+        _ => Ok(None),
+    }
+    .map_err(failed)?;
+    match uid {
+        Some(uid) => delete_object(client, object, Some(uid)).await,
+        None => Ok(false),
+    }
+}
+
+/// The uid of the object of this name if it is the request's own.
+async fn owned_uid<K>(
+    api: Api<K>,
+    name: &str,
+    request_id: &str,
+) -> Result<Option<String>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(found) = api.get_metadata_opt(name).await? else {
+        return Ok(None);
+    };
+    if grant::owned_by(found.metadata.labels.as_ref(), request_id) {
+        Ok(found.metadata.uid)
+    } else {
+        tracing::warn!(
+            name = ?name,
+            request_id,
+            "an object of a recorded name is not this request's; it is left alone"
+        );
+        Ok(None)
+    }
+}
+
+/// Deletes one RBAC object (only if its uid is still `uid`, when given);
+/// `false` when it was already gone (or is not a kind kubepam makes).
+pub async fn delete_object(
+    client: &Client,
+    object: &RbacObjectRef,
+    uid: Option<String>,
+) -> Result<bool, Error> {
+    let params = DeleteParams {
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
     let result = match (object.kind.as_str(), &object.namespace) {
         ("RoleBinding", Some(namespace)) => {
             delete(
                 Api::<RoleBinding>::namespaced(client.clone(), namespace),
                 &object.name,
+                &params,
             )
             .await
         }
         ("ClusterRoleBinding", _) => {
-            delete(Api::<ClusterRoleBinding>::all(client.clone()), &object.name).await
+            delete(
+                Api::<ClusterRoleBinding>::all(client.clone()),
+                &object.name,
+                &params,
+            )
+            .await
         }
-        ("ClusterRole", _) => delete(Api::<ClusterRole>::all(client.clone()), &object.name).await,
+        ("ClusterRole", _) => {
+            delete(
+                Api::<ClusterRole>::all(client.clone()),
+                &object.name,
+                &params,
+            )
+            .await
+        }
         _ => Ok(false),
     };
     result.map_err(|source| Error::DeleteRbac {
@@ -202,14 +376,15 @@ pub async fn delete_object(client: &Client, object: &RbacObjectRef) -> Result<bo
     })
 }
 
-/// Deletes by name; `false` when it was already gone.
-async fn delete<K>(api: Api<K>, name: &str) -> Result<bool, kube::Error>
+/// Deletes by name; `false` when it was already gone, or replaced (its uid
+/// changed: then it is no longer the object that was meant).
+async fn delete<K>(api: Api<K>, name: &str, params: &DeleteParams) -> Result<bool, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &DeleteParams::default()).await {
+    match api.delete(name, params).await {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
         Err(error) => Err(error),
     }
 }

@@ -21,12 +21,18 @@ use tracing::info;
 
 use super::caches::Caches;
 use super::{Context, Error, rbac};
-use crate::api::{AccessPolicy, ElevationRequest, Phase};
+use crate::api::{
+    AccessPolicy, ElevationRequest, Phase, condition_true, find_condition, remove_condition,
+    set_condition,
+};
 use crate::grant::{self, DesiredRbac};
 use crate::lifecycle::{self, ControlView, PolicyView, Transition};
 use crate::notify::plan;
 
 use crate::grant::FINALIZER;
+
+/// Condition type: present while an object kubepam did not make holds a name the grant needs.
+pub const CONDITION_GRANT_BLOCKED: &str = "GrantBlocked";
 
 /// The request controller, also woken by changes to policies, the control,
 /// and RBAC objects that carry kubepam's labels (so a binding deleted by hand
@@ -108,6 +114,8 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
     }
 }
 
+// The pipeline reads best in its safety order, in one place.
+#[allow(clippy::too_many_lines)]
 async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Action, Error> {
     let name = request.name_any();
     let request_id = lifecycle::request_id(request);
@@ -150,7 +158,14 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
     };
 
     let mut status = decision.status.clone();
-    status.rbac_objects = desired.object_refs();
+    let wanted = desired.object_refs();
+    // Status records only objects known to be this request's: those recorded
+    // before that are still wanted; new ones once they are made.
+    status.rbac_objects = recorded
+        .iter()
+        .filter(|o| wanted.contains(o))
+        .cloned()
+        .collect();
     // Recorded in the same write as the transition: neither can be lost
     // without the other. The delivery controller sends them.
     let owed = owed_notifications(request, &status, &decision, control.as_deref());
@@ -170,6 +185,7 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
                 }
             }
         }
+        remove_condition(&mut status.conditions, CONDITION_GRANT_BLOCKED);
         let version = super::apply_status(
             &ctx.client,
             request,
@@ -183,7 +199,7 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
         }
     } else {
         let version = set_finalizer(&api, request, version, true).await?;
-        super::apply_status(
+        let version = super::apply_status(
             &ctx.client,
             request,
             request.status.as_ref(),
@@ -192,17 +208,31 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
         )
         .await?;
         // Checked every time: a binding deleted or edited by hand comes back.
-        let applied = rbac::apply(&ctx.client, &ctx.rbac, &desired).await?;
+        let before = status.clone();
+        let applied = match rbac::apply(&ctx.client, &ctx.rbac, &desired, &request_id).await? {
+            Ok(applied) => applied,
+            Err(collision) => {
+                let requeue =
+                    report_collision(ctx, request, &before, status, version, &collision).await?;
+                if let Some(transition) = &decision.transition {
+                    announce(ctx, request, &request_id, transition).await;
+                }
+                return Ok(requeue);
+            }
+        };
         let extra = rbac::prune(
             &ctx.client,
             &ctx.rbac,
             &request_id,
             &recorded,
-            &status.rbac_objects,
+            &applied.owned,
         )
         .await?;
+        status.rbac_objects.clone_from(&applied.owned);
+        remove_condition(&mut status.conditions, CONDITION_GRANT_BLOCKED);
+        super::apply_status(&ctx.client, request, Some(&before), &status, version).await?;
         if decision.transition.is_none() && recorded == status.rbac_objects {
-            report_drift(ctx, request, &status, applied, extra).await;
+            report_drift(ctx, request, &status, &applied, extra).await;
         }
     }
 
@@ -243,7 +273,7 @@ async fn report_drift(
     ctx: &Context,
     request: &ElevationRequest,
     status: &crate::api::ElevationRequestStatus,
-    applied: rbac::Applied,
+    applied: &rbac::Applied,
     extra: usize,
 ) {
     let settled = status
@@ -269,6 +299,60 @@ async fn report_drift(
     publish_drift(ctx, request, "GrantRepaired", &what.join("; ")).await;
 }
 
+/// How long a grant blocked by an object of someone else waits before it looks again (a change
+/// of any binding wakes it sooner).
+const COLLISION_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An object kubepam did not make holds a name the grant needs: nothing of it is touched; the
+/// request says so in a `GrantBlocked` condition, with a Warning Event when it first happens.
+async fn report_collision(
+    ctx: &Context,
+    request: &ElevationRequest,
+    written: &crate::api::ElevationRequestStatus,
+    mut status: crate::api::ElevationRequestStatus,
+    version: Option<String>,
+    collision: &rbac::Collision,
+) -> Result<Action, Error> {
+    let object = &collision.object;
+    let place = object
+        .namespace
+        .as_deref()
+        .map(|ns| format!(" in namespace {ns}"))
+        .unwrap_or_default();
+    let message = format!(
+        "{} {}{place} exists and was not made by kubepam for this request, so the grant is not \
+         made and that object is left alone; a cluster administrator should find out who made it \
+         and delete it",
+        object.kind, object.name
+    );
+    let first = find_condition(&written.conditions, CONDITION_GRANT_BLOCKED).is_none();
+    set_condition(
+        &mut status.conditions,
+        condition_true(
+            CONDITION_GRANT_BLOCKED,
+            "NameCollision",
+            message.clone(),
+            Utc::now(),
+            request.metadata.generation,
+        ),
+    );
+    super::apply_status(&ctx.client, request, Some(written), &status, version).await?;
+    if first {
+        tracing::warn!(request = %request.name_any(), "{message}");
+        ctx.metrics.drift_repaired("name-collision", 1);
+        super::publish_event(
+            ctx,
+            request,
+            EventType::Warning,
+            "NameCollision",
+            "Grant",
+            &message,
+        )
+        .await;
+    }
+    Ok(Action::requeue(COLLISION_RETRY))
+}
+
 /// Objects labelled as this request's grant removed while it holds none:
 /// made by hand, or left behind.
 async fn report_leftovers(ctx: &Context, request: &ElevationRequest, removed: usize) {
@@ -290,6 +374,10 @@ async fn publish_drift(ctx: &Context, request: &ElevationRequest, reason: &str, 
 /// cache does not have it yet (a policy created just before the request must
 /// not make the request fail).
 async fn lookup_policy(ctx: &Context, name: &str) -> Result<Option<Arc<AccessPolicy>>, Error> {
+    // Never put anything but an object name into a URL (the request is denied for it).
+    if !grant::is_object_name(name) {
+        return Ok(None);
+    }
     if let Some(policy) = ctx.policies.get(&ObjectRef::new(name)) {
         return Ok(Some(policy));
     }
@@ -345,8 +433,8 @@ async fn announce(
     info!(
         request = %name,
         %request_id,
-        policy = %request.spec.policy,
-        requester = request.spec.requester.as_deref().unwrap_or_default(),
+        policy = ?request.spec.policy,
+        requester = ?request.spec.requester.as_deref().unwrap_or_default(),
         from = transition.from.map_or("New", Phase::as_str),
         to = transition.to.as_str(),
         actor = %transition.actor,

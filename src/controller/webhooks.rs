@@ -1,119 +1,400 @@
-//! Keeps kubepam's webhook configurations registered: the static ones (with
-//! the current CA bundle) and the guard, whose rules follow the accepted Task
-//! policies and whose exemptions follow the control's system accounts. The
-//! guard exists only while the control is enabled and some Task policy is
-//! accepted.
+//! Keeps kubepam's webhook configurations exactly as kubepam wants them: the
+//! static ones (with the current CA bundle) and the guard, whose webhooks
+//! follow the Task policies and whose exemptions follow the control's system
+//! accounts. The guard exists only while the control is enabled and some Task
+//! policy guards.
+//!
+//! - **Fail safe while policies change.** A policy created or edited a moment
+//!   ago guards at once by its new spec, and until the guard that holds its
+//!   new generation is registered, its webhook sends the union of what the old
+//!   and the new generation describe. The policy controller accepts a Task
+//!   policy's generation only once [`GuardState::enforced`] says it is
+//!   registered, so `Accepted` never runs ahead of the guard.
+//! - **Restored, loudly.** Every second the registered objects are read back
+//!   and compared with what kubepam wants, field by field (every field the API
+//!   server would default is set by kubepam). Anything else (an
+//!   `objectSelector` added, a timeout changed, a webhook removed, the whole
+//!   object deleted) is replaced by exactly kubepam's object, with a Warning
+//!   Event on the control, `kubepam_guard_repairs_total` and the control's
+//!   `GuardIntact` condition.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::{Context, FIELD_MANAGER};
+use super::Context;
 use crate::admission;
-use crate::api::{PolicyType, PrivilegedAccessControl};
+use crate::api::{AccessPolicy, CONTROL_NAME, PrivilegedAccessControl};
 use crate::lifecycle::PolicyView;
-use crate::webhook::configuration::{self, Endpoint, GUARD_NAME};
+use crate::webhook::configuration::{self, Endpoint, GUARD_NAME, GuardHook};
 
-/// How often the desired configurations are compared with what was applied.
+/// How often the desired guard is compared with what was last written.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
-/// How often the static configurations are applied again (repairs edits).
-const REAPPLY_EVERY: Duration = Duration::from_secs(10);
+/// How often the registered objects are read back and compared.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
-/// The guard configuration that must exist now, if any.
-pub fn desired_guard(
+/// What the registrar knows about the guard, shared with the policy and
+/// control controllers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GuardState {
+    /// Whether kubepam registers its webhook configurations (false with
+    /// `--no-register-webhooks` or without webhooks: then nothing waits for it).
+    pub registering: bool,
+    /// Policy name → the generation the registered guard holds.
+    pub enforced: BTreeMap<String, i64>,
+    /// Why the guard could not be written, while it cannot.
+    pub write_error: Option<String>,
+    /// What was found changed by someone else and is not restored yet.
+    pub tampered: Option<String>,
+    /// The last restore, for the `GuardIntact` message.
+    pub last_restore: Option<String>,
+}
+
+/// The guard state, shared.
+pub type SharedGuardState = Arc<Mutex<GuardState>>;
+
+impl GuardState {
+    /// Whether the registered guard holds `generation` of the policy `name`
+    /// (always, when kubepam does not register the guard).
+    pub fn enforces(state: &SharedGuardState, name: &str, generation: Option<i64>) -> bool {
+        let state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        !state.registering
+            || state
+                .enforced
+                .get(name)
+                .is_some_and(|enforced| Some(*enforced) >= generation)
+    }
+
+    fn update(state: &SharedGuardState, change: impl FnOnce(&mut GuardState)) {
+        change(&mut state.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// The guard's webhooks for `policies`: one per Task policy that guards. A
+/// policy whose generation is not yet judged keeps, beside its new rules,
+/// whatever its webhook sent before (`previous`, by webhook name). Also
+/// returns the generation each policy's webhook holds.
+pub fn guard_hooks(
+    policies: &[&AccessPolicy],
+    previous: &BTreeMap<String, GuardHook>,
+) -> (Vec<GuardHook>, BTreeMap<String, i64>) {
+    let mut hooks = Vec::new();
+    let mut generations = BTreeMap::new();
+    for policy in policies {
+        let name = policy.name_any();
+        generations.insert(name.clone(), policy.metadata.generation.unwrap_or(0));
+        if admission::guard::guarding_task(policy).is_none() {
+            continue;
+        }
+        let rules = admission::guard_rules(std::iter::once(*policy)).rules;
+        let mut hook = GuardHook {
+            name: GuardHook::name_for(&name),
+            rules,
+            namespaces: policy.spec.namespaces().to_vec(),
+        };
+        let unsettled = matches!(
+            PolicyView::from_policy(Some(policy)),
+            PolicyView::Unsettled(_)
+        );
+        if unsettled && let Some(before) = previous.get(&hook.name) {
+            hook = hook.union(before);
+        }
+        if !hook.rules.is_empty() {
+            hooks.push(hook);
+        }
+    }
+    hooks.sort_by(|a, b| a.name.cmp(&b.name));
+    (hooks, generations)
+}
+
+/// The guard configuration that must exist now, if any, and the policy
+/// generations it holds.
+fn desired_guard(
     ctx: &Context,
     endpoint: &Endpoint,
     operator: &str,
-) -> Option<ValidatingWebhookConfiguration> {
-    let control: Arc<PrivilegedAccessControl> = ctx.control()?;
-    if !control.spec.enabled {
-        return None;
-    }
-    let policies: Vec<_> = ctx
-        .policies
-        .state()
-        .into_iter()
-        .filter(|p| p.spec.policy_type == PolicyType::Task)
-        .filter(|p| matches!(PolicyView::from_policy(Some(p)), PolicyView::Accepted(_)))
-        .collect();
-    let rules = admission::guard_rules(policies.iter().map(|p| &**p)).rules;
-    if rules.is_empty() {
-        return None;
+    previous: &BTreeMap<String, GuardHook>,
+) -> (
+    Option<ValidatingWebhookConfiguration>,
+    BTreeMap<String, i64>,
+) {
+    let policies = ctx.policies.state();
+    let policies: Vec<&AccessPolicy> = policies.iter().map(|p| &**p).collect();
+    let (hooks, generations) = guard_hooks(&policies, previous);
+    let control: Option<Arc<PrivilegedAccessControl>> = ctx.control();
+    let Some(control) = control.filter(|c| c.spec.enabled) else {
+        return (None, generations);
+    };
+    if hooks.is_empty() {
+        return (None, generations);
     }
     let mut exempt = control.spec.system_accounts.clone();
     exempt.push(operator.to_owned());
-    Some(configuration::guard(endpoint, &rules, &exempt))
+    (
+        Some(configuration::guard(endpoint, &hooks, &exempt)),
+        generations,
+    )
+}
+
+/// One object kubepam keeps registered, and what it last wrote of it.
+struct Kept<K> {
+    name: &'static str,
+    /// `None` before kubepam wrote it; then what it wrote (`Some(None)`: that it is absent).
+    #[allow(clippy::option_option)]
+    written: Option<Option<K>>,
+}
+
+impl<K> Kept<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + PartialEq
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            written: None,
+        }
+    }
+
+    /// `Kind/name`, for messages and the metric.
+    fn label(&self) -> String {
+        format!("{}/{}", K::kind(&()), self.name)
+    }
+
+    /// Makes the registered object exactly `desired` (or absent), reading it
+    /// first. Returns what was found different from what kubepam itself last
+    /// wrote (someone else's change), if anything.
+    async fn keep(
+        &mut self,
+        api: &Api<K>,
+        desired: Option<&K>,
+        same: impl Fn(&K, &K) -> bool,
+    ) -> Result<Option<String>, kube::Error> {
+        let live = api.get_opt(self.name).await?;
+        let as_wanted = match (&live, desired) {
+            (None, None) => true,
+            (Some(live), Some(desired)) => same(live, desired),
+            _ => false,
+        };
+        if as_wanted {
+            self.written = Some(desired.cloned());
+            return Ok(None);
+        }
+        // Kubepam wrote this very object before, so the difference is someone else's.
+        let tampered =
+            (self.written.as_ref().map(Option::as_ref) == Some(desired)).then(|| {
+                match (&live, desired) {
+                    (None, Some(_)) => format!("{} was deleted", self.label()),
+                    (Some(_), None) => format!("{} was created", self.label()),
+                    _ => format!("{} was changed", self.label()),
+                }
+            });
+        match (live, desired) {
+            (Some(_), None) => match api.delete(self.name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error),
+            },
+            (None, Some(desired)) => {
+                api.create(&PostParams::default(), desired).await?;
+            }
+            (Some(live), Some(desired)) => {
+                // A replace, not an apply: fields someone else added go too.
+                let mut object = desired.clone();
+                object
+                    .meta_mut()
+                    .resource_version
+                    .clone_from(&live.meta().resource_version);
+                api.replace(self.name, &PostParams::default(), &object)
+                    .await?;
+            }
+            (None, None) => {}
+        }
+        self.written = Some(desired.cloned());
+        Ok(tampered)
+    }
+}
+
+fn same_validating(a: &ValidatingWebhookConfiguration, b: &ValidatingWebhookConfiguration) -> bool {
+    a.webhooks == b.webhooks && labels_kept(a, b)
+}
+
+fn same_mutating(a: &MutatingWebhookConfiguration, b: &MutatingWebhookConfiguration) -> bool {
+    a.webhooks == b.webhooks && labels_kept(a, b)
+}
+
+/// Whether `live` still carries every label kubepam set.
+fn labels_kept<K: Resource>(live: &K, desired: &K) -> bool {
+    desired
+        .meta()
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| live.meta().labels.as_ref().and_then(|l| l.get(k)) == Some(v))
 }
 
 /// Applies the configurations until the task is dropped.
+// One loop: the order of the checks and of what each records matters.
+#[allow(clippy::too_many_lines)]
 pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
     let client = ctx.client.clone();
-    let mut applied_guard: Option<Option<ValidatingWebhookConfiguration>> = None;
-    let mut last_static: Option<tokio::time::Instant> = None;
+    let validating_api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    let mutating_api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    GuardState::update(&ctx.guard, |s| s.registering = true);
+    // What the guard sent before this leader started, so an unsettled
+    // policy keeps it in the union after a restart too.
+    let mut previous: BTreeMap<String, GuardHook> = match validating_api.get_opt(GUARD_NAME).await {
+        Ok(live) => hooks_of(live.as_ref()),
+        Err(error) => {
+            warn!(%error, "cannot read the registered guard");
+            BTreeMap::new()
+        }
+    };
+    let mut guard = Kept::<ValidatingWebhookConfiguration>::new(GUARD_NAME);
+    let mut validating = Kept::<ValidatingWebhookConfiguration>::new(configuration::NAME);
+    let mut mutating = Kept::<MutatingWebhookConfiguration>::new(configuration::NAME);
+    let mut last_verify: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     loop {
         ticker.tick().await;
-        if last_static.is_none_or(|t| t.elapsed() >= REAPPLY_EVERY) {
-            match apply_static(&client, &endpoint).await {
-                Ok(()) => last_static = Some(tokio::time::Instant::now()),
-                Err(error) => warn!(%error, "failed to register the admission webhooks"),
-            }
-        }
-        let desired = desired_guard(&ctx, &endpoint, &operator);
-        if applied_guard.as_ref() == Some(&desired) {
+        let (desired, generations) = desired_guard(&ctx, &endpoint, &operator, &previous);
+        let guard_changed = guard.written.as_ref() != Some(&desired);
+        let verify = last_verify.is_none_or(|t| t.elapsed() >= VERIFY_EVERY);
+        if !guard_changed && !verify {
             continue;
         }
-        match set_guard(&client, desired.as_ref()).await {
-            Ok(()) => {
-                let rules = desired
-                    .as_ref()
-                    .and_then(|c| c.webhooks.as_ref())
-                    .and_then(|w| w.first())
-                    .and_then(|w| w.rules.as_ref())
-                    .map_or(0, Vec::len);
-                info!(rules, "guard webhook updated");
-                applied_guard = Some(desired);
+        let mut found = Vec::new();
+        let mut failed = None;
+        match guard
+            .keep(&validating_api, desired.as_ref(), same_validating)
+            .await
+        {
+            Ok(tampered) => {
+                found.extend(tampered);
+                if guard_changed {
+                    let hooks = desired
+                        .as_ref()
+                        .and_then(|c| c.webhooks.as_ref())
+                        .map_or(0, Vec::len);
+                    info!(webhooks = hooks, "guard webhook updated");
+                }
+                previous = hooks_of(desired.as_ref());
+                GuardState::update(&ctx.guard, |s| {
+                    s.enforced = generations;
+                    s.write_error = None;
+                });
             }
-            Err(error) => warn!(%error, "failed to update the guard webhook"),
+            Err(error) => {
+                warn!(%error, "failed to update the guard webhook");
+                failed = Some(format!("cannot register {}: {error}", guard.label()));
+            }
         }
+        if verify {
+            last_verify = Some(tokio::time::Instant::now());
+            let wanted = configuration::validating(&endpoint);
+            match validating
+                .keep(&validating_api, Some(&wanted), same_validating)
+                .await
+            {
+                Ok(tampered) => found.extend(tampered),
+                Err(error) => {
+                    failed = Some(format!("cannot register {}: {error}", validating.label()));
+                }
+            }
+            let wanted = configuration::mutating(&endpoint);
+            match mutating
+                .keep(&mutating_api, Some(&wanted), same_mutating)
+                .await
+            {
+                Ok(tampered) => found.extend(tampered),
+                Err(error) => {
+                    failed = Some(format!("cannot register {}: {error}", mutating.label()));
+                }
+            }
+        }
+        if let Some(error) = &failed {
+            warn!(error = %error, "admission configuration not as wanted");
+        }
+        for what in &found {
+            report_tampering(&ctx, what).await;
+        }
+        let restored = (!found.is_empty() && failed.is_none()).then(|| {
+            format!(
+                "{} at {}; restored",
+                found.join(", "),
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        });
+        GuardState::update(&ctx.guard, |s| {
+            if failed.is_some() {
+                s.write_error.clone_from(&failed);
+            }
+            s.tampered = if found.is_empty() && failed.is_none() {
+                None
+            } else if failed.is_some() {
+                s.tampered
+                    .clone()
+                    .or_else(|| (!found.is_empty()).then(|| found.join(", ")))
+            } else {
+                None
+            };
+            if restored.is_some() {
+                s.last_restore = restored;
+            }
+        });
     }
 }
 
-async fn apply_static(client: &Client, endpoint: &Endpoint) -> Result<(), kube::Error> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mutating = configuration::mutating(endpoint);
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .patch(configuration::NAME, &params, &Patch::Apply(&mutating))
-        .await?;
-    let validating = configuration::validating(endpoint);
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .patch(configuration::NAME, &params, &Patch::Apply(&validating))
-        .await?;
-    Ok(())
+/// The guard's webhooks by name.
+fn hooks_of(config: Option<&ValidatingWebhookConfiguration>) -> BTreeMap<String, GuardHook> {
+    config
+        .and_then(|c| c.webhooks.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|w| (w.name.clone(), GuardHook::from_webhook(w)))
+        .collect()
 }
 
-async fn set_guard(
-    client: &Client,
-    desired: Option<&ValidatingWebhookConfiguration>,
-) -> Result<(), kube::Error> {
-    let api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
-    match desired {
-        Some(config) => {
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(GUARD_NAME, &params, &Patch::Apply(config))
-                .await?;
-        }
-        None => match api.delete(GUARD_NAME, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(error) => return Err(error),
-        },
-    }
-    Ok(())
+/// A Warning Event on the control, a log line and the metric.
+async fn report_tampering(ctx: &Context, what: &str) {
+    let note = format!(
+        "{what} by someone other than kubepam; kubepam restored exactly its own configuration. \
+         Find out who changed it (the API server's audit log) and why"
+    );
+    warn!("{note}");
+    let object = what.split(' ').next().unwrap_or_default().to_owned();
+    ctx.metrics
+        .guard_repairs
+        .get_or_create(&crate::metrics::ObjectLabels { object })
+        .inc();
+    let control = ObjectReference {
+        api_version: Some(PrivilegedAccessControl::api_version(&()).into_owned()),
+        kind: Some(PrivilegedAccessControl::kind(&()).into_owned()),
+        name: Some(CONTROL_NAME.to_owned()),
+        ..ObjectReference::default()
+    };
+    super::publish_event_on(
+        ctx,
+        &control,
+        EventType::Warning,
+        "GuardTampered",
+        "Restore",
+        &note,
+    )
+    .await;
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 
 const ID: &str = "0b4c2a2e-4f4e-4e8e-9a55-8a1f0d3c9e01";
 
@@ -33,7 +34,10 @@ fn task_grant_makes_a_cluster_role_and_role_bindings_per_namespace() {
     let rbac = desired_rbac("fix-prod", ID, "alice", &task_scope(&["shop", "billing"])).unwrap();
     assert_eq!(rbac.cluster_roles.len(), 1);
     let role = &rbac.cluster_roles[0];
-    assert_eq!(role.metadata.name.as_deref(), Some("kubepam-task-fix-prod"));
+    assert_eq!(
+        role.metadata.name.as_deref(),
+        Some(format!("kubepam-task-{ID}").as_str())
+    );
     let first_rule = &role.rules.as_ref().unwrap()[0];
     assert_eq!(first_rule.verbs, ["create"]);
     assert_eq!(
@@ -43,10 +47,13 @@ fn task_grant_makes_a_cluster_role_and_role_bindings_per_namespace() {
     assert!(rbac.cluster_role_bindings.is_empty());
     assert_eq!(rbac.role_bindings.len(), 2);
     for (rb, ns) in rbac.role_bindings.iter().zip(["shop", "billing"]) {
-        assert_eq!(rb.metadata.name.as_deref(), Some("kubepam-fix-prod"));
+        assert_eq!(
+            rb.metadata.name.as_deref(),
+            Some(format!("kubepam-grant-{ID}").as_str())
+        );
         assert_eq!(rb.metadata.namespace.as_deref(), Some(ns));
         assert_eq!(rb.role_ref.kind, "ClusterRole");
-        assert_eq!(rb.role_ref.name, "kubepam-task-fix-prod");
+        assert_eq!(rb.role_ref.name, format!("kubepam-task-{ID}"));
         let s = &rb.subjects.as_ref().unwrap()[0];
         assert_eq!((s.kind.as_str(), s.name.as_str()), ("User", "alice"));
         assert_eq!(s.api_group.as_deref(), Some("rbac.authorization.k8s.io"));
@@ -76,7 +83,7 @@ fn cluster_wide_grant_uses_a_cluster_role_binding() {
     assert_eq!(rbac.cluster_role_bindings.len(), 1);
     assert_eq!(
         rbac.cluster_role_bindings[0].metadata.name.as_deref(),
-        Some("kubepam-fix-prod")
+        Some(format!("kubepam-grant-{ID}").as_str())
     );
 }
 
@@ -92,7 +99,7 @@ fn role_and_role_group_bind_existing_cluster_roles() {
     assert!(rbac.cluster_roles.is_empty());
     assert_eq!(
         rbac.cluster_role_bindings[0].metadata.name.as_deref(),
-        Some("kubepam-r1")
+        Some(format!("kubepam-grant-{ID}").as_str())
     );
     assert_eq!(rbac.cluster_role_bindings[0].role_ref.name, "admin");
 
@@ -107,15 +114,34 @@ fn role_and_role_group_bind_existing_cluster_roles() {
         .iter()
         .map(|b| b.metadata.name.clone().unwrap())
         .collect();
-    assert_eq!(names[0], "kubepam-r2-view");
+    assert_eq!(names[0], format!("kubepam-grant-{ID}-view"));
     assert!(
-        names[1].starts_with("kubepam-r2-system-aggregate-to-edit-"),
+        names[1].starts_with(&format!("kubepam-grant-{ID}-system-aggregate-to-edit-")),
         "{names:?}"
     );
     assert_eq!(
         rbac.role_bindings[1].role_ref.name,
         "system:aggregate-to-edit"
     );
+}
+
+#[test]
+fn object_names_come_from_the_request_id_never_from_its_name() {
+    // A request named after an existing binding (`kubepam-operator`, or `kubepam-<x>`) must not
+    // make kubepam's objects land on that binding's name.
+    for name in ["operator", "kubepam-operator", "x", "view"] {
+        let rbac = desired_rbac(name, ID, "alice", &task_scope(&[])).unwrap();
+        for r in rbac.object_refs() {
+            assert!(r.name.contains(ID), "{name}: {r:?}");
+            assert!(!r.name.contains(name) || name == "x", "{name}: {r:?}");
+        }
+    }
+    assert!(owned_by(Some(&labels("r", ID)), ID));
+    assert!(!owned_by(Some(&labels("r", ID)), "another-id"));
+    let mut foreign = labels("r", ID);
+    foreign.remove(LABEL_MANAGED_BY);
+    assert!(!owned_by(Some(&foreign), ID));
+    assert!(!owned_by(None, ID));
 }
 
 #[test]
@@ -144,6 +170,12 @@ fn long_names_are_shortened_with_a_hash() {
     let name = binding_name(&long, None);
     assert!(name.len() <= MAX_NAME_LEN);
     assert_ne!(name, binding_name(&"a".repeat(251), None));
+    let role = "r".repeat(250);
+    assert!(binding_name(ID, Some(&role)).len() <= MAX_NAME_LEN);
+    assert_ne!(
+        binding_name(ID, Some(&role)),
+        binding_name(ID, Some(&"r".repeat(251)))
+    );
     let label = label_value(&long);
     assert!(label.len() <= 63);
     assert_eq!(label_value("fix-prod"), "fix-prod");
@@ -366,4 +398,28 @@ fn a_namespace_that_is_no_namespace_name_is_refused() {
         assert!(err.to_string().contains("not a namespace name"));
     }
     assert!(desired_rbac("r", ID, "alice", &task_scope(&[&"n".repeat(63)])).is_ok());
+}
+
+proptest! {
+    /// Whatever a user names a request, its objects' names depend on the request id alone, and
+    /// two requests never share a name.
+    #[test]
+    fn object_names_depend_on_the_request_id_alone(
+        name_a in odd_name(),
+        name_b in odd_name(),
+        id_b in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        scope in odd_scope(),
+    ) {
+        let (Ok(a), Ok(same_id)) = (
+            desired_rbac(&name_a, ID, "alice", &scope),
+            desired_rbac(&name_b, ID, "alice", &scope),
+        ) else {
+            return Ok(());
+        };
+        let names = |rbac: &DesiredRbac| rbac.object_refs().into_iter().map(|r| r.name).collect::<BTreeSet<_>>();
+        prop_assert_eq!(names(&a), names(&same_id));
+        prop_assume!(id_b != ID);
+        let other = desired_rbac(&name_a, &id_b, "alice", &scope).unwrap();
+        prop_assert!(names(&a).is_disjoint(&names(&other)));
+    }
 }

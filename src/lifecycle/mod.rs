@@ -74,6 +74,8 @@ pub mod reason {
     pub const MISSING_REASON: &str = "MissingReason";
     /// The policy does not exist.
     pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
+    /// `spec.policy` is not an object name, so it can name no policy.
+    pub const INVALID_POLICY_NAME: &str = "InvalidPolicyName";
     /// The policy was deleted while the grant was active.
     pub const POLICY_DELETED: &str = "PolicyDeleted";
     /// The policy no longer allows any of the approved rights.
@@ -526,6 +528,16 @@ impl Step<'_> {
                 reason::MISSING_REASON,
                 "the request gives no reason; recreate it with spec.reason".to_owned(),
             ));
+        }
+        // Only an object name may reach a lookup: `name?x` or a name with a newline would
+        // otherwise be read as another policy (or fail on every try).
+        if !crate::grant::is_object_name(&self.request.spec.policy) {
+            let message = format!(
+                "spec.policy {:?} is not an AccessPolicy name (lower-case letters, digits, '-' and \
+                 '.'); recreate the request naming an existing policy (kubectl get accesspolicies)",
+                self.request.spec.policy
+            );
+            return Err(self.deny(reason::INVALID_POLICY_NAME, message));
         }
         let accepted = match policy {
             PolicyView::Missing => {

@@ -10,6 +10,8 @@
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhookConfiguration,
 };
+use std::fmt::Write as _;
+
 use serde_json::{Value, json};
 
 /// Name of the mutating and of the validating configuration.
@@ -23,12 +25,115 @@ pub const PATH_VALIDATE_POLICIES: &str = "/validate/accesspolicies";
 pub const PATH_GUARD: &str = "/guard";
 
 /// Identities of the API server and the built-in controllers: never sent to
-/// the guard, so Kubernetes' own housekeeping is never gated.
+/// the guard, so Kubernetes' own housekeeping (garbage collection, namespace
+/// deletion, rollouts, jobs) is never gated and never waits for kubepam.
+/// kube-controller-manager runs each controller as its own service account
+/// in kube-system (`--use-service-account-credentials`, the kubeadm default),
+/// or as `system:kube-controller-manager` without that flag.
 pub const CONTROL_PLANE_USERS: &[&str] = &[
     "system:apiserver",
     "system:kube-controller-manager",
     "system:kube-scheduler",
+    "system:serviceaccount:kube-system:attachdetach-controller",
+    "system:serviceaccount:kube-system:cronjob-controller",
+    "system:serviceaccount:kube-system:daemon-set-controller",
+    "system:serviceaccount:kube-system:deployment-controller",
+    "system:serviceaccount:kube-system:disruption-controller",
+    "system:serviceaccount:kube-system:endpoint-controller",
+    "system:serviceaccount:kube-system:endpointslice-controller",
+    "system:serviceaccount:kube-system:endpointslicemirroring-controller",
+    "system:serviceaccount:kube-system:ephemeral-volume-controller",
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+    "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+    "system:serviceaccount:kube-system:job-controller",
+    "system:serviceaccount:kube-system:namespace-controller",
+    "system:serviceaccount:kube-system:node-controller",
+    "system:serviceaccount:kube-system:persistent-volume-binder",
+    "system:serviceaccount:kube-system:pod-garbage-collector",
+    "system:serviceaccount:kube-system:pvc-protection-controller",
+    "system:serviceaccount:kube-system:pv-protection-controller",
+    "system:serviceaccount:kube-system:replicaset-controller",
+    "system:serviceaccount:kube-system:replication-controller",
+    "system:serviceaccount:kube-system:resourcequota-controller",
+    "system:serviceaccount:kube-system:service-account-controller",
+    "system:serviceaccount:kube-system:statefulset-controller",
+    "system:serviceaccount:kube-system:ttl-after-finished-controller",
 ];
+
+/// The label the API server puts on every namespace with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// The guard's webhook for one Task policy: the operations it describes, only
+/// in its namespaces (all namespaces and cluster-scoped objects when empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardHook {
+    /// The webhook's name, unique per policy.
+    pub name: String,
+    /// The admission rules.
+    pub rules: Vec<RuleWithOperations>,
+    /// The namespaces it covers; empty for a cluster-wide policy.
+    pub namespaces: Vec<String>,
+}
+
+impl GuardHook {
+    /// The webhook name for `policy` (`<hash>.guard.kubepam.io`; policy names
+    /// may be longer than a name segment allows).
+    pub fn name_for(policy: &str) -> String {
+        format!(
+            "p{}.guard.kubepam.io",
+            crate::util::short_hash(policy.as_bytes())
+        )
+    }
+
+    /// This hook widened to also send what `other` sends: the guard keeps
+    /// both while a policy's new generation is not yet enforced.
+    #[must_use]
+    pub fn union(&self, other: &GuardHook) -> GuardHook {
+        let mut rules = self.rules.clone();
+        for rule in &other.rules {
+            if !rules.contains(rule) {
+                rules.push(rule.clone());
+            }
+        }
+        let namespaces = if self.namespaces.is_empty() || other.namespaces.is_empty() {
+            Vec::new()
+        } else {
+            let mut all: Vec<String> = self
+                .namespaces
+                .iter()
+                .chain(&other.namespaces)
+                .cloned()
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        };
+        GuardHook {
+            name: self.name.clone(),
+            rules,
+            namespaces,
+        }
+    }
+
+    /// Reads a hook back from a registered webhook (to keep it in a union
+    /// after a restart).
+    pub fn from_webhook(
+        webhook: &k8s_openapi::api::admissionregistration::v1::ValidatingWebhook,
+    ) -> GuardHook {
+        let namespaces = webhook
+            .namespace_selector
+            .as_ref()
+            .and_then(|s| s.match_expressions.as_ref())
+            .and_then(|e| e.iter().find(|e| e.key == NAMESPACE_NAME_LABEL))
+            .and_then(|e| e.values.clone())
+            .unwrap_or_default();
+        GuardHook {
+            name: webhook.name.clone(),
+            rules: webhook.rules.clone().unwrap_or_default(),
+            namespaces,
+        }
+    }
+}
 
 /// How the API server reaches the webhooks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +180,10 @@ pub fn mutating(endpoint: &Endpoint) -> MutatingWebhookConfiguration {
                 "operations": ["CREATE"], "resources": ["elevationrequests"], "scope": "*",
             }],
             "failurePolicy": "Fail",
+            "matchPolicy": "Equivalent",
+            "namespaceSelector": {},
+            "objectSelector": {},
+            "reinvocationPolicy": "Never",
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 5,
@@ -97,6 +206,9 @@ pub fn validating(endpoint: &Endpoint) -> ValidatingWebhookConfiguration {
                     "operations": ["CREATE", "UPDATE"], "resources": ["elevationrequests"], "scope": "*",
                 }],
                 "failurePolicy": "Fail",
+                "matchPolicy": "Equivalent",
+                "namespaceSelector": {},
+                "objectSelector": {},
                 "sideEffects": "None",
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": 5,
@@ -109,6 +221,9 @@ pub fn validating(endpoint: &Endpoint) -> ValidatingWebhookConfiguration {
                     "operations": ["CREATE", "UPDATE"], "resources": ["accesspolicies"], "scope": "*",
                 }],
                 "failurePolicy": "Fail",
+                "matchPolicy": "Equivalent",
+                "namespaceSelector": {},
+                "objectSelector": {},
                 "sideEffects": "None",
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": 5,
@@ -117,12 +232,14 @@ pub fn validating(endpoint: &Endpoint) -> ValidatingWebhookConfiguration {
     }))
 }
 
-/// The guard: `rules` are the operations of the accepted Task policies.
-/// System accounts, the operator and the control plane are never sent
-/// (`matchConditions`), so they are never gated and never slowed down.
+/// The guard: one webhook per Task policy, each sent only the operations its
+/// policy describes in its namespaces. System accounts, the operator and the
+/// control plane are never sent (`matchConditions`), so they are never gated
+/// and never slowed down. Every field the API server would default is set, so
+/// a registered guard that differs from this in any way was changed by hand.
 pub fn guard(
     endpoint: &Endpoint,
-    rules: &[RuleWithOperations],
+    hooks: &[GuardHook],
     exempt_users: &[String],
 ) -> ValidatingWebhookConfiguration {
     let mut exempt: Vec<String> = exempt_users.to_vec();
@@ -134,30 +251,64 @@ pub fn guard(
         .map(|u| cel_string(u))
         .collect::<Vec<_>>()
         .join(", ");
+    let webhooks: Vec<Value> = hooks
+        .iter()
+        .map(|hook| {
+            let namespace_selector = if hook.namespaces.is_empty() {
+                json!({})
+            } else {
+                json!({ "matchExpressions": [{
+                    "key": NAMESPACE_NAME_LABEL, "operator": "In", "values": hook.namespaces,
+                }] })
+            };
+            json!({
+                "name": hook.name,
+                "clientConfig": endpoint.client_config(PATH_GUARD),
+                "rules": hook.rules,
+                "matchPolicy": "Equivalent",
+                "namespaceSelector": namespace_selector,
+                "objectSelector": {},
+                "matchConditions": [
+                    { "name": "not-exempt-user", "expression": format!("!(request.userInfo.username in [{users}])") },
+                    { "name": "not-a-node", "expression": "!('system:nodes' in request.userInfo.groups)" },
+                ],
+                "failurePolicy": "Fail",
+                "sideEffects": "NoneOnDryRun",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            })
+        })
+        .collect();
     from_json(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": { "name": GUARD_NAME, "labels": labels() },
-        "webhooks": [{
-            "name": "guard.kubepam.io",
-            "clientConfig": endpoint.client_config(PATH_GUARD),
-            "rules": rules,
-            "matchPolicy": "Equivalent",
-            "matchConditions": [
-                { "name": "not-exempt-user", "expression": format!("!(request.userInfo.username in [{users}])") },
-                { "name": "not-a-node", "expression": "!('system:nodes' in request.userInfo.groups)" },
-            ],
-            "failurePolicy": "Fail",
-            "sideEffects": "NoneOnDryRun",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 5,
-        }],
+        "webhooks": webhooks,
     }))
 }
 
-/// A CEL string literal.
-fn cel_string(raw: &str) -> String {
-    format!("'{}'", raw.replace('\\', "\\\\").replace('\'', "\\'"))
+/// A CEL string literal for any string: quotes and backslashes escaped, and
+/// every character that is not printable ASCII written as a `\u`/`\U`
+/// escape, so no input can end the literal, break the line or hide a look-alike.
+pub fn cel_string(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 2);
+    out.push('\'');
+    for c in raw.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '"' => out.push_str("\\\""),
+            ' '..='~' => out.push(c),
+            c if u32::from(c) <= 0xFFFF => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", u32::from(c));
+            }
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// The builders produce fixed shapes; a failure here is a bug caught by the tests.
@@ -205,15 +356,106 @@ mod tests {
         assert_eq!(service.path.as_deref(), Some(PATH_MUTATE_REQUESTS));
     }
 
+    fn hook(namespaces: &[&str]) -> GuardHook {
+        GuardHook {
+            name: GuardHook::name_for("prod-delete"),
+            rules: serde_json::from_value(json!([{
+                "apiGroups": ["apps"], "apiVersions": ["*"], "operations": ["DELETE"], "resources": ["deployments"], "scope": "*"
+            }]))
+            .unwrap(),
+            namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn each_policy_has_its_hook_limited_to_its_namespaces() {
+        let config = guard(&local(), &[hook(&["prod"]), hook(&[])], &[]);
+        let hooks = config.webhooks.unwrap();
+        let selector = hooks[0].namespace_selector.as_ref().unwrap();
+        let expression = &selector.match_expressions.as_ref().unwrap()[0];
+        assert_eq!(expression.key, NAMESPACE_NAME_LABEL);
+        assert_eq!(expression.values.as_deref(), Some(&["prod".to_owned()][..]));
+        assert_eq!(
+            hooks[1]
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_expressions,
+            None
+        );
+        assert_eq!(GuardHook::from_webhook(&hooks[0]), hook(&["prod"]));
+        assert_eq!(GuardHook::from_webhook(&hooks[1]), hook(&[]));
+        assert_eq!(
+            hook(&["prod"]).union(&hook(&["dev"])).namespaces,
+            ["dev", "prod"]
+        );
+        assert!(hook(&["prod"]).union(&hook(&[])).namespaces.is_empty());
+        assert!(GuardHook::name_for(&"x".repeat(253)).len() < 64);
+    }
+
+    #[test]
+    fn the_garbage_collector_and_namespace_controller_are_never_gated() {
+        let hooks = guard(&local(), &[hook(&[])], &[]).webhooks.unwrap();
+        let condition = &hooks[0].match_conditions.as_ref().unwrap()[0].expression;
+        for user in [
+            "'system:serviceaccount:kube-system:generic-garbage-collector'",
+            "'system:serviceaccount:kube-system:namespace-controller'",
+        ] {
+            assert!(condition.contains(user), "{condition}");
+        }
+    }
+
+    /// Reads a literal made by [`cel_string`] back, as CEL would.
+    fn cel_unquote(literal: &str) -> Option<String> {
+        let inner = literal.strip_prefix('\'')?.strip_suffix('\'')?;
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    e @ ('\\' | '\'' | '"') => out.push(e),
+                    'u' => out.push(char::from_u32(
+                        u32::from_str_radix(&chars.by_ref().take(4).collect::<String>(), 16)
+                            .ok()?,
+                    )?),
+                    'U' => out.push(char::from_u32(
+                        u32::from_str_radix(&chars.by_ref().take(8).collect::<String>(), 16)
+                            .ok()?,
+                    )?),
+                    _ => return None,
+                },
+                '\'' | '\n' | '\r' => return None,
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cel_literals_hold_any_string_and_only_printable_ascii(raw in proptest::prelude::any::<String>()) {
+            let literal = cel_string(&raw);
+            proptest::prop_assert!(literal.chars().all(|c| (' '..='~').contains(&c)), "{literal}");
+            proptest::prop_assert_eq!(cel_unquote(&literal), Some(raw));
+        }
+    }
+
+    #[test]
+    fn cel_literals_escape_newlines_and_quotes() {
+        assert_eq!(cel_string("a\nb"), "'a\\u000ab'");
+        assert_eq!(cel_string("it's"), "'it\\'s'");
+        assert_eq!(cel_string("é"), "'\\u00e9'");
+    }
+
     #[test]
     fn guard_exempts_system_accounts_and_the_control_plane() {
-        let rules: Vec<RuleWithOperations> = serde_json::from_value(json!([{
-            "apiGroups": ["apps"], "apiVersions": ["*"], "operations": ["DELETE"], "resources": ["deployments"]
-        }]))
-        .unwrap();
-        let config = guard(&local(), &rules, &["system:serviceaccount:ci:it's".into()]);
+        let config = guard(
+            &local(),
+            &[hook(&[])],
+            &["system:serviceaccount:ci:it's".into()],
+        );
         let hook = &config.webhooks.unwrap()[0];
-        assert_eq!(hook.rules.as_ref().unwrap(), &rules);
+        assert_eq!(hook.rules.as_ref().unwrap(), &self::hook(&[]).rules);
         let condition = &hook.match_conditions.as_ref().unwrap()[0].expression;
         assert!(
             condition.contains(r"'system:serviceaccount:ci:it\'s'"),

@@ -46,10 +46,12 @@ pub enum Error {
 struct AppState {
     ctx: Arc<Context>,
     executions: Recorder,
+    /// kubepam's own username: the only one that may write what is kubepam's.
+    operator: Arc<str>,
 }
 
 /// The routes, for the server and for tests.
-fn router(ctx: Arc<Context>, executions: Recorder) -> Router {
+fn router(ctx: Arc<Context>, executions: Recorder, operator: Arc<str>) -> Router {
     Router::new()
         .route(PATH_MUTATE_REQUESTS, post(mutate_requests))
         .route(PATH_VALIDATE_REQUESTS, post(validate_requests))
@@ -57,7 +59,11 @@ fn router(ctx: Arc<Context>, executions: Recorder) -> Router {
         .route(PATH_GUARD, post(guard))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state(ctx.clone()))
-        .with_state(AppState { ctx, executions })
+        .with_state(AppState {
+            ctx,
+            executions,
+            operator,
+        })
 }
 
 /// Serves HTTPS on `bind` until the process stops.
@@ -67,11 +73,12 @@ pub async fn serve(
     ctx: Arc<Context>,
     executions: Recorder,
     handle: axum_server::Handle<SocketAddr>,
+    operator: Arc<str>,
 ) -> Result<(), Error> {
     info!(%bind, "admission webhooks listening");
     axum_server::bind_rustls(bind, config)
         .handle(handle)
-        .serve(router(ctx, executions).into_make_service())
+        .serve(router(ctx, executions, operator).into_make_service())
         .await
         .map_err(Error::Serve)
 }
@@ -175,6 +182,7 @@ fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
             pass,
             |name| state.ctx.policies.get(&ObjectRef::new(name)),
             control.as_deref(),
+            &state.operator,
         );
         log_denial("ElevationRequest", request, &verdict);
         observe(state, webhook, start, verdict.refusal());

@@ -11,5 +11,6 @@ mod lifecycle;
 mod observability;
 mod pam;
 mod plugin;
+mod security;
 mod smoke;
 mod support;

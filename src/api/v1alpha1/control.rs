@@ -43,10 +43,13 @@ pub struct PrivilegedAccessControlSpec {
     /// when a policy names no approver group.
     #[schemars(length(max = 256))]
     #[x_kube(validation = Rule::new("self.trim() != ''").message("defaultApproverGroup must name the Kubernetes group whose members approve requests, e.g. pam-approvers"))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("defaultApproverGroup must be a group name without control characters (newlines, tabs)"))]
     pub default_approver_group: String,
     /// Usernames that privileged access never gates, e.g.
     /// `system:serviceaccount:argocd:argocd-application-controller`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(validation = Rule::new("self.all(a, a.trim() == a && !a.matches('[[:cntrl:]]'))").message("systemAccounts must hold usernames exactly as the API server reports them: no control characters (newlines, tabs) and no leading or trailing spaces"))]
     pub system_accounts: Vec<String>,
     /// Grant duration when a request sets none, e.g. `4h` or `1h30m` (default `4h`).
     #[serde(default = "default_duration", skip_serializing_if = "Option::is_none")]

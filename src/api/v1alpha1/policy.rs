@@ -63,6 +63,7 @@ pub struct AccessPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     #[x_kube(validation = Rule::new("self.trim() != ''").message("approverGroup must name a Kubernetes group, or be left out to use the control's defaultApproverGroup"))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("approverGroup must be a group name without control characters (newlines, tabs)"))]
     pub approver_group: Option<String>,
     /// Longest duration a request may ask for, e.g. `8h`; no limit when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

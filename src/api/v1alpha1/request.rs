@@ -49,6 +49,7 @@ pub struct ElevationRequestSpec {
     /// The name of the AccessPolicy whose rights are requested.
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self != ''").message("policy must name an AccessPolicy (kubectl get accesspolicies)"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("policy must be the name of an AccessPolicy: lower-case letters, digits, '-' and '.', e.g. prod-delete-deployments (kubectl get accesspolicies)"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
     pub policy: String,
     /// The namespace the access is wanted in. Required when the policy lists namespaces (must be
@@ -75,10 +76,12 @@ pub struct ElevationRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("requester must be a username without control characters (newlines, tabs)"))]
     pub requester: Option<String>,
     /// Decisions keyed by reviewer username; each approver writes only their own entry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 512 && !k.matches('[[:cntrl:]]'))").message("reviews must be keyed by the reviewer's username (at most 512 characters, no control characters such as newlines)"))]
     pub reviews: BTreeMap<String, Review>,
 }
 

@@ -1,0 +1,498 @@
+//! kubepam must not be usable against itself: every test here acts as the
+//! attacker (a colliding name, a squatted object, a forged metadata field,
+//! a burst during a policy edit, a hostile policy name) on the real control
+//! plane, and checks that nothing of anyone else's is touched.
+
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use kubepam::api::{AccessPolicy, ElevationRequest, Phase};
+use kubepam::webhook::configuration::GuardHook;
+use serde_json::{Value, json};
+
+use crate::pam::{
+    create_policy, create_request, events_for, request_id, review, standard_control, task_policy,
+    wait_phase, wait_policy_judged,
+};
+use crate::support::{Identity, api_status, eventually, kubepam};
+
+const SOON: Duration = Duration::from_secs(15);
+
+/// A ClusterRole with explicit rules (the built-in ones are empty here).
+async fn reader_role(admin: &Client, name: &str) {
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "rules": [{ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"] }],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+}
+
+/// A ClusterRoleBinding made by someone else, binding `user` to `role`.
+async fn someone_elses_binding(
+    admin: &Client,
+    name: &str,
+    role: &str,
+    user: &str,
+) -> ClusterRoleBinding {
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "team": "platform" } },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+    }))
+    .unwrap();
+    let api = Api::<ClusterRoleBinding>::all(admin.clone());
+    match api.create(&PostParams::default(), &binding).await {
+        Ok(created) => created,
+        // kubepam-operator exists already (kubepam's own).
+        Err(_) => api.get(name).await.unwrap(),
+    }
+}
+
+/// What must not change about an object that is not kubepam's.
+fn fingerprint(binding: &ClusterRoleBinding) -> Value {
+    json!({
+        "uid": binding.metadata.uid,
+        "labels": binding.metadata.labels,
+        "roleRef": binding.role_ref,
+        "subjects": binding.subjects,
+    })
+}
+
+/// A request named `operator` (or after any existing `kubepam-<x>` binding)
+/// once made kubepam force-apply over that binding and delete it at the end
+/// of the grant, kubepam's own `kubepam-operator` included.
+#[tokio::test]
+async fn a_request_named_after_an_existing_binding_never_touches_it() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("collide").await;
+    let role = format!("{}-reader", ns.name);
+    reader_role(&admin, &role).await;
+    let policy = format!("{}-read", ns.name);
+    create_policy(
+        &admin,
+        &policy,
+        json!({ "type": "Role", "role": role, "approvalType": "Auto" }),
+    )
+    .await;
+    let crbs = Api::<ClusterRoleBinding>::all(admin.clone());
+    let victim = format!("{}-victim", ns.name);
+    let kubepams_own = crbs.get("kubepam-operator").await.unwrap();
+    let others = someone_elses_binding(&admin, &format!("kubepam-{victim}"), &role, "carol").await;
+
+    for name in ["operator", victim.as_str()] {
+        create_request(&alice, name, json!({ "policy": policy, "reason": "INC-7" })).await;
+        let approved = wait_phase(&alice, name, Phase::Approved, SOON).await;
+        let id = request_id(&approved);
+        // Its objects are named after its id, and recorded once they are made.
+        let recorded = eventually("the grant recorded", SOON, || async {
+            let request = Api::<ElevationRequest>::all(admin.clone())
+                .get(name)
+                .await
+                .ok()?;
+            let objects = request.status?.rbac_objects;
+            (!objects.is_empty()).then_some(objects)
+        })
+        .await;
+        assert!(
+            recorded.iter().all(|o| o.name.contains(&id)),
+            "{recorded:?}"
+        );
+        review(&bob, name, "bob", "Revoke", "done").await.unwrap();
+        wait_phase(&alice, name, Phase::Revoked, SOON).await;
+    }
+    // Give a wrong delete every chance to have happened.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for before in [kubepams_own, others] {
+        let after = crbs.get(&before.name_any()).await.expect("still there");
+        assert_eq!(
+            fingerprint(&after),
+            fingerprint(&before),
+            "{}",
+            before.name_any()
+        );
+    }
+    for name in ["operator", victim.as_str()] {
+        let _ = Api::<ElevationRequest>::all(admin.clone())
+            .delete(name, &DeleteParams::default())
+            .await;
+    }
+    let _ = crbs
+        .delete(&format!("kubepam-{victim}"), &DeleteParams::default())
+        .await;
+}
+
+/// An object squatting on the name a grant needs (made after its id became
+/// known) is neither taken over nor deleted: the request says so instead.
+#[tokio::test]
+async fn an_object_squatting_on_a_grant_name_is_left_alone_and_reported() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("squat").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
+    let name = format!("{}-req", ns.name);
+    create_request(
+        &alice,
+        &name,
+        json!({ "policy": policy, "namespace": ns.name, "reason": "INC-8" }),
+    )
+    .await;
+    let pending = wait_phase(&alice, &name, Phase::Pending, SOON).await;
+    let id = request_id(&pending);
+    let squatter: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": format!("kubepam-grant-{id}"), "namespace": ns.name },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dave" }],
+    }))
+    .unwrap();
+    let bindings = Api::<RoleBinding>::namespaced(admin.clone(), &ns.name);
+    let squatter = bindings
+        .create(&PostParams::default(), &squatter)
+        .await
+        .unwrap();
+
+    review(&bob, &name, "bob", "Approve", "ok").await.unwrap();
+    wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    let requests = Api::<ElevationRequest>::all(admin.clone());
+    let blocked = eventually("the GrantBlocked condition", SOON, || async {
+        let request = requests.get(&name).await.ok()?;
+        request
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "GrantBlocked" && c.status == "True")
+    })
+    .await;
+    assert_eq!(blocked.reason, "NameCollision");
+    assert!(
+        blocked.message.contains(&format!("kubepam-grant-{id}")),
+        "{}",
+        blocked.message
+    );
+    let events = eventually("the NameCollision Event", SOON, || async {
+        let events = events_for(&admin, &name).await;
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("NameCollision"))
+            .then_some(events)
+    })
+    .await;
+    assert!(!events.is_empty());
+    let request = requests.get(&name).await.unwrap();
+    assert!(
+        request
+            .status
+            .unwrap()
+            .rbac_objects
+            .iter()
+            .all(|o| o.kind != "RoleBinding"),
+        "a binding kubepam does not own is never recorded as the grant's"
+    );
+
+    review(&bob, &name, "bob", "Revoke", "done").await.unwrap();
+    wait_phase(&alice, &name, Phase::Revoked, SOON).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = bindings
+        .get(&squatter.name_any())
+        .await
+        .expect("the squatter is not deleted");
+    assert_eq!(after.metadata.uid, squatter.metadata.uid);
+    assert_eq!(
+        after.subjects, squatter.subjects,
+        "its subjects are not taken over"
+    );
+    assert_eq!(after.metadata.labels, squatter.metadata.labels);
+    bindings
+        .delete(&squatter.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    ns.delete().await;
+}
+
+fn refused_with(result: Result<ElevationRequest, kube::Error>, what: &str) -> String {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => status.message,
+        other => panic!("{what} must be refused: {other:?}"),
+    }
+}
+
+/// Owner references and finalizers are kubepam's; labels the requester's.
+#[tokio::test]
+async fn nobody_rewrites_the_metadata_of_someone_elses_request() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    let dave = cluster.client(Identity::Dave).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("meta").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
+    let daves = format!("{}-daves", ns.name);
+    create_request(
+        &dave,
+        &daves,
+        json!({ "policy": policy, "namespace": ns.name, "reason": "INC-9" }),
+    )
+    .await;
+    wait_phase(&dave, &daves, Phase::Pending, SOON).await;
+    let patch = |client: &Client, body: Value| {
+        let api = Api::<ElevationRequest>::all(client.clone());
+        let name = daves.clone();
+        async move {
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+        }
+    };
+    let owner = json!({ "metadata": { "ownerReferences": [{
+        "apiVersion": "v1", "kind": "ConfigMap", "name": "anything",
+        "uid": "0b4c2a2e-4f4e-4e8e-9a55-8a1f0d3c9e01",
+    }] } });
+    let message = refused_with(patch(&alice, owner.clone()).await, "alice adding an owner");
+    assert!(message.contains("ownerReferences"), "{message}");
+    refused_with(patch(&bob, owner).await, "an approver adding an owner");
+    let message = refused_with(
+        patch(&alice, json!({ "metadata": { "finalizers": null } })).await,
+        "alice removing the cleanup finalizer",
+    );
+    assert!(message.contains("finalizers"), "{message}");
+    refused_with(
+        patch(&dave, json!({ "metadata": { "finalizers": null } })).await,
+        "the requester removing the cleanup finalizer",
+    );
+    let message = refused_with(
+        patch(&bob, json!({ "metadata": { "labels": { "team": "x" } } })).await,
+        "an approver labelling someone's request",
+    );
+    assert!(message.contains("only the requester"), "{message}");
+    refused_with(
+        patch(
+            &dave,
+            json!({ "metadata": { "labels": { "kubepam.io/ended": "true" } } }),
+        )
+        .await,
+        "a kubepam.io/ label",
+    );
+    patch(&dave, json!({ "metadata": { "labels": { "team": "x" } } }))
+        .await
+        .expect("the requester labels their own request");
+    let request = Api::<ElevationRequest>::all(admin.clone())
+        .get(&daves)
+        .await
+        .unwrap();
+    assert!(request.metadata.owner_references.is_none());
+    assert!(
+        request
+            .finalizers()
+            .iter()
+            .any(|f| f == "kubepam.io/grant-cleanup")
+    );
+    // A cluster administrator uninstalling kubepam may remove the finalizer.
+    patch(&admin, json!({ "metadata": { "finalizers": null } }))
+        .await
+        .expect("system:masters removes the finalizer");
+    let _ = Api::<ElevationRequest>::all(admin.clone())
+        .delete(&daves, &DeleteParams::default())
+        .await;
+    ns.delete().await;
+}
+
+/// `name?purpose=read-only` once reached a GET URL as a query string and was
+/// approved with the rights of `name`; a newline left a request retried forever.
+#[tokio::test]
+async fn a_policy_name_that_is_no_object_name_is_refused_at_creation() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("badname").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Auto")).await;
+    for (i, hostile) in [
+        format!("{policy}?purpose=read-only"),
+        format!("{policy}\nfake log line"),
+        format!("../{policy}"),
+        format!("{policy}/status"),
+        policy.to_uppercase(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let request: ElevationRequest = serde_json::from_value(json!({
+            "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+            "metadata": { "name": format!("{}-{i}", ns.name) },
+            "spec": { "policy": hostile, "namespace": ns.name, "reason": "INC-10" },
+        }))
+        .unwrap();
+        let result = Api::<ElevationRequest>::all(alice.clone())
+            .create(&PostParams::default(), &request)
+            .await;
+        let message = refused_with(result, &format!("policy {hostile:?}"));
+        assert!(
+            message.contains("policy must be the name of an AccessPolicy"),
+            "{message}"
+        );
+    }
+    ns.delete().await;
+}
+
+/// Editing a policy once dropped its rule from the guard for about 250 ms,
+/// and deletes fired meanwhile went through.
+#[tokio::test]
+async fn editing_a_policy_never_opens_the_guard() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("edit").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns.name);
+    let count = 60;
+    for i in 0..count {
+        deployments
+            .create(
+                &PostParams::default(),
+                &crate::pam::deployment(&format!("d{i}")),
+            )
+            .await
+            .unwrap();
+    }
+    // The guard holds the policy before anyone deletes.
+    eventually("the guard refuses", SOON, || async {
+        let probe = deployments
+            .delete(
+                "d0",
+                &DeleteParams {
+                    dry_run: true,
+                    ..DeleteParams::default()
+                },
+            )
+            .await;
+        (api_status(&probe) == Some(403)).then_some(())
+    })
+    .await;
+    let policies = Api::<AccessPolicy>::all(admin.clone());
+    let mut admitted = Vec::new();
+    for edit in 0..6 {
+        let max = if edit % 2 == 0 { "2h" } else { "1h" };
+        policies
+            .patch(
+                &policy,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "maxDuration": max } })),
+            )
+            .await
+            .unwrap();
+        // A burst right after the edit, while the new generation is judged.
+        let burst = (0..10).map(|i| {
+            let api = deployments.clone();
+            let name = format!("d{}", edit * 10 + i);
+            async move {
+                (
+                    name.clone(),
+                    api.delete(&name, &DeleteParams::default()).await.is_ok(),
+                )
+            }
+        });
+        for (name, ok) in futures::future::join_all(burst).await {
+            if ok {
+                admitted.push(name);
+            }
+        }
+        wait_policy_judged(&admin, &policy).await;
+    }
+    assert!(
+        admitted.is_empty(),
+        "deleted during policy edits: {admitted:?}"
+    );
+    assert_eq!(
+        deployments
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        count
+    );
+    let _ = policies.delete(&policy, &DeleteParams::default()).await;
+    ns.delete().await;
+}
+
+/// The guard is sent only what policies cover, in their namespaces, and
+/// Kubernetes' own controllers are never gated.
+#[tokio::test]
+async fn the_guard_covers_only_policy_namespaces_and_never_gates_the_control_plane() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("scope").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
+    let hook_name = GuardHook::name_for(&policy);
+    let hook = eventually("the policy's guard webhook", SOON, || async {
+        let config = Api::<ValidatingWebhookConfiguration>::all(admin.clone())
+            .get("kubepam-guard")
+            .await
+            .ok()?;
+        config.webhooks?.into_iter().find(|w| w.name == hook_name)
+    })
+    .await;
+    let expression = &hook.namespace_selector.unwrap().match_expressions.unwrap()[0];
+    assert_eq!(expression.key, "kubernetes.io/metadata.name");
+    assert_eq!(expression.values.as_deref(), Some(&[ns.name.clone()][..]));
+
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns.name);
+    for name in ["gc", "ns-controller", "mine"] {
+        deployments
+            .create(&PostParams::default(), &crate::pam::deployment(name))
+            .await
+            .unwrap();
+    }
+    let refused = deployments.delete("mine", &DeleteParams::default()).await;
+    assert_eq!(api_status(&refused), Some(403), "an administrator is gated");
+    for (name, user) in [
+        (
+            "gc",
+            "system:serviceaccount:kube-system:generic-garbage-collector",
+        ),
+        (
+            "ns-controller",
+            "system:serviceaccount:kube-system:namespace-controller",
+        ),
+    ] {
+        let controller = cluster
+            .client_as_user(
+                user,
+                &[
+                    "system:serviceaccounts",
+                    "system:serviceaccounts:kube-system",
+                    "system:authenticated",
+                    "system:masters",
+                ],
+            )
+            .await;
+        Api::<Deployment>::namespaced(controller, &ns.name)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("{user} must not be gated: {e}"));
+    }
+    let _ = Api::<AccessPolicy>::all(admin.clone())
+        .delete(&policy, &DeleteParams::default())
+        .await;
+    ns.delete().await;
+}
