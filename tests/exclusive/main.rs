@@ -823,3 +823,182 @@ async fn foreign_bindings_are_removed_when_the_control_says_so() {
     remove_all_policies(&admin).await;
     ns.delete().await;
 }
+
+/// The guard's configuration edited around (an `objectSelector` that matches
+/// nothing, a shorter timeout) or deleted is restored to exactly kubepam's,
+/// within seconds, and said: an Event, the metric and `GuardIntact`.
+#[tokio::test]
+async fn the_guard_is_restored_exactly_and_loudly() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (guard, cluster) = exclusive().await;
+    let operator = guard.as_ref().unwrap();
+    let admin = cluster.client(Identity::Admin).await;
+    let ns = cluster.namespace("tamper").await;
+    create_policy(&admin, "tamper-delete", task_policy(&ns.name, "Manual")).await;
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &pam::deployment("web"))
+        .await
+        .unwrap();
+    let refused = || async {
+        let result = deployments
+            .delete(
+                "web",
+                &DeleteParams {
+                    dry_run: true,
+                    ..DeleteParams::default()
+                },
+            )
+            .await;
+        support::api_status(&result) == Some(403)
+    };
+    eventually("the guard refuses", SOON, || async {
+        refused().await.then_some(())
+    })
+    .await;
+    let webhooks = Api::<ValidatingWebhookConfiguration>::all(admin.clone());
+    let original = webhooks.get("kubepam-guard").await.unwrap();
+
+    // Edited around: a selector that matches nothing, and a shorter timeout.
+    let mut edited = original.clone();
+    for hook in edited.webhooks.iter_mut().flatten() {
+        hook.object_selector =
+            serde_json::from_value(json!({ "matchLabels": { "nothing": "matches" } })).unwrap();
+        hook.timeout_seconds = Some(1);
+    }
+    webhooks
+        .replace("kubepam-guard", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    eventually("the guard restored", SOON, || async {
+        let live = webhooks.get("kubepam-guard").await.ok()?;
+        (live.webhooks == original.webhooks).then_some(())
+    })
+    .await;
+    assert!(refused().await);
+    let series =
+        "kubepam_guard_repairs_total{object=\"ValidatingWebhookConfiguration/kubepam-guard\"}";
+    eventually("the repair counted", SOON, || async {
+        (operator.metric(series)? >= 1.0).then_some(())
+    })
+    .await;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), "default");
+    eventually("the GuardTampered Event", SOON, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("GuardTampered")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("kubepam-guard was changed"))
+            })
+            .then_some(())
+    })
+    .await;
+    let controls = Api::<PrivilegedAccessControl>::all(admin.clone());
+    eventually(
+        "GuardIntact says it was restored",
+        Duration::from_secs(20),
+        || async {
+            let control = controls.get("default").await.ok()?;
+            control
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "GuardIntact" && c.status == "True" && c.reason == "Restored")
+        },
+    )
+    .await;
+
+    // Deleted: registered again.
+    webhooks
+        .delete("kubepam-guard", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mutating = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    mutating
+        .delete("kubepam", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the deleted configurations are back", SOON, || async {
+        let guard = webhooks.get_opt("kubepam-guard").await.ok()??;
+        mutating.get_opt("kubepam").await.ok()??;
+        (guard.webhooks == original.webhooks).then_some(())
+    })
+    .await;
+    assert!(refused().await);
+    eventually("the deletion counted", SOON, || async {
+        (operator.metric(series)? >= 2.0).then_some(())
+    })
+    .await;
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
+/// A newline in a system account once broke the guard's CEL and left a Task
+/// policy accepted but never enforced. Control characters are refused at the
+/// schema; quotes, backslashes and non-ASCII letters are escaped.
+#[tokio::test]
+async fn system_accounts_never_break_the_guard() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (_guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let controls = Api::<PrivilegedAccessControl>::all(admin.clone());
+    for hostile in ["ci\nsystem:masters", "ci\ttab", " padded"] {
+        let control = json!({
+            "apiVersion": "kubepam.io/v1alpha1", "kind": "PrivilegedAccessControl",
+            "metadata": { "name": "default" },
+            "spec": { "enabled": true, "defaultApproverGroup": "pam-approvers", "systemAccounts": [hostile] },
+        });
+        let result = controls
+            .patch(
+                "default",
+                &kube::api::PatchParams::apply("test").force(),
+                &kube::api::Patch::Apply(&control),
+            )
+            .await;
+        match result {
+            Err(kube::Error::Api(s)) if s.code == 422 => {
+                assert!(s.message.contains("systemAccounts"), "{}", s.message);
+            }
+            other => panic!("system account {hostile:?} must be refused: {other:?}"),
+        }
+    }
+    apply_control(
+        &admin,
+        json!({
+            "enabled": true,
+            "defaultApproverGroup": "pam-approvers",
+            "systemAccounts": ["system:serviceaccount:ci:it's \"odd\" \\ é", "system:serviceaccount:ci:deployer"],
+        }),
+    )
+    .await;
+    let ns = cluster.namespace("odd-accounts").await;
+    let policy = create_policy(&admin, "odd-delete", task_policy(&ns.name, "Manual")).await;
+    assert_eq!(accepted(&policy).0, "True");
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &pam::deployment("web"))
+        .await
+        .unwrap();
+    // Accepted means enforced: the very first delete is refused.
+    let result = deployments.delete("web", &DeleteParams::default()).await;
+    assert_eq!(support::api_status(&result), Some(403), "{result:?}");
+    let control = eventually("GuardReady", Duration::from_secs(20), || async {
+        let control = controls.get("default").await.ok()?;
+        control
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "GuardReady")
+    })
+    .await;
+    assert_eq!(
+        (control.status.as_str(), control.reason.as_str()),
+        ("True", "Registered")
+    );
+    standard_control(&admin).await;
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
