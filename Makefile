@@ -45,7 +45,8 @@ run: cluster ## Install CRDs and RBAC into the local cluster and run kubepam in 
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin apply --server-side -k hack/local/
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_DEV) --context admin wait --for condition=Established --timeout 60s -f crds/kubepam.io.yaml
 	cargo run --release -- run --kubeconfig $(KUBECONFIG_DEV) --context operator \
-		--webhook-bind 127.0.0.1:$(WEBHOOK_PORT) --webhook-url https://127.0.0.1:$(WEBHOOK_PORT)
+		--webhook-bind 127.0.0.1:$(WEBHOOK_PORT) --webhook-url https://127.0.0.1:$(WEBHOOK_PORT) \
+		--webhook-client-ca-file $(DEV)/pki/webhook-client-ca.crt
 
 .PHONY: bench
 bench: controlplane ## Measure latency, expiry lag, throughput and RSS on the local control plane (see BENCHMARKS.md)

@@ -98,6 +98,60 @@ make_pki() {
   rm -f "$pki"/*.csr
 }
 
+# The client certificate the API server presents to admission webhooks,
+# from a CA of its own: kubepam (--webhook-client-ca-file) trusts that CA for
+# nothing but the API server, so nobody else can call its webhooks.
+make_webhook_client_pki() {
+  [[ -f "$pki/webhook-client-ca.crt" ]] && return 0
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=kubepam-local-webhook-client-ca" \
+    -keyout "$pki/webhook-client-ca.key" -out "$pki/webhook-client-ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver-webhook-client" \
+    -keyout "$pki/apiserver-webhook-client.key" -out "$pki/apiserver-webhook-client.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$pki/webhook-client.ext"
+  openssl x509 -req -in "$pki/apiserver-webhook-client.csr" -CA "$pki/webhook-client-ca.crt" \
+    -CAkey "$pki/webhook-client-ca.key" -CAcreateserial -days 3650 -extfile "$pki/webhook-client.ext" \
+    -out "$pki/apiserver-webhook-client.crt" 2>/dev/null
+  rm -f "$pki"/*.csr
+}
+
+# The API server's AdmissionConfiguration: its client certificate for every
+# webhook, and kubepam's static admission policy (manifests/static-admission),
+# which no API call can change or delete.
+write_admission_config() {
+  local admission="$dir/admission"
+  mkdir -p "$admission/static"
+  cp "$root"/manifests/static-admission/*.yaml "$admission/static/"
+  cat >"$admission/webhook-kubeconfig.yaml" <<EOF
+apiVersion: v1
+kind: Config
+users:
+- name: "*"
+  user:
+    client-certificate: $pki/apiserver-webhook-client.crt
+    client-key: $pki/apiserver-webhook-client.key
+EOF
+  cat >"$admission/config.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $admission/webhook-kubeconfig.yaml
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $admission/webhook-kubeconfig.yaml
+- name: ValidatingAdmissionPolicy
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: ValidatingAdmissionPolicyConfiguration
+    staticManifestsDir: $admission/static
+EOF
+}
+
 write_kubeconfig() {
   local port="$1" b64="base64 -w0"
   {
@@ -142,6 +196,8 @@ up() {
   local start=$SECONDS
   mkdir -p "$run" "$logs"
   make_pki
+  make_webhook_client_pki
+  write_admission_config
 
   local etcd_port peer_port api_port
   etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
@@ -170,6 +226,8 @@ up() {
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --disable-admission-plugins ServiceAccount \
+    --admission-control-config-file "$dir/admission/config.yaml" \
+    --feature-gates ManifestBasedAdmissionControlConfig=true \
     --allow-privileged=true \
     --profiling=false \
     </dev/null >"$logs/kube-apiserver.log" 2>&1 &

@@ -31,6 +31,7 @@ up() {
     setsid "$root/target/release/kubepam" run \
       --kubeconfig "$dev/kubeconfig" --context operator --instance demo \
       --webhook-bind "127.0.0.1:$webhook_port" --webhook-url "https://127.0.0.1:$webhook_port" \
+      --webhook-client-ca-file "$dev/pki/webhook-client-ca.crt" \
       --metrics-bind "127.0.0.1:$metrics_port" --log-format text \
       </dev/null >"$log_file" 2>&1 &
     echo $! >"$pid_file"

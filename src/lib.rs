@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod drift;
 pub mod duration;
 pub mod grant;
+pub mod impersonation;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;

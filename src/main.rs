@@ -176,6 +176,13 @@ struct WebhookArgs {
     /// other means).
     #[arg(long, env = "KUBEPAM_NO_REGISTER_WEBHOOKS")]
     no_register_webhooks: bool,
+    /// CA (PEM) of the client certificate the API server presents to
+    /// webhooks (the `kubeConfigFile` of its admission configuration): every caller
+    /// must then present a certificate it signed. Use a CA that signs nothing
+    /// else. Without it anyone who reaches the port may call the webhooks, and
+    /// the uses they report are recorded as unverified.
+    #[arg(long, env = "KUBEPAM_WEBHOOK_CLIENT_CA_FILE")]
+    webhook_client_ca_file: Option<std::path::PathBuf>,
 }
 
 impl WebhookArgs {
@@ -203,11 +210,16 @@ impl WebhookArgs {
                 },
             },
         };
+        let client_auth = match &self.webhook_client_ca_file {
+            Some(path) => tls::ClientAuth::from_ca_file(path)?,
+            None => tls::ClientAuth::default(),
+        };
         Ok(Some(WebhookOptions {
             bind: self.webhook_bind,
             endpoint,
             tls,
             register: !self.no_register_webhooks,
+            client_auth,
         }))
     }
 }

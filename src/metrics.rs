@@ -88,6 +88,8 @@ pub struct Metrics {
     /// Admission configurations of kubepam's found changed or deleted by
     /// someone else and restored, by object.
     pub guard_repairs: Family<ObjectLabels, Counter>,
+    /// Subjects RBAC lets impersonate an identity kubepam trusts.
+    pub impersonators: Gauge,
 }
 
 /// One of kubepam's admission objects, e.g. `ValidatingWebhookConfiguration/kubepam-guard`.
@@ -118,8 +120,14 @@ impl Default for Metrics {
             notifications: Family::default(),
             notification_backlog: Gauge::default(),
             guard_repairs: Family::default(),
+            impersonators: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "impersonators",
+            "Subjects that RBAC lets impersonate a system account, a control-plane identity, a node, an approver group or kubepam itself",
+            metrics.impersonators.clone(),
+        );
         registry.register(
             "guard_repairs",
             "kubepam's webhook configurations found changed or deleted by someone else and restored",

@@ -25,6 +25,38 @@ pub mod reason {
     pub const POLICY_LIMIT_EXCEEDED: &str = "PolicyLimitExceeded";
     /// A named ClusterRole does not exist.
     pub const ROLE_NOT_FOUND: &str = "RoleNotFound";
+    /// A named ClusterRole grants `impersonate` and the policy does not allow it.
+    pub const GRANTS_IMPERSONATION: &str = "GrantsImpersonation";
+}
+
+/// Refuses a policy whose ClusterRoles `roles` grant `impersonate` (it did not set
+/// `allowImpersonation: true`); a refusal for another reason stands.
+pub fn refuse_impersonation(
+    status: &mut AccessPolicyStatus,
+    roles: &[String],
+    now: DateTime<Utc>,
+    generation: Option<i64>,
+) {
+    let accepted = crate::api::find_condition(&status.conditions, CONDITION_ACCEPTED)
+        .is_some_and(|c| c.status == "True");
+    if !accepted {
+        return;
+    }
+    set_condition(
+        &mut status.conditions,
+        condition_false(
+            CONDITION_ACCEPTED,
+            reason::GRANTS_IMPERSONATION,
+            format!(
+                "ClusterRole(s) {} grant impersonate on users, groups or service accounts: whoever \
+                 holds them can act as anyone, approvers and kubepam itself included. Use roles \
+                 without it, or set spec.allowImpersonation: true to grant it knowingly",
+                roles.join(", ")
+            ),
+            now,
+            generation,
+        ),
+    );
 }
 
 /// Split policies, given as `(name, creationTimestamp)`, into the accepted (the

@@ -377,6 +377,7 @@ pub fn execution(op: &GuardOperation<'_>, caller: &Caller<'_>, now: DateTime<Utc
         name: op.name.map(str::to_owned),
         namespace: op.namespace.map(str::to_owned),
         user: caller.username.to_owned(),
+        unverified: false,
     }
 }
 

@@ -107,6 +107,8 @@ pub enum Reason {
     NoGrant,
     /// The guard is starting and its caches are not filled yet.
     NotReady,
+    /// A policy would grant `impersonate` without `allowImpersonation: true`.
+    GrantsImpersonation,
     /// The caller changes metadata that is kubepam's (owner references, finalizers, `kubepam.io/`
     /// keys) or someone else's (another person's labels and annotations).
     MetadataReserved,
@@ -114,7 +116,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::NoUsername,
         Self::ForgedRequester,
         Self::RequesterNotSet,
@@ -136,6 +138,7 @@ impl Reason {
         Self::NoGrant,
         Self::NotReady,
         Self::MetadataReserved,
+        Self::GrantsImpersonation,
     ];
 
     /// The code, e.g. `ForgedRequester`.
@@ -162,6 +165,7 @@ impl Reason {
             Self::NoGrant => "NoGrant",
             Self::NotReady => "NotReady",
             Self::MetadataReserved => "MetadataReserved",
+            Self::GrantsImpersonation => "GrantsImpersonation",
         }
     }
 }

@@ -6,6 +6,7 @@ use super::guard::{WILDCARD, verb_reaches_admission};
 use super::{Reason, Verdict, deny};
 use crate::api::{AccessPolicy, AccessPolicySpec, PolicyType};
 use crate::duration;
+use crate::impersonation;
 use crate::policy_limit::{POLICY_LIMIT, admission_exceeds_limit};
 
 /// Check a new policy. `live_policies` is the number of AccessPolicies that exist and are not
@@ -27,13 +28,30 @@ pub fn policy_create(policy: &AccessPolicy, live_policies: usize) -> Verdict {
 
 /// Check a changed policy: the same shape rules as at creation, without the count.
 pub fn policy_update(policy: &AccessPolicy) -> Verdict {
-    match spec_problem(&policy.spec) {
-        Some(problem) => deny(
+    if let Some(problem) = spec_problem(&policy.spec) {
+        return deny(
             Reason::InvalidPolicy,
             format!("AccessPolicy {}: {problem}", display_name(policy)),
-        ),
-        None => Verdict::Allow,
+        );
     }
+    let spec = &policy.spec;
+    let impersonates = spec
+        .task
+        .as_ref()
+        .filter(|_| spec.policy_type == PolicyType::Task)
+        .is_some_and(|task| impersonation::rules_impersonate(&[crate::grant::policy_rule(task)]));
+    if impersonates && !spec.allow_impersonation {
+        return deny(
+            Reason::GrantsImpersonation,
+            format!(
+                "AccessPolicy {} would grant impersonate on users, groups or service accounts: \
+                 whoever holds it can act as anyone, approvers and kubepam itself included. \
+                 Narrow the task, or set spec.allowImpersonation: true to grant it knowingly",
+                display_name(policy)
+            ),
+        );
+    }
+    Verdict::Allow
 }
 
 /// Things worth telling the author of an admitted policy (as admission warnings): verbs the

@@ -536,6 +536,7 @@ fn arbitrary_spec() -> impl Strategy<Value = crate::api::AccessPolicySpec> {
                     approver_group,
                     max_duration,
                     required_approvals,
+                    allow_impersonation: false,
                 }
             },
         )

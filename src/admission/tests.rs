@@ -777,6 +777,22 @@ fn metadata_verdict(who: &str, gs: &[&str], old: Value, new: Value) -> Verdict {
     )
 }
 
+#[test]
+fn impersonation_needs_an_explicit_yes() {
+    let mut p = task_policy("imp", &["impersonate"], "", &["groups"], &[]);
+    let verdict = policy_update(&p);
+    assert!(
+        verdict.message().unwrap().contains("allowImpersonation"),
+        "{verdict:?}"
+    );
+    p.spec.allow_impersonation = true;
+    assert_eq!(policy_update(&p), Verdict::Allow);
+    assert_eq!(
+        policy_update(&task_policy("ok", &["delete"], "", &["users"], &[])),
+        Verdict::Allow
+    );
+}
+
 /// Owner references and finalizers are kubepam's; labels and annotations the requester's.
 #[test]
 fn metadata_is_written_only_by_whom_it_belongs_to() {
@@ -1706,6 +1722,17 @@ fn each_refusal_path_yields_its_reason() {
                 OPERATOR,
             )),
             Reason::MalformedObject,
+        ),
+        (
+            "a task that impersonates, without the opt-in",
+            code(policy_update(&task_policy(
+                "imp",
+                &["impersonate"],
+                "",
+                &["users"],
+                &[],
+            ))),
+            Reason::GrantsImpersonation,
         ),
         (
             "an owner reference added by an approver",

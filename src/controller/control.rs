@@ -198,6 +198,14 @@ pub async fn reconcile(
         Some(condition) => set_condition(&mut status.conditions, condition),
         None => remove_condition(&mut status.conditions, health::CONDITION_NOTIFICATIONS),
     }
+    if let Some(found) = ctx
+        .impersonators
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+    {
+        status.impersonators = found;
+    }
     let guard = ctx
         .guard
         .lock()

@@ -9,6 +9,7 @@ mod caches;
 mod control;
 mod drift;
 pub mod executions;
+mod impersonation;
 pub mod leader;
 mod notify;
 mod policy;
@@ -113,6 +114,8 @@ pub struct Context {
     pub notifier: Arc<notify::Notifier>,
     /// What the registrar knows of the guard (used on the leader).
     pub guard: webhooks::SharedGuardState,
+    /// Who may impersonate identities kubepam trusts, once looked at (leader).
+    pub impersonators: Arc<std::sync::Mutex<Option<Vec<crate::api::ImpersonationRight>>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -328,6 +331,8 @@ pub struct WebhookOptions {
     pub tls: tls::Source,
     /// Whether kubepam registers its webhook configurations itself.
     pub register: bool,
+    /// Who may call the webhooks.
+    pub client_auth: tls::ClientAuth,
 }
 
 /// Runs kubepam until `shutdown` resolves: the caches and the admission
@@ -358,6 +363,7 @@ pub async fn run(
         metrics: Arc::new(Metrics::default()),
         notifier: Arc::new(notify::Notifier::new(options.sender.clone())),
         guard: webhooks::SharedGuardState::default(),
+        impersonators: Arc::default(),
     });
     let readiness = ctx.clone();
     let synced = caches.clone();
@@ -477,6 +483,12 @@ async fn lead(
         requests.await;
     };
     let janitor = drift::run(ctx.clone(), caches.clone(), stop.clone());
+    let impersonation = impersonation::run(
+        ctx.clone(),
+        caches.clone(),
+        registration.as_ref().map(|r| r.operator.clone()),
+        stop.clone(),
+    );
     let registrar = ctx.clone();
     let register = async move {
         let Some(registration) = registration else {
@@ -494,7 +506,15 @@ async fn lead(
         }
     };
     info!("kubepam controllers started");
-    futures::join!(requests, deliveries, policies, controls, register, janitor);
+    futures::join!(
+        requests,
+        deliveries,
+        policies,
+        controls,
+        register,
+        janitor,
+        impersonation
+    );
     info!("kubepam controllers stopped");
 }
 
@@ -543,7 +563,13 @@ async fn start_webhooks(
     ctx: &Arc<Context>,
     options: WebhookOptions,
 ) -> Result<Admission, webhook::Error> {
-    let serving = tls::load(&options.tls, &ctx.client).await?;
+    let serving = tls::load(&options.tls, &ctx.client, &options.client_auth).await?;
+    if !options.client_auth.required() {
+        warn!(
+            "the webhooks accept calls from anyone who reaches them (no --webhook-client-ca-file): \
+             uses they report are recorded as unverified"
+        );
+    }
     let mut endpoint = options.endpoint.clone();
     if endpoint.ca_bundle.is_none() {
         endpoint.ca_bundle = serving.ca_bundle.clone();
@@ -560,6 +586,7 @@ async fn start_webhooks(
         recorder,
         handle.clone(),
         operator.as_str().into(),
+        options.client_auth.required(),
     );
     let server = tokio::spawn(async move {
         if let Err(error) = server.await {
@@ -573,6 +600,7 @@ async fn start_webhooks(
             cert.clone(),
             key.clone(),
             tls::RELOAD_CHECK,
+            options.client_auth.clone(),
         ))),
         tls::Source::Generated { .. } => None,
     };

@@ -18,7 +18,8 @@ use super::{Context, Error};
 use crate::api::{
     AccessPolicy, AccessPolicyStatus, CONDITION_ACCEPTED, PolicyType, find_condition, from_k8s_time,
 };
-use crate::policy_limit::{policy_acceptance, policy_status};
+use crate::impersonation::rules_impersonate;
+use crate::policy_limit::{policy_acceptance, policy_status, refuse_impersonation};
 
 /// How soon a Task policy looks again while the guard does not hold it yet.
 const GUARD_WAIT: Duration = Duration::from_millis(100);
@@ -67,9 +68,17 @@ pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<A
     {
         return Ok(Action::requeue(GUARD_WAIT));
     }
-    let missing = missing_roles(&ctx.client, &policy).await?;
+    let (missing, impersonating) = named_roles(&ctx.client, &policy).await?;
     let recheck = !missing.is_empty();
-    let status = policy_status(&policy, accepted_now, missing, Utc::now());
+    let mut status = policy_status(&policy, accepted_now, missing, Utc::now());
+    if !impersonating.is_empty() && !policy.spec.allow_impersonation {
+        refuse_impersonation(
+            &mut status,
+            &impersonating,
+            Utc::now(),
+            policy.metadata.generation,
+        );
+    }
     write_status(&ctx.client, &policy, &status).await?;
     Ok(if recheck {
         Action::requeue(MISSING_ROLE_RECHECK)
@@ -78,23 +87,37 @@ pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<A
     })
 }
 
-/// The ClusterRoles the policy names that do not exist.
-async fn missing_roles(client: &Client, policy: &AccessPolicy) -> Result<Vec<String>, Error> {
+/// The ClusterRoles the policy names that do not exist, and those whose
+/// rules grant `impersonate` on users, groups or service accounts.
+async fn named_roles(
+    client: &Client,
+    policy: &AccessPolicy,
+) -> Result<(Vec<String>, Vec<String>), Error> {
     let api: Api<ClusterRole> = Api::all(client.clone());
-    let mut missing = Vec::new();
+    let (mut missing, mut impersonating) = (Vec::new(), Vec::new());
     for role in policy.spec.role_names() {
-        let found = api
-            .get_metadata_opt(&role)
-            .await
-            .map_err(|source| Error::Read {
-                what: format!("ClusterRole {role}"),
-                source,
-            })?;
-        if found.is_none() {
+        // Only plain names reach a URL (`a?b` would read another role).
+        if role.is_empty()
+            || !role
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:_@".contains(c))
+        {
             missing.push(role);
+            continue;
+        }
+        let found = api.get_opt(&role).await.map_err(|source| Error::Read {
+            what: format!("ClusterRole {role}"),
+            source,
+        })?;
+        match found {
+            None => missing.push(role),
+            Some(found) if rules_impersonate(found.rules.as_deref().unwrap_or_default()) => {
+                impersonating.push(role);
+            }
+            Some(_) => {}
         }
     }
-    Ok(missing)
+    Ok((missing, impersonating))
 }
 
 async fn write_status(

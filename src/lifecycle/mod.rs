@@ -165,11 +165,17 @@ pub fn decide(
 }
 
 /// Record one admitted use of a grant: bump the count and keep the last [`EXECUTION_LIMIT`].
+/// An unverified use (see [`Execution::unverified`]) never pushes out a verified one: the
+/// oldest unverified use goes first, and an unverified use finds no room among verified ones.
 pub fn record_execution(status: &mut ElevationRequestStatus, execution: Execution) {
     status.execution_count = status.execution_count.saturating_add(1);
     status.last_executions.push(execution);
-    let excess = status.last_executions.len().saturating_sub(EXECUTION_LIMIT);
-    status.last_executions.drain(..excess);
+    while status.last_executions.len() > EXECUTION_LIMIT {
+        let oldest_unverified = status.last_executions.iter().position(|e| e.unverified);
+        status
+            .last_executions
+            .remove(oldest_unverified.unwrap_or(0));
+    }
 }
 
 /// The request's id: its `metadata.uid` (already a UUID), else a UUID derived from its name.

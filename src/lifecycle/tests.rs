@@ -663,6 +663,37 @@ fn sub_second_now_is_stamped_in_whole_seconds() {
     assert_eq!(d.status.granted_until, Some(at(10 + 4 * H)));
 }
 
+/// Forged reports (from callers not proven to be the API server) never push a real use out.
+#[test]
+fn unverified_uses_never_displace_verified_ones() {
+    let use_at = |i: i64, unverified: bool| Execution {
+        time: at(i),
+        verb: "delete".into(),
+        resource: "pods".into(),
+        name: Some(format!("web-{i}")),
+        namespace: Some("shop".into()),
+        user: "alice".into(),
+        unverified,
+    };
+    let mut s = ElevationRequestStatus::default();
+    record_execution(&mut s, use_at(0, false));
+    for i in 1..40 {
+        record_execution(&mut s, use_at(i, true));
+    }
+    assert_eq!(s.last_executions.len(), EXECUTION_LIMIT);
+    assert_eq!(s.last_executions[0], use_at(0, false), "the real use stays");
+    for i in 40..80 {
+        record_execution(&mut s, use_at(i, false));
+    }
+    assert!(s.last_executions.iter().all(|e| !e.unverified));
+    record_execution(&mut s, use_at(80, true));
+    assert!(
+        s.last_executions.iter().all(|e| !e.unverified),
+        "no room among verified uses"
+    );
+    assert_eq!(s.execution_count, 81);
+}
+
 #[test]
 fn executions_are_counted_and_bounded() {
     let mut s = ElevationRequestStatus::default();
@@ -676,6 +707,7 @@ fn executions_are_counted_and_bounded() {
                 name: Some(format!("web-{i}")),
                 namespace: Some("shop".into()),
                 user: "alice".into(),
+                unverified: false,
             },
         );
     }

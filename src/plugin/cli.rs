@@ -125,6 +125,13 @@ pub enum Command {
   kubectl pam can-i delete deployments.apps web -n prod -o json"
     )]
     CanI(CanI),
+    /// Who RBAC lets impersonate an identity kubepam trusts (system accounts,
+    /// the control plane, nodes, approver groups, kubepam itself): they can
+    /// pass the guard, decide or write status as those identities.
+    #[command(after_help = "Examples:
+  kubectl pam impersonators
+  kubectl pam impersonators -o yaml")]
+    Impersonators,
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   source <(kubectl-pam completion bash)
@@ -216,6 +223,10 @@ pub struct PolicyCreate {
     /// How many distinct approvers must approve (Manual).
     #[arg(long)]
     pub required_approvals: Option<u32>,
+    /// Allow the policy to grant `impersonate` on users, groups or service
+    /// accounts (refused without it: its holder could act as anyone).
+    #[arg(long)]
+    pub allow_impersonation: bool,
 }
 
 /// `request`.

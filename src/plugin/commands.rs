@@ -110,6 +110,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             let namespace = one_namespace()?.unwrap_or(context_namespace);
             can_i(&client, args, namespace, output).await
         }
+        Command::Impersonators => impersonators(&client, output).await,
         Command::Completion(_) => Ok(exit::OK),
     }
 }
@@ -181,6 +182,7 @@ async fn policy_create(
         approver_group: args.approver_group.clone(),
         max_duration: args.max_duration.clone(),
         required_approvals: args.required_approvals,
+        allow_impersonation: args.allow_impersonation,
     })?;
     let created = Kind::<AccessPolicy>::new(client).create(&policy).await?;
     print_object(
@@ -188,6 +190,38 @@ async fn policy_create(
         output,
         &format!("{} created", render::object_name(&created)),
     )?;
+    Ok(exit::OK)
+}
+
+async fn impersonators(client: &Client, output: Option<Output>) -> Result<u8, Error> {
+    let control = Kind::<PrivilegedAccessControl>::new(client)
+        .get_opt(CONTROL_NAME)
+        .await?;
+    let Some(control) = control else {
+        println(
+            "kubepam is off: there is no PrivilegedAccessControl default (kubectl pam enable)",
+        )?;
+        return Ok(exit::OK);
+    };
+    let rights = control.status.map(|s| s.impersonators).unwrap_or_default();
+    match output {
+        Some(Output::Json) => println(&serde_json::to_string_pretty(&rights).unwrap_or_default())?,
+        Some(Output::Yaml) => print(&serde_yaml::to_string(&rights).unwrap_or_default())?,
+        _ if rights.is_empty() => println(
+            "nobody holds impersonate rights on the identities kubepam trusts (as RBAC says; \
+             members of system:masters can do anything)",
+        )?,
+        _ => {
+            let rows: Vec<Vec<String>> = rights
+                .iter()
+                .map(|r| vec![r.subject.clone(), r.targets.join(", "), r.via.join(", ")])
+                .collect();
+            print(&render::table(
+                &["SUBJECT", "MAY IMPERSONATE", "VIA"],
+                &rows,
+            ))?;
+        }
+    }
     Ok(exit::OK)
 }
 

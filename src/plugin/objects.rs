@@ -153,6 +153,8 @@ pub struct PolicyArgs {
     pub max_duration: Option<String>,
     /// `--required-approvals`.
     pub required_approvals: Option<u32>,
+    /// `--allow-impersonation`.
+    pub allow_impersonation: bool,
 }
 
 /// Build the AccessPolicy of `policy create` (New-ElevatedAccessApprovalPolicy).
@@ -205,6 +207,7 @@ pub fn build_policy(args: &PolicyArgs) -> Result<AccessPolicy, Error> {
             approver_group: args.approver_group.clone(),
             max_duration: args.max_duration.clone(),
             required_approvals: args.required_approvals,
+            allow_impersonation: args.allow_impersonation,
         },
         status: None,
     })
@@ -328,6 +331,7 @@ mod tests {
             approver_group: None,
             max_duration: None,
             required_approvals: None,
+            allow_impersonation: false,
         }
     }
 

@@ -48,10 +48,17 @@ struct AppState {
     executions: Recorder,
     /// kubepam's own username: the only one that may write what is kubepam's.
     operator: Arc<str>,
+    /// Whether every caller proved to be the API server (client certificates).
+    callers_verified: bool,
 }
 
 /// The routes, for the server and for tests.
-fn router(ctx: Arc<Context>, executions: Recorder, operator: Arc<str>) -> Router {
+fn router(
+    ctx: Arc<Context>,
+    executions: Recorder,
+    operator: Arc<str>,
+    callers_verified: bool,
+) -> Router {
     Router::new()
         .route(PATH_MUTATE_REQUESTS, post(mutate_requests))
         .route(PATH_VALIDATE_REQUESTS, post(validate_requests))
@@ -63,6 +70,7 @@ fn router(ctx: Arc<Context>, executions: Recorder, operator: Arc<str>) -> Router
             ctx,
             executions,
             operator,
+            callers_verified,
         })
 }
 
@@ -74,11 +82,12 @@ pub async fn serve(
     executions: Recorder,
     handle: axum_server::Handle<SocketAddr>,
     operator: Arc<str>,
+    callers_verified: bool,
 ) -> Result<(), Error> {
     info!(%bind, "admission webhooks listening");
     axum_server::bind_rustls(bind, config)
         .handle(handle)
-        .serve(router(ctx, executions, operator).into_make_service())
+        .serve(router(ctx, executions, operator, callers_verified).into_make_service())
         .await
         .map_err(Error::Serve)
 }
@@ -283,9 +292,12 @@ async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
             GuardVerdict::Allowed {
                 request: allowed_by,
             } if !request.dry_run => {
+                let mut execution = admission::execution(&operation, &caller, now);
+                // Anyone who reaches the port could have sent this review.
+                execution.unverified = !state.callers_verified;
                 state.executions.record(Use {
                     request: allowed_by.clone(),
-                    execution: admission::execution(&operation, &caller, now),
+                    execution,
                 });
             }
             GuardVerdict::Denied(refusal) => info!(

@@ -2,8 +2,7 @@
 //! by cert-manager, reloaded when they change), or generated at start (a CA
 //! of kubepam's own whose certificate becomes the webhooks' `caBundle`).
 
-use std::path::PathBuf;
-#[cfg(test)]
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +31,84 @@ pub enum Error {
     },
     #[error("Secret {secret} kept changing while the webhook certificate was stored")]
     SecretRace { secret: String },
+    #[error("{path} holds no usable CA certificate for authenticating the API server")]
+    ClientCa {
+        path: PathBuf,
+        #[source]
+        source: Option<rustls::server::VerifierBuilderError>,
+    },
+    #[error("the webhook certificate or key is not usable")]
+    Certificate(#[source] rustls::Error),
+}
+
+/// Who may call the webhooks: anyone who can reach them (TLS only), or only
+/// clients that present a certificate signed by a CA that signs nothing but
+/// the API server's webhook client certificate (the API server's
+/// `AdmissionConfiguration`, `kubeConfigFile`).
+#[derive(Clone, Default)]
+pub struct ClientAuth {
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("required", &self.required())
+            .finish()
+    }
+}
+
+impl ClientAuth {
+    /// Only clients with a certificate from the CA(s) in this PEM file.
+    pub fn from_ca_file(path: &Path) -> Result<Self, Error> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = read(&path.to_path_buf())?;
+        let invalid = |source| Error::ClientCa {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|_| invalid(None))?;
+            roots.add(cert).map_err(|_| invalid(None))?;
+        }
+        if roots.is_empty() {
+            return Err(invalid(None));
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .map_err(|e| invalid(Some(e)))?;
+        Ok(Self {
+            verifier: Some(verifier),
+        })
+    }
+
+    /// Whether every caller has proven to be the API server.
+    pub fn required(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// A TLS server configuration for this certificate and key (PEM).
+    fn server_config(&self, cert: &[u8], key: &[u8]) -> Result<RustlsConfig, Error> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |_| Error::Load(std::io::Error::other("no PEM certificate or key"));
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(bad)?;
+        let builder = rustls::ServerConfig::builder();
+        let builder = match &self.verifier {
+            Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(Error::Certificate)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(RustlsConfig::from_config(Arc::new(config)))
+    }
 }
 
 /// Where the serving certificate comes from.
@@ -62,12 +139,14 @@ pub struct Serving {
 }
 
 /// Loads or generates the serving certificate.
-pub async fn load(source: &Source, client: &kube::Client) -> Result<Serving, Error> {
+pub async fn load(
+    source: &Source,
+    client: &kube::Client,
+    auth: &ClientAuth,
+) -> Result<Serving, Error> {
     match source {
         Source::Files { cert, key, ca } => {
-            let config = RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(Error::Load)?;
+            let config = auth.server_config(&read(cert)?, &read(key)?)?;
             let ca_bundle = match ca {
                 Some(path) => Some(read(path)?),
                 None => None,
@@ -79,9 +158,7 @@ pub async fn load(source: &Source, client: &kube::Client) -> Result<Serving, Err
                 Some((namespace, name)) => shared(client, namespace, name, names).await?,
                 None => generate(names)?,
             };
-            let config = RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes())
-                .await
-                .map_err(Error::Load)?;
+            let config = auth.server_config(cert.as_bytes(), key.as_bytes())?;
             Ok(Serving {
                 config,
                 ca_bundle: Some(ca.into_bytes()),
@@ -203,7 +280,13 @@ pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
 
 /// Reloads certificate files when they change (cert-manager rotates them in
 /// place), checking every `every`; new connections use the new certificate.
-pub async fn watch_files(config: RustlsConfig, cert: PathBuf, key: PathBuf, every: Duration) {
+pub async fn watch_files(
+    config: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    every: Duration,
+    auth: ClientAuth,
+) {
     let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let mut last: (Option<SystemTime>, Option<SystemTime>) = (modified(&cert), modified(&key));
     let mut ticker = tokio::time::interval(every);
@@ -213,8 +296,13 @@ pub async fn watch_files(config: RustlsConfig, cert: PathBuf, key: PathBuf, ever
         if now == last {
             continue;
         }
-        match config.reload_from_pem_file(&cert, &key).await {
-            Ok(()) => {
+        let reloaded = match (read(&cert), read(&key)) {
+            (Ok(c), Ok(k)) => auth.server_config(&c, &k),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        match reloaded {
+            Ok(fresh) => {
+                config.reload_from_config(fresh.get_inner());
                 info!(cert = %cert.display(), "webhook certificate reloaded");
                 last = now;
             }
@@ -246,13 +334,16 @@ mod tests {
         };
         let client_config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         let client = kube::Client::try_from(client_config).unwrap();
-        let serving = load(&source, &client).await.unwrap();
+        let serving = load(&source, &client, &ClientAuth::default())
+            .await
+            .unwrap();
         let before = serving.config.get_inner();
         let watcher = tokio::spawn(watch_files(
             serving.config.clone(),
             cert.clone(),
             key.clone(),
             Duration::from_millis(20),
+            ClientAuth::default(),
         ));
         // Modification times have a coarse resolution on some filesystems.
         tokio::time::sleep(Duration::from_millis(1100)).await;

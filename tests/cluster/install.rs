@@ -29,6 +29,7 @@ fn manifests_apply_cleanly_with_a_server_side_dry_run() {
         "deployment.apps/kubepam",
         "service/kubepam",
         "poddisruptionbudget.policy/kubepam",
+        "networkpolicy.networking.k8s.io/kubepam",
     ] {
         assert!(stdout.contains(kind), "{kind} missing from:\n{stdout}");
     }

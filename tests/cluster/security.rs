@@ -422,7 +422,7 @@ async fn editing_a_policy_never_opens_the_guard() {
     );
     assert_eq!(
         deployments
-            .list(&Default::default())
+            .list(&kube::api::ListParams::default())
             .await
             .unwrap()
             .items
@@ -494,5 +494,99 @@ async fn the_guard_covers_only_policy_namespaces_and_never_gates_the_control_pla
     let _ = Api::<AccessPolicy>::all(admin.clone())
         .delete(&policy, &DeleteParams::default())
         .await;
+    ns.delete().await;
+}
+
+/// A hand-made `AdmissionReview` sent to the guard once recorded a fake
+/// "admin DELETE" on admin's approved request. Now only the API server, with
+/// the client certificate of its admission configuration, reaches the
+/// webhooks: no certificate, or a user's certificate, is turned away.
+#[tokio::test]
+async fn only_the_api_server_may_call_the_webhooks() {
+    let cluster = kubepam();
+    let operator = crate::support::operator();
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("forged").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Auto")).await;
+    let name = format!("{}-admins", ns.name);
+    create_request(
+        &admin,
+        &name,
+        json!({ "policy": policy, "namespace": ns.name, "reason": "INC-11" }),
+    )
+    .await;
+    wait_phase(&admin, &name, Phase::Approved, SOON).await;
+
+    let config = Api::<ValidatingWebhookConfiguration>::all(admin.clone())
+        .get("kubepam")
+        .await
+        .unwrap();
+    let ca = config.webhooks.unwrap()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .unwrap()
+        .0;
+    let forged = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "00000000-0000-4000-8000-000000000001",
+            "kind": { "group": "apps", "version": "v1", "kind": "Deployment" },
+            "resource": { "group": "apps", "version": "v1", "resource": "deployments" },
+            "name": "fake", "namespace": ns.name, "operation": "DELETE",
+            "userInfo": { "username": "admin", "groups": ["system:masters"] },
+            "oldObject": { "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "name": "fake", "namespace": ns.name } },
+        },
+    });
+    let pki = cluster.kubeconfig_path.parent().unwrap().join("pki");
+    let alice_pem = [
+        std::fs::read(pki.join("alice.crt")).unwrap(),
+        std::fs::read(pki.join("alice.key")).unwrap(),
+    ]
+    .concat();
+    for identity in [None, Some(reqwest::Identity::from_pem(&alice_pem).unwrap())] {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .timeout(Duration::from_secs(5));
+        if let Some(identity) = identity.clone() {
+            builder = builder.identity(identity);
+        }
+        let client = builder.build().unwrap();
+        for _ in 0..25 {
+            let answer = client
+                .post(format!("{}/guard", operator.webhook_url))
+                .json(&forged)
+                .send()
+                .await;
+            assert!(
+                answer.is_err(),
+                "a caller that is not the API server was answered: {answer:?}"
+            );
+        }
+    }
+    // The API server's own calls are answered, and their uses recorded.
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &crate::pam::deployment("real"))
+        .await
+        .unwrap();
+    deployments
+        .delete("real", &DeleteParams::default())
+        .await
+        .unwrap();
+    let requests = Api::<ElevationRequest>::all(admin.clone());
+    let status = eventually("the real use recorded", SOON, || async {
+        let status = requests.get(&name).await.ok()?.status?;
+        (status.execution_count >= 1).then_some(status)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = requests.get(&name).await.unwrap().status.unwrap_or(status);
+    assert_eq!(status.execution_count, 1, "{:?}", status.last_executions);
+    let used = &status.last_executions[0];
+    assert_eq!(used.name.as_deref(), Some("real"));
+    assert!(!used.unverified);
     ns.delete().await;
 }

@@ -486,11 +486,14 @@ async fn identity_rules_hold_without_the_webhooks() {
     let stopped = guard.take().unwrap();
     let instance = stopped.instance.clone();
     stopped.kill();
-    let webhooks = Api::<ValidatingWebhookConfiguration>::all(admin.clone());
+    // Only kubepam's own identity may remove its webhook configurations (the
+    // API server's static admission policy): as if its token had leaked.
+    let as_kubepam = cluster.client(Identity::Operator).await;
+    let webhooks = Api::<ValidatingWebhookConfiguration>::all(as_kubepam.clone());
     for name in ["kubepam", "kubepam-guard"] {
         let _ = webhooks.delete(name, &DeleteParams::default()).await;
     }
-    let _ = Api::<MutatingWebhookConfiguration>::all(admin.clone())
+    let _ = Api::<MutatingWebhookConfiguration>::all(as_kubepam.clone())
         .delete("kubepam", &DeleteParams::default())
         .await;
     let requests = Api::<ElevationRequest>::all(alice.clone());
@@ -856,8 +859,41 @@ async fn the_guard_is_restored_exactly_and_loudly() {
         refused().await.then_some(())
     })
     .await;
-    let webhooks = Api::<ValidatingWebhookConfiguration>::all(admin.clone());
-    let original = webhooks.get("kubepam-guard").await.unwrap();
+    let original = Api::<ValidatingWebhookConfiguration>::all(admin.clone())
+        .get("kubepam-guard")
+        .await
+        .unwrap();
+    // The API server's static policy refuses everyone but kubepam, cluster
+    // administrators included, and no API call can remove that policy.
+    let mut edited = original.clone();
+    edited
+        .webhooks
+        .iter_mut()
+        .flatten()
+        .for_each(|h| h.timeout_seconds = Some(1));
+    let refused_edit = Api::<ValidatingWebhookConfiguration>::all(admin.clone())
+        .replace("kubepam-guard", &PostParams::default(), &edited)
+        .await;
+    match refused_edit {
+        Err(kube::Error::Api(s))
+            if s.code == 403 && s.message.contains("only kubepam changes it") => {}
+        other => panic!("an administrator's edit of the guard must be refused: {other:?}"),
+    }
+    for (kind, name) in [
+        ("validatingadmissionpolicies", "kubepam-identity"),
+        ("validatingadmissionpolicybindings", "kubepam-status"),
+    ] {
+        let output = cluster.kubectl(Identity::Admin, &["delete", kind, name, "--dry-run=server"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains("cannot be deleted"),
+            "{kind}/{name}: {stderr}"
+        );
+    }
+    // With kubepam's own identity (a leaked token, or a cluster without the
+    // static policy), edits get through, and kubepam puts its own back.
+    let as_kubepam = cluster.client(Identity::Operator).await;
+    let webhooks = Api::<ValidatingWebhookConfiguration>::all(as_kubepam.clone());
 
     // Edited around: a selector that matches nothing, and a shorter timeout.
     let mut edited = original.clone();

@@ -115,4 +115,22 @@ pub struct PrivilegedAccessControlStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Who RBAC lets impersonate an identity kubepam trusts: a system account, a control-plane
+    /// identity, a node, an approver group or kubepam's own service account. Admission sees the
+    /// impersonated user only, so these subjects can pass the guard, decide or write status as
+    /// those identities (`kubectl pam impersonators`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub impersonators: Vec<ImpersonationRight>,
+}
+
+/// One subject that may impersonate identities kubepam trusts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImpersonationRight {
+    /// `User NAME`, `Group NAME` or `ServiceAccount NAMESPACE/NAME`.
+    pub subject: String,
+    /// What it may impersonate, e.g. `group pam-approvers`.
+    pub targets: Vec<String>,
+    /// The bindings that give it the right, e.g. `ClusterRoleBinding/NAME`.
+    pub via: Vec<String>,
 }

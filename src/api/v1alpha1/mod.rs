@@ -11,8 +11,8 @@ pub use common::{
     find_condition, from_k8s_time, remove_condition, set_condition, to_k8s_time,
 };
 pub use control::{
-    CONTROL_NAME, DEFAULT_DURATION, DEFAULT_REQUEST_TTL, PrivilegedAccessControl,
-    PrivilegedAccessControlSpec, PrivilegedAccessControlStatus,
+    CONTROL_NAME, DEFAULT_DURATION, DEFAULT_REQUEST_TTL, ImpersonationRight,
+    PrivilegedAccessControl, PrivilegedAccessControlSpec, PrivilegedAccessControlStatus,
 };
 pub use notifications::{
     ApproverRoute, Audience, DeliveryState, Notification, NotificationEvent, Notifications,

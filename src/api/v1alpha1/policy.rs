@@ -75,6 +75,11 @@ pub struct AccessPolicySpec {
     #[x_kube(validation = Rule::new("self >= 1").message("requiredApprovals must be at least 1"))]
     #[schemars(extend("format" = "int32"))]
     pub required_approvals: Option<u32>,
+    /// Whether the policy may grant `impersonate` on users, groups or service accounts. Whoever
+    /// holds such a grant can act as anyone, kubepam's approvers and kubepam itself included, so
+    /// such a policy is refused unless this says yes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_impersonation: bool,
 }
 
 /// Namespaces a policy is limited to.

@@ -244,6 +244,10 @@ pub struct Execution {
     pub namespace: Option<String>,
     /// The user who performed it.
     pub user: String,
+    /// Reported by a caller kubepam could not verify as the API server (its
+    /// webhooks run without `--webhook-client-ca-file`): it may be forged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
 }
 
 /// One transition of the request.

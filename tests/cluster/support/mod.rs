@@ -346,8 +346,19 @@ impl TestCluster {
             .clone()
             .unwrap_or_else(|| format!("https://127.0.0.1:{port}"));
         let metrics_port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_kubepam"))
-            .arg("run")
+        // Only the API server may call the webhooks: it presents a
+        // certificate from this CA (hack/cluster.sh).
+        let client_ca = self
+            .kubeconfig_path
+            .parent()
+            .map(|dir| dir.join("pki/webhook-client-ca.crt"))
+            .filter(|ca| ca.exists());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kubepam"));
+        command.arg("run");
+        if let Some(ca) = client_ca {
+            command.arg("--webhook-client-ca-file").arg(ca);
+        }
+        let child = command
             .arg("--metrics-bind")
             .arg(format!("127.0.0.1:{metrics_port}"))
             .arg("--webhook-bind")

@@ -1,0 +1,168 @@
+//! Carries out [`crate::impersonation`] on the leader: every half minute,
+//! who RBAC lets impersonate an identity kubepam trusts. The list goes to the
+//! control's `status.impersonators` (`kubectl pam impersonators`), its size to
+//! `kubepam_impersonators`, and each change of it to a Warning Event
+//! `ImpersonationRights` on the control.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::ListParams;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource};
+use tracing::warn;
+
+use super::caches::Caches;
+use super::leader::Stop;
+use super::{Context, publish_event_on};
+use crate::api::{CONTROL_NAME, ImpersonationRight, PrivilegedAccessControl};
+use crate::impersonation::{Impersonator, Target, impersonators};
+use crate::webhook::configuration::CONTROL_PLANE_USERS;
+
+/// How often RBAC is read again.
+const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// The most subjects named in one Event (the rest are counted).
+const EVENT_NAMES: usize = 10;
+
+/// Reports impersonation rights until `stop`.
+pub async fn run(ctx: Arc<Context>, caches: Caches, operator: Option<String>, stop: Stop) {
+    tokio::select! {
+        () = caches.synced() => {}
+        () = stop.clone() => return,
+    }
+    let mut reported: Option<BTreeSet<String>> = None;
+    loop {
+        match look(&ctx, operator.as_deref()).await {
+            Ok(found) => report(&ctx, &found, &mut reported).await,
+            Err(error) => warn!(%error, "cannot read RBAC to find who may impersonate"),
+        }
+        tokio::select! {
+            () = stop.clone() => return,
+            () = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+    }
+}
+
+/// The identities kubepam trusts: never gated, deciding, or writing as kubepam.
+fn targets(ctx: &Context, operator: Option<&str>) -> BTreeSet<Target> {
+    let mut targets: BTreeSet<Target> = CONTROL_PLANE_USERS
+        .iter()
+        .map(|u| Target::User((*u).to_owned()))
+        .collect();
+    targets.insert(Target::Group("system:nodes".to_owned()));
+    targets.extend(operator.map(|o| Target::User(o.to_owned())));
+    if let Some(control) = ctx.control() {
+        targets.extend(
+            control
+                .spec
+                .system_accounts
+                .iter()
+                .cloned()
+                .map(Target::User),
+        );
+        targets.insert(Target::Group(control.spec.default_approver_group.clone()));
+    }
+    for policy in ctx.policies.state() {
+        targets.extend(policy.spec.approver_group.clone().map(Target::Group));
+    }
+    targets
+}
+
+async fn look(ctx: &Context, operator: Option<&str>) -> Result<Vec<Impersonator>, kube::Error> {
+    let cluster_roles = Api::<ClusterRole>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let roles = Api::<Role>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let cluster_role_bindings: Vec<ClusterRoleBinding> = ctx
+        .rbac
+        .cluster_role_bindings
+        .state()
+        .iter()
+        .map(|b| (**b).clone())
+        .collect();
+    let role_bindings: Vec<RoleBinding> = ctx
+        .rbac
+        .role_bindings
+        .state()
+        .iter()
+        .map(|b| (**b).clone())
+        .collect();
+    Ok(impersonators(
+        &cluster_roles,
+        &roles,
+        &cluster_role_bindings,
+        &role_bindings,
+        &targets(ctx, operator),
+    ))
+}
+
+async fn report(ctx: &Context, found: &[Impersonator], reported: &mut Option<BTreeSet<String>>) {
+    let rights: Vec<ImpersonationRight> = found
+        .iter()
+        .map(|i| ImpersonationRight {
+            subject: i.subject.clone(),
+            targets: i.targets.iter().map(Target::describe).collect(),
+            via: i.via.clone(),
+        })
+        .collect();
+    ctx.metrics
+        .impersonators
+        .set(i64::try_from(rights.len()).unwrap_or(i64::MAX));
+    let subjects: BTreeSet<String> = rights.iter().map(|r| r.subject.clone()).collect();
+    let changed = reported.as_ref() != Some(&subjects);
+    *ctx.impersonators
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(rights.clone());
+    if !changed || rights.is_empty() && reported.is_none() {
+        *reported = Some(subjects);
+        return;
+    }
+    *reported = Some(subjects);
+    if rights.is_empty() {
+        return;
+    }
+    let mut named: Vec<String> = rights
+        .iter()
+        .take(EVENT_NAMES)
+        .map(|r| {
+            format!(
+                "{} ({}; via {})",
+                r.subject,
+                r.targets.join(", "),
+                r.via.join(", ")
+            )
+        })
+        .collect();
+    if rights.len() > EVENT_NAMES {
+        named.push(format!("and {} more", rights.len() - EVENT_NAMES));
+    }
+    let note = format!(
+        "{} subject(s) may impersonate identities kubepam trusts, and so pass the guard, decide or \
+         write status as them: {}. See kubectl pam impersonators",
+        rights.len(),
+        named.join("; ")
+    );
+    warn!("{note}");
+    let control = ObjectReference {
+        api_version: Some(PrivilegedAccessControl::api_version(&()).into_owned()),
+        kind: Some(PrivilegedAccessControl::kind(&()).into_owned()),
+        name: Some(CONTROL_NAME.to_owned()),
+        ..ObjectReference::default()
+    };
+    publish_event_on(
+        ctx,
+        &control,
+        EventType::Warning,
+        "ImpersonationRights",
+        "Report",
+        &note,
+    )
+    .await;
+}
