@@ -111,7 +111,11 @@ fn subjects_of(subjects: Option<&Vec<k8s_openapi::api::rbac::v1::Subject>>) -> V
         .collect()
 }
 
-/// Everyone RBAC lets impersonate any of `targets`, sorted by subject.
+/// The group the API server gives every right without RBAC; listing it says nothing new.
+pub const ALL_POWERFUL_GROUP: &str = "system:masters";
+
+/// Everyone RBAC lets impersonate any of `targets`, sorted by subject (but the group
+/// `system:masters`, which holds every right anyway).
 pub fn impersonators(
     cluster_roles: &[ClusterRole],
     roles: &[Role],
@@ -153,6 +157,9 @@ pub fn impersonators(
             return;
         }
         for subject in subjects {
+            if subject == format!("Group {ALL_POWERFUL_GROUP}") {
+                continue;
+            }
             let entry = found.entry(subject).or_default();
             entry.0.extend(reached.iter().cloned());
             entry.1.insert(via.clone());

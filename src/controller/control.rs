@@ -124,7 +124,7 @@ pub fn guard_conditions(
         (Some(what), _) => condition_false(
             CONDITION_GUARD_INTACT,
             "Tampered",
-            format!("{what} by someone other than kubepam and is not restored yet"),
+            format!("{what} behind kubepam's back and is not restored yet"),
             now,
             generation,
         ),

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::ListParams;
@@ -22,13 +23,22 @@ use crate::api::{CONTROL_NAME, ImpersonationRight, PrivilegedAccessControl};
 use crate::impersonation::{Impersonator, Target, impersonators};
 use crate::webhook::configuration::CONTROL_PLANE_USERS;
 
-/// How often RBAC is read again.
+/// How often RBAC is read again, whatever changed.
 const CHECK_EVERY: Duration = Duration::from_secs(30);
+/// Changes within this window are looked at together.
+const SETTLE: Duration = Duration::from_secs(1);
 /// The most subjects named in one Event (the rest are counted).
 const EVENT_NAMES: usize = 10;
 
-/// Reports impersonation rights until `stop`.
+/// Reports impersonation rights until `stop`: after bindings change (a new
+/// right needs a binding), and every half minute (a role edited in place).
 pub async fn run(ctx: Arc<Context>, caches: Caches, operator: Option<String>, stop: Stop) {
+    let changes = stream::select_all([
+        caches.role_bindings.changes().map(|_| ()).boxed(),
+        caches.cluster_role_bindings.changes().map(|_| ()).boxed(),
+        caches.controls.changes().map(|_| ()).boxed(),
+    ]);
+    let mut changes = changes.ready_chunks(1024);
     tokio::select! {
         () = caches.synced() => {}
         () = stop.clone() => return,
@@ -41,6 +51,7 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, operator: Option<String>, st
         }
         tokio::select! {
             () = stop.clone() => return,
+            _ = changes.next() => tokio::time::sleep(SETTLE).await,
             () = tokio::time::sleep(CHECK_EVERY) => {}
         }
     }

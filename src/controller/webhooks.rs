@@ -373,7 +373,7 @@ fn hooks_of(config: Option<&ValidatingWebhookConfiguration>) -> BTreeMap<String,
 /// A Warning Event on the control, a log line and the metric.
 async fn report_tampering(ctx: &Context, what: &str) {
     let note = format!(
-        "{what} by someone other than kubepam; kubepam restored exactly its own configuration. \
+        "{what} behind kubepam's back; kubepam restored exactly its own configuration. \
          Find out who changed it (the API server's audit log) and why"
     );
     warn!("{note}");

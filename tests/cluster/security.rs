@@ -590,3 +590,120 @@ async fn only_the_api_server_may_call_the_webhooks() {
     assert!(!used.unverified);
     ns.delete().await;
 }
+
+/// Admission never sees an impersonator. A policy that would hand out
+/// `impersonate` is refused without an explicit yes, and whoever RBAC lets
+/// impersonate an approver group (or any identity kubepam trusts) is named.
+#[tokio::test]
+async fn impersonation_rights_are_refused_in_grants_and_reported() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("imp").await;
+    let policies = Api::<AccessPolicy>::all(admin.clone());
+    let task: AccessPolicy = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+        "metadata": { "name": format!("{}-task", ns.name) },
+        "spec": {
+            "type": "Task", "approvalType": "Auto",
+            "task": { "verbs": ["impersonate"], "apiGroups": [""], "resources": ["groups"] },
+        },
+    }))
+    .unwrap();
+    let refused = policies.create(&PostParams::default(), &task).await;
+    match refused {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            assert!(s.message.contains("allowImpersonation"), "{}", s.message);
+        }
+        other => panic!("a Task policy granting impersonate must be refused: {other:?}"),
+    }
+    // A ClusterRole that impersonates, named by a Role policy.
+    let role = format!("{}-impersonator", ns.name);
+    let impersonator: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": role },
+        "rules": [{ "apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"], "resourceNames": ["pam-approvers"] }],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &impersonator)
+        .await
+        .unwrap();
+    let name = format!("{}-role", ns.name);
+    let judged = create_policy(
+        &admin,
+        &name,
+        json!({ "type": "Role", "role": role, "approvalType": "Auto" }),
+    )
+    .await;
+    assert_eq!(
+        crate::pam::accepted(&judged),
+        ("False".to_owned(), "GrantsImpersonation".to_owned())
+    );
+    policies
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "allowImpersonation": true } })),
+        )
+        .await
+        .unwrap();
+    let judged = wait_policy_judged(&admin, &name).await;
+    assert_eq!(crate::pam::accepted(&judged).0, "True", "allowed knowingly");
+
+    // Someone holds it standing: reported on the control and by the plugin.
+    let mallory = format!("mallory-{}", ns.name);
+    someone_elses_binding(&admin, &format!("{}-mallory", ns.name), &role, &mallory).await;
+    let subject = format!("User {mallory}");
+    let controls = Api::<kubepam::api::PrivilegedAccessControl>::all(admin.clone());
+    let right = eventually("mallory reported", Duration::from_secs(45), || async {
+        let control = controls.get("default").await.ok()?;
+        control
+            .status?
+            .impersonators
+            .into_iter()
+            .find(|r| r.subject == subject)
+    })
+    .await;
+    assert_eq!(right.targets, ["group pam-approvers"]);
+    assert_eq!(
+        right.via,
+        [format!("ClusterRoleBinding/{}-mallory", ns.name)]
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-pam"))
+        .args([
+            "--kubeconfig",
+            cluster.kubeconfig_path.to_str().unwrap(),
+            "--context",
+            "alice",
+            "impersonators",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success()
+            && stdout.contains(&subject)
+            && stdout.contains("group pam-approvers"),
+        "{stdout}"
+    );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), "default");
+    eventually("the ImpersonationRights Event", SOON, || async {
+        let list = events.list(&kube::api::ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("ImpersonationRights")
+                    && e.note.as_deref().is_some_and(|n| n.contains(&mallory))
+            })
+            .then_some(())
+    })
+    .await;
+    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete(&format!("{}-mallory", ns.name), &DeleteParams::default())
+        .await;
+    let _ = policies.delete(&name, &DeleteParams::default()).await;
+    let _ = Api::<ClusterRole>::all(admin.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    ns.delete().await;
+}

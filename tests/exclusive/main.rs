@@ -110,8 +110,9 @@ async fn at_most_thirty_policies_are_accepted() {
     }
 
     // Bypass admission (as if the webhook were down or raced): the
-    // controller still refuses the 31st.
-    Api::<ValidatingWebhookConfiguration>::all(admin.clone())
+    // controller still refuses the 31st. Only kubepam's own identity may
+    // remove its webhooks (the API server's static admission policy).
+    Api::<ValidatingWebhookConfiguration>::all(cluster.client(Identity::Operator).await)
         .delete("kubepam", &DeleteParams::default())
         .await
         .unwrap();
@@ -952,7 +953,7 @@ async fn the_guard_is_restored_exactly_and_loudly() {
         .delete("kubepam-guard", &DeleteParams::default())
         .await
         .unwrap();
-    let mutating = Api::<MutatingWebhookConfiguration>::all(admin.clone());
+    let mutating = Api::<MutatingWebhookConfiguration>::all(as_kubepam.clone());
     mutating
         .delete("kubepam", &DeleteParams::default())
         .await
