@@ -6,6 +6,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
+# kubepam keeps its admission policies as this file says (include_str!).
+COPY manifests/admission-policy.yaml ./manifests/admission-policy.yaml
 RUN cargo build --release --locked --bin kubepam
 
 # Minimal runtime: glibc and CA certificates, no shell, non-root.

@@ -51,4 +51,23 @@ fn the_image_copies_every_cargo_target() {
             relative.display()
         );
     }
+    // Files the sources embed must be in the image's build context too.
+    let embedded = std::fs::read_to_string(root.join("src/webhook/configuration.rs")).unwrap();
+    for line in embedded.lines().filter(|l| l.contains("include_str!(\"")) {
+        let path = line
+            .split("include_str!(\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let file = root.join("src/webhook").join(path);
+        let relative = file.canonicalize().unwrap();
+        let relative = relative.strip_prefix(root.canonicalize().unwrap()).unwrap();
+        assert!(
+            copied.iter().any(|c| relative.starts_with(c)),
+            "{} is embedded but the Dockerfile does not copy it ({copied:?})",
+            relative.display()
+        );
+    }
 }

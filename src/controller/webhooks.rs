@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, PostParams};
@@ -230,6 +231,58 @@ where
     }
 }
 
+impl<K> Kept<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + PartialEq
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    /// Like [`Kept::keep`] for an object whose spec the API server fills
+    /// with defaults kubepam does not write (admission policies): the spec
+    /// kubepam's object gets once defaulted is learnt with a dry-run replace,
+    /// when the registered one differs from the last one learnt.
+    async fn keep_defaulted(
+        &mut self,
+        api: &Api<K>,
+        desired: &K,
+        defaulted: &mut Option<serde_json::Value>,
+    ) -> Result<Option<String>, kube::Error> {
+        let spec = |object: &K| {
+            serde_json::to_value(object)
+                .ok()
+                .and_then(|v| v.get("spec").cloned())
+        };
+        if let Some(live) = api.get_opt(self.name).await?
+            && labels_kept(&live, desired)
+        {
+            let live_spec = spec(&live);
+            if defaulted.is_some() && *defaulted == live_spec {
+                self.written = Some(Some(desired.clone()));
+                return Ok(None);
+            }
+            let mut probe = desired.clone();
+            probe
+                .meta_mut()
+                .resource_version
+                .clone_from(&live.meta().resource_version);
+            let dry_run = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            *defaulted = spec(&api.replace(self.name, &dry_run, &probe).await?);
+            if *defaulted == live_spec {
+                self.written = Some(Some(desired.clone()));
+                return Ok(None);
+            }
+        }
+        let same = |_: &K, _: &K| false;
+        self.keep(api, Some(desired), same).await
+    }
+}
+
 fn same_validating(a: &ValidatingWebhookConfiguration, b: &ValidatingWebhookConfiguration) -> bool {
     a.webhooks == b.webhooks && labels_kept(a, b)
 }
@@ -268,6 +321,23 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
     let mut guard = Kept::<ValidatingWebhookConfiguration>::new(GUARD_NAME);
     let mut validating = Kept::<ValidatingWebhookConfiguration>::new(configuration::NAME);
     let mut mutating = Kept::<MutatingWebhookConfiguration>::new(configuration::NAME);
+    let (wanted_policies, wanted_bindings) = configuration::admission_policies();
+    let policy_api = Api::<ValidatingAdmissionPolicy>::all(client.clone());
+    let binding_api = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
+    let mut policies: Vec<(Kept<ValidatingAdmissionPolicy>, Option<serde_json::Value>)> =
+        wanted_policies
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .map(|name| (Kept::new(leak(name)), None))
+            .collect();
+    let mut bindings: Vec<(
+        Kept<ValidatingAdmissionPolicyBinding>,
+        Option<serde_json::Value>,
+    )> = wanted_bindings
+        .iter()
+        .filter_map(|b| b.metadata.name.as_deref())
+        .map(|name| (Kept::new(leak(name)), None))
+        .collect();
     let mut last_verify: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     loop {
@@ -279,7 +349,7 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
             continue;
         }
         let mut found = Vec::new();
-        let mut failed = None;
+        let mut failures: Vec<String> = Vec::new();
         match guard
             .keep(&validating_api, desired.as_ref(), same_validating)
             .await
@@ -301,7 +371,7 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
             }
             Err(error) => {
                 warn!(%error, "failed to update the guard webhook");
-                failed = Some(format!("cannot register {}: {error}", guard.label()));
+                failures.push(format!("cannot register {}: {error}", guard.label()));
             }
         }
         if verify {
@@ -313,7 +383,7 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
             {
                 Ok(tampered) => found.extend(tampered),
                 Err(error) => {
-                    failed = Some(format!("cannot register {}: {error}", validating.label()));
+                    failures.push(format!("cannot register {}: {error}", validating.label()));
                 }
             }
             let wanted = configuration::mutating(&endpoint);
@@ -323,10 +393,23 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
             {
                 Ok(tampered) => found.extend(tampered),
                 Err(error) => {
-                    failed = Some(format!("cannot register {}: {error}", mutating.label()));
+                    failures.push(format!("cannot register {}: {error}", mutating.label()));
+                }
+            }
+            for ((kept, defaulted), wanted) in policies.iter_mut().zip(&wanted_policies) {
+                match kept.keep_defaulted(&policy_api, wanted, defaulted).await {
+                    Ok(tampered) => found.extend(tampered),
+                    Err(error) => failures.push(format!("cannot keep {}: {error}", kept.label())),
+                }
+            }
+            for ((kept, defaulted), wanted) in bindings.iter_mut().zip(&wanted_bindings) {
+                match kept.keep_defaulted(&binding_api, wanted, defaulted).await {
+                    Ok(tampered) => found.extend(tampered),
+                    Err(error) => failures.push(format!("cannot keep {}: {error}", kept.label())),
                 }
             }
         }
+        let failed = (!failures.is_empty()).then(|| failures.join("; "));
         if let Some(error) = &failed {
             warn!(error = %error, "admission configuration not as wanted");
         }
@@ -358,6 +441,11 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
             }
         });
     }
+}
+
+/// A name that lives as long as the process (kubepam's few built-in objects).
+fn leak(name: &str) -> &'static str {
+    Box::leak(name.to_owned().into_boxed_str())
 }
 
 /// The guard's webhooks by name.

@@ -311,6 +311,31 @@ pub fn cel_string(raw: &str) -> String {
     out
 }
 
+/// kubepam's admission policies, as `manifests/` installs them: kubepam keeps
+/// them exactly so.
+const ADMISSION_POLICIES: &str = include_str!("../../manifests/admission-policy.yaml");
+
+/// kubepam's `ValidatingAdmissionPolicy` objects and their bindings (from
+/// `manifests/admission-policy.yaml`, built in).
+pub fn admission_policies() -> (
+    Vec<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>,
+    Vec<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>,
+) {
+    use serde::Deserialize;
+    let (mut policies, mut bindings) = (Vec::new(), Vec::new());
+    for document in serde_yaml::Deserializer::from_str(ADMISSION_POLICIES) {
+        let Ok(value) = Value::deserialize(document) else {
+            continue;
+        };
+        match value.get("kind").and_then(Value::as_str) {
+            Some("ValidatingAdmissionPolicy") => policies.push(from_json(value)),
+            Some("ValidatingAdmissionPolicyBinding") => bindings.push(from_json(value)),
+            _ => {}
+        }
+    }
+    (policies, bindings)
+}
+
 /// The builders produce fixed shapes; a failure here is a bug caught by the tests.
 fn from_json<T: serde::de::DeserializeOwned + Default>(value: Value) -> T {
     serde_json::from_value(value).unwrap_or_default()
@@ -326,6 +351,22 @@ mod tests {
             service: ("kubepam-system".into(), "kubepam".into(), 443),
             ca_bundle: Some(b"PEM".to_vec()),
         }
+    }
+
+    #[test]
+    fn the_admission_policies_are_built_in() {
+        let (policies, bindings) = admission_policies();
+        let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
+        assert_eq!(
+            names(policies.iter().map(|p| p.metadata.name.clone()).collect()),
+            ["kubepam-identity", "kubepam-status"]
+        );
+        assert_eq!(bindings.len(), 2);
+        assert!(
+            policies
+                .iter()
+                .all(|p| p.spec.as_ref().is_some_and(|s| s.validations.is_some()))
+        );
     }
 
     #[test]

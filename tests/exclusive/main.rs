@@ -969,8 +969,189 @@ async fn the_guard_is_restored_exactly_and_loudly() {
         (operator.metric(series)? >= 2.0).then_some(())
     })
     .await;
+
+    // An admission policy weakened by an administrator (the static policy
+    // refuses only its deletion) is put back as kubepam ships it.
+    let vaps = Api::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>::all(
+        admin.clone(),
+    );
+    let shipped = vaps.get("kubepam-identity").await.unwrap();
+    let mut weakened = shipped.clone();
+    if let Some(spec) = weakened.spec.as_mut() {
+        spec.validations = Some(vec![
+            serde_json::from_value(json!({ "expression": "true" })).unwrap(),
+        ]);
+    }
+    vaps.replace("kubepam-identity", &PostParams::default(), &weakened)
+        .await
+        .unwrap();
+    eventually("the admission policy restored", SOON, || async {
+        let live = vaps.get("kubepam-identity").await.ok()?;
+        (live.spec == shipped.spec).then_some(())
+    })
+    .await;
+    let policy_series =
+        "kubepam_guard_repairs_total{object=\"ValidatingAdmissionPolicy/kubepam-identity\"}";
+    eventually("the policy's repair counted", SOON, || async {
+        (operator.metric(policy_series)? >= 1.0).then_some(())
+    })
+    .await;
     remove_all_policies(&admin).await;
     ns.delete().await;
+}
+
+/// While the guard cannot be registered (here: kubepam lost its RBAC on
+/// webhook configurations), a new Task policy is not reported `Accepted`,
+/// and the control says why (`GuardReady=False`).
+#[tokio::test]
+async fn a_task_policy_is_accepted_only_once_the_guard_holds_it() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let (_guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let roles = Api::<ClusterRole>::all(admin.clone());
+    let mut role = roles.get("kubepam-operator").await.unwrap();
+    let full = role.clone();
+    role.rules = role.rules.map(|rules| {
+        rules
+            .into_iter()
+            .filter(|r| {
+                !r.resources
+                    .iter()
+                    .flatten()
+                    .any(|res| res == "validatingwebhookconfigurations")
+            })
+            .collect()
+    });
+    roles
+        .replace("kubepam-operator", &PostParams::default(), &role)
+        .await
+        .unwrap();
+    let ns = cluster.namespace("unregistered").await;
+    let policies = Api::<AccessPolicy>::all(admin.clone());
+    let policy: AccessPolicy = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+        "metadata": { "name": "unregistered-delete" }, "spec": task_policy(&ns.name, "Manual"),
+    }))
+    .unwrap();
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let controls = Api::<PrivilegedAccessControl>::all(admin.clone());
+    // Observe first, then give kubepam its rights back, then assert: a failed
+    // step must not leave the operator crippled for the tests after this one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut ready = None;
+    while ready.is_none() && tokio::time::Instant::now() < deadline {
+        ready = controls.get("default").await.ok().and_then(|control| {
+            control
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "GuardReady" && c.status == "False")
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let judged = policies.get("unregistered-delete").await.unwrap();
+    let current = roles.get("kubepam-operator").await.unwrap();
+    let mut restored = full.clone();
+    restored.metadata.resource_version = current.metadata.resource_version;
+    roles
+        .replace("kubepam-operator", &PostParams::default(), &restored)
+        .await
+        .unwrap();
+    let ready = ready.expect("GuardReady=False while the guard cannot be registered");
+    assert_eq!(ready.reason, "RegistrationFailed");
+    assert!(ready.message.contains("kubepam-guard"), "{}", ready.message);
+    assert!(
+        judged.status.as_ref().is_none_or(|s| !s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True")),
+        "Accepted before the guard holds it: {:?}",
+        judged.status
+    );
+    let judged = wait_policy_judged(&admin, "unregistered-delete").await;
+    assert_eq!(accepted(&judged).0, "True");
+    eventually("GuardReady=True", Duration::from_secs(20), || async {
+        let control = controls.get("default").await.ok()?;
+        control
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "GuardReady" && c.status == "True")
+    })
+    .await;
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
+/// With every replica of kubepam down, the guard fails closed only where
+/// policies reach: elsewhere, and for Kubernetes' own controllers, nothing
+/// changes.
+#[tokio::test]
+async fn with_kubepam_down_only_what_policies_cover_is_refused() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (mut guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let guarded = cluster.namespace("down-guarded").await;
+    let elsewhere = cluster.namespace("down-elsewhere").await;
+    create_policy(&admin, "down-delete", task_policy(&guarded.name, "Manual")).await;
+    for ns in [&guarded.name, &elsewhere.name] {
+        let deployments = Api::<Deployment>::namespaced(admin.clone(), ns);
+        for name in ["a", "b"] {
+            deployments
+                .create(&PostParams::default(), &pam::deployment(name))
+                .await
+                .unwrap();
+        }
+    }
+    let in_guarded = Api::<Deployment>::namespaced(admin.clone(), &guarded.name);
+    eventually("the guard refuses", SOON, || async {
+        let result = in_guarded
+            .delete(
+                "a",
+                &DeleteParams {
+                    dry_run: true,
+                    ..DeleteParams::default()
+                },
+            )
+            .await;
+        (support::api_status(&result) == Some(403)).then_some(())
+    })
+    .await;
+    let stopped = guard.take().unwrap();
+    let instance = stopped.instance.clone();
+    stopped.kill();
+
+    Api::<Deployment>::namespaced(admin.clone(), &elsewhere.name)
+        .delete("a", &DeleteParams::default())
+        .await
+        .expect("a namespace no policy names does not depend on kubepam");
+    let refused = in_guarded.delete("a", &DeleteParams::default()).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 500 || s.code == 403),
+        "a guarded task fails closed while kubepam is down: {refused:?}"
+    );
+    let gc = cluster
+        .client_as_user(
+            "system:serviceaccount:kube-system:generic-garbage-collector",
+            &["system:serviceaccounts", "system:masters"],
+        )
+        .await;
+    Api::<Deployment>::namespaced(gc, &guarded.name)
+        .delete("b", &DeleteParams::default())
+        .await
+        .expect("the garbage collector never waits for kubepam");
+
+    *guard = Some(cluster.spawn_operator_with(&support::OperatorSpec {
+        instance: Some(instance),
+        ..Default::default()
+    }));
+    guard.as_ref().unwrap().wait_registered(&admin).await;
+    remove_all_policies(&admin).await;
+    guarded.delete().await;
+    elsewhere.delete().await;
 }
 
 /// A newline in a system account once broke the guard's CEL and left a Task
