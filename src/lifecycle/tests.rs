@@ -211,6 +211,33 @@ fn blank_reason_is_denied() {
     );
 }
 
+/// A request naming no valid policy (written before the schema refused it) is denied at once
+/// with the reason, never looked up and never retried: `name?x` once read policy `name`.
+#[test]
+fn a_policy_name_that_is_no_object_name_is_denied() {
+    let p = policy(
+        "{type: Task, approvalType: Auto, task: {verbs: [delete], apiGroups: [''], resources: [pods]}}",
+    );
+    for hostile in [
+        "delete-pods?purpose=read-only",
+        "delete-pods\nforged log line",
+        "../delete-pods",
+    ] {
+        let mut r = request("");
+        r.spec.policy = hostile.to_owned();
+        // Even if a lookup went wrong and found a policy, the name alone decides.
+        let d = decide(&r, &PolicyView::Accepted(&p), &enabled(), at(0));
+        assert_final(&d, Phase::Denied, reason::INVALID_POLICY_NAME);
+        assert!(
+            d.transition
+                .unwrap()
+                .message
+                .contains(&format!("{hostile:?}"))
+        );
+        assert_eq!(d.requeue_after, None);
+    }
+}
+
 #[test]
 fn missing_or_refused_policy_is_denied() {
     let d = decide(&request(""), &PolicyView::Missing, &enabled(), at(0));
