@@ -88,6 +88,7 @@ mod tests {
             kind: kind.to_owned(),
             name: name.to_owned(),
             namespace: (kind == "RoleBinding").then(|| "prod".to_owned()),
+            uid: None,
         }
     }
 

@@ -112,6 +112,7 @@ fn obj_ref(kind: &str, meta: &ObjectMeta) -> RbacObjectRef {
         kind: kind.to_owned(),
         name: meta.name.clone().unwrap_or_default(),
         namespace: meta.namespace.clone(),
+        uid: None,
     }
 }
 

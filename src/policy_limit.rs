@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use kube::ResourceExt;
 
 use crate::api::{
-    AccessPolicy, AccessPolicyStatus, CONDITION_ACCEPTED, condition_false, condition_true,
-    set_condition,
+    AccessPolicy, AccessPolicyStatus, CONDITION_ACCEPTED, GuardedScope, condition_false,
+    condition_true, set_condition,
 };
 
 /// The most AccessPolicies accepted per cluster.
@@ -42,6 +42,7 @@ pub fn refuse_impersonation(
     if !accepted {
         return;
     }
+    status.guarded = None;
     set_condition(
         &mut status.conditions,
         condition_false(
@@ -158,9 +159,23 @@ pub fn policy_status(
             generation,
         )
     };
+    let accepted = condition.status == "True";
     set_condition(&mut status.conditions, condition);
     status.missing_roles = missing_roles;
+    status.guarded = guarded_scope(policy, accepted);
     status
+}
+
+/// What an accepted Task policy guards, for `status.guarded`; nothing otherwise.
+fn guarded_scope(policy: &AccessPolicy, accepted: bool) -> Option<GuardedScope> {
+    let spec = &policy.spec;
+    spec.task
+        .clone()
+        .filter(|_| accepted && spec.policy_type == crate::api::PolicyType::Task)
+        .map(|task| GuardedScope {
+            task,
+            namespaces: spec.namespaces().to_vec(),
+        })
 }
 
 #[cfg(test)]

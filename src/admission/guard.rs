@@ -228,32 +228,44 @@ pub fn guard<'p, 'r>(
     }
 }
 
-/// The task a policy guards: that of a Task policy that is accepted, or not judged yet (created
-/// or edited a moment ago). Guarding an unsettled policy by its new spec fails safe: an edit never
-/// opens a gap between the old rules leaving and the new ones arriving.
-pub fn guarding_task(policy: &AccessPolicy) -> Option<&TaskSpec> {
-    match PolicyView::from_policy(Some(policy)) {
-        PolicyView::Accepted(p) | PolicyView::Unsettled(p) => p
+/// What a policy guards, as (task, namespaces) pairs (empty namespaces: cluster-wide): for an
+/// accepted Task policy, its task; for one not judged yet (created or edited a moment ago), its
+/// new task and what its last accepted generation guarded (`status.guarded`). Both at once fail
+/// safe: an edit never opens a gap between the old rules leaving and the new ones arriving.
+pub fn guarded_scopes(policy: &AccessPolicy) -> Vec<(&TaskSpec, &[String])> {
+    let new = || {
+        policy
             .spec
             .task
             .as_ref()
-            .filter(|_| p.spec.policy_type == PolicyType::Task),
-        PolicyView::Missing | PolicyView::Refused { .. } => None,
+            .filter(|_| policy.spec.policy_type == PolicyType::Task)
+            .map(|task| (task, policy.spec.namespaces()))
+    };
+    match PolicyView::from_policy(Some(policy)) {
+        PolicyView::Accepted(_) => new().into_iter().collect(),
+        PolicyView::Unsettled(_) => {
+            let old = policy
+                .status
+                .as_ref()
+                .and_then(|s| s.guarded.as_ref())
+                .map(|g| (&g.task, g.namespaces.as_slice()));
+            new().into_iter().chain(old).collect()
+        }
+        PolicyView::Missing | PolicyView::Refused { .. } => Vec::new(),
     }
 }
 
 /// Whether an accepted (or not yet judged) Task policy describes `op`.
 fn policy_guards(policy: &AccessPolicy, op: &GuardOperation<'_>) -> bool {
-    let Some(task) = guarding_task(policy) else {
-        return false;
-    };
-    let p = policy;
-    let namespaces = p.spec.namespaces();
-    let ns_ok = namespaces.is_empty()
-        || op
-            .namespace
-            .is_some_and(|ns| namespaces.iter().any(|n| n == ns));
-    ns_ok && task_guards(task, op)
+    guarded_scopes(policy)
+        .into_iter()
+        .any(|(task, namespaces)| {
+            let ns_ok = namespaces.is_empty()
+                || op
+                    .namespace
+                    .is_some_and(|ns| namespaces.iter().any(|n| n == ns));
+            ns_ok && task_guards(task, op)
+        })
 }
 
 /// Whether `task` describes `op` for some candidate verb; an unknown name counts as matching.
@@ -474,7 +486,7 @@ pub(crate) fn verb_reaches_admission(verb: &str, resources: &[String]) -> bool {
 }
 
 /// The guard webhook's rules for the Task policies among `policies` that guard (see
-/// [`guarding_task`]).
+/// [`guarded_scopes`]).
 ///
 /// Each rule keeps its policy's API groups; `*` in resources becomes `*` and `*/*` (admission's
 /// `*` leaves out subresources, RBAC's does not); versions and scope are `*` (namespaces are
@@ -483,10 +495,11 @@ pub fn guard_rules<'p>(policies: impl IntoIterator<Item = &'p AccessPolicy>) -> 
     // (operations, apiGroups) -> resources
     let mut grouped: BTreeMap<(Vec<String>, Vec<String>), BTreeSet<String>> = BTreeMap::new();
     let mut unguarded = BTreeSet::new();
-    for p in policies {
-        let Some(task) = guarding_task(p) else {
-            continue;
-        };
+    for (p, task) in policies.into_iter().flat_map(|p| {
+        guarded_scopes(p)
+            .into_iter()
+            .map(move |(task, _)| (p, task))
+    }) {
         let name = p.metadata.name.clone().unwrap_or_default();
         for verb in &task.verbs {
             if !verb_reaches_admission(verb, &task.resources) {

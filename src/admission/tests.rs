@@ -757,6 +757,50 @@ fn an_unsettled_policy_guards_by_its_new_spec() {
     assert!(!guard_rules([&fresh, &edited]).rules.is_empty());
 }
 
+/// While an edit waits to be accepted, what the last accepted generation guarded stays guarded
+/// too (`status.guarded`), in the decision as in the webhook's rules.
+#[test]
+fn an_edit_keeps_guarding_what_the_accepted_generation_guarded() {
+    let mut edited = task_policy("x", &["delete"], "apps", &["deployments"], &["prod"]);
+    // The edit moved the task to another namespace and resource...
+    edited.spec.task.as_mut().unwrap().resources = vec!["statefulsets".into()];
+    edited.spec.scope = Some(crate::api::Scope {
+        namespaces: vec!["dev".into()],
+    });
+    edited.metadata.generation = Some(2);
+    // ... and the accepted generation guarded deployments in prod.
+    edited.status.as_mut().unwrap().guarded = Some(crate::api::GuardedScope {
+        task: task_policy("x", &["delete"], "apps", &["deployments"], &[])
+            .spec
+            .task
+            .unwrap(),
+        namespaces: vec!["prod".into()],
+    });
+    let c = control(true, &[]);
+    let gs = groups(&[]);
+    let alice = caller("alice", &gs);
+    let old_op = delete_deploy(Some("prod"), Some("web"));
+    let verdict = guard(&old_op, &alice, [&edited], [], Some(&c), now());
+    assert_eq!(verdict.refusal().map(|r| r.reason), Some(Reason::NoGrant));
+    let rules = guard_rules([&edited]).rules;
+    assert!(rules.iter().any(|r| {
+        r.resources
+            .as_ref()
+            .unwrap()
+            .contains(&"deployments".to_owned())
+    }));
+    assert!(rules.iter().any(|r| {
+        r.resources
+            .as_ref()
+            .unwrap()
+            .contains(&"statefulsets".to_owned())
+    }));
+    // Once the new generation is accepted, only it guards.
+    edited.status.as_mut().unwrap().conditions[0].observed_generation = Some(2);
+    let verdict = guard(&old_op, &alice, [&edited], [], Some(&c), now());
+    assert_eq!(verdict, GuardVerdict::NotGuarded);
+}
+
 fn with_metadata(metadata: Value) -> Value {
     let mut object = er_object(
         base_spec(),

@@ -71,17 +71,17 @@ async fn sweep(ctx: &Context, reported: &mut BTreeSet<RbacObjectRef>) -> Result<
     let items = role_bindings
         .iter()
         .map(|b| RbacItem {
-            reference: reference("RoleBinding", b.name_any(), b.namespace()),
+            reference: reference("RoleBinding", &**b),
             labels: b.labels(),
             binds_cluster_role: cluster_role(&b.role_ref.kind, &b.role_ref.name),
         })
         .chain(cluster_role_bindings.iter().map(|b| RbacItem {
-            reference: reference("ClusterRoleBinding", b.name_any(), None),
+            reference: reference("ClusterRoleBinding", &**b),
             labels: b.labels(),
             binds_cluster_role: cluster_role(&b.role_ref.kind, &b.role_ref.name),
         }))
         .chain(roles.iter().map(|r| RbacItem {
-            reference: reference("ClusterRole", r.name_any(), None),
+            reference: reference("ClusterRole", &**r),
             labels: r.labels(),
             binds_cluster_role: None,
         }));
@@ -163,7 +163,8 @@ async fn remove(
     action: &str,
     note: &str,
 ) -> Result<(), super::Error> {
-    if !rbac::delete_object(&ctx.client, object, None).await? {
+    // The uid the cache saw: an object replaced meanwhile is not the one judged.
+    if !rbac::delete_object(&ctx.client, object, object.uid.clone()).await? {
         return Ok(());
     }
     info!(kind = %object.kind, name = %object.name, "{note}");
@@ -197,11 +198,12 @@ async fn report_foreign_binding(ctx: &Context, binding: &RbacObjectRef, role: &s
     .await;
 }
 
-fn reference(kind: &str, name: String, namespace: Option<String>) -> RbacObjectRef {
+fn reference<K: kube::Resource>(kind: &str, object: &K) -> RbacObjectRef {
     RbacObjectRef {
         kind: kind.to_owned(),
-        name,
-        namespace,
+        name: object.name_any(),
+        namespace: object.namespace(),
+        uid: object.meta().uid.clone(),
     }
 }
 

@@ -417,6 +417,10 @@ async fn lead(
     registration: Option<Registration>,
     stop: leader::Stop,
 ) {
+    if registration.is_some() {
+        // Before any policy is judged: none is accepted ahead of the guard.
+        webhooks::GuardState::start_registering(&ctx.guard);
+    }
     let requests = request::controller(&caches)
         .graceful_shutdown_on(stop.clone())
         .run(

@@ -64,7 +64,12 @@ pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<A
     // `Accepted` never claims more than the API server enforces.
     if accepted_now
         && policy.spec.policy_type == PolicyType::Task
-        && !GuardState::enforces(&ctx.guard, &name, policy.metadata.generation)
+        && !GuardState::enforces(
+            &ctx.guard,
+            &name,
+            policy.metadata.uid.as_deref(),
+            policy.metadata.generation,
+        )
     {
         return Ok(Action::requeue(GUARD_WAIT));
     }

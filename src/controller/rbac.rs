@@ -59,7 +59,21 @@ fn reference<K: Resource>(kind: &str, object: &K) -> RbacObjectRef {
         kind: kind.to_owned(),
         name: object.name_any(),
         namespace: object.namespace(),
+        uid: object.meta().uid.clone(),
     }
+}
+
+/// The uid status recorded for the object `wanted` names, if any.
+fn recorded_uid<'r>(
+    recorded: &'r [RbacObjectRef],
+    kind: &str,
+    wanted: &impl Resource,
+) -> Option<&'r str> {
+    let wanted = reference(kind, wanted);
+    recorded
+        .iter()
+        .find(|r| r.same_object(&wanted))
+        .and_then(|r| r.uid.as_deref())
 }
 
 /// What [`apply`] had to write.
@@ -84,13 +98,15 @@ pub struct Collision {
 /// Makes every wanted object exist as wanted (roles first, so no binding points at nothing),
 /// but only ever over objects kubepam made for this very request: a missing object is created
 /// (never applied over a name someone else holds), and one that exists is changed only when it
-/// carries this request's ownership labels, with its uid as a precondition. A binding deleted or
-/// edited by hand is put back this way. Stops at the first object held by someone else.
+/// is the one status recorded (its uid), or carries this request's ownership labels, with its
+/// uid as a precondition. A binding deleted or edited by hand (its labels too) is put back this
+/// way. Stops at the first object held by someone else.
 pub async fn apply(
     client: &Client,
     stores: &RbacStores,
     desired: &DesiredRbac,
     request_id: &str,
+    recorded: &[RbacObjectRef],
 ) -> Result<Result<Applied, Collision>, Error> {
     let mut applied = Applied::default();
     let same_role =
@@ -104,7 +120,11 @@ pub async fn apply(
     for role in &desired.cluster_roles {
         let api = Api::<ClusterRole>::all(client.clone());
         let cached = stores.cluster_roles.get(&ObjectRef::from_obj(role));
-        let outcome = ensure(api, role, cached.as_deref(), same_role, request_id).await?;
+        let ours = Ownership {
+            request_id,
+            uid: recorded_uid(recorded, "ClusterRole", role),
+        };
+        let outcome = ensure(api, role, cached.as_deref(), same_role, ours).await?;
         if let Err(collision) = applied.count(outcome, "ClusterRole", role) {
             return Ok(Err(collision));
         }
@@ -114,14 +134,11 @@ pub async fn apply(
         let cached = stores
             .cluster_role_bindings
             .get(&ObjectRef::from_obj(binding));
-        let outcome = ensure(
-            api,
-            binding,
-            cached.as_deref(),
-            same_cluster_binding,
+        let ours = Ownership {
             request_id,
-        )
-        .await?;
+            uid: recorded_uid(recorded, "ClusterRoleBinding", binding),
+        };
+        let outcome = ensure(api, binding, cached.as_deref(), same_cluster_binding, ours).await?;
         if let Err(collision) = applied.count(outcome, "ClusterRoleBinding", binding) {
             return Ok(Err(collision));
         }
@@ -130,14 +147,11 @@ pub async fn apply(
         let namespace = binding.namespace().unwrap_or_default();
         let api = Api::<RoleBinding>::namespaced(client.clone(), &namespace);
         let cached = stores.role_bindings.get(&ObjectRef::from_obj(binding));
-        let outcome = ensure(
-            api,
-            binding,
-            cached.as_deref(),
-            same_role_binding,
+        let ours = Ownership {
             request_id,
-        )
-        .await?;
+            uid: recorded_uid(recorded, "RoleBinding", binding),
+        };
+        let outcome = ensure(api, binding, cached.as_deref(), same_role_binding, ours).await?;
         if let Err(collision) = applied.count(outcome, "RoleBinding", binding) {
             return Ok(Err(collision));
         }
@@ -149,17 +163,18 @@ pub async fn apply(
 impl Applied {
     fn count<K: Resource>(
         &mut self,
-        outcome: Ensured,
+        (outcome, uid): (Ensured, Option<String>),
         kind: &str,
         object: &K,
     ) -> Result<(), Collision> {
-        let reference = reference(kind, object);
+        let mut reference = reference(kind, object);
         match outcome {
             Ensured::Unchanged => {}
             Ensured::Created => self.missing += 1,
             Ensured::Repaired => self.changed += 1,
             Ensured::HeldByOther => return Err(Collision { object: reference }),
         }
+        reference.uid = uid;
         self.owned.push(reference);
         Ok(())
     }
@@ -175,14 +190,32 @@ enum Ensured {
     HeldByOther,
 }
 
+/// How an existing object is known to be the request's.
+#[derive(Clone, Copy)]
+struct Ownership<'a> {
+    /// It carries this request's ownership labels...
+    request_id: &'a str,
+    /// ... or it is the very object status recorded (whatever its labels say now).
+    uid: Option<&'a str>,
+}
+
+impl Ownership<'_> {
+    fn owns<K: Resource>(self, object: &K) -> bool {
+        let meta = object.meta();
+        grant::owned_by(meta.labels.as_ref(), self.request_id)
+            || self.uid.is_some_and(|uid| meta.uid.as_deref() == Some(uid))
+    }
+}
+
 /// Creates `wanted`, or brings the object of its name back to it when it is this request's.
+/// Returns what it did and the object's uid.
 async fn ensure<K>(
     api: Api<K>,
     wanted: &K,
     cached: Option<&K>,
     same: impl Fn(&K, &K) -> bool,
-    request_id: &str,
-) -> Result<Ensured, Error>
+    ours: Ownership<'_>,
+) -> Result<(Ensured, Option<String>), Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
@@ -195,42 +228,62 @@ where
     let existing = match cached {
         Some(current) => current.clone(),
         None => match api.create(&PostParams::default(), wanted).await {
-            Ok(_) => return Ok(Ensured::Created),
+            Ok(created) => return Ok((Ensured::Created, created.meta().uid.clone())),
             // Made meanwhile, by kubepam (the cache lags) or by someone else: look.
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 match api.get_opt(&name).await.map_err(failed)? {
                     Some(found) => found,
-                    None => return Ok(Ensured::Unchanged),
+                    None => return Ok((Ensured::Unchanged, None)),
                 }
             }
             Err(source) => return Err(failed(source)),
         },
     };
-    if !grant::owned_by(existing.meta().labels.as_ref(), request_id) {
-        return Ok(Ensured::HeldByOther);
+    let uid = existing.meta().uid.clone();
+    if !ours.owns(&existing) {
+        return Ok((Ensured::HeldByOther, uid));
     }
     if same(&existing, wanted) {
-        return Ok(cached.map_or(Ensured::Created, |_| Ensured::Unchanged));
+        return Ok((cached.map_or(Ensured::Created, |_| Ensured::Unchanged), uid));
     }
-    // The uid makes the write fail (409) if the object was replaced since it was checked.
+    // The uid makes the write fail if the object was replaced since it was checked.
     let mut object = wanted.clone();
-    object.meta_mut().uid.clone_from(&existing.meta().uid);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&object),
-    )
-    .await
-    .map_err(failed)?;
-    Ok(Ensured::Repaired)
+    object.meta_mut().uid.clone_from(&uid);
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+    {
+        Ok(_) => Ok((Ensured::Repaired, uid)),
+        // A binding's roleRef cannot change: replace the object (it is ours).
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            let params = DeleteParams {
+                preconditions: uid.clone().map(|uid| Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            api.delete(&name, &params).await.map_err(failed)?;
+            let created = api
+                .create(&PostParams::default(), wanted)
+                .await
+                .map_err(failed)?;
+            Ok((Ensured::Repaired, created.meta().uid.clone()))
+        }
+        Err(source) => Err(failed(source)),
+    }
 }
 
 /// Deletes the objects of the request with `request_id` that `keep` does not
-/// list: those cached with its label, and those `recorded` in its status
-/// (which covers an object created a moment ago and not cached yet). Only
-/// objects that carry this request's ownership labels are deleted, with their
-/// uid as a precondition; any other object of a recorded name is left alone.
-/// Bindings go before roles. Returns how many were deleted.
+/// list: those `recorded` in its status, by their uid (whatever their labels
+/// say now: a grantee who strips the labels off a binding does not keep it),
+/// and those cached with its ownership labels (made just before a crash, or by
+/// hand), by the uid the cache saw. Any other object of a recorded name is
+/// left alone. Bindings go before roles. Returns how many were deleted.
 pub async fn prune(
     client: &Client,
     stores: &RbacStores,
@@ -238,12 +291,15 @@ pub async fn prune(
     recorded: &[RbacObjectRef],
     keep: &[RbacObjectRef],
 ) -> Result<usize, Error> {
-    let keep: BTreeSet<&RbacObjectRef> = keep.iter().collect();
-    let mut doomed: Vec<RbacObjectRef> = stores
-        .objects_of(request_id)
-        .into_iter()
-        .chain(recorded.iter().cloned())
-        .filter(|o| !keep.contains(o))
+    let kept = |o: &RbacObjectRef| {
+        keep.iter()
+            .any(|k| k.same_object(o) && (k.uid.is_none() || o.uid.is_none() || k.uid == o.uid))
+    };
+    let mut doomed: Vec<RbacObjectRef> = recorded
+        .iter()
+        .cloned()
+        .chain(stores.objects_of(request_id))
+        .filter(|o| !kept(o))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -251,7 +307,12 @@ pub async fn prune(
     doomed.sort_by_key(|o| o.kind == "ClusterRole");
     let mut deleted = 0;
     for object in doomed {
-        if delete_owned(client, &object, request_id).await? {
+        let gone = match &object.uid {
+            Some(uid) => delete_object(client, &object, Some(uid.clone())).await?,
+            // Recorded before uids were: only if it carries the labels.
+            None => delete_owned(client, &object, request_id).await?,
+        };
+        if gone {
             deleted += 1;
         }
     }

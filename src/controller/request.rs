@@ -23,7 +23,7 @@ use super::caches::Caches;
 use super::{Context, Error, rbac};
 use crate::api::{
     AccessPolicy, ElevationRequest, Phase, condition_true, find_condition, remove_condition,
-    set_condition,
+    same_objects, set_condition,
 };
 use crate::grant::{self, DesiredRbac};
 use crate::lifecycle::{self, ControlView, PolicyView, Transition};
@@ -163,7 +163,7 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
     // before that are still wanted; new ones once they are made.
     status.rbac_objects = recorded
         .iter()
-        .filter(|o| wanted.contains(o))
+        .filter(|o| wanted.iter().any(|w| w.same_object(o)))
         .cloned()
         .collect();
     // Recorded in the same write as the transition: neither can be lost
@@ -209,7 +209,9 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
         .await?;
         // Checked every time: a binding deleted or edited by hand comes back.
         let before = status.clone();
-        let applied = match rbac::apply(&ctx.client, &ctx.rbac, &desired, &request_id).await? {
+        let applied = match rbac::apply(&ctx.client, &ctx.rbac, &desired, &request_id, &recorded)
+            .await?
+        {
             Ok(applied) => applied,
             Err(collision) => {
                 let requeue =
@@ -231,7 +233,7 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
         status.rbac_objects.clone_from(&applied.owned);
         remove_condition(&mut status.conditions, CONDITION_GRANT_BLOCKED);
         super::apply_status(&ctx.client, request, Some(&before), &status, version).await?;
-        if decision.transition.is_none() && recorded == status.rbac_objects {
+        if decision.transition.is_none() && same_objects(&recorded, &status.rbac_objects) {
             report_drift(ctx, request, &status, &applied, extra).await;
         }
     }

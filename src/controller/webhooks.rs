@@ -52,8 +52,8 @@ pub struct GuardState {
     /// Whether kubepam registers its webhook configurations (false with
     /// `--no-register-webhooks` or without webhooks: then nothing waits for it).
     pub registering: bool,
-    /// Policy name → the generation the registered guard holds.
-    pub enforced: BTreeMap<String, i64>,
+    /// Policy name → the uid and generation the registered guard holds.
+    pub enforced: Enforced,
     /// Why the guard could not be written, while it cannot.
     pub write_error: Option<String>,
     /// What was found changed by someone else and is not restored yet.
@@ -62,19 +62,33 @@ pub struct GuardState {
     pub last_restore: Option<String>,
 }
 
+/// Policy name → the uid and generation a guard holds.
+pub type Enforced = BTreeMap<String, (Option<String>, i64)>;
+
 /// The guard state, shared.
 pub type SharedGuardState = Arc<Mutex<GuardState>>;
 
 impl GuardState {
     /// Whether the registered guard holds `generation` of the policy `name`
-    /// (always, when kubepam does not register the guard).
-    pub fn enforces(state: &SharedGuardState, name: &str, generation: Option<i64>) -> bool {
+    /// with this uid (a policy deleted and made again is another policy);
+    /// always, when kubepam does not register the guard.
+    pub fn enforces(
+        state: &SharedGuardState,
+        name: &str,
+        uid: Option<&str>,
+        generation: Option<i64>,
+    ) -> bool {
         let state = state.lock().unwrap_or_else(PoisonError::into_inner);
         !state.registering
-            || state
-                .enforced
-                .get(name)
-                .is_some_and(|enforced| Some(*enforced) >= generation)
+            || state.enforced.get(name).is_some_and(|(held_uid, held)| {
+                held_uid.as_deref() == uid && Some(*held) >= generation
+            })
+    }
+
+    /// Marks that kubepam registers the guard: from the moment the leader
+    /// starts, before any policy is judged.
+    pub fn start_registering(state: &SharedGuardState) {
+        Self::update(state, |s| s.registering = true);
     }
 
     fn update(state: &SharedGuardState, change: impl FnOnce(&mut GuardState)) {
@@ -89,20 +103,38 @@ impl GuardState {
 pub fn guard_hooks(
     policies: &[&AccessPolicy],
     previous: &BTreeMap<String, GuardHook>,
-) -> (Vec<GuardHook>, BTreeMap<String, i64>) {
+) -> (Vec<GuardHook>, Enforced) {
     let mut hooks = Vec::new();
     let mut generations = BTreeMap::new();
     for policy in policies {
         let name = policy.name_any();
-        generations.insert(name.clone(), policy.metadata.generation.unwrap_or(0));
-        if admission::guard::guarding_task(policy).is_none() {
+        generations.insert(
+            name.clone(),
+            (
+                policy.metadata.uid.clone(),
+                policy.metadata.generation.unwrap_or(0),
+            ),
+        );
+        let scopes = admission::guard::guarded_scopes(policy);
+        if scopes.is_empty() {
             continue;
         }
         let rules = admission::guard_rules(std::iter::once(*policy)).rules;
+        let namespaces = if scopes.iter().any(|(_, ns)| ns.is_empty()) {
+            Vec::new()
+        } else {
+            let mut all: Vec<String> = scopes
+                .iter()
+                .flat_map(|(_, ns)| ns.iter().cloned())
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        };
         let mut hook = GuardHook {
             name: GuardHook::name_for(&name),
             rules,
-            namespaces: policy.spec.namespaces().to_vec(),
+            namespaces,
         };
         let unsettled = matches!(
             PolicyView::from_policy(Some(policy)),
@@ -126,10 +158,7 @@ fn desired_guard(
     endpoint: &Endpoint,
     operator: &str,
     previous: &BTreeMap<String, GuardHook>,
-) -> (
-    Option<ValidatingWebhookConfiguration>,
-    BTreeMap<String, i64>,
-) {
+) -> (Option<ValidatingWebhookConfiguration>, Enforced) {
     let policies = ctx.policies.state();
     let policies: Vec<&AccessPolicy> = policies.iter().map(|p| &**p).collect();
     let (hooks, generations) = guard_hooks(&policies, previous);

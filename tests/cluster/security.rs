@@ -707,3 +707,147 @@ async fn impersonation_rights_are_refused_in_grants_and_reported() {
         .await;
     ns.delete().await;
 }
+
+/// A grantee allowed to edit role bindings once could strip kubepam's labels
+/// off their own grant binding, after which kubepam no longer recognised it
+/// and left it in place when the grant ended. kubepam now knows its objects
+/// by the uid it recorded, puts the labels back, and removes the binding at
+/// the end whatever its labels say.
+#[tokio::test]
+async fn a_grant_binding_stripped_of_its_labels_still_ends_with_the_grant() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("strip").await;
+    let role = format!("{}-binding-editor", ns.name);
+    let editor: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": role },
+        "rules": [{ "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["get", "list", "patch", "update"] }],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &editor)
+        .await
+        .unwrap();
+    let policy = format!("{}-policy", ns.name);
+    create_policy(
+        &admin,
+        &policy,
+        json!({ "type": "Role", "role": role, "scope": { "namespaces": [ns.name] }, "approvalType": "Auto" }),
+    )
+    .await;
+    let name = format!("{}-req", ns.name);
+    create_request(
+        &alice,
+        &name,
+        json!({ "policy": policy, "namespace": ns.name, "reason": "INC-12" }),
+    )
+    .await;
+    let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    let binding = format!("kubepam-grant-{}", request_id(&approved));
+    let as_alice = Api::<RoleBinding>::namespaced(alice.clone(), &ns.name);
+    let stripped = eventually("alice may edit her grant's binding", SOON, || async {
+        as_alice
+            .patch(
+                &binding,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "labels": null } })),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    assert!(stripped.metadata.labels.is_none_or(|l| l.is_empty()));
+    let bindings = Api::<RoleBinding>::namespaced(admin.clone(), &ns.name);
+    eventually("kubepam puts its labels back", SOON, || async {
+        let labels = bindings.get(&binding).await.ok()?.metadata.labels?;
+        (labels.get("kubepam.io/request-id") == Some(&request_id(&approved))).then_some(())
+    })
+    .await;
+    let requests = Api::<ElevationRequest>::all(admin.clone());
+    let request = requests.get(&name).await.unwrap();
+    assert!(
+        request
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "GrantBlocked"),
+        "its own binding is not someone else's"
+    );
+    // Stripped again just before the end: still removed with the grant.
+    as_alice
+        .patch(
+            &binding,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": null } })),
+        )
+        .await
+        .unwrap();
+    review(&bob, &name, "bob", "Revoke", "done").await.unwrap();
+    wait_phase(&alice, &name, Phase::Revoked, SOON).await;
+    eventually("the stripped binding is gone", SOON, || async {
+        bindings
+            .get_opt(&binding)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let _ = Api::<AccessPolicy>::all(admin.clone())
+        .delete(&policy, &DeleteParams::default())
+        .await;
+    let _ = Api::<ClusterRole>::all(admin.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    ns.delete().await;
+}
+
+/// Mutating admission could rewrite kubepam's own writes on their way in;
+/// the API server's static policy refuses any that could.
+#[tokio::test]
+async fn nothing_may_rewrite_kubepams_writes_on_their_way_in() {
+    let cluster = kubepam();
+    for (kind, manifest) in [
+        (
+            "MutatingWebhookConfiguration",
+            json!({
+                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                "metadata": { "name": "rewrite-status" },
+                "webhooks": [{
+                    "name": "rewrite.example.com", "clientConfig": { "url": "https://127.0.0.1:1/x" },
+                    "rules": [{ "apiGroups": ["kubepam.io"], "apiVersions": ["*"], "operations": ["UPDATE"], "resources": ["elevationrequests/status"] }],
+                    "sideEffects": "None", "admissionReviewVersions": ["v1"],
+                }],
+            }),
+        ),
+        (
+            "MutatingAdmissionPolicy",
+            json!({
+                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
+                "metadata": { "name": "rewrite-guard" },
+                "spec": {
+                    "matchConstraints": { "resourceRules": [{ "apiGroups": ["admissionregistration.k8s.io"], "apiVersions": ["*"], "operations": ["UPDATE"], "resources": ["validatingwebhookconfigurations"] }] },
+                    "mutations": [{ "patchType": "ApplyConfiguration", "applyConfiguration": { "expression": "Object{}" } }],
+                    "reinvocationPolicy": "Never",
+                },
+            }),
+        ),
+    ] {
+        let file = std::env::temp_dir().join(format!("kubepam-{kind}-{}.json", std::process::id()));
+        std::fs::write(&file, manifest.to_string()).unwrap();
+        let output = cluster.kubectl(
+            Identity::Admin,
+            &["create", "--dry-run=server", "-f", file.to_str().unwrap()],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains("kubepam"),
+            "{kind}: {stderr}"
+        );
+        let _ = std::fs::remove_file(file);
+    }
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingWebhookConfiguration,
 };
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -970,18 +970,24 @@ async fn the_guard_is_restored_exactly_and_loudly() {
     })
     .await;
 
-    // An admission policy weakened by an administrator (the static policy
-    // refuses only its deletion) is put back as kubepam ships it.
-    let vaps = Api::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>::all(
-        admin.clone(),
-    );
-    let shipped = vaps.get("kubepam-identity").await.unwrap();
+    // An admission policy weakened: refused to an administrator by the
+    // static policy; done with kubepam's own identity, put back as kubepam
+    // ships it.
+    let shipped = Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+        .get("kubepam-identity")
+        .await
+        .unwrap();
     let mut weakened = shipped.clone();
     if let Some(spec) = weakened.spec.as_mut() {
         spec.validations = Some(vec![
             serde_json::from_value(json!({ "expression": "true" })).unwrap(),
         ]);
     }
+    let refused = Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+        .replace("kubepam-identity", &PostParams::default(), &weakened)
+        .await;
+    assert_eq!(support::api_status(&refused), Some(403), "{refused:?}");
+    let vaps = Api::<ValidatingAdmissionPolicy>::all(as_kubepam.clone());
     vaps.replace("kubepam-identity", &PostParams::default(), &weakened)
         .await
         .unwrap();

@@ -18,8 +18,11 @@ pub use notifications::{
     ApproverRoute, Audience, DeliveryState, Notification, NotificationEvent, Notifications,
     PayloadFormat, RequesterRoute, SecretKeyRef, Sink, SmtpSecurity, SmtpSink, WebhookSink,
 };
-pub use policy::{AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, Scope};
+pub use policy::{
+    AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, GuardedScope, Scope,
+};
 pub use request::{
     EXECUTION_LIMIT, ElevationRequest, ElevationRequestSpec, ElevationRequestStatus, Execution,
     HISTORY_LIMIT, HistoryEntry, NOTIFICATION_LIMIT, Phase, RbacObjectRef, Review, ReviewDecision,
+    same_objects,
 };

@@ -110,6 +110,22 @@ pub struct AccessPolicyStatus {
     /// ClusterRoles named by the policy that do not exist.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_roles: Vec<String>,
+    /// For a Task policy, what its last accepted generation guards: while a newer generation
+    /// waits to be accepted, the guard refuses what this describes as well (it never opens
+    /// during an edit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarded: Option<GuardedScope>,
+}
+
+/// The operation and namespaces a Task policy's accepted generation guards.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardedScope {
+    /// The task.
+    pub task: TaskSpec,
+    /// Its namespaces; empty means cluster-wide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 impl AccessPolicySpec {

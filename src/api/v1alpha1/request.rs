@@ -224,6 +224,22 @@ pub struct RbacObjectRef {
     /// The object's namespace, for a RoleBinding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The object's uid, once kubepam made it: the object is kubepam's to
+    /// delete whatever its labels say later, and no other object of the name is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+impl RbacObjectRef {
+    /// Whether both name the same object (kind, name and namespace; uids aside).
+    pub fn same_object(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.name == other.name && self.namespace == other.namespace
+    }
+}
+
+/// Whether two lists name the same objects (uids aside).
+pub fn same_objects(a: &[RbacObjectRef], b: &[RbacObjectRef]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.iter().any(|y| x.same_object(y)))
 }
 
 /// One use of the granted rights, as admission recorded it.
