@@ -166,7 +166,7 @@ pub fn metadata_change(
             .cloned()
             .collect::<Vec<_>>()
     };
-    if old.is_some() && finalizers(before) != finalizers(after) {
+    if finalizers(before) != finalizers(after) {
         return deny(
             Reason::MetadataReserved,
             format!(

@@ -885,8 +885,9 @@ fn metadata_is_written_only_by_whom_it_belongs_to() {
             "{who}"
         );
     }
-    // At creation, no owner and no kubepam.io/ keys.
-    for object in [owned, reserved] {
+    // At creation, no owner, no finalizer but kubepam's and no kubepam.io/ keys.
+    let held = json!({"name": "r1", "finalizers": ["example.com/keep-forever"]});
+    for object in [owned, reserved, held] {
         let req = er_request("CREATE", "alice", &[], with_metadata(object), Value::Null);
         let verdict = admit_elevation_request(
             &req,
