@@ -258,17 +258,7 @@ where
         self.written = Some(desired.cloned());
         Ok(tampered)
     }
-}
 
-impl<K> Kept<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + PartialEq
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
     /// Like [`Kept::keep`] for an object whose spec the API server fills
     /// with defaults kubepam does not write (admission policies): the spec
     /// kubepam's object gets once defaulted is learnt with a dry-run replace,

@@ -18,9 +18,31 @@ use crate::pam::{
     create_policy, create_request, events_for, request_id, review, standard_control, task_policy,
     wait_phase, wait_policy_judged,
 };
-use crate::support::{Identity, api_status, eventually, kubepam};
+use crate::support::{Identity, TestCluster, TestNamespace, api_status, eventually, kubepam};
 
 const SOON: Duration = Duration::from_secs(15);
+
+/// The people of a scenario, the standard control, and a fresh namespace.
+struct Scene {
+    cluster: &'static TestCluster,
+    admin: Client,
+    alice: Client,
+    bob: Client,
+    ns: TestNamespace,
+}
+
+async fn scene(prefix: &str) -> Scene {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    Scene {
+        cluster,
+        alice: cluster.client(Identity::Alice).await,
+        bob: cluster.client(Identity::Bob).await,
+        ns: cluster.namespace(prefix).await,
+        admin,
+    }
+}
 
 /// A ClusterRole with explicit rules (the built-in ones are empty here).
 async fn reader_role(admin: &Client, name: &str) {
@@ -71,12 +93,13 @@ fn fingerprint(binding: &ClusterRoleBinding) -> Value {
 /// of the grant, kubepam's own `kubepam-operator` included.
 #[tokio::test]
 async fn a_request_named_after_an_existing_binding_never_touches_it() {
-    let cluster = kubepam();
-    let admin = cluster.client(Identity::Admin).await;
-    let alice = cluster.client(Identity::Alice).await;
-    let bob = cluster.client(Identity::Bob).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace("collide").await;
+    let Scene {
+        admin,
+        alice,
+        bob,
+        ns,
+        ..
+    } = scene("collide").await;
     let role = format!("{}-reader", ns.name);
     reader_role(&admin, &role).await;
     let policy = format!("{}-read", ns.name);
@@ -137,12 +160,13 @@ async fn a_request_named_after_an_existing_binding_never_touches_it() {
 /// known) is neither taken over nor deleted: the request says so instead.
 #[tokio::test]
 async fn an_object_squatting_on_a_grant_name_is_left_alone_and_reported() {
-    let cluster = kubepam();
-    let admin = cluster.client(Identity::Admin).await;
-    let alice = cluster.client(Identity::Alice).await;
-    let bob = cluster.client(Identity::Bob).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace("squat").await;
+    let Scene {
+        admin,
+        alice,
+        bob,
+        ns,
+        ..
+    } = scene("squat").await;
     let policy = format!("{}-policy", ns.name);
     create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
     let name = format!("{}-req", ns.name);
@@ -234,13 +258,15 @@ fn refused_with(result: Result<ElevationRequest, kube::Error>, what: &str) -> St
 /// Owner references and finalizers are kubepam's; labels the requester's.
 #[tokio::test]
 async fn nobody_rewrites_the_metadata_of_someone_elses_request() {
-    let cluster = kubepam();
-    let admin = cluster.client(Identity::Admin).await;
-    let alice = cluster.client(Identity::Alice).await;
-    let bob = cluster.client(Identity::Bob).await;
+    let Scene {
+        cluster,
+        admin,
+        alice,
+        bob,
+        ns,
+        ..
+    } = scene("meta").await;
     let dave = cluster.client(Identity::Dave).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace("meta").await;
     let policy = format!("{}-policy", ns.name);
     create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
     let daves = format!("{}-daves", ns.name);
@@ -316,11 +342,9 @@ async fn nobody_rewrites_the_metadata_of_someone_elses_request() {
 /// approved with the rights of `name`; a newline left a request retried forever.
 #[tokio::test]
 async fn a_policy_name_that_is_no_object_name_is_refused_at_creation() {
-    let cluster = kubepam();
-    let admin = cluster.client(Identity::Admin).await;
-    let alice = cluster.client(Identity::Alice).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace("badname").await;
+    let Scene {
+        admin, alice, ns, ..
+    } = scene("badname").await;
     let policy = format!("{}-policy", ns.name);
     create_policy(&admin, &policy, task_policy(&ns.name, "Auto")).await;
     for (i, hostile) in [
@@ -355,10 +379,7 @@ async fn a_policy_name_that_is_no_object_name_is_refused_at_creation() {
 /// and deletes fired meanwhile went through.
 #[tokio::test]
 async fn editing_a_policy_never_opens_the_guard() {
-    let cluster = kubepam();
-    let admin = cluster.client(Identity::Admin).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace("edit").await;
+    let Scene { admin, ns, .. } = scene("edit").await;
     let policy = format!("{}-policy", ns.name);
     create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
     let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns.name);
@@ -437,10 +458,9 @@ async fn editing_a_policy_never_opens_the_guard() {
 /// Kubernetes' own controllers are never gated.
 #[tokio::test]
 async fn the_guard_covers_only_policy_namespaces_and_never_gates_the_control_plane() {
-    let cluster = kubepam();
-    let admin = cluster.client(Identity::Admin).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace("scope").await;
+    let Scene {
+        cluster, admin, ns, ..
+    } = scene("scope").await;
     let policy = format!("{}-policy", ns.name);
     create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
     let hook_name = GuardHook::name_for(&policy);
@@ -503,11 +523,10 @@ async fn the_guard_covers_only_policy_namespaces_and_never_gates_the_control_pla
 /// webhooks: no certificate, or a user's certificate, is turned away.
 #[tokio::test]
 async fn only_the_api_server_may_call_the_webhooks() {
-    let cluster = kubepam();
     let operator = crate::support::operator();
-    let admin = cluster.client(Identity::Admin).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace("forged").await;
+    let Scene {
+        cluster, admin, ns, ..
+    } = scene("forged").await;
     let policy = format!("{}-policy", ns.name);
     create_policy(&admin, &policy, task_policy(&ns.name, "Auto")).await;
     let name = format!("{}-admins", ns.name);
@@ -596,10 +615,9 @@ async fn only_the_api_server_may_call_the_webhooks() {
 /// impersonate an approver group (or any identity kubepam trusts) is named.
 #[tokio::test]
 async fn impersonation_rights_are_refused_in_grants_and_reported() {
-    let cluster = kubepam();
-    let admin = cluster.client(Identity::Admin).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace("imp").await;
+    let Scene {
+        cluster, admin, ns, ..
+    } = scene("imp").await;
     let policies = Api::<AccessPolicy>::all(admin.clone());
     let task: AccessPolicy = serde_json::from_value(json!({
         "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
@@ -715,12 +733,13 @@ async fn impersonation_rights_are_refused_in_grants_and_reported() {
 /// the end whatever its labels say.
 #[tokio::test]
 async fn a_grant_binding_stripped_of_its_labels_still_ends_with_the_grant() {
-    let cluster = kubepam();
-    let admin = cluster.client(Identity::Admin).await;
-    let alice = cluster.client(Identity::Alice).await;
-    let bob = cluster.client(Identity::Bob).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace("strip").await;
+    let Scene {
+        admin,
+        alice,
+        bob,
+        ns,
+        ..
+    } = scene("strip").await;
     let role = format!("{}-binding-editor", ns.name);
     let editor: ClusterRole = serde_json::from_value(json!({
         "metadata": { "name": role },
