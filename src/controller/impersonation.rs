@@ -13,29 +13,43 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::ListParams;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource};
+use kube::{Api, Resource, ResourceExt};
 use tracing::warn;
 
 use super::caches::Caches;
 use super::leader::Stop;
 use super::{Context, publish_event_on};
 use crate::api::{CONTROL_NAME, ImpersonationRight, PrivilegedAccessControl};
+use crate::drift::is_managed;
 use crate::impersonation::{Impersonator, Target, impersonators};
 use crate::webhook::configuration::CONTROL_PLANE_USERS;
 
 /// How often RBAC is read again, whatever changed.
 const CHECK_EVERY: Duration = Duration::from_secs(30);
 /// Changes within this window are looked at together.
-const SETTLE: Duration = Duration::from_secs(1);
+const SETTLE: Duration = Duration::from_secs(2);
 /// The most subjects named in one Event (the rest are counted).
 const EVENT_NAMES: usize = 10;
 
 /// Reports impersonation rights until `stop`: after bindings change (a new
 /// right needs a binding), and every half minute (a role edited in place).
 pub async fn run(ctx: Arc<Context>, caches: Caches, operator: Option<String>, stop: Stop) {
+    // kubepam's own grants are not standing rights, and come by the thousand
+    // in a busy hour: only bindings made by others wake the report.
+    let not_kubepams = |labels: &std::collections::BTreeMap<String, String>| !is_managed(labels);
     let changes = stream::select_all([
-        caches.role_bindings.changes().map(|_| ()).boxed(),
-        caches.cluster_role_bindings.changes().map(|_| ()).boxed(),
+        caches
+            .role_bindings
+            .changes()
+            .filter(move |b| std::future::ready(not_kubepams(b.labels())))
+            .map(|_| ())
+            .boxed(),
+        caches
+            .cluster_role_bindings
+            .changes()
+            .filter(move |b| std::future::ready(not_kubepams(b.labels())))
+            .map(|_| ())
+            .boxed(),
         caches.controls.changes().map(|_| ()).boxed(),
     ]);
     let mut changes = changes.ready_chunks(1024);
@@ -83,19 +97,28 @@ fn targets(ctx: &Context, operator: Option<&str>) -> BTreeSet<Target> {
 }
 
 async fn look(ctx: &Context, operator: Option<&str>) -> Result<Vec<Impersonator>, kube::Error> {
+    // kubepam's own roles (one per Task grant, by the thousand) grant no
+    // standing right: the API server leaves them out.
+    let not_kubepams = ListParams::default().labels(&format!(
+        "{}!={}",
+        crate::grant::LABEL_MANAGED_BY,
+        crate::grant::MANAGER
+    ));
     let cluster_roles = Api::<ClusterRole>::all(ctx.client.clone())
-        .list(&ListParams::default())
+        .list(&not_kubepams)
         .await?
         .items;
     let roles = Api::<Role>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await?
         .items;
+    // Standing rights only: kubepam's own grants are approved and end on time.
     let cluster_role_bindings: Vec<ClusterRoleBinding> = ctx
         .rbac
         .cluster_role_bindings
         .state()
         .iter()
+        .filter(|b| !is_managed(b.labels()))
         .map(|b| (**b).clone())
         .collect();
     let role_bindings: Vec<RoleBinding> = ctx
@@ -103,6 +126,7 @@ async fn look(ctx: &Context, operator: Option<&str>) -> Result<Vec<Impersonator>
         .role_bindings
         .state()
         .iter()
+        .filter(|b| !is_managed(b.labels()))
         .map(|b| (**b).clone())
         .collect();
     Ok(impersonators(

@@ -225,8 +225,14 @@ where
         name: name.clone(),
         source,
     };
-    let existing = match cached {
-        Some(current) => current.clone(),
+    // Recorded but not cached: most likely made a moment ago and the cache
+    // lags; one read tells (a create would fail and need the read anyway).
+    let recorded = match (cached, ours.uid) {
+        (None, Some(_)) => api.get_opt(&name).await.map_err(failed)?,
+        _ => None,
+    };
+    let existing = match cached.cloned().or(recorded) {
+        Some(current) => current,
         None => match api.create(&PostParams::default(), wanted).await {
             Ok(created) => return Ok((Ensured::Created, created.meta().uid.clone())),
             // Made meanwhile, by kubepam (the cache lags) or by someone else: look.
@@ -244,7 +250,15 @@ where
         return Ok((Ensured::HeldByOther, uid));
     }
     if same(&existing, wanted) {
-        return Ok((cached.map_or(Ensured::Created, |_| Ensured::Unchanged), uid));
+        let found = cached.is_some() || ours.uid.is_some_and(|u| uid.as_deref() == Some(u));
+        return Ok((
+            if found {
+                Ensured::Unchanged
+            } else {
+                Ensured::Created
+            },
+            uid,
+        ));
     }
     // The uid makes the write fail if the object was replaced since it was checked.
     let mut object = wanted.clone();

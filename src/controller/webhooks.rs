@@ -1,8 +1,9 @@
-//! Keeps kubepam's webhook configurations exactly as kubepam wants them: the
-//! static ones (with the current CA bundle) and the guard, whose webhooks
-//! follow the Task policies and whose exemptions follow the control's system
-//! accounts. The guard exists only while the control is enabled and some Task
-//! policy guards.
+//! Keeps kubepam's admission configuration exactly as kubepam wants it: the
+//! static webhook configurations (with the current CA bundle), kubepam's
+//! admission policies (`manifests/admission-policy.yaml`, built in), and the
+//! guard, whose webhooks follow the Task policies and whose exemptions follow
+//! the control's system accounts. The guard exists only while the control is
+//! enabled and some Task policy guards.
 //!
 //! - **Fail safe while policies change.** A policy created or edited a moment
 //!   ago guards at once by its new spec, and until the guard that holds its
@@ -179,7 +180,7 @@ fn desired_guard(
 
 /// One object kubepam keeps registered, and what it last wrote of it.
 struct Kept<K> {
-    name: &'static str,
+    name: String,
     /// `None` before kubepam wrote it; then what it wrote (`Some(None)`: that it is absent).
     #[allow(clippy::option_option)]
     written: Option<Option<K>>,
@@ -194,9 +195,9 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    fn new(name: &'static str) -> Self {
+    fn new(name: &str) -> Self {
         Self {
-            name,
+            name: name.to_owned(),
             written: None,
         }
     }
@@ -215,7 +216,7 @@ where
         desired: Option<&K>,
         same: impl Fn(&K, &K) -> bool,
     ) -> Result<Option<String>, kube::Error> {
-        let live = api.get_opt(self.name).await?;
+        let live = api.get_opt(&self.name).await?;
         let as_wanted = match (&live, desired) {
             (None, None) => true,
             (Some(live), Some(desired)) => same(live, desired),
@@ -235,7 +236,7 @@ where
                 }
             });
         match (live, desired) {
-            (Some(_), None) => match api.delete(self.name, &DeleteParams::default()).await {
+            (Some(_), None) => match api.delete(&self.name, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
                 Err(error) => return Err(error),
@@ -250,7 +251,7 @@ where
                     .meta_mut()
                     .resource_version
                     .clone_from(&live.meta().resource_version);
-                api.replace(self.name, &PostParams::default(), &object)
+                api.replace(&self.name, &PostParams::default(), &object)
                     .await?;
             }
             (None, None) => {}
@@ -274,7 +275,7 @@ where
                 .ok()
                 .and_then(|v| v.get("spec").cloned())
         };
-        if let Some(live) = api.get_opt(self.name).await?
+        if let Some(live) = api.get_opt(&self.name).await?
             && labels_kept(&live, desired)
         {
             let live_spec = spec(&live);
@@ -291,7 +292,7 @@ where
                 dry_run: true,
                 ..PostParams::default()
             };
-            *defaulted = spec(&api.replace(self.name, &dry_run, &probe).await?);
+            *defaulted = spec(&api.replace(&self.name, &dry_run, &probe).await?);
             if *defaulted == live_spec {
                 self.written = Some(Some(desired.clone()));
                 return Ok(None);
@@ -347,7 +348,7 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
         wanted_policies
             .iter()
             .filter_map(|p| p.metadata.name.as_deref())
-            .map(|name| (Kept::new(leak(name)), None))
+            .map(|name| (Kept::new(name), None))
             .collect();
     let mut bindings: Vec<(
         Kept<ValidatingAdmissionPolicyBinding>,
@@ -355,7 +356,7 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
     )> = wanted_bindings
         .iter()
         .filter_map(|b| b.metadata.name.as_deref())
-        .map(|name| (Kept::new(leak(name)), None))
+        .map(|name| (Kept::new(name), None))
         .collect();
     let mut last_verify: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(CHECK_EVERY);
@@ -460,11 +461,6 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
             }
         });
     }
-}
-
-/// A name that lives as long as the process (kubepam's few built-in objects).
-fn leak(name: &str) -> &'static str {
-    Box::leak(name.to_owned().into_boxed_str())
 }
 
 /// The guard's webhooks by name.
