@@ -184,7 +184,9 @@ async fn report(ctx: &Context, found: &[Impersonator], reported: &mut Option<BTr
         rights.len(),
         named.join("; ")
     );
-    warn!("{note}");
+    // Subject names come from RBAC and may hold any character (a newline):
+    // logged as a quoted field, never as the message.
+    warn!(note = ?note, "subjects may impersonate identities kubepam trusts");
     let control = ObjectReference {
         api_version: Some(PrivilegedAccessControl::api_version(&()).into_owned()),
         kind: Some(PrivilegedAccessControl::kind(&()).into_owned()),

@@ -328,7 +328,6 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
     let client = ctx.client.clone();
     let validating_api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
     let mutating_api = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    GuardState::update(&ctx.guard, |s| s.registering = true);
     // What the guard sent before this leader started, so an unsettled
     // policy keeps it in the union after a restart too.
     let mut previous: BTreeMap<String, GuardHook> = match validating_api.get_opt(GUARD_NAME).await {
