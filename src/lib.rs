@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod notify;
 pub mod plugin;
 pub mod policy_limit;
+pub mod privilege;
 mod util;
 pub mod webhook;

@@ -53,8 +53,8 @@ struct RunArgs {
     /// `/healthz` and `/readyz` (ready once the caches are synced).
     #[arg(long, env = "KUBEPAM_METRICS_BIND", default_value = "0.0.0.0:8080")]
     metrics_bind: std::net::SocketAddr,
-    /// Namespace of the Secrets that notification sinks name (the pod's
-    /// namespace in a cluster).
+    /// kubepam's own namespace (the pod's namespace in a cluster): where the
+    /// Secrets that notification sinks name are, and where no grant may reach.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kubepam-system")]
     secret_namespace: String,
     #[command(flatten)]
@@ -282,6 +282,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance,
         webhook: args.webhook.options()?,
         metrics_bind: Some(args.metrics_bind),
+        namespace: args.secret_namespace.clone(),
         sender: kubepam::delivery::Sender::new(client.clone(), args.secret_namespace.clone())
             .context("cannot start the HTTP client of notification webhooks")?,
     };

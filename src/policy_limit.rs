@@ -25,15 +25,13 @@ pub mod reason {
     pub const POLICY_LIMIT_EXCEEDED: &str = "PolicyLimitExceeded";
     /// A named ClusterRole does not exist.
     pub const ROLE_NOT_FOUND: &str = "RoleNotFound";
-    /// A named ClusterRole grants `impersonate` and the policy does not allow it.
-    pub const GRANTS_IMPERSONATION: &str = "GrantsImpersonation";
 }
 
-/// Refuses a policy whose ClusterRoles `roles` grant `impersonate` (it did not set
-/// `allowImpersonation: true`); a refusal for another reason stands.
-pub fn refuse_impersonation(
+/// Refuses a policy for a reason that holds whatever the count (see
+/// [`crate::privilege::key_refusal`]); a refusal for another reason stands.
+pub fn refuse_keys(
     status: &mut AccessPolicyStatus,
-    roles: &[String],
+    refusal: &crate::privilege::KeyRefusal,
     now: DateTime<Utc>,
     generation: Option<i64>,
 ) {
@@ -47,13 +45,8 @@ pub fn refuse_impersonation(
         &mut status.conditions,
         condition_false(
             CONDITION_ACCEPTED,
-            reason::GRANTS_IMPERSONATION,
-            format!(
-                "ClusterRole(s) {} grant impersonate on users, groups or service accounts: whoever \
-                 holds them can act as anyone, approvers and kubepam itself included. Use roles \
-                 without it, or set spec.allowImpersonation: true to grant it knowingly",
-                roles.join(", ")
-            ),
+            refusal.reason,
+            refusal.message.clone(),
             now,
             generation,
         ),

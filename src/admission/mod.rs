@@ -30,7 +30,7 @@ use k8s_openapi::api::authentication::v1::UserInfo;
 pub use guard::{
     GuardOperation, GuardRules, GuardVerdict, UnguardedVerb, execution, guard, guard_rules,
 };
-pub use policy::{policy_create, policy_update, policy_warnings};
+pub use policy::{PolicyFacts, policy_create, policy_update, policy_warnings};
 pub use request::{metadata_change, request_create, request_create_validate, request_update};
 pub use review::{
     Error, Pass, admit_access_policy, admit_elevation_request, decode, invalid, parse_review,
@@ -112,11 +112,17 @@ pub enum Reason {
     /// The caller changes metadata that is kubepam's (owner references, finalizers, `kubepam.io/`
     /// keys) or someone else's (another person's labels and annotations).
     MetadataReserved,
+    /// A policy would grant rights that give away the keys (escalate, bind, wildcards,
+    /// cluster-admin, token requests, secrets cluster-wide) without
+    /// `allowPrivilegeEscalation: true`.
+    GrantsPrivilegeEscalation,
+    /// A policy or request reaches kubepam's own namespace.
+    KubepamNamespace,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 24] = [
         Self::NoUsername,
         Self::ForgedRequester,
         Self::RequesterNotSet,
@@ -139,6 +145,8 @@ impl Reason {
         Self::NotReady,
         Self::MetadataReserved,
         Self::GrantsImpersonation,
+        Self::GrantsPrivilegeEscalation,
+        Self::KubepamNamespace,
     ];
 
     /// The code, e.g. `ForgedRequester`.
@@ -166,6 +174,8 @@ impl Reason {
             Self::NotReady => "NotReady",
             Self::MetadataReserved => "MetadataReserved",
             Self::GrantsImpersonation => "GrantsImpersonation",
+            Self::GrantsPrivilegeEscalation => "GrantsPrivilegeEscalation",
+            Self::KubepamNamespace => "KubepamNamespace",
         }
     }
 }

@@ -6,12 +6,33 @@ use super::guard::{WILDCARD, verb_reaches_admission};
 use super::{Reason, Verdict, deny};
 use crate::api::{AccessPolicy, AccessPolicySpec, PolicyType};
 use crate::duration;
-use crate::impersonation;
 use crate::policy_limit::{POLICY_LIMIT, admission_exceeds_limit};
+use crate::privilege::{self, EVERYONE_GROUPS, NamedRoles};
+
+/// What checking a policy needs beyond the policy itself.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyFacts<'a> {
+    /// The rules of the ClusterRoles the policy names, as read now (missing ones left out).
+    pub roles: &'a NamedRoles,
+    /// kubepam's own namespace: no grant may reach it.
+    pub kubepam_namespace: &'a str,
+}
+
+static NO_ROLES: NamedRoles = NamedRoles::new();
+
+impl Default for PolicyFacts<'static> {
+    /// No roles read, and kubepam in `kubepam-system`.
+    fn default() -> Self {
+        Self {
+            roles: &NO_ROLES,
+            kubepam_namespace: "kubepam-system",
+        }
+    }
+}
 
 /// Check a new policy. `live_policies` is the number of AccessPolicies that exist and are not
 /// being deleted (not counting this one).
-pub fn policy_create(policy: &AccessPolicy, live_policies: usize) -> Verdict {
+pub fn policy_create(policy: &AccessPolicy, live_policies: usize, facts: &PolicyFacts) -> Verdict {
     if admission_exceeds_limit(live_policies) {
         return deny(
             Reason::PolicyLimit,
@@ -23,49 +44,66 @@ pub fn policy_create(policy: &AccessPolicy, live_policies: usize) -> Verdict {
             ),
         );
     }
-    policy_update(policy)
+    policy_update(policy, facts)
 }
 
-/// Check a changed policy: the same shape rules as at creation, without the count.
-pub fn policy_update(policy: &AccessPolicy) -> Verdict {
+/// Check a changed policy: the same rules as at creation, without the count.
+pub fn policy_update(policy: &AccessPolicy, facts: &PolicyFacts) -> Verdict {
     if let Some(problem) = spec_problem(&policy.spec) {
         return deny(
             Reason::InvalidPolicy,
             format!("AccessPolicy {}: {problem}", display_name(policy)),
         );
     }
-    let spec = &policy.spec;
-    let impersonates = spec
-        .task
-        .as_ref()
-        .filter(|_| spec.policy_type == PolicyType::Task)
-        .is_some_and(|task| impersonation::rules_impersonate(&[crate::grant::policy_rule(task)]));
-    if impersonates && !spec.allow_impersonation {
-        return deny(
-            Reason::GrantsImpersonation,
-            format!(
-                "AccessPolicy {} would grant impersonate on users, groups or service accounts: \
-                 whoever holds it can act as anyone, approvers and kubepam itself included. \
-                 Narrow the task, or set spec.allowImpersonation: true to grant it knowingly",
-                display_name(policy)
-            ),
-        );
+    match privilege::key_refusal(
+        display_name(policy),
+        &policy.spec,
+        facts.roles,
+        facts.kubepam_namespace,
+    ) {
+        None => Verdict::Allow,
+        Some(refusal) => {
+            let reason = match refusal.reason {
+                privilege::reason::KUBEPAM_NAMESPACE => Reason::KubepamNamespace,
+                privilege::reason::GRANTS_IMPERSONATION => Reason::GrantsImpersonation,
+                _ => Reason::GrantsPrivilegeEscalation,
+            };
+            deny(reason, refusal.message)
+        }
     }
-    Verdict::Allow
 }
 
-/// Things worth telling the author of an admitted policy (as admission warnings): verbs the
-/// guard cannot gate, and wildcards that gate more than intended.
-pub fn policy_warnings(policy: &AccessPolicy) -> Vec<String> {
+/// Things worth telling the author of an admitted policy (as admission warnings): an approver
+/// group everyone is in, Auto approval of rights that give away the keys, verbs the guard cannot
+/// gate, and wildcards that gate more than intended.
+pub fn policy_warnings(policy: &AccessPolicy, facts: &PolicyFacts) -> Vec<String> {
     let spec = &policy.spec;
+    let mut out = Vec::new();
+    if let Some(group) = spec
+        .approver_group
+        .as_deref()
+        .filter(|g| EVERYONE_GROUPS.contains(g))
+    {
+        out.push(format!(
+            "approverGroup {group} holds every authenticated user (or every service account): \
+             anyone but the requester can approve; name a group of approvers"
+        ));
+    }
+    let keys = privilege::policy_key_rights(spec, facts.roles);
+    if spec.approval_type == crate::api::ApprovalType::Auto && !keys.is_empty() {
+        let named: Vec<&str> = keys.iter().map(|k| k.describe()).collect();
+        out.push(format!(
+            "approvalType Auto grants {} to anyone who asks, with nobody deciding; prefer Manual",
+            named.join(", ")
+        ));
+    }
     let Some(task) = spec
         .task
         .as_ref()
         .filter(|_| spec.policy_type == PolicyType::Task)
     else {
-        return Vec::new();
+        return out;
     };
-    let mut out = Vec::new();
     let unguarded: Vec<&str> = task
         .verbs
         .iter()

@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 
 use super::guard::task_guards;
 use super::request::changed_review_keys;
-use super::tests::{OPERATOR, control, er, groups, now, policy};
+use super::tests::{
+    OPERATOR, admit_access_policy, admit_elevation_request, control, er, groups, now, policy,
+    policy_create, policy_update, policy_warnings,
+};
 use super::*;
 use crate::api::{AccessPolicy, ElevationRequest, GrantScope, PolicyType, Review, TaskSpec};
 
@@ -537,6 +540,7 @@ fn arbitrary_spec() -> impl Strategy<Value = crate::api::AccessPolicySpec> {
                     max_duration,
                     required_approvals,
                     allow_impersonation: false,
+                    allow_privilege_escalation: false,
                 }
             },
         )
@@ -581,8 +585,20 @@ proptest! {
         } else {
             prop_assert!(updated.is_allowed());
         }
-        if let Some(r) = updated.refusal() {
-            prop_assert_eq!(r.reason, Reason::InvalidPolicy);
+        if let Some(r) = updated.refusal().filter(|r| r.reason != Reason::InvalidPolicy) {
+            // Refused for what it would grant, or where: the message names the field to change.
+            match r.reason {
+                Reason::GrantsImpersonation | Reason::GrantsPrivilegeEscalation => prop_assert!(
+                    r.message.contains(shown) && r.message.contains("set spec.allow"),
+                    "{}", r.message
+                ),
+                Reason::KubepamNamespace => prop_assert!(
+                    r.message.contains(shown) && r.message.contains("scope.namespaces"),
+                    "{}", r.message
+                ),
+                other => prop_assert!(false, "unexpected {other:?}: {}", r.message),
+            }
+        } else if let Some(r) = updated.refusal() {
             let prefix = format!("AccessPolicy {shown}: ");
             let problem = r.message.strip_prefix(&prefix);
             prop_assert!(problem.is_some(), "{} does not start with {prefix:?}", r.message);

@@ -12,7 +12,7 @@ use kube::core::response::{StatusCause, StatusDetails};
 use serde::de::DeserializeOwned;
 
 use super::guard::GuardVerdict;
-use super::policy::{policy_create, policy_update};
+use super::policy::{PolicyFacts, policy_create, policy_update};
 use super::request::{metadata_change, request_create, request_create_validate, request_update};
 use super::{Caller, Reason, Refusal, Verdict, deny};
 use crate::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl};
@@ -221,6 +221,7 @@ pub fn admit_elevation_request<P>(
     policy: impl FnOnce(&str) -> Option<P>,
     control: Option<&PrivilegedAccessControl>,
     operator: &str,
+    kubepam_namespace: &str,
 ) -> Verdict
 where
     P: Borrow<AccessPolicy>,
@@ -229,8 +230,12 @@ where
     match req.operation {
         Operation::Create => match decode::<ElevationRequest>(req, false) {
             Ok(new) => match metadata_change(&caller, None, &new, operator) {
-                Verdict::Allow if pass == Pass::Mutating => request_create(&caller, &new),
-                Verdict::Allow => request_create_validate(&caller, &new),
+                Verdict::Allow => {
+                    outside_kubepam(&new, kubepam_namespace).unwrap_or_else(|| match pass {
+                        Pass::Mutating => request_create(&caller, &new),
+                        Pass::Validating => request_create_validate(&caller, &new),
+                    })
+                }
                 refused => refused,
             },
             Err(e) => e.refusal(),
@@ -258,20 +263,35 @@ where
     }
 }
 
+/// The refusal of a new request that narrows its grant to kubepam's own namespace.
+fn outside_kubepam(request: &ElevationRequest, kubepam_namespace: &str) -> Option<Verdict> {
+    (request.spec.namespace.as_deref() == Some(kubepam_namespace)).then(|| {
+        deny(
+            Reason::KubepamNamespace,
+            format!(
+                "spec.namespace {kubepam_namespace} is kubepam's own namespace (its service \
+                 account, certificate and Lease), and no grant may reach it; request another \
+                 namespace"
+            ),
+        )
+    })
+}
+
 /// Decide an admission request for an `AccessPolicy` (CREATE or UPDATE; other operations are
 /// allowed). `live_policies` counts the AccessPolicies that exist and are not being deleted;
 /// it is only called on CREATE.
 pub fn admit_access_policy(
     req: &AdmissionRequest<DynamicObject>,
     live_policies: impl FnOnce() -> usize,
+    facts: &PolicyFacts,
 ) -> Verdict {
     match req.operation {
         Operation::Create => match decode::<AccessPolicy>(req, false) {
-            Ok(p) => policy_create(&p, live_policies()),
+            Ok(p) => policy_create(&p, live_policies(), facts),
             Err(e) => e.refusal(),
         },
         Operation::Update => match decode::<AccessPolicy>(req, false) {
-            Ok(p) => policy_update(&p),
+            Ok(p) => policy_update(&p, facts),
             Err(e) => e.refusal(),
         },
         Operation::Delete | Operation::Connect => Verdict::Allow,

@@ -11,6 +11,39 @@ use serde_json::{Value, json};
 use super::*;
 use crate::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl};
 
+/// The policy rules with no ClusterRole read and kubepam in `kubepam-system`.
+pub(super) fn policy_create(p: &AccessPolicy, live: usize) -> Verdict {
+    super::policy_create(p, live, &PolicyFacts::default())
+}
+
+pub(super) fn policy_update(p: &AccessPolicy) -> Verdict {
+    super::policy_update(p, &PolicyFacts::default())
+}
+
+pub(super) fn policy_warnings(p: &AccessPolicy) -> Vec<String> {
+    super::policy_warnings(p, &PolicyFacts::default())
+}
+
+pub(super) fn admit_access_policy(
+    req: &AdmissionRequest<DynamicObject>,
+    live: impl FnOnce() -> usize,
+) -> Verdict {
+    super::admit_access_policy(req, live, &PolicyFacts::default())
+}
+
+/// kubepam's namespace in these tests.
+pub(super) const KUBEPAM_NAMESPACE: &str = "kubepam-system";
+
+pub(super) fn admit_elevation_request<P: std::borrow::Borrow<AccessPolicy>>(
+    req: &AdmissionRequest<DynamicObject>,
+    pass: Pass,
+    policy: impl FnOnce(&str) -> Option<P>,
+    control: Option<&PrivilegedAccessControl>,
+    operator: &str,
+) -> Verdict {
+    super::admit_elevation_request(req, pass, policy, control, operator, KUBEPAM_NAMESPACE)
+}
+
 pub(super) fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap()
 }
@@ -834,6 +867,140 @@ fn impersonation_needs_an_explicit_yes() {
     assert_eq!(
         policy_update(&task_policy("ok", &["delete"], "", &["users"], &[])),
         Verdict::Allow
+    );
+}
+
+#[test]
+fn key_rights_need_an_explicit_yes() {
+    let rbac = "rbac.authorization.k8s.io";
+    let refused = [
+        task_policy("a", &["escalate"], rbac, &["roles"], &["prod"]),
+        task_policy("b", &["bind"], rbac, &["clusterroles"], &["prod"]),
+        task_policy("c", &["*"], "apps", &["deployments"], &["prod"]),
+        task_policy("d", &["delete"], "", &["*"], &["prod"]),
+        task_policy("e", &["create"], "", &["serviceaccounts/token"], &[]),
+        task_policy("f", &["get"], "", &["secrets"], &[]),
+        ap(
+            json!({"type": "Role", "role": "cluster-admin", "approvalType": "Manual",
+                  "scope": {"namespaces": ["prod"]}}),
+        ),
+    ];
+    for mut p in refused {
+        rejects(
+            &policy_update(&p),
+            Reason::GrantsPrivilegeEscalation,
+            "spec.allowPrivilegeEscalation: true",
+        );
+        p.spec.allow_privilege_escalation = true;
+        accepts(&policy_update(&p));
+    }
+    // Secrets in one namespace are a grant like any other.
+    accepts(&policy_update(&task_policy(
+        "g",
+        &["get"],
+        "",
+        &["secrets"],
+        &["prod"],
+    )));
+}
+
+#[test]
+fn a_role_is_judged_on_the_rules_read_at_admission() {
+    let p = ap(
+        json!({"type": "RoleGroup", "roles": ["view", "binder"], "approvalType": "Manual",
+                      "scope": {"namespaces": ["prod"]}}),
+    );
+    accepts(&policy_update(&p));
+    let roles = crate::privilege::NamedRoles::from([(
+        "binder".to_owned(),
+        vec![k8s_openapi::api::rbac::v1::PolicyRule {
+            verbs: vec!["bind".into()],
+            api_groups: Some(vec!["rbac.authorization.k8s.io".into()]),
+            resources: Some(vec!["clusterroles".into()]),
+            ..Default::default()
+        }],
+    )]);
+    let facts = PolicyFacts {
+        roles: &roles,
+        kubepam_namespace: KUBEPAM_NAMESPACE,
+    };
+    rejects(
+        &super::policy_update(&p, &facts),
+        Reason::GrantsPrivilegeEscalation,
+        "bind",
+    );
+}
+
+#[test]
+fn no_policy_reaches_kubepams_namespace_whatever_it_allows() {
+    let mut p = task_policy(
+        "own",
+        &["delete"],
+        "apps",
+        &["deployments"],
+        &["prod", KUBEPAM_NAMESPACE],
+    );
+    p.spec.allow_privilege_escalation = true;
+    p.spec.allow_impersonation = true;
+    rejects(
+        &policy_update(&p),
+        Reason::KubepamNamespace,
+        "Remove it from the scope",
+    );
+}
+
+#[test]
+fn no_request_narrows_a_grant_to_kubepams_namespace() {
+    let mut spec = base_spec();
+    spec.as_object_mut().unwrap().remove("requester");
+    spec["namespace"] = json!(KUBEPAM_NAMESPACE);
+    for pass in [Pass::Mutating, Pass::Validating] {
+        let req = er_request(
+            "CREATE",
+            "alice",
+            &[],
+            er_object(spec.clone(), json!(null)),
+            Value::Null,
+        );
+        rejects(
+            &admit_elevation_request(&req, pass, |_| None::<AccessPolicy>, None, OPERATOR),
+            Reason::KubepamNamespace,
+            "request another namespace",
+        );
+    }
+}
+
+#[test]
+fn warnings_name_everyone_approvers_and_auto_approved_keys() {
+    let mut p = task_policy(
+        "t",
+        &["bind"],
+        "rbac.authorization.k8s.io",
+        &["roles"],
+        &["prod"],
+    );
+    p.spec.allow_privilege_escalation = true;
+    p.spec.approval_type = crate::api::ApprovalType::Auto;
+    p.spec.approver_group = Some("system:authenticated".into());
+    let warnings = policy_warnings(&p);
+    assert!(
+        warnings.iter().any(|w| w.contains("system:authenticated")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("approvalType Auto grants bind")),
+        "{warnings:?}"
+    );
+    p.spec.approval_type = crate::api::ApprovalType::Manual;
+    p.spec.approver_group = Some("approvers".into());
+    let warnings = policy_warnings(&p);
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.contains("approverGroup") || w.contains("approvalType")),
+        "{warnings:?}"
     );
 }
 
@@ -1778,6 +1945,28 @@ fn each_refusal_path_yields_its_reason() {
                 &[],
             ))),
             Reason::GrantsImpersonation,
+        ),
+        (
+            "a task that binds roles, without the opt-in",
+            code(policy_update(&task_policy(
+                "binder",
+                &["bind"],
+                "rbac.authorization.k8s.io",
+                &["clusterroles"],
+                &["prod"],
+            ))),
+            Reason::GrantsPrivilegeEscalation,
+        ),
+        (
+            "a policy scoped to kubepam's namespace",
+            code(policy_update(&task_policy(
+                "own",
+                &["delete"],
+                "apps",
+                &["deployments"],
+                &["kubepam-system"],
+            ))),
+            Reason::KubepamNamespace,
         ),
         (
             "an owner reference added by an approver",

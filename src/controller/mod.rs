@@ -12,7 +12,7 @@ pub mod executions;
 mod impersonation;
 pub mod leader;
 mod notify;
-mod policy;
+pub mod policy;
 mod rbac;
 mod request;
 mod webhooks;
@@ -116,6 +116,8 @@ pub struct Context {
     pub guard: webhooks::SharedGuardState,
     /// Who may impersonate identities kubepam trusts, once looked at (leader).
     pub impersonators: Arc<std::sync::Mutex<Option<Vec<crate::api::ImpersonationRight>>>>,
+    /// kubepam's own namespace: no grant may reach it.
+    pub namespace: String,
 }
 
 impl std::fmt::Debug for Context {
@@ -317,6 +319,8 @@ pub struct Options {
     pub leader: Option<leader::LeaderOptions>,
     /// Sends notifications, reading the Secrets sinks name in kubepam's own namespace.
     pub sender: crate::delivery::Sender,
+    /// kubepam's own namespace: no grant may reach it.
+    pub namespace: String,
 }
 
 /// Where and how the admission webhooks are served and registered.
@@ -364,6 +368,7 @@ pub async fn run(
         notifier: Arc::new(notify::Notifier::new(options.sender.clone())),
         guard: webhooks::SharedGuardState::default(),
         impersonators: Arc::default(),
+        namespace: options.namespace.clone(),
     });
     let readiness = ctx.clone();
     let synced = caches.clone();

@@ -16,16 +16,18 @@ use super::caches::Caches;
 use super::webhooks::GuardState;
 use super::{Context, Error};
 use crate::api::{
-    AccessPolicy, AccessPolicyStatus, CONDITION_ACCEPTED, PolicyType, find_condition, from_k8s_time,
+    AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, PolicyType,
+    find_condition, from_k8s_time,
 };
-use crate::impersonation::rules_impersonate;
-use crate::policy_limit::{policy_acceptance, policy_status, refuse_impersonation};
+use crate::policy_limit::{policy_acceptance, policy_status, refuse_keys};
+use crate::privilege::{NamedRoles, is_role_name, key_refusal};
 
 /// How soon a Task policy looks again while the guard does not hold it yet.
 const GUARD_WAIT: Duration = Duration::from_millis(100);
 
-/// How often a policy that names a missing ClusterRole looks again.
-const MISSING_ROLE_RECHECK: Duration = Duration::from_secs(10);
+/// How often a policy that names ClusterRoles reads them again: a role may be
+/// created, deleted, or edited to hold key rights after the policy was judged.
+const ROLE_RECHECK: Duration = Duration::from_secs(10);
 
 /// Any policy created or deleted can change which are the 30 oldest, so every
 /// change wakes every policy.
@@ -73,56 +75,53 @@ pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<A
     {
         return Ok(Action::requeue(GUARD_WAIT));
     }
-    let (missing, impersonating) = named_roles(&ctx.client, &policy).await?;
-    let recheck = !missing.is_empty();
+    let roles = read_named_roles(&ctx.client, &policy.spec)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("the ClusterRoles AccessPolicy {name} names"),
+            source,
+        })?;
+    let missing: Vec<String> = policy
+        .spec
+        .role_names()
+        .into_iter()
+        .filter(|r| !roles.contains_key(r))
+        .collect();
+    let recheck = policy.spec.policy_type != PolicyType::Task;
     let mut status = policy_status(&policy, accepted_now, missing, Utc::now());
-    if !impersonating.is_empty() && !policy.spec.allow_impersonation {
-        refuse_impersonation(
+    if let Some(refusal) = key_refusal(&name, &policy.spec, &roles, &ctx.namespace) {
+        refuse_keys(
             &mut status,
-            &impersonating,
+            &refusal,
             Utc::now(),
             policy.metadata.generation,
         );
     }
     write_status(&ctx.client, &policy, &status).await?;
     Ok(if recheck {
-        Action::requeue(MISSING_ROLE_RECHECK)
+        Action::requeue(ROLE_RECHECK)
     } else {
         Action::await_change()
     })
 }
 
-/// The ClusterRoles the policy names that do not exist, and those whose
-/// rules grant `impersonate` on users, groups or service accounts.
-async fn named_roles(
+/// The rules of the ClusterRoles `spec` names that exist. Names that cannot be role names are
+/// not read (only plain names reach a URL: `a?b` would read another role) and count as missing.
+pub async fn read_named_roles(
     client: &Client,
-    policy: &AccessPolicy,
-) -> Result<(Vec<String>, Vec<String>), Error> {
+    spec: &AccessPolicySpec,
+) -> Result<NamedRoles, kube::Error> {
     let api: Api<ClusterRole> = Api::all(client.clone());
-    let (mut missing, mut impersonating) = (Vec::new(), Vec::new());
-    for role in policy.spec.role_names() {
-        // Only plain names reach a URL (`a?b` would read another role).
-        if role.is_empty()
-            || !role
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-.:_@".contains(c))
-        {
-            missing.push(role);
+    let mut roles = NamedRoles::new();
+    for name in spec.role_names() {
+        if !is_role_name(&name) || roles.contains_key(&name) {
             continue;
         }
-        let found = api.get_opt(&role).await.map_err(|source| Error::Read {
-            what: format!("ClusterRole {role}"),
-            source,
-        })?;
-        match found {
-            None => missing.push(role),
-            Some(found) if rules_impersonate(found.rules.as_deref().unwrap_or_default()) => {
-                impersonating.push(role);
-            }
-            Some(_) => {}
+        if let Some(role) = api.get_opt(&name).await? {
+            roles.insert(name, role.rules.unwrap_or_default());
         }
     }
-    Ok((missing, impersonating))
+    Ok(roles)
 }
 
 async fn write_status(

@@ -140,7 +140,7 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
     let decision = lifecycle::decide(
         request,
         &PolicyView::from_policy(policy.as_deref()),
-        &ControlView::from_control(control.as_deref()),
+        &ControlView::from_control(control.as_deref()).with_kubepam_namespace(&ctx.namespace),
         Utc::now(),
     );
     let desired = match &decision.grant {

@@ -88,6 +88,8 @@ pub mod reason {
     pub const INVALID_POLICY: &str = "InvalidPolicy";
     /// The requester reviewed their own request.
     pub const SELF_REVIEW: &str = "SelfReview";
+    /// The request narrows its grant to kubepam's own namespace.
+    pub const KUBEPAM_NAMESPACE: &str = "KubepamNamespace";
     /// The status lacks what an Approved request must record: fail closed.
     pub const GRANT_RECORD_MISSING: &str = "GrantRecordMissing";
 }
@@ -578,6 +580,16 @@ impl Step<'_> {
             Ok(s) => s,
             Err(e) => return Err(self.deny(e.reason(), e.to_string())),
         };
+        if let Some(own) = control
+            .kubepam_namespace()
+            .filter(|own| snapshot.namespaces.iter().any(|n| n == own))
+        {
+            let message = format!(
+                "namespace {own} is kubepam's own namespace (its service account, certificate and \
+                 Lease), and no grant may reach it; request another namespace"
+            );
+            return Err(self.deny(reason::KUBEPAM_NAMESPACE, message));
+        }
         let grant_duration = match &self.request.spec.duration {
             None => control.default_duration(),
             Some(d) => match duration::parse(d) {

@@ -305,6 +305,28 @@ fn cluster_wide_policy_narrows_to_the_requested_namespace() {
 }
 
 #[test]
+fn no_request_narrows_a_grant_to_kubepams_namespace() {
+    let p = policy(TASK_AUTO);
+    let own = enabled().with_kubepam_namespace("kubepam-system");
+    let d = decide(
+        &request("  namespace: kubepam-system\n"),
+        &PolicyView::Accepted(&p),
+        &own,
+        at(0),
+    );
+    assert_final(&d, Phase::Denied, reason::KUBEPAM_NAMESPACE);
+    assert_eq!(d.grant, None);
+    // Any other namespace, or none, is granted as before.
+    let d = decide(
+        &request("  namespace: shop\n"),
+        &PolicyView::Accepted(&p),
+        &own,
+        at(0),
+    );
+    assert_eq!(d.status.phase, Some(Phase::Approved));
+}
+
+#[test]
 fn durations_are_checked() {
     let p = policy("{type: Role, role: edit, approvalType: Auto, maxDuration: 2h}");
     let d = decide(

@@ -81,6 +81,9 @@ pub struct ControlSettings {
     pub request_ttl: TimeDelta,
     /// Why a setting fell back to its default, one sentence each.
     pub problems: Vec<String>,
+    /// kubepam's own namespace, which no grant may reach (not a field of the control: the
+    /// operator knows it; `None` when not given).
+    pub kubepam_namespace: Option<String>,
 }
 
 /// The built-in grant duration (4h).
@@ -123,6 +126,7 @@ impl ControlSettings {
             default_duration,
             request_ttl,
             problems,
+            kubepam_namespace: None,
         }
     }
 }
@@ -155,6 +159,20 @@ impl ControlView {
         } else {
             Self::Disabled(settings)
         }
+    }
+
+    /// The same control, knowing kubepam's own namespace (which no grant may reach).
+    #[must_use]
+    pub fn with_kubepam_namespace(mut self, namespace: &str) -> Self {
+        if let Self::Disabled(s) | Self::Enabled(s) = &mut self {
+            s.kubepam_namespace = Some(namespace.to_owned());
+        }
+        self
+    }
+
+    /// kubepam's own namespace, when known.
+    pub fn kubepam_namespace(&self) -> Option<&str> {
+        self.settings().and_then(|s| s.kubepam_namespace.as_deref())
     }
 
     /// The settings, whether enabled or not.

@@ -227,6 +227,11 @@ pub struct PolicyCreate {
     /// accounts (refused without it: its holder could act as anyone).
     #[arg(long)]
     pub allow_impersonation: bool,
+    /// Allow the policy to grant rights that let their holder give themselves
+    /// more (escalate, bind, wildcards, cluster-admin, serviceaccounts/token,
+    /// secrets cluster-wide); refused without it.
+    #[arg(long)]
+    pub allow_privilege_escalation: bool,
 }
 
 /// `request`.

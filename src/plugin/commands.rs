@@ -183,6 +183,7 @@ async fn policy_create(
         max_duration: args.max_duration.clone(),
         required_approvals: args.required_approvals,
         allow_impersonation: args.allow_impersonation,
+        allow_privilege_escalation: args.allow_privilege_escalation,
     })?;
     let created = Kind::<AccessPolicy>::new(client).create(&policy).await?;
     print_object(

@@ -155,6 +155,8 @@ pub struct PolicyArgs {
     pub required_approvals: Option<u32>,
     /// `--allow-impersonation`.
     pub allow_impersonation: bool,
+    /// `--allow-privilege-escalation`.
+    pub allow_privilege_escalation: bool,
 }
 
 /// Build the AccessPolicy of `policy create` (New-ElevatedAccessApprovalPolicy).
@@ -208,6 +210,7 @@ pub fn build_policy(args: &PolicyArgs) -> Result<AccessPolicy, Error> {
             max_duration: args.max_duration.clone(),
             required_approvals: args.required_approvals,
             allow_impersonation: args.allow_impersonation,
+            allow_privilege_escalation: args.allow_privilege_escalation,
         },
         status: None,
     })
@@ -332,6 +335,7 @@ mod tests {
             max_duration: None,
             required_approvals: None,
             allow_impersonation: false,
+            allow_privilege_escalation: false,
         }
     }
 

@@ -22,11 +22,12 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 
 use crate::admission::{
-    self, Caller, GuardOperation, GuardVerdict, Pass, Reason, Refusal, Verdict,
+    self, Caller, GuardOperation, GuardVerdict, Pass, PolicyFacts, Reason, Refusal, Verdict,
 };
 use crate::api::AccessPolicy;
 use crate::controller::Context;
 use crate::controller::executions::{Recorder, Use};
+use crate::privilege::NamedRoles;
 use configuration::{
     PATH_GUARD, PATH_MUTATE_REQUESTS, PATH_VALIDATE_POLICIES, PATH_VALIDATE_REQUESTS,
 };
@@ -192,6 +193,7 @@ fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
             |name| state.ctx.policies.get(&ObjectRef::new(name)),
             control.as_deref(),
             &state.operator,
+            &state.ctx.namespace,
         );
         log_denial("ElevationRequest", request, &verdict);
         observe(state, webhook, start, verdict.refusal());
@@ -220,21 +222,52 @@ async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Respon
     } else {
         None
     };
-    let verdict = admission::admit_access_policy(&request, || {
-        live.unwrap_or_else(|| {
-            state
-                .ctx
-                .policies
-                .state()
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .count()
-        })
-    });
+    let decoded = admission::decode::<AccessPolicy>(&request, false).ok();
+    let roles = match (&decoded, &request.operation) {
+        (Some(policy), Operation::Create | Operation::Update) => {
+            match crate::controller::policy::read_named_roles(&state.ctx.client, &policy.spec).await
+            {
+                Ok(roles) => roles,
+                Err(error) => {
+                    // Refuse rather than admit a policy whose roles were not looked at.
+                    warn!(%error, "cannot read the ClusterRoles a policy names");
+                    let verdict = Verdict::Deny(Refusal::new(
+                        Reason::NotReady,
+                        format!(
+                            "kubepam cannot read the ClusterRoles the policy names ({error}); \
+                             try again"
+                        ),
+                    ));
+                    observe(&state, "policies", start, verdict.refusal());
+                    return reply(admission::respond(&request, verdict));
+                }
+            }
+        }
+        _ => NamedRoles::new(),
+    };
+    let facts = PolicyFacts {
+        roles: &roles,
+        kubepam_namespace: &state.ctx.namespace,
+    };
+    let verdict = admission::admit_access_policy(
+        &request,
+        || {
+            live.unwrap_or_else(|| {
+                state
+                    .ctx
+                    .policies
+                    .state()
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .count()
+            })
+        },
+        &facts,
+    );
     log_denial("AccessPolicy", &request, &verdict);
     observe(&state, "policies", start, verdict.refusal());
-    let warnings = match admission::decode::<AccessPolicy>(&request, false) {
-        Ok(policy) if verdict.is_allowed() => admission::policy_warnings(&policy),
+    let warnings = match decoded {
+        Some(policy) if verdict.is_allowed() => admission::policy_warnings(&policy, &facts),
         _ => Vec::new(),
     };
     let mut response = admission::respond(&request, verdict);

@@ -332,7 +332,8 @@ async fn role_and_role_group_policies_bind_cluster_roles() {
     create_policy(
         &admin,
         &group_policy,
-        json!({ "type": "RoleGroup", "roles": [scaler, secrets], "approvalType": "Auto" }),
+        // Secrets in every namespace are a key right: granted knowingly.
+        json!({ "type": "RoleGroup", "roles": [scaler, secrets], "approvalType": "Auto", "allowPrivilegeEscalation": true }),
     )
     .await;
 

@@ -646,23 +646,31 @@ async fn impersonation_rights_are_refused_in_grants_and_reported() {
         .create(&PostParams::default(), &impersonator)
         .await
         .unwrap();
+    // Admission reads the roles a policy names.
     let name = format!("{}-role", ns.name);
-    let judged = create_policy(
-        &admin,
-        &name,
-        json!({ "type": "Role", "role": role, "approvalType": "Auto" }),
-    )
-    .await;
-    assert_eq!(
-        crate::pam::accepted(&judged),
-        ("False".to_owned(), "GrantsImpersonation".to_owned())
-    );
+    let role_policy = |allow: bool| -> AccessPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+            "metadata": { "name": name },
+            "spec": { "type": "Role", "role": role, "approvalType": "Manual", "allowImpersonation": allow },
+        }))
+        .unwrap()
+    };
+    match policies
+        .create(&PostParams::default(), &role_policy(false))
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            assert!(s.message.contains("allowImpersonation"), "{}", s.message);
+            assert!(
+                s.reason.contains("GrantsImpersonation") || s.message.contains("impersonate"),
+                "{s:?}"
+            );
+        }
+        other => panic!("a Role policy naming an impersonating role must be refused: {other:?}"),
+    }
     policies
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "allowImpersonation": true } })),
-        )
+        .create(&PostParams::default(), &role_policy(true))
         .await
         .unwrap();
     let judged = wait_policy_judged(&admin, &name).await;
@@ -869,4 +877,208 @@ async fn nothing_may_rewrite_kubepams_writes_on_their_way_in() {
         );
         let _ = std::fs::remove_file(file);
     }
+}
+
+/// Rights that let their holder give themselves more (bind, escalate,
+/// wildcards, cluster-admin, token requests, secrets cluster-wide) are
+/// granted only by a policy that says so; a ClusterRole edited to hold them
+/// after its policy was accepted takes the policy out of force; kubectl shows
+/// the warnings.
+#[tokio::test]
+async fn policies_that_give_away_the_keys_need_an_explicit_yes() {
+    let Scene {
+        cluster,
+        admin,
+        alice,
+        ns,
+        ..
+    } = scene("keys").await;
+    let policies = Api::<AccessPolicy>::all(admin.clone());
+    let binder = |name: &str, allow: bool| -> AccessPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+            "metadata": { "name": name },
+            "spec": {
+                "type": "Task", "approvalType": "Manual", "scope": { "namespaces": [ns.name] },
+                "task": { "verbs": ["bind"], "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"] },
+                "allowPrivilegeEscalation": allow,
+            },
+        }))
+        .unwrap()
+    };
+    let name = format!("{}-bind", ns.name);
+    match policies
+        .create(&PostParams::default(), &binder(&name, false))
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            assert!(s.message.contains("would grant bind"), "{}", s.message);
+            assert!(
+                s.message.contains("allowPrivilegeEscalation: true"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("a policy granting bind must be refused: {other:?}"),
+    }
+    policies
+        .create(&PostParams::default(), &binder(&name, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::pam::accepted(&wait_policy_judged(&admin, &name).await).0,
+        "True"
+    );
+
+    // A role that was harmless when its policy was accepted, then widened.
+    let role = format!("{}-widened", ns.name);
+    reader_role(&admin, &role).await;
+    let role_policy = format!("{}-role", ns.name);
+    let judged = create_policy(
+        &admin,
+        &role_policy,
+        json!({ "type": "Role", "role": role, "approvalType": "Auto", "scope": { "namespaces": [ns.name] } }),
+    )
+    .await;
+    assert_eq!(crate::pam::accepted(&judged).0, "True");
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            &role,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "rules": [{ "apiGroups": ["*"], "resources": ["*"], "verbs": ["*"] }] }),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the widened role takes its policy out of force",
+        SOON,
+        || async {
+            let policy = policies.get(&role_policy).await.ok()?;
+            (crate::pam::accepted(&policy)
+                == ("False".to_owned(), "GrantsPrivilegeEscalation".to_owned()))
+                .then_some(())
+        },
+    )
+    .await;
+    let request = format!("{}-after", ns.name);
+    create_request(
+        &alice,
+        &request,
+        json!({ "policy": role_policy, "namespace": ns.name, "reason": "INC-9" }),
+    )
+    .await;
+    let denied = wait_phase(&alice, &request, Phase::Denied, SOON).await;
+    let approved = denied
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Approved")
+        .unwrap();
+    assert_eq!(approved.reason, "GrantsPrivilegeEscalation");
+
+    // kubectl shows the warnings of an admitted policy.
+    let manifest = cluster.log_dir().join(format!("{}-warned.yaml", ns.name));
+    std::fs::write(
+        &manifest,
+        serde_json::to_string(&json!({
+            "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+            "metadata": { "name": format!("{}-warned", ns.name) },
+            "spec": {
+                "type": "Task", "approvalType": "Auto", "approverGroup": "system:authenticated",
+                "scope": { "namespaces": [ns.name] }, "allowPrivilegeEscalation": true,
+                "task": { "verbs": ["create"], "apiGroups": [""], "resources": ["serviceaccounts/token"] },
+            },
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let out = cluster.kubectl(
+        Identity::Admin,
+        &["apply", "--server-side", "-f", manifest.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Warning: approverGroup system:authenticated"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("approvalType Auto grants serviceaccounts/token"),
+        "{stderr}"
+    );
+    ns.delete().await;
+}
+
+/// kubepam's own namespace holds its service account, certificate and Lease:
+/// no policy may name it, and no request may narrow a cluster-wide policy to it.
+#[tokio::test]
+async fn no_grant_reaches_kubepams_namespace() {
+    let Scene {
+        admin, alice, ns, ..
+    } = scene("own").await;
+    let policies = Api::<AccessPolicy>::all(admin.clone());
+    let scoped: AccessPolicy = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+        "metadata": { "name": format!("{}-scoped", ns.name) },
+        "spec": {
+            "type": "Task", "approvalType": "Auto", "allowPrivilegeEscalation": true,
+            "scope": { "namespaces": [ns.name, "kubepam-system"] },
+            "task": { "verbs": ["create"], "apiGroups": [""], "resources": ["serviceaccounts/token"] },
+        },
+    }))
+    .unwrap();
+    match policies.create(&PostParams::default(), &scoped).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            assert!(
+                s.message.contains("kubepam's own namespace"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("a policy scoped to kubepam-system must be refused: {other:?}"),
+    }
+    // The attack of the report: token minting, cluster-wide, narrowed to kubepam.
+    let wide = format!("{}-wide", ns.name);
+    create_policy(
+        &admin,
+        &wide,
+        json!({
+            "type": "Task", "approvalType": "Auto", "allowPrivilegeEscalation": true,
+            "task": { "verbs": ["create"], "apiGroups": [""], "resources": ["serviceaccounts/token"] },
+        }),
+    )
+    .await;
+    let requests = Api::<ElevationRequest>::all(alice.clone());
+    let narrowed: ElevationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+        "metadata": { "name": format!("{}-mint", ns.name) },
+        "spec": { "policy": wide, "namespace": "kubepam-system", "reason": "INC-1" },
+    }))
+    .unwrap();
+    let refused = requests.create(&PostParams::default(), &narrowed).await;
+    match refused {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            assert!(
+                s.message.contains("kubepam's own namespace"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("a request narrowed to kubepam-system must be refused: {other:?}"),
+    }
+    assert!(
+        !crate::pam::allowed(
+            &admin,
+            "alice",
+            "create",
+            "",
+            "serviceaccounts/token",
+            Some("kubepam-system")
+        )
+        .await
+    );
+    ns.delete().await;
 }

@@ -80,6 +80,12 @@ pub struct AccessPolicySpec {
     /// such a policy is refused unless this says yes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_impersonation: bool,
+    /// Whether the policy may grant rights that let their holder give themselves more:
+    /// `escalate` or `bind` on roles, wildcard verbs or resources, `cluster-admin`,
+    /// `serviceaccounts/token`, or `secrets` in every namespace. Such a policy is refused unless
+    /// this says yes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_privilege_escalation: bool,
 }
 
 /// Namespaces a policy is limited to.
