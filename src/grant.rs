@@ -209,7 +209,18 @@ pub fn desired_rbac(
                 .iter()
                 .map(|role| {
                     let name = binding_name(request_id, (!single).then_some(role.as_str()));
-                    (name, role.clone())
+                    let Some(rules) = scope.role_rules.get(role) else {
+                        // An approval made before rules were kept binds the role itself.
+                        return (name, role.clone());
+                    };
+                    // The approval's copy of the role, under the binding's name: a later
+                    // edit or aggregation of the named role never reaches the grant.
+                    out.cluster_roles.push(ClusterRole {
+                        metadata: meta(&name, None, &labels),
+                        rules: Some(rules.iter().map(PolicyRule::from).collect()),
+                        aggregation_rule: None,
+                    });
+                    (name.clone(), name)
                 })
                 .collect()
         }

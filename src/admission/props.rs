@@ -178,6 +178,7 @@ fn requests() -> impl Strategy<Value = Vec<ElevationRequest>> {
                     task: Some(task),
                     roles: Vec::new(),
                     namespaces: ns,
+                    role_rules: std::collections::BTreeMap::new(),
                 });
                 r
             })

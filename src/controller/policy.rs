@@ -16,7 +16,7 @@ use super::caches::Caches;
 use super::webhooks::GuardState;
 use super::{Context, Error};
 use crate::api::{
-    AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, PolicyType,
+    AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, PolicyType, RoleRule,
     find_condition, from_k8s_time,
 };
 use crate::policy_limit::{policy_acceptance, policy_status, refuse_keys};
@@ -89,6 +89,11 @@ pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<A
         .collect();
     let recheck = policy.spec.policy_type != PolicyType::Task;
     let mut status = policy_status(&policy, accepted_now, missing, Utc::now());
+    // What an approval grants: these rules, as judged here, not the roles' later edits.
+    status.role_rules = roles
+        .iter()
+        .map(|(role, rules)| (role.clone(), rules.iter().map(RoleRule::from).collect()))
+        .collect();
     if let Some(refusal) = key_refusal(&name, &policy.spec, &roles, &ctx.namespace) {
         refuse_keys(
             &mut status,

@@ -17,6 +17,7 @@ fn task_scope(namespaces: &[&str]) -> GrantScope {
         }),
         roles: vec![],
         namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
+        role_rules: std::collections::BTreeMap::new(),
     }
 }
 
@@ -26,6 +27,7 @@ fn roles_scope(kind: PolicyType, roles: &[&str], namespaces: &[&str]) -> GrantSc
         task: None,
         roles: roles.iter().map(|s| (*s).to_owned()).collect(),
         namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
+        role_rules: std::collections::BTreeMap::new(),
     }
 }
 
@@ -344,6 +346,7 @@ fn odd_scope() -> impl Strategy<Value = GrantScope> {
             }),
             roles,
             namespaces,
+            role_rules: std::collections::BTreeMap::new(),
         })
 }
 
@@ -422,4 +425,48 @@ proptest! {
         let other = desired_rbac(&name_a, &id_b, "alice", &scope).unwrap();
         prop_assert!(names(&a).is_disjoint(&names(&other)));
     }
+}
+
+#[test]
+fn a_role_grant_holds_the_rules_its_approval_saw() {
+    let mut scope = roles_scope(PolicyType::RoleGroup, &["view", "scaler"], &["shop"]);
+    let rule = crate::api::RoleRule {
+        verbs: vec!["get".into()],
+        api_groups: vec![String::new()],
+        resources: vec!["pods".into()],
+        ..Default::default()
+    };
+    scope.role_rules = std::collections::BTreeMap::from([
+        ("view".to_owned(), vec![rule.clone()]),
+        ("scaler".to_owned(), Vec::new()),
+    ]);
+    let rbac = desired_rbac("r", ID, "alice", &scope).unwrap();
+    let roles: Vec<_> = rbac
+        .cluster_roles
+        .iter()
+        .map(|r| (r.metadata.name.clone().unwrap(), r.rules.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            (
+                format!("kubepam-grant-{ID}-view"),
+                vec![PolicyRule::from(&rule)]
+            ),
+            (format!("kubepam-grant-{ID}-scaler"), Vec::new()),
+        ]
+    );
+    // Each binding names the copy, never the role the policy names.
+    for binding in &rbac.role_bindings {
+        assert_eq!(
+            binding.role_ref.name,
+            binding.metadata.name.clone().unwrap()
+        );
+        assert!(owned_by(binding.metadata.labels.as_ref(), ID));
+    }
+    assert!(
+        rbac.cluster_roles
+            .iter()
+            .all(|r| r.aggregation_rule.is_none())
+    );
 }

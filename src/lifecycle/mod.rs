@@ -517,6 +517,48 @@ impl Step<'_> {
         }
     }
 
+    /// What an approval under `accepted` would grant now: its scope for the requested
+    /// namespace (never kubepam's own), holding the rules of its ClusterRoles as judged.
+    #[allow(clippy::result_large_err)] // as `validate`: the Err is the outcome to return.
+    fn grant_snapshot(
+        &mut self,
+        policy_name: &str,
+        accepted: &AccessPolicy,
+        control: &ControlView,
+    ) -> Result<GrantScope, Outcome> {
+        let snapshot = match scope::snapshot(
+            policy_name,
+            &accepted.spec,
+            self.request.spec.namespace.as_deref(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return Err(self.deny(e.reason(), e.to_string())),
+        };
+        if let Some(own) = control
+            .kubepam_namespace()
+            .filter(|own| snapshot.namespaces.iter().any(|n| n == own))
+        {
+            let message = format!(
+                "namespace {own} is kubepam's own namespace (its service account, certificate and \
+                 Lease), and no grant may reach it; request another namespace"
+            );
+            return Err(self.deny(reason::KUBEPAM_NAMESPACE, message));
+        }
+        let judged = accepted.status.as_ref().map(|s| &s.role_rules);
+        match scope::with_role_rules(snapshot, judged.unwrap_or(&BTreeMap::new())) {
+            Ok(s) => Ok(s),
+            Err(unread) => {
+                // Fail closed: grant nothing whose rules were not judged.
+                let message = format!(
+                    "waiting for kubepam to read ClusterRole(s) {} of AccessPolicy {}",
+                    unread.join(", "),
+                    self.request.spec.policy
+                );
+                Err(self.wait(reason::POLICY_NOT_SETTLED, message, Some(UNSETTLED_RETRY)))
+            }
+        }
+    }
+
     /// Check the request against its policy; `Err` carries the outcome when it cannot proceed.
     // The error is the ordinary outcome tuple, built once per reconcile; boxing buys nothing.
     #[allow(clippy::result_large_err)]
@@ -572,24 +614,7 @@ impl Step<'_> {
             PolicyView::Accepted(p) => *p,
         };
         let policy_name = accepted.metadata.name.clone().unwrap_or_default();
-        let snapshot = match scope::snapshot(
-            &policy_name,
-            &accepted.spec,
-            self.request.spec.namespace.as_deref(),
-        ) {
-            Ok(s) => s,
-            Err(e) => return Err(self.deny(e.reason(), e.to_string())),
-        };
-        if let Some(own) = control
-            .kubepam_namespace()
-            .filter(|own| snapshot.namespaces.iter().any(|n| n == own))
-        {
-            let message = format!(
-                "namespace {own} is kubepam's own namespace (its service account, certificate and \
-                 Lease), and no grant may reach it; request another namespace"
-            );
-            return Err(self.deny(reason::KUBEPAM_NAMESPACE, message));
-        }
+        let snapshot = self.grant_snapshot(&policy_name, accepted, control)?;
         let grant_duration = match &self.request.spec.duration {
             None => control.default_duration(),
             Some(d) => match duration::parse(d) {

@@ -1,7 +1,7 @@
 //! Grant scopes: the snapshot taken at approval, its intersection with a changed policy, and
 //! the subset relation that proves a grant never widens.
 
-use crate::api::{AccessPolicySpec, GrantScope, PolicyType, TaskSpec};
+use crate::api::{AccessPolicySpec, GrantScope, PolicyType, RoleRule, TaskSpec};
 
 /// Why a policy cannot yield a scope for a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,7 +107,31 @@ pub fn snapshot(
         task,
         roles,
         namespaces,
+        role_rules: std::collections::BTreeMap::new(),
     })
+}
+
+/// `scope` holding the rules of its ClusterRoles as `judged` (the policy's
+/// `status.roleRules`), or the roles `judged` lacks.
+pub fn with_role_rules(
+    mut scope: GrantScope,
+    judged: &std::collections::BTreeMap<String, Vec<RoleRule>>,
+) -> Result<GrantScope, Vec<String>> {
+    let missing: Vec<String> = scope
+        .roles
+        .iter()
+        .filter(|r| !judged.contains_key(*r))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    scope.role_rules = scope
+        .roles
+        .iter()
+        .filter_map(|r| Some((r.clone(), judged.get(r)?.clone())))
+        .collect();
+    Ok(scope)
 }
 
 /// The part of `snapshot` that `policy` still allows, or `None` when nothing is left.
@@ -136,11 +160,19 @@ pub fn intersect(snapshot: &GrantScope, policy: &AccessPolicySpec) -> Option<Gra
             (None, roles)
         }
     };
+    // Only the approval's rules of the roles kept: never what the roles say now.
+    let role_rules = snapshot
+        .role_rules
+        .iter()
+        .filter(|(role, _)| roles.contains(role))
+        .map(|(role, rules)| (role.clone(), rules.clone()))
+        .collect();
     Some(GrantScope {
         policy_type: snapshot.policy_type,
         task,
         roles,
         namespaces,
+        role_rules,
     })
 }
 

@@ -63,7 +63,26 @@ status:
   - {{type: Accepted, status: 'True', reason: Accepted, message: ok, lastTransitionTime: '2025-01-01T00:00:00Z', observedGeneration: 1}}
 "
     );
-    serde_yaml::from_str(&yaml).unwrap()
+    let mut p: AccessPolicy = serde_yaml::from_str(&yaml).unwrap();
+    // As the policy controller judged them: each role reads pods.
+    let rules: std::collections::BTreeMap<_, _> = p
+        .spec
+        .role_names()
+        .into_iter()
+        .map(|role| {
+            (
+                role,
+                vec![crate::api::RoleRule {
+                    verbs: vec!["get".into()],
+                    api_groups: vec![String::new()],
+                    resources: vec!["pods".into()],
+                    ..Default::default()
+                }],
+            )
+        })
+        .collect();
+    p.status.as_mut().unwrap().role_rules = rules;
+    p
 }
 
 pub(super) const TASK_MANUAL: &str = "{type: Task, approvalType: Manual, approverGroup: sre-leads, task: {verbs: [delete], apiGroups: [''], resources: [pods]}}";
@@ -851,4 +870,36 @@ fn status_round_trips_through_json() {
     );
     let back: ElevationRequestStatus = serde_json::from_str(&json).unwrap();
     assert_eq!(back, d.status);
+}
+
+#[test]
+fn a_role_grant_keeps_the_rules_of_its_approval() {
+    let mut p = policy("{type: Role, role: scaler, approvalType: Auto}");
+    let d = decide(&request(""), &PolicyView::Accepted(&p), &enabled(), at(0));
+    assert_eq!(d.status.phase, Some(Phase::Approved));
+    let approved_rules = d.grant.clone().unwrap().role_rules;
+    assert_eq!(approved_rules["scaler"][0].verbs, ["get"]);
+    let r = apply(request(""), &d);
+    // The role is widened and judged again: the grant in force keeps what was approved.
+    p.status.as_mut().unwrap().role_rules.insert(
+        "scaler".into(),
+        vec![crate::api::RoleRule {
+            verbs: vec!["*".into()],
+            ..Default::default()
+        }],
+    );
+    let d = decide(&r, &PolicyView::Accepted(&p), &enabled(), at(60));
+    assert_eq!(d.status.phase, Some(Phase::Approved));
+    assert_eq!(d.grant.unwrap().role_rules, approved_rules);
+}
+
+#[test]
+fn a_role_whose_rules_were_not_judged_is_not_granted() {
+    let mut p = policy("{type: Role, role: scaler, approvalType: Auto}");
+    p.status.as_mut().unwrap().role_rules.clear();
+    let d = decide(&request(""), &PolicyView::Accepted(&p), &enabled(), at(0));
+    assert_eq!(d.status.phase, Some(Phase::Pending));
+    assert_eq!(d.grant, None);
+    assert_eq!(approved_condition(&d).reason, reason::POLICY_NOT_SETTLED);
+    assert!(approved_condition(&d).message.contains("scaler"));
 }

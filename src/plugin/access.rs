@@ -163,6 +163,7 @@ fn policy_covers(
         task: p.spec.task.clone(),
         roles: p.spec.role_names(),
         namespaces: p.spec.namespaces().to_vec(),
+        role_rules: BTreeMap::new(),
     };
     match p.spec.policy_type {
         PolicyType::Task => grant::covers(&scope, op),

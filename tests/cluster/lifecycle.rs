@@ -384,11 +384,17 @@ async fn role_and_role_group_policies_bind_cluster_roles() {
     )
     .await;
     let objects = grant_objects(&admin, &request_id(&approved)).await;
-    assert_eq!(objects.len(), 2, "{objects:?}");
-    assert!(
-        objects.iter().all(|o| o.starts_with("ClusterRoleBinding/")),
-        "{objects:?}"
-    );
+    // A copy of each role as approved, and a cluster-wide binding to each copy.
+    assert_eq!(objects.len(), 4, "{objects:?}");
+    for binding in objects
+        .iter()
+        .filter_map(|o| o.strip_prefix("ClusterRoleBinding/"))
+    {
+        assert!(
+            objects.contains(&format!("ClusterRole/{binding}")),
+            "{objects:?}"
+        );
+    }
 
     // A policy naming a missing ClusterRole is refused and says which.
     let broken = format!("{}-broken", ns.name);

@@ -1082,3 +1082,124 @@ async fn no_grant_reaches_kubepams_namespace() {
     );
     ns.delete().await;
 }
+
+/// A Role policy's grant holds the rules its approval saw: an edit of the
+/// named ClusterRole after approval never widens a grant in force. An edit
+/// to key rights takes the policy out of force (and the grant with it);
+/// with the opt-in, the grant still keeps the approval's rules.
+#[tokio::test]
+async fn a_role_edited_after_approval_never_widens_the_grant() {
+    let Scene {
+        admin,
+        alice,
+        bob,
+        ns,
+        ..
+    } = scene("widen").await;
+    let roles = Api::<ClusterRole>::all(admin.clone());
+    let mut grants = Vec::new();
+    for (suffix, allow) in [("plain", false), ("knowing", true)] {
+        let role = format!("{}-{suffix}", ns.name);
+        reader_role(&admin, &role).await;
+        let policy = format!("{}-{suffix}", ns.name);
+        create_policy(
+            &admin,
+            &policy,
+            json!({
+                "type": "Role", "role": role, "approvalType": "Auto",
+                "scope": { "namespaces": [ns.name] },
+                "allowPrivilegeEscalation": allow, "allowImpersonation": allow,
+            }),
+        )
+        .await;
+        let request = format!("{}-{suffix}", ns.name);
+        create_request(
+            &alice,
+            &request,
+            json!({ "policy": policy, "namespace": ns.name, "reason": "INC-3" }),
+        )
+        .await;
+        wait_phase(&alice, &request, Phase::Approved, SOON).await;
+        crate::pam::wait_allowed(
+            &admin,
+            "alice",
+            ("get", "", "configmaps"),
+            Some(&ns.name),
+            true,
+            SOON,
+        )
+        .await;
+        grants.push((role, policy, request));
+    }
+    // Widened without key rights: the grant keeps reading only.
+    let (plain_role, plain_policy, plain_request) = &grants[0];
+    roles
+        .patch(
+            plain_role,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "rules": [{ "apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "delete"] }] })),
+        )
+        .await
+        .unwrap();
+    // Judged again (every 10 s); still accepted, the grant is the approval's.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let policies = Api::<AccessPolicy>::all(admin.clone());
+    let judged = policies.get(plain_policy).await.unwrap();
+    assert_eq!(crate::pam::accepted(&judged).0, "True");
+    assert!(
+        judged.status.unwrap().role_rules[plain_role.as_str()][0]
+            .verbs
+            .contains(&"delete".to_owned()),
+        "the policy's status shows the role as it is now"
+    );
+    for (verb, resource) in [("delete", "configmaps"), ("get", "secrets")] {
+        assert!(
+            !crate::pam::allowed(&admin, "alice", verb, "", resource, Some(&ns.name)).await,
+            "{verb} {resource} came with the widened role"
+        );
+    }
+    assert!(crate::pam::allowed(&admin, "alice", "get", "", "configmaps", Some(&ns.name)).await);
+
+    // Widened to everything: without the opt-in, the policy and its grant end.
+    for (role, _, _) in &grants {
+        roles
+            .patch(
+                role,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "rules": [{ "apiGroups": ["*"], "resources": ["*"], "verbs": ["*"] }] })),
+            )
+            .await
+            .unwrap();
+    }
+    let ended = wait_phase(
+        &alice,
+        plain_request,
+        Phase::Revoked,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ended.status.is_some());
+    // With the opt-in the policy stays in force, and the grant stays as approved.
+    let (_, knowing_policy, knowing_request) = &grants[1];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        crate::pam::accepted(&policies.get(knowing_policy).await.unwrap()).0,
+        "True"
+    );
+    let requests = Api::<ElevationRequest>::all(bob.clone());
+    let knowing = requests.get(knowing_request).await.unwrap();
+    assert_eq!(knowing.status.unwrap().phase, Some(Phase::Approved));
+    assert!(
+        !crate::pam::allowed(
+            &admin,
+            "alice",
+            "delete",
+            "apps",
+            "deployments",
+            Some(&ns.name)
+        )
+        .await
+    );
+    assert!(!crate::pam::allowed(&admin, "alice", "get", "", "secrets", Some(&ns.name)).await);
+    ns.delete().await;
+}

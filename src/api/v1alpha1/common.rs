@@ -1,6 +1,9 @@
 //! Types shared by the three kinds, and small pure constructors for conditions.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use schemars::JsonSchema;
@@ -84,6 +87,60 @@ pub struct GrantScope {
     /// Namespaces the grant holds in; empty means cluster-wide.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    /// For Role and RoleGroup policies: the rules of each ClusterRole as the approval saw them.
+    /// The grant holds these, in a role kubepam generates, so a later edit or aggregation of the
+    /// named ClusterRole never widens it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_rules: BTreeMap<String, Vec<RoleRule>>,
+}
+
+/// One RBAC rule of a ClusterRole, as kubepam keeps it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleRule {
+    /// Verbs.
+    pub verbs: Vec<String>,
+    /// API groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_groups: Vec<String>,
+    /// Resources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    /// Resource names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_names: Vec<String>,
+    /// Non-resource URLs.
+    #[serde(
+        default,
+        rename = "nonResourceURLs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub non_resource_urls: Vec<String>,
+}
+
+impl From<&PolicyRule> for RoleRule {
+    fn from(rule: &PolicyRule) -> Self {
+        Self {
+            verbs: rule.verbs.clone(),
+            api_groups: rule.api_groups.clone().unwrap_or_default(),
+            resources: rule.resources.clone().unwrap_or_default(),
+            resource_names: rule.resource_names.clone().unwrap_or_default(),
+            non_resource_urls: rule.non_resource_urls.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&RoleRule> for PolicyRule {
+    fn from(rule: &RoleRule) -> Self {
+        let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        Self {
+            verbs: rule.verbs.clone(),
+            api_groups: some(&rule.api_groups),
+            resources: some(&rule.resources),
+            resource_names: some(&rule.resource_names),
+            non_resource_urls: some(&rule.non_resource_urls),
+        }
+    }
 }
 
 /// Convert a chrono time into the Kubernetes `Time` used by conditions (whole seconds).

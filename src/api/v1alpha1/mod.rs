@@ -7,7 +7,7 @@ pub mod policy;
 pub mod request;
 
 pub use common::{
-    ApprovalType, GrantScope, PolicyType, TaskSpec, condition_false, condition_true,
+    ApprovalType, GrantScope, PolicyType, RoleRule, TaskSpec, condition_false, condition_true,
     find_condition, from_k8s_time, remove_condition, set_condition, to_k8s_time,
 };
 pub use control::{

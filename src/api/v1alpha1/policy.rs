@@ -5,7 +5,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{ApprovalType, PolicyType, TaskSpec};
+use std::collections::BTreeMap;
+
+use super::common::{ApprovalType, PolicyType, RoleRule, TaskSpec};
 
 /// Condition type set on every AccessPolicy by the controller.
 pub const CONDITION_ACCEPTED: &str = "Accepted";
@@ -121,6 +123,10 @@ pub struct AccessPolicyStatus {
     /// during an edit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guarded: Option<GuardedScope>,
+    /// For a Role or RoleGroup policy: the rules of each named ClusterRole as last judged. An
+    /// approval grants these (not whatever the role says later).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_rules: BTreeMap<String, Vec<RoleRule>>,
 }
 
 /// The operation and namespaces a Task policy's accepted generation guards.
