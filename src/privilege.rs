@@ -273,6 +273,7 @@ mod tests {
             required_approvals: None,
             allow_impersonation: false,
             allow_privilege_escalation: false,
+            allow_persistence: false,
         }
     }
 

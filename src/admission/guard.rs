@@ -117,7 +117,7 @@ impl<'a> GuardOperation<'a> {
     }
 
     /// For messages: `delete deployments.apps "web" in namespace prod`.
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let mut out = format!("{} {}", self.verbs()[0], self.resource);
         if !self.api_group.is_empty() {
             out.push('.');

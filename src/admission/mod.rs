@@ -118,11 +118,14 @@ pub enum Reason {
     GrantsPrivilegeEscalation,
     /// A policy or request reaches kubepam's own namespace.
     KubepamNamespace,
+    /// A call through a grant would make access that outlives it (a binding, a long token, a
+    /// certificate, a webhook), and the grant's policy does not say `allowPersistence: true`.
+    PersistentAccess,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::NoUsername,
         Self::ForgedRequester,
         Self::RequesterNotSet,
@@ -147,6 +150,7 @@ impl Reason {
         Self::GrantsImpersonation,
         Self::GrantsPrivilegeEscalation,
         Self::KubepamNamespace,
+        Self::PersistentAccess,
     ];
 
     /// The code, e.g. `ForgedRequester`.
@@ -176,6 +180,7 @@ impl Reason {
             Self::GrantsImpersonation => "GrantsImpersonation",
             Self::GrantsPrivilegeEscalation => "GrantsPrivilegeEscalation",
             Self::KubepamNamespace => "KubepamNamespace",
+            Self::PersistentAccess => "PersistentAccess",
         }
     }
 }

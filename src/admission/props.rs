@@ -542,6 +542,7 @@ fn arbitrary_spec() -> impl Strategy<Value = crate::api::AccessPolicySpec> {
                     required_approvals,
                     allow_impersonation: false,
                     allow_privilege_escalation: false,
+                    allow_persistence: false,
                 }
             },
         )

@@ -1958,6 +1958,23 @@ fn each_refusal_path_yields_its_reason() {
             Reason::GrantsPrivilegeEscalation,
         ),
         (
+            "a call through a grant that would outlive it",
+            code(crate::persistence::persistence_verdict(
+                &delete_deploy(Some("prod"), Some("web")),
+                crate::persistence::Lasting::KubepamsOwn,
+                &[crate::persistence::ActiveGrant {
+                    request: "r1",
+                    scope: &crate::lifecycle::scope::snapshot("p", &guarded.spec, Some("prod"))
+                        .unwrap(),
+                    until: now() + chrono::TimeDelta::hours(1),
+                    allow_persistence: true,
+                }],
+                false,
+                now(),
+            )),
+            Reason::PersistentAccess,
+        ),
+        (
             "a policy scoped to kubepam's namespace",
             code(policy_update(&task_policy(
                 "own",

@@ -99,7 +99,14 @@ mod tests {
         );
         assert_eq!(
             names(1),
-            ["Type", "Approval", "Approver Group", "Accepted", "Age"]
+            [
+                "Type",
+                "Approval",
+                "Approver Group",
+                "Persistence",
+                "Accepted",
+                "Age"
+            ]
         );
         assert_eq!(
             names(2),
@@ -113,7 +120,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            columns(&crds[1])[3].1,
+            columns(&crds[1])[4].1,
             ".status.conditions[?(@.type==\"Accepted\")].status"
         );
         assert_eq!(columns(&crds[2])[0].1, ".status.phase");

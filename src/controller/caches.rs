@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::channel::mpsc;
 use futures::{FutureExt, Stream, StreamExt, stream};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -162,6 +162,10 @@ pub struct Caches {
     pub role_bindings: Shared<RoleBinding>,
     pub cluster_role_bindings: Shared<ClusterRoleBinding>,
     pub cluster_roles: Shared<ClusterRole>,
+    /// Every ClusterRole but kubepam's, and every Role: with the bindings,
+    /// the rights people hold outside kubepam (the persistence guard).
+    pub standing_cluster_roles: Shared<ClusterRole>,
+    pub roles: Shared<Role>,
 }
 
 impl Caches {
@@ -188,6 +192,15 @@ impl Caches {
         spawn(updates.boxed());
         let (cluster_roles, updates) = watch(Api::all(client.clone()), managed());
         spawn(updates.boxed());
+        let not_managed = watcher::Config::default().labels(&format!(
+            "{}!={}",
+            grant::LABEL_MANAGED_BY,
+            grant::MANAGER
+        ));
+        let (standing_cluster_roles, updates) = watch(Api::all(client.clone()), not_managed);
+        spawn(updates.boxed());
+        let (roles, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
 
         let caches = Self {
             requests,
@@ -196,6 +209,8 @@ impl Caches {
             role_bindings,
             cluster_role_bindings,
             cluster_roles,
+            standing_cluster_roles,
+            roles,
         };
         (caches, tasks)
     }
@@ -217,6 +232,8 @@ impl Caches {
             self.role_bindings.filled(),
             self.cluster_role_bindings.filled(),
             self.cluster_roles.filled(),
+            self.standing_cluster_roles.filled(),
+            self.roles.filled(),
         );
     }
 }

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, future};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -118,6 +119,9 @@ pub struct Context {
     pub impersonators: Arc<std::sync::Mutex<Option<Vec<crate::api::ImpersonationRight>>>>,
     /// kubepam's own namespace: no grant may reach it.
     pub namespace: String,
+    /// Every ClusterRole but kubepam's, and every Role (the persistence guard).
+    pub standing_cluster_roles: Store<ClusterRole>,
+    pub roles: Store<Role>,
 }
 
 impl std::fmt::Debug for Context {
@@ -369,6 +373,8 @@ pub async fn run(
         guard: webhooks::SharedGuardState::default(),
         impersonators: Arc::default(),
         namespace: options.namespace.clone(),
+        standing_cluster_roles: caches.standing_cluster_roles.store(),
+        roles: caches.roles.store(),
     });
     let readiness = ctx.clone();
     let synced = caches.clone();

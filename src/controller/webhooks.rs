@@ -395,7 +395,12 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
         }
         if verify {
             last_verify = Some(tokio::time::Instant::now());
-            let wanted = configuration::validating(&endpoint);
+            let mut exempt = ctx
+                .control()
+                .map(|c| c.spec.system_accounts.clone())
+                .unwrap_or_default();
+            exempt.push(operator.clone());
+            let wanted = configuration::validating(&endpoint, &exempt, &ctx.namespace);
             match validating
                 .keep(&validating_api, Some(&wanted), same_validating)
                 .await

@@ -232,6 +232,10 @@ pub struct PolicyCreate {
     /// secrets cluster-wide); refused without it.
     #[arg(long)]
     pub allow_privilege_escalation: bool,
+    /// Allow whoever holds a grant of the policy to make access that outlives
+    /// it (RBAC bindings, long tokens, certificates, webhooks); refused without it.
+    #[arg(long)]
+    pub allow_persistence: bool,
 }
 
 /// `request`.

@@ -184,6 +184,7 @@ async fn policy_create(
         required_approvals: args.required_approvals,
         allow_impersonation: args.allow_impersonation,
         allow_privilege_escalation: args.allow_privilege_escalation,
+        allow_persistence: args.allow_persistence,
     })?;
     let created = Kind::<AccessPolicy>::new(client).create(&policy).await?;
     print_object(

@@ -157,6 +157,8 @@ pub struct PolicyArgs {
     pub allow_impersonation: bool,
     /// `--allow-privilege-escalation`.
     pub allow_privilege_escalation: bool,
+    /// `--allow-persistence`.
+    pub allow_persistence: bool,
 }
 
 /// Build the AccessPolicy of `policy create` (New-ElevatedAccessApprovalPolicy).
@@ -211,6 +213,7 @@ pub fn build_policy(args: &PolicyArgs) -> Result<AccessPolicy, Error> {
             required_approvals: args.required_approvals,
             allow_impersonation: args.allow_impersonation,
             allow_privilege_escalation: args.allow_privilege_escalation,
+            allow_persistence: args.allow_persistence,
         },
         status: None,
     })
@@ -336,6 +339,7 @@ mod tests {
             required_approvals: None,
             allow_impersonation: false,
             allow_privilege_escalation: false,
+            allow_persistence: false,
         }
     }
 

@@ -23,6 +23,7 @@ pub const PATH_MUTATE_REQUESTS: &str = "/mutate/elevationrequests";
 pub const PATH_VALIDATE_REQUESTS: &str = "/validate/elevationrequests";
 pub const PATH_VALIDATE_POLICIES: &str = "/validate/accesspolicies";
 pub const PATH_GUARD: &str = "/guard";
+pub const PATH_PERSISTENCE: &str = "/persistence";
 
 /// Identities of the API server and the built-in controllers: never sent to
 /// the guard, so Kubernetes' own housekeeping (garbage collection, namespace
@@ -191,8 +192,59 @@ pub fn mutating(endpoint: &Endpoint) -> MutatingWebhookConfiguration {
     }))
 }
 
-/// Checks reviews and policies. Fails closed.
-pub fn validating(endpoint: &Endpoint) -> ValidatingWebhookConfiguration {
+/// The `matchConditions` that keep `exempt_users`, the control plane, nodes
+/// and `system:masters` away from a webhook.
+fn exempting(exempt_users: &[String]) -> Value {
+    let mut exempt: Vec<String> = exempt_users.to_vec();
+    exempt.extend(CONTROL_PLANE_USERS.iter().map(|u| (*u).to_owned()));
+    exempt.sort();
+    exempt.dedup();
+    let users = exempt
+        .iter()
+        .map(|u| cel_string(u))
+        .collect::<Vec<_>>()
+        .join(", ");
+    json!([
+        { "name": "not-exempt-user", "expression": format!("!(request.userInfo.username in [{users}])") },
+        { "name": "not-a-node", "expression": "!('system:nodes' in request.userInfo.groups)" },
+        { "name": "not-system-masters", "expression": "!('system:masters' in request.userInfo.groups)" },
+    ])
+}
+
+/// The guard's `matchConditions`: like [`exempting`], but `system:masters`
+/// is gated too (the Microsoft 365 behaviour: even an administrator asks).
+fn guard_exempting(exempt_users: &[String]) -> Value {
+    let mut conditions = exempting(exempt_users);
+    if let Some(list) = conditions.as_array_mut() {
+        list.truncate(2);
+    }
+    conditions
+}
+
+/// Checks reviews and policies, and (the persistence guard) calls that
+/// would make access outlive the grant they are made through. Fails closed,
+/// but for kubepam's own namespace, which must stay repairable while
+/// kubepam is down. `exempt_users` (kubepam and the system accounts) are
+/// never sent to the persistence guard.
+pub fn validating(
+    endpoint: &Endpoint,
+    exempt_users: &[String],
+    kubepam_namespace: &str,
+) -> ValidatingWebhookConfiguration {
+    let persistence_rules = json!([
+        { "apiGroups": ["rbac.authorization.k8s.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+          "resources": ["roles", "clusterroles", "rolebindings", "clusterrolebindings"], "scope": "*" },
+        { "apiGroups": [""], "apiVersions": ["*"], "operations": ["CREATE"],
+          "resources": ["serviceaccounts/token"], "scope": "*" },
+        { "apiGroups": [""], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+          "resources": ["secrets"], "scope": "*" },
+        { "apiGroups": ["certificates.k8s.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+          "resources": ["certificatesigningrequests", "certificatesigningrequests/approval"], "scope": "*" },
+        { "apiGroups": ["admissionregistration.k8s.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+          "resources": ["*"], "scope": "*" },
+        { "apiGroups": ["apiextensions.k8s.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE", "DELETE"],
+          "resources": ["customresourcedefinitions"], "scope": "*" },
+    ]);
     from_json(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -228,6 +280,37 @@ pub fn validating(endpoint: &Endpoint) -> ValidatingWebhookConfiguration {
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": 5,
             },
+            {
+                "name": "persistence.kubepam.io",
+                "clientConfig": endpoint.client_config(PATH_PERSISTENCE),
+                "rules": persistence_rules,
+                "failurePolicy": "Fail",
+                "matchPolicy": "Equivalent",
+                "namespaceSelector": {},
+                "objectSelector": {},
+                "matchConditions": exempting(exempt_users),
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            },
+            {
+                "name": "own.kubepam.io",
+                "clientConfig": endpoint.client_config(PATH_PERSISTENCE),
+                "rules": [{
+                    "apiGroups": ["*"], "apiVersions": ["*"], "operations": ["*"],
+                    "resources": ["*/*"], "scope": "Namespaced",
+                }],
+                "failurePolicy": "Ignore",
+                "matchPolicy": "Equivalent",
+                "namespaceSelector": { "matchExpressions": [{
+                    "key": NAMESPACE_NAME_LABEL, "operator": "In", "values": [kubepam_namespace],
+                }] },
+                "objectSelector": {},
+                "matchConditions": exempting(exempt_users),
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            },
         ],
     }))
 }
@@ -242,15 +325,6 @@ pub fn guard(
     hooks: &[GuardHook],
     exempt_users: &[String],
 ) -> ValidatingWebhookConfiguration {
-    let mut exempt: Vec<String> = exempt_users.to_vec();
-    exempt.extend(CONTROL_PLANE_USERS.iter().map(|u| (*u).to_owned()));
-    exempt.sort();
-    exempt.dedup();
-    let users = exempt
-        .iter()
-        .map(|u| cel_string(u))
-        .collect::<Vec<_>>()
-        .join(", ");
     let webhooks: Vec<Value> = hooks
         .iter()
         .map(|hook| {
@@ -268,10 +342,7 @@ pub fn guard(
                 "matchPolicy": "Equivalent",
                 "namespaceSelector": namespace_selector,
                 "objectSelector": {},
-                "matchConditions": [
-                    { "name": "not-exempt-user", "expression": format!("!(request.userInfo.username in [{users}])") },
-                    { "name": "not-a-node", "expression": "!('system:nodes' in request.userInfo.groups)" },
-                ],
+                "matchConditions": guard_exempting(exempt_users),
                 "failurePolicy": "Fail",
                 "sideEffects": "NoneOnDryRun",
                 "admissionReviewVersions": ["v1"],
@@ -371,9 +442,9 @@ mod tests {
 
     #[test]
     fn url_endpoint_joins_the_path_and_carries_the_ca() {
-        let config = validating(&local());
+        let config = validating(&local(), &[], "kubepam-system");
         let hooks = config.webhooks.unwrap();
-        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks.len(), 4);
         assert_eq!(
             hooks[0].client_config.url.as_deref(),
             Some("https://127.0.0.1:8443/validate/elevationrequests")

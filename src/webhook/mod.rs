@@ -29,7 +29,8 @@ use crate::controller::Context;
 use crate::controller::executions::{Recorder, Use};
 use crate::privilege::NamedRoles;
 use configuration::{
-    PATH_GUARD, PATH_MUTATE_REQUESTS, PATH_VALIDATE_POLICIES, PATH_VALIDATE_REQUESTS,
+    PATH_GUARD, PATH_MUTATE_REQUESTS, PATH_PERSISTENCE, PATH_VALIDATE_POLICIES,
+    PATH_VALIDATE_REQUESTS,
 };
 
 /// Errors of the webhook server.
@@ -65,6 +66,7 @@ fn router(
         .route(PATH_VALIDATE_REQUESTS, post(validate_requests))
         .route(PATH_VALIDATE_POLICIES, post(validate_policies))
         .route(PATH_GUARD, post(guard))
+        .route(PATH_PERSISTENCE, post(persistence))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state(ctx.clone()))
         .with_state(AppState {
@@ -347,6 +349,109 @@ async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
         observe(&state, "guard", start, verdict.refusal());
         admission::respond_guard(request, &verdict)
     })
+}
+
+/// The persistence guard: a call that would make access outlive the grant it
+/// is made through (see [`crate::persistence`]).
+async fn persistence(State(state): State<AppState>, body: Bytes) -> Response {
+    let start = std::time::Instant::now();
+    with_request(&state, "persistence", &body, |request| {
+        if !state.ctx.ready.load(std::sync::atomic::Ordering::SeqCst) {
+            let verdict = Verdict::Deny(Refusal::new(
+                Reason::NotReady,
+                "kubepam is starting and cannot yet tell whether you act through a grant; try \
+                 again in a few seconds",
+            ));
+            observe(&state, "persistence", start, verdict.refusal());
+            return admission::respond(request, verdict);
+        }
+        let verdict = persistence_verdict(&state.ctx, request);
+        log_denial("persistence", request, &verdict);
+        observe(&state, "persistence", start, verdict.refusal());
+        admission::respond(request, verdict)
+    })
+}
+
+fn persistence_verdict(ctx: &Context, request: &AdmissionRequest<DynamicObject>) -> Verdict {
+    let operation = GuardOperation::from_request(request);
+    let object = request
+        .object
+        .as_ref()
+        .and_then(|o| serde_json::to_value(o).ok());
+    let Some(lasting) = crate::persistence::lasting(&operation, object.as_ref(), &ctx.namespace)
+    else {
+        return Verdict::Allow;
+    };
+    let caller = Caller::from_user_info(&request.user_info);
+    let now = Utc::now();
+    let policies = ctx.policies.state();
+    let control = crate::lifecycle::ControlView::from_control(ctx.control().as_deref())
+        .with_kubepam_namespace(&ctx.namespace);
+    // The caller's grants as they stand now (narrowed by any policy change).
+    let grants: Vec<(String, crate::api::GrantScope, chrono::DateTime<Utc>, bool)> = ctx
+        .requests
+        .state()
+        .iter()
+        .filter(|r| {
+            !caller.username.is_empty()
+                && r.spec.requester.as_deref() == Some(caller.username)
+                && r.status.as_ref().and_then(|s| s.phase) == Some(crate::api::Phase::Approved)
+        })
+        .filter_map(|r| {
+            let policy = policies
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(r.spec.policy.as_str()));
+            let view = crate::lifecycle::PolicyView::from_policy(policy.map(|p| &**p));
+            let decision = crate::lifecycle::decide(r, &view, &control, now);
+            let until = decision.status.granted_until?;
+            let allow = policy.is_some_and(|p| p.spec.allow_persistence);
+            Some((
+                kube::ResourceExt::name_any(&**r),
+                decision.grant?,
+                until,
+                allow,
+            ))
+        })
+        .collect();
+    if grants.is_empty() {
+        return Verdict::Allow;
+    }
+    let active: Vec<crate::persistence::ActiveGrant<'_>> = grants
+        .iter()
+        .map(
+            |(request, scope, until, allow)| crate::persistence::ActiveGrant {
+                request,
+                scope,
+                until: *until,
+                allow_persistence: *allow,
+            },
+        )
+        .collect();
+    let cluster_roles = ctx.standing_cluster_roles.state();
+    let roles = ctx.roles.state();
+    let cluster_role_bindings = ctx.rbac.cluster_role_bindings.state();
+    let role_bindings = ctx.rbac.role_bindings.state();
+    let standing = crate::standing::Standing::new(
+        cluster_roles.iter().map(|r| &**r),
+        roles.iter().map(|r| &**r),
+        cluster_role_bindings.iter().map(|b| &**b),
+        role_bindings.iter().map(|b| &**b),
+    );
+    let user = crate::standing::User {
+        name: caller.username,
+        groups: caller.groups,
+    };
+    // A create names no object to the authorizer (it posts to the collection):
+    // rules limited by resourceNames never allowed it.
+    let mut asked = operation.clone();
+    if asked.operation == Operation::Create && asked.subresource.is_none() {
+        asked.name = None;
+    }
+    let could_anyway = asked
+        .verbs()
+        .iter()
+        .any(|verb| standing.allows(&user, &asked.as_grant_op(verb)));
+    crate::persistence::persistence_verdict(&operation, lasting, &active, could_anyway, now)
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP on `bind`.

@@ -762,7 +762,8 @@ async fn a_grant_binding_stripped_of_its_labels_still_ends_with_the_grant() {
     create_policy(
         &admin,
         &policy,
-        json!({ "type": "Role", "role": role, "scope": { "namespaces": [ns.name] }, "approvalType": "Auto" }),
+        // Editing a binding through the grant is persistence: allowed here knowingly.
+        json!({ "type": "Role", "role": role, "scope": { "namespaces": [ns.name] }, "approvalType": "Auto", "allowPersistence": true }),
     )
     .await;
     let name = format!("{}-req", ns.name);
@@ -1041,14 +1042,21 @@ async fn no_grant_reaches_kubepams_namespace() {
         other => panic!("a policy scoped to kubepam-system must be refused: {other:?}"),
     }
     // The attack of the report: token minting, cluster-wide, narrowed to kubepam.
+    // (A Role policy: a Task policy would guard every token request of the cluster.)
     let wide = format!("{}-wide", ns.name);
+    let minter: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": wide },
+        "rules": [{ "apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"] }],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &minter)
+        .await
+        .unwrap();
     create_policy(
         &admin,
         &wide,
-        json!({
-            "type": "Task", "approvalType": "Auto", "allowPrivilegeEscalation": true,
-            "task": { "verbs": ["create"], "apiGroups": [""], "resources": ["serviceaccounts/token"] },
-        }),
+        json!({ "type": "Role", "role": wide, "approvalType": "Auto", "allowPrivilegeEscalation": true }),
     )
     .await;
     let requests = Api::<ElevationRequest>::all(alice.clone());
@@ -1201,5 +1209,251 @@ async fn a_role_edited_after_approval_never_widens_the_grant() {
         .await
     );
     assert!(!crate::pam::allowed(&admin, "alice", "get", "", "secrets", Some(&ns.name)).await);
+    ns.delete().await;
+}
+
+/// The report's attack: alice, granted a role in one namespace, binds it to
+/// herself, mints a 48-hour token and a token Secret for a service account,
+/// so that the access outlives the grant. Each is refused while only the
+/// grant allows it; a token that ends with the grant, a call she could make
+/// anyway, and a policy with `allowPersistence: true` pass.
+#[tokio::test]
+async fn an_elevation_cannot_mint_access_that_outlives_it() {
+    let Scene {
+        admin,
+        alice,
+        bob,
+        ns,
+        ..
+    } = scene("persist").await;
+    let role = format!("{}-builder", ns.name);
+    let builder: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": role },
+        "rules": [
+            { "apiGroups": [""], "resources": ["configmaps", "serviceaccounts", "secrets"], "verbs": ["get", "create"] },
+            { "apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"] },
+            { "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["create"] },
+        ],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &builder)
+        .await
+        .unwrap();
+    let mut grants = Vec::new();
+    for (who, client, allow) in [("alice", &alice, false), ("bob", &bob, true)] {
+        let policy = format!("{}-{who}", ns.name);
+        create_policy(
+            &admin,
+            &policy,
+            json!({
+                "type": "Role", "role": role, "approvalType": "Auto", "allowPrivilegeEscalation": true,
+                "scope": { "namespaces": [ns.name] }, "allowPersistence": allow,
+            }),
+        )
+        .await;
+        let request = format!("{}-{who}", ns.name);
+        create_request(
+            client,
+            &request,
+            json!({ "policy": policy, "namespace": ns.name, "reason": "INC-5", "duration": "1h" }),
+        )
+        .await;
+        wait_phase(client, &request, Phase::Approved, SOON).await;
+        crate::pam::wait_allowed(
+            &admin,
+            who,
+            ("create", "rbac.authorization.k8s.io", "rolebindings"),
+            Some(&ns.name),
+            true,
+            SOON,
+        )
+        .await;
+        grants.push(request);
+    }
+    let self_binding = |name: &str, user: &str| -> RoleBinding {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": ns.name },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+        }))
+        .unwrap()
+    };
+    let refused = |result: Result<(), kube::Error>, what: &str| match result {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            assert!(
+                s.message.contains("outlives your grant"),
+                "{what}: {}",
+                s.message
+            );
+            assert!(s.message.contains(&grants[0]), "{what}: {}", s.message);
+        }
+        other => panic!("{what} through a grant must be refused: {other:?}"),
+    };
+    let alices_bindings = Api::<RoleBinding>::namespaced(alice.clone(), &ns.name);
+    refused(
+        alices_bindings
+            .create(&PostParams::default(), &self_binding("mine", "alice"))
+            .await
+            .map(|_| ()),
+        "a binding to herself",
+    );
+    // A service account with a token for two days, and a token Secret.
+    let accounts =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(alice.clone(), &ns.name);
+    let account: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "helper" } })).unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let token = |seconds: i64| -> k8s_openapi::api::authentication::v1::TokenRequest {
+        serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": seconds } }))
+            .unwrap()
+    };
+    refused(
+        accounts
+            .create_token_request("helper", &PostParams::default(), &token(172_800))
+            .await
+            .map(|_| ()),
+        "a 48-hour token",
+    );
+    let short = accounts
+        .create_token_request("helper", &PostParams::default(), &token(600))
+        .await;
+    assert!(
+        short.is_ok(),
+        "a token that ends before the grant: {short:?}"
+    );
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "helper-token", "annotations": { "kubernetes.io/service-account.name": "helper" } },
+        "type": "kubernetes.io/service-account-token",
+    }))
+    .unwrap();
+    refused(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(alice.clone(), &ns.name)
+            .create(&PostParams::default(), &secret)
+            .await
+            .map(|_| ()),
+        "a token Secret",
+    );
+    // An ordinary object is no persistence.
+    let config: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(json!({ "metadata": { "name": "notes" } })).unwrap();
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(alice.clone(), &ns.name)
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+
+    // With the opt-in, bob's policy allows it.
+    Api::<RoleBinding>::namespaced(bob.clone(), &ns.name)
+        .create(&PostParams::default(), &self_binding("bobs", "bob"))
+        .await
+        .unwrap();
+    // A right alice holds standing is hers to use, grant or not.
+    let standing_role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": format!("{}-standing", ns.name) },
+        "rules": [{ "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["create"] }],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &standing_role)
+        .await
+        .unwrap();
+    let mut standing = self_binding("alice-standing", "alice");
+    standing.role_ref.name = format!("{}-standing", ns.name);
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns.name)
+        .create(&PostParams::default(), &standing)
+        .await
+        .unwrap();
+    eventually("a standing right is seen", SOON, || async {
+        alices_bindings
+            .create(&PostParams::default(), &self_binding("mine", "alice"))
+            .await
+            .ok()
+    })
+    .await;
+    ns.delete().await;
+}
+
+/// Nothing in kubepam's own namespace is reachable through a grant, even a
+/// cluster-wide one that allows it; an administrator's standing rights are
+/// untouched.
+#[tokio::test]
+async fn a_cluster_wide_grant_never_reaches_kubepams_namespace() {
+    let Scene {
+        cluster, admin, ns, ..
+    } = scene("ownwide").await;
+    // dave: no other scenario grants him anything.
+    let dave = cluster.client(Identity::Dave).await;
+    let role = format!("{}-minter", ns.name);
+    let token_role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": role },
+        "rules": [{ "apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"] }],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &token_role)
+        .await
+        .unwrap();
+    let policy = format!("{}-tokens", ns.name);
+    create_policy(
+        &admin,
+        &policy,
+        json!({
+            "type": "Role", "role": role, "approvalType": "Auto",
+            "allowPrivilegeEscalation": true, "allowPersistence": true,
+        }),
+    )
+    .await;
+    let request = format!("{}-tokens", ns.name);
+    create_request(
+        &dave,
+        &request,
+        json!({ "policy": policy, "reason": "INC-6", "duration": "1h" }),
+    )
+    .await;
+    wait_phase(&dave, &request, Phase::Approved, SOON).await;
+    crate::pam::wait_allowed(
+        &admin,
+        "dave",
+        ("create", "", "serviceaccounts/token"),
+        Some("kubepam-system"),
+        true,
+        SOON,
+    )
+    .await;
+    let short: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": 600 } }))
+            .unwrap();
+    let minted = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        dave.clone(),
+        "kubepam-system",
+    )
+    .create_token_request("kubepam", &PostParams::default(), &short)
+    .await;
+    match minted {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            assert!(
+                s.message.contains("kubepam's own namespace"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("a token for kubepam's own account must be refused: {other:?}"),
+    }
+    // Elsewhere the same grant works.
+    let accounts =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), &ns.name);
+    let account: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "worker" } })).unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(dave.clone(), &ns.name)
+        .create_token_request("worker", &PostParams::default(), &short)
+        .await
+        .unwrap();
     ns.delete().await;
 }

@@ -28,6 +28,7 @@ pub const CONDITION_ACCEPTED: &str = "Accepted";
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
     printcolumn = r#"{"name":"Approval","type":"string","jsonPath":".spec.approvalType"}"#,
     printcolumn = r#"{"name":"Approver Group","type":"string","jsonPath":".spec.approverGroup"}"#,
+    printcolumn = r#"{"name":"Persistence","type":"boolean","jsonPath":".spec.allowPersistence"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -88,6 +89,12 @@ pub struct AccessPolicySpec {
     /// this says yes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_privilege_escalation: bool,
+    /// Whether someone acting through a grant of this policy may make access that outlives the
+    /// grant: RBAC roles and bindings, service account tokens longer than the grant or token
+    /// Secrets, certificate signing requests, webhook configurations and admission policies.
+    /// Refused without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_persistence: bool,
 }
 
 /// Namespaces a policy is limited to.

@@ -1,0 +1,218 @@
+//! Access that outlives a grant (pure): which calls make it, and when the persistence guard
+//! refuses one.
+//!
+//! A grant ends on time, but what its holder made with it may not: a binding to themselves, a
+//! service account with a long token, a certificate, a webhook. While someone *acts through a
+//! grant* — an active grant of theirs allows the call in its scope, and RBAC without kubepam's
+//! grants ([`crate::standing`]) does not — kubepam refuses the calls that make lasting access,
+//! unless the grant's policy says `allowPersistence: true`. A call they could make anyway is
+//! never refused. Nothing in kubepam's own namespace is ever allowed through a grant.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::admission::{GuardOperation, Reason, Verdict, deny};
+use crate::api::{GrantScope, PolicyType};
+use crate::grant::{self, Operation};
+use crate::standing::rule_allows;
+
+/// A call that makes access outlive the grant it is made through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lasting {
+    /// Creating or changing a Role, ClusterRole, RoleBinding or ClusterRoleBinding.
+    Rbac,
+    /// A `serviceaccounts/token` request that outlives the grant; `seconds` as asked.
+    Token {
+        /// `spec.expirationSeconds` (the API server defaults it to an hour).
+        seconds: i64,
+        /// Bound to a Pod with the kubelet's 3607 seconds, which the API server extends to a
+        /// year.
+        extended: bool,
+    },
+    /// A Secret of type `kubernetes.io/service-account-token`: a token that never expires.
+    TokenSecret,
+    /// A `CertificateSigningRequest`, or its approval: a client certificate.
+    CertificateRequest,
+    /// A webhook configuration or admission policy: code that sees or changes every call.
+    Admission,
+    /// Anything in kubepam's own namespace, or kubepam's CRDs.
+    KubepamsOwn,
+}
+
+impl Lasting {
+    /// What the call makes, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Rbac => "an RBAC role or binding",
+            Self::Token { .. } => "a service account token longer than the grant",
+            Self::TokenSecret => "a service account token Secret",
+            Self::CertificateRequest => "a certificate signing request",
+            Self::Admission => "an admission webhook or policy",
+            Self::KubepamsOwn => "a change in kubepam's own namespace or API",
+        }
+    }
+}
+
+/// The kubelet's token lifetime, which the API server extends to a year for Pod-bound tokens
+/// (`--service-account-extend-token-expiration`, on by default).
+const EXTENDED_TOKEN_SECONDS: i64 = 3607;
+
+/// What `op` (with `object`, the object admission decoded) makes that could outlast a grant;
+/// `None` for everything else.
+pub fn lasting(
+    op: &GuardOperation<'_>,
+    object: Option<&Value>,
+    kubepam_namespace: &str,
+) -> Option<Lasting> {
+    use kube::core::admission::Operation as Admission;
+    if op.namespace == Some(kubepam_namespace)
+        || (op.api_group == "apiextensions.k8s.io"
+            && op.resource == "customresourcedefinitions"
+            && op.name.is_some_and(|n| n.ends_with(".kubepam.io")))
+    {
+        return Some(Lasting::KubepamsOwn);
+    }
+    if !matches!(op.operation, Admission::Create | Admission::Update) {
+        return None;
+    }
+    match (op.api_group, op.resource, op.subresource) {
+        (
+            grant::RBAC_API_GROUP,
+            "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings",
+            None,
+        ) => Some(Lasting::Rbac),
+        ("", "serviceaccounts", Some("token")) => {
+            let spec = object.and_then(|o| o.get("spec"));
+            let seconds = spec
+                .and_then(|s| s.get("expirationSeconds"))
+                .and_then(Value::as_i64)
+                .unwrap_or(3600);
+            let pod_bound = spec
+                .and_then(|s| s.pointer("/boundObjectRef/kind"))
+                .and_then(Value::as_str)
+                == Some("Pod");
+            Some(Lasting::Token {
+                seconds,
+                extended: pod_bound && seconds == EXTENDED_TOKEN_SECONDS,
+            })
+        }
+        ("", "secrets", None)
+            if object.and_then(|o| o.get("type")).and_then(Value::as_str)
+                == Some("kubernetes.io/service-account-token") =>
+        {
+            Some(Lasting::TokenSecret)
+        }
+        ("certificates.k8s.io", "certificatesigningrequests", _) => {
+            Some(Lasting::CertificateRequest)
+        }
+        ("admissionregistration.k8s.io", _, _) => Some(Lasting::Admission),
+        _ => None,
+    }
+}
+
+/// One active grant of the caller, as the persistence guard sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ActiveGrant<'a> {
+    /// The request's name.
+    pub request: &'a str,
+    /// What it grants now.
+    pub scope: &'a GrantScope,
+    /// When it ends.
+    pub until: DateTime<Utc>,
+    /// Whether its policy says `allowPersistence: true`.
+    pub allow_persistence: bool,
+}
+
+/// Whether `scope` allows `op`: the namespace is in scope (a cluster-wide grant covers every
+/// namespace and cluster-scoped objects) and its rules allow the call. A Role grant approved
+/// before rules were kept is taken to allow it.
+pub fn scope_allows(scope: &GrantScope, op: &Operation<'_>) -> bool {
+    match scope.policy_type {
+        PolicyType::Task => grant::covers(scope, op),
+        PolicyType::Role | PolicyType::RoleGroup => {
+            let in_scope = scope.namespaces.is_empty()
+                || op
+                    .namespace
+                    .is_some_and(|ns| scope.namespaces.iter().any(|n| n == ns));
+            in_scope
+                && scope.roles.iter().any(|role| {
+                    scope
+                        .role_rules
+                        .get(role)
+                        .is_none_or(|rules| rules.iter().any(|rule| rule_allows(&rule.into(), op)))
+                })
+        }
+    }
+}
+
+/// The persistence guard's answer for `op`, which makes `lasting`, by a caller whose active
+/// grants are `grants`; `standing` says whether RBAC without kubepam's grants allows the call.
+pub fn persistence_verdict(
+    op: &GuardOperation<'_>,
+    lasting: Lasting,
+    grants: &[ActiveGrant<'_>],
+    standing: bool,
+    now: DateTime<Utc>,
+) -> Verdict {
+    let through: Vec<&ActiveGrant<'_>> = grants
+        .iter()
+        .filter(|g| g.until > now)
+        .filter(|g| {
+            op.verbs()
+                .iter()
+                .any(|verb| scope_allows(g.scope, &op.as_grant_op(verb)))
+        })
+        .collect();
+    if through.is_empty() || standing {
+        return Verdict::Allow;
+    }
+    let allowed = match lasting {
+        Lasting::KubepamsOwn => false,
+        Lasting::Token { seconds, extended } => {
+            // A token that ends with the grant outlives nothing.
+            let ends_in = through
+                .iter()
+                .map(|g| (g.until - now).num_seconds())
+                .max()
+                .unwrap_or(0);
+            (!extended && seconds <= ends_in) || through.iter().any(|g| g.allow_persistence)
+        }
+        _ => through.iter().any(|g| g.allow_persistence),
+    };
+    if allowed {
+        return Verdict::Allow;
+    }
+    let mut requests: Vec<&str> = through.iter().map(|g| g.request).collect();
+    requests.sort_unstable();
+    requests.dedup();
+    let advice = match lasting {
+        Lasting::KubepamsOwn => {
+            "no grant reaches kubepam's own namespace or API; ask an administrator".to_owned()
+        }
+        Lasting::Token { .. } => format!(
+            "ask for a token that ends with the grant (spec.expirationSeconds at most {}), or \
+             for a policy with allowPersistence: true",
+            through
+                .iter()
+                .map(|g| (g.until - now).num_seconds())
+                .max()
+                .unwrap_or(0)
+        ),
+        _ => "ask for a policy with allowPersistence: true, or have someone with standing rights \
+              make it"
+            .to_owned(),
+    };
+    deny(
+        Reason::PersistentAccess,
+        format!(
+            "{} would make {} that outlives your grant (request {}): only the grant allows it, \
+             and access made through a grant ends with it; {advice}",
+            op.describe(),
+            lasting.describe(),
+            requests.join(", ")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests;

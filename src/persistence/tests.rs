@@ -1,0 +1,329 @@
+use chrono::{TimeDelta, TimeZone};
+use kube::core::admission::Operation as Admission;
+use serde_json::json;
+
+use super::*;
+use crate::api::{RoleRule, TaskSpec};
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
+}
+
+fn op<'a>(
+    operation: Admission,
+    group: &'a str,
+    resource: &'a str,
+    sub: Option<&'a str>,
+    namespace: Option<&'a str>,
+) -> GuardOperation<'a> {
+    GuardOperation {
+        operation,
+        api_group: group,
+        resource,
+        subresource: sub,
+        name: Some("x"),
+        namespace,
+        collection: false,
+    }
+}
+
+fn admin_of(namespaces: &[&str]) -> GrantScope {
+    GrantScope {
+        policy_type: PolicyType::Role,
+        task: None,
+        roles: vec!["admin".into()],
+        namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+        role_rules: std::collections::BTreeMap::from([(
+            "admin".to_owned(),
+            vec![RoleRule {
+                verbs: vec!["*".into()],
+                api_groups: vec!["*".into()],
+                resources: vec!["*".into()],
+                ..RoleRule::default()
+            }],
+        )]),
+    }
+}
+
+fn grant(scope: &GrantScope, allow: bool) -> ActiveGrant<'_> {
+    ActiveGrant {
+        request: "r1",
+        scope,
+        until: now() + TimeDelta::hours(1),
+        allow_persistence: allow,
+    }
+}
+
+const NS: &str = "kubepam-system";
+
+#[test]
+fn calls_that_make_lasting_access_are_named() {
+    let rbac = grant::RBAC_API_GROUP;
+    let cases = [
+        (
+            op(Admission::Create, rbac, "rolebindings", None, Some("prod")),
+            None,
+            Some(Lasting::Rbac),
+        ),
+        (
+            op(Admission::Update, rbac, "clusterroles", None, None),
+            None,
+            Some(Lasting::Rbac),
+        ),
+        (
+            op(Admission::Delete, rbac, "rolebindings", None, Some("prod")),
+            None,
+            None,
+        ),
+        (
+            op(
+                Admission::Create,
+                "",
+                "serviceaccounts",
+                Some("token"),
+                Some("prod"),
+            ),
+            Some(json!({"spec": {"expirationSeconds": 172_800}})),
+            Some(Lasting::Token {
+                seconds: 172_800,
+                extended: false,
+            }),
+        ),
+        (
+            op(
+                Admission::Create,
+                "",
+                "serviceaccounts",
+                Some("token"),
+                Some("prod"),
+            ),
+            Some(
+                json!({"spec": {"expirationSeconds": 3607, "boundObjectRef": {"kind": "Pod", "name": "p"}}}),
+            ),
+            Some(Lasting::Token {
+                seconds: 3607,
+                extended: true,
+            }),
+        ),
+        (
+            op(Admission::Create, "", "secrets", None, Some("prod")),
+            Some(json!({"type": "kubernetes.io/service-account-token"})),
+            Some(Lasting::TokenSecret),
+        ),
+        (
+            op(Admission::Create, "", "secrets", None, Some("prod")),
+            Some(json!({"type": "Opaque"})),
+            None,
+        ),
+        (
+            op(
+                Admission::Update,
+                "certificates.k8s.io",
+                "certificatesigningrequests",
+                Some("approval"),
+                None,
+            ),
+            None,
+            Some(Lasting::CertificateRequest),
+        ),
+        (
+            op(
+                Admission::Create,
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+                None,
+                None,
+            ),
+            None,
+            Some(Lasting::Admission),
+        ),
+        (
+            op(Admission::Delete, "apps", "deployments", None, Some(NS)),
+            None,
+            Some(Lasting::KubepamsOwn),
+        ),
+        (
+            op(Admission::Create, "", "pods", None, Some("prod")),
+            None,
+            None,
+        ),
+    ];
+    for (call, object, want) in cases {
+        assert_eq!(lasting(&call, object.as_ref(), NS), want, "{call:?}");
+    }
+}
+
+#[test]
+fn a_binding_through_a_grant_is_refused_unless_the_policy_allows_it() {
+    let scope = admin_of(&["prod"]);
+    let call = op(
+        Admission::Create,
+        grant::RBAC_API_GROUP,
+        "rolebindings",
+        None,
+        Some("prod"),
+    );
+    let refused = persistence_verdict(&call, Lasting::Rbac, &[grant(&scope, false)], false, now());
+    let refusal = refused.refusal().expect("refused");
+    assert_eq!(refusal.reason, Reason::PersistentAccess);
+    assert!(
+        refusal.message.contains("request r1"),
+        "{}",
+        refusal.message
+    );
+    assert!(
+        refusal.message.contains("allowPersistence: true"),
+        "{}",
+        refusal.message
+    );
+    assert!(
+        persistence_verdict(&call, Lasting::Rbac, &[grant(&scope, true)], false, now())
+            .is_allowed()
+    );
+    // What the caller could do anyway is never refused.
+    assert!(
+        persistence_verdict(&call, Lasting::Rbac, &[grant(&scope, false)], true, now())
+            .is_allowed()
+    );
+    // Outside the grant's scope it is not made through the grant.
+    let elsewhere = op(
+        Admission::Create,
+        grant::RBAC_API_GROUP,
+        "rolebindings",
+        None,
+        Some("dev"),
+    );
+    assert!(
+        persistence_verdict(
+            &elsewhere,
+            Lasting::Rbac,
+            &[grant(&scope, false)],
+            false,
+            now()
+        )
+        .is_allowed()
+    );
+    // An ended grant carries nothing.
+    let mut ended = grant(&scope, false);
+    ended.until = now();
+    assert!(persistence_verdict(&call, Lasting::Rbac, &[ended], false, now()).is_allowed());
+}
+
+#[test]
+fn a_token_may_live_as_long_as_the_grant() {
+    let scope = admin_of(&[]);
+    let call = op(
+        Admission::Create,
+        "",
+        "serviceaccounts",
+        Some("token"),
+        Some("prod"),
+    );
+    let token = |seconds, extended| Lasting::Token { seconds, extended };
+    let g = [grant(&scope, false)];
+    assert!(persistence_verdict(&call, token(600, false), &g, false, now()).is_allowed());
+    assert!(persistence_verdict(&call, token(3600, false), &g, false, now()).is_allowed());
+    let long = persistence_verdict(&call, token(172_800, false), &g, false, now());
+    assert!(
+        long.message()
+            .unwrap()
+            .contains("expirationSeconds at most 3600"),
+        "{long:?}"
+    );
+    assert!(!persistence_verdict(&call, token(3607, true), &g, false, now()).is_allowed());
+    assert!(
+        persistence_verdict(
+            &call,
+            token(172_800, false),
+            &[grant(&scope, true)],
+            false,
+            now()
+        )
+        .is_allowed()
+    );
+}
+
+#[test]
+fn kubepams_own_namespace_is_refused_whatever_the_policy_allows() {
+    let scope = admin_of(&[]);
+    let call = op(
+        Admission::Create,
+        "",
+        "serviceaccounts",
+        Some("token"),
+        Some(NS),
+    );
+    let v = persistence_verdict(
+        &call,
+        Lasting::KubepamsOwn,
+        &[grant(&scope, true)],
+        false,
+        now(),
+    );
+    assert_eq!(
+        v.refusal().map(|r| r.reason),
+        Some(Reason::PersistentAccess)
+    );
+    assert!(
+        persistence_verdict(
+            &call,
+            Lasting::KubepamsOwn,
+            &[grant(&scope, true)],
+            true,
+            now()
+        )
+        .is_allowed()
+    );
+}
+
+#[test]
+fn a_task_grant_covers_only_its_task() {
+    let scope = GrantScope {
+        policy_type: PolicyType::Task,
+        task: Some(TaskSpec {
+            verbs: vec!["delete".into()],
+            api_groups: vec!["apps".into()],
+            resources: vec!["deployments".into()],
+            resource_names: None,
+        }),
+        roles: Vec::new(),
+        namespaces: Vec::new(),
+        role_rules: std::collections::BTreeMap::new(),
+    };
+    let call = op(
+        Admission::Create,
+        grant::RBAC_API_GROUP,
+        "rolebindings",
+        None,
+        Some("prod"),
+    );
+    // Not made through this grant: RBAC allowed it for another reason.
+    assert!(
+        persistence_verdict(&call, Lasting::Rbac, &[grant(&scope, false)], false, now())
+            .is_allowed()
+    );
+}
+
+proptest::proptest! {
+    /// Standing rights, or no grant that allows the call, always pass; a refusal always names
+    /// the request it was made through.
+    #[test]
+    fn only_calls_made_through_a_grant_are_refused(
+        standing in proptest::bool::ANY,
+        allow in proptest::bool::ANY,
+        namespaced in proptest::bool::ANY,
+        wide in proptest::bool::ANY,
+        seconds in 0i64..200_000,
+    ) {
+        let scope = admin_of(if wide { &[] } else { &["prod"] });
+        let ns = namespaced.then_some("prod");
+        let call = op(Admission::Create, "", "serviceaccounts", Some("token"), ns);
+        let v = persistence_verdict(&call, Lasting::Token { seconds, extended: false }, &[grant(&scope, allow)], standing, now());
+        let through = wide || namespaced;
+        if standing || !through || allow || seconds <= 3600 {
+            proptest::prop_assert!(v.is_allowed());
+        } else {
+            proptest::prop_assert!(v.message().unwrap().contains("r1"));
+        }
+    }
+}

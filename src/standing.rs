@@ -1,0 +1,224 @@
+//! Rights held outside kubepam (pure): RBAC evaluated as the API server's RBAC authorizer does,
+//! over every Role, ClusterRole and binding but kubepam's own grants.
+//!
+//! Two questions use it: whether a caller could make a call without any kubepam grant (the
+//! persistence guard refuses only what a grant alone allows), and who holds standing rights to
+//! what the Task policies guard, or to `impersonate`, `escalate` and `bind` (`kubectl pam
+//! standing`). Other authorizers (Node, webhook) are not seen; the group `system:masters` holds
+//! every right.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+
+use crate::drift::is_managed;
+use crate::grant::Operation;
+use crate::impersonation::ALL_POWERFUL_GROUP;
+
+/// Whether `rule` allows `op`, by RBAC's matching: `*` matches any verb, group or resource,
+/// `*/sub` that subresource of any resource, and `resourceNames` only calls that name one of
+/// them.
+pub fn rule_allows(rule: &PolicyRule, op: &Operation<'_>) -> bool {
+    let has = |list: Option<&Vec<String>>, value: &str| {
+        list.is_some_and(|l| l.iter().any(|v| v == "*" || v == value))
+    };
+    let full = op.full_resource();
+    let resource_ok = rule.resources.as_ref().is_some_and(|resources| {
+        resources.iter().any(|r| {
+            r == "*"
+                || *r == full
+                || r.strip_prefix("*/")
+                    .is_some_and(|sub| op.subresource == Some(sub))
+        })
+    });
+    let name_ok = match rule.resource_names.as_deref() {
+        None | Some([]) => true,
+        Some(names) => op.name.is_some_and(|n| names.iter().any(|x| x == n)),
+    };
+    has(Some(&rule.verbs), op.verb)
+        && has(rule.api_groups.as_ref(), op.api_group)
+        && resource_ok
+        && name_ok
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, Copy)]
+pub struct User<'a> {
+    /// The username.
+    pub name: &'a str,
+    /// Its groups.
+    pub groups: &'a [String],
+}
+
+/// Whether `subject` of a binding in `binding_namespace` (`None` for a ClusterRoleBinding)
+/// names `user`.
+fn names_user(subject: &Subject, user: &User<'_>, binding_namespace: Option<&str>) -> bool {
+    match subject.kind.as_str() {
+        "User" => subject.name == user.name,
+        "Group" => user.groups.contains(&subject.name),
+        "ServiceAccount" => {
+            let namespace = subject
+                .namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .or(binding_namespace)
+                .unwrap_or_default();
+            user.name == format!("system:serviceaccount:{namespace}:{}", subject.name)
+        }
+        _ => false,
+    }
+}
+
+/// `User alice`, `Group ops`, `ServiceAccount ns/name`.
+fn describe_subject(subject: &Subject, binding_namespace: Option<&str>) -> String {
+    match subject.kind.as_str() {
+        "ServiceAccount" => format!(
+            "ServiceAccount {}/{}",
+            subject
+                .namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .or(binding_namespace)
+                .unwrap_or_default(),
+            subject.name
+        ),
+        kind => format!("{kind} {}", subject.name),
+    }
+}
+
+/// One binding outside kubepam, with what it binds.
+#[derive(Debug)]
+struct Bound<'a> {
+    /// `ClusterRoleBinding/NAME` or `RoleBinding/NS/NAME`.
+    via: String,
+    /// Where the rules hold: `None` everywhere, else one namespace.
+    namespace: Option<&'a str>,
+    subjects: &'a [Subject],
+    rules: &'a [PolicyRule],
+}
+
+/// RBAC without kubepam's grants.
+#[derive(Debug)]
+pub struct Standing<'a> {
+    bound: Vec<Bound<'a>>,
+}
+
+impl<'a> Standing<'a> {
+    /// Every binding but kubepam's (labelled `app.kubernetes.io/managed-by: kubepam`), with the
+    /// rules of the role it names; a binding to a role that does not exist grants nothing.
+    pub fn new(
+        cluster_roles: impl IntoIterator<Item = &'a ClusterRole>,
+        roles: impl IntoIterator<Item = &'a Role>,
+        cluster_role_bindings: impl IntoIterator<Item = &'a ClusterRoleBinding>,
+        role_bindings: impl IntoIterator<Item = &'a RoleBinding>,
+    ) -> Self {
+        let cluster_roles: BTreeMap<&str, &[PolicyRule]> = cluster_roles
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    r.metadata.name.as_deref()?,
+                    r.rules.as_deref().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        let roles: BTreeMap<(&str, &str), &[PolicyRule]> = roles
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    (
+                        r.metadata.namespace.as_deref()?,
+                        r.metadata.name.as_deref()?,
+                    ),
+                    r.rules.as_deref().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        let kubepams = |labels: Option<&BTreeMap<String, String>>| labels.is_some_and(is_managed);
+        let role_rules = |role_ref: &RoleRef, namespace: Option<&str>| -> &'a [PolicyRule] {
+            match (role_ref.kind.as_str(), namespace) {
+                ("ClusterRole", _) => cluster_roles
+                    .get(role_ref.name.as_str())
+                    .copied()
+                    .unwrap_or_default(),
+                ("Role", Some(ns)) => roles
+                    .get(&(ns, role_ref.name.as_str()))
+                    .copied()
+                    .unwrap_or_default(),
+                _ => &[],
+            }
+        };
+        let mut bound = Vec::new();
+        for binding in cluster_role_bindings {
+            if kubepams(binding.metadata.labels.as_ref()) {
+                continue;
+            }
+            bound.push(Bound {
+                via: format!(
+                    "ClusterRoleBinding/{}",
+                    binding.metadata.name.as_deref().unwrap_or_default()
+                ),
+                namespace: None,
+                subjects: binding.subjects.as_deref().unwrap_or_default(),
+                rules: role_rules(&binding.role_ref, None),
+            });
+        }
+        for binding in role_bindings {
+            let Some(namespace) = binding.metadata.namespace.as_deref() else {
+                continue;
+            };
+            if kubepams(binding.metadata.labels.as_ref()) {
+                continue;
+            }
+            bound.push(Bound {
+                via: format!(
+                    "RoleBinding/{namespace}/{}",
+                    binding.metadata.name.as_deref().unwrap_or_default()
+                ),
+                namespace: Some(namespace),
+                subjects: binding.subjects.as_deref().unwrap_or_default(),
+                rules: role_rules(&binding.role_ref, Some(namespace)),
+            });
+        }
+        Self { bound }
+    }
+
+    /// Whether `user` may make `op` without any kubepam grant.
+    pub fn allows(&self, user: &User<'_>, op: &Operation<'_>) -> bool {
+        if user.groups.iter().any(|g| g == ALL_POWERFUL_GROUP) {
+            return true;
+        }
+        self.bound.iter().any(|b| {
+            b.namespace.is_none_or(|ns| op.namespace == Some(ns))
+                && b.subjects.iter().any(|s| names_user(s, user, b.namespace))
+                && b.rules.iter().any(|rule| rule_allows(rule, op))
+        })
+    }
+
+    /// Every subject holding a rule for which `holds(rule, namespace)` is true (`namespace`:
+    /// where the binding holds, `None` everywhere), with the bindings that give it; sorted.
+    pub fn holders(
+        &self,
+        holds: impl Fn(&PolicyRule, Option<&str>) -> bool,
+    ) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for b in &self.bound {
+            if !b.rules.iter().any(|rule| holds(rule, b.namespace)) {
+                continue;
+            }
+            for subject in b.subjects {
+                if subject.kind == "Group" && subject.name == ALL_POWERFUL_GROUP {
+                    continue;
+                }
+                out.entry(describe_subject(subject, b.namespace))
+                    .or_default()
+                    .insert(b.via.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
