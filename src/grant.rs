@@ -402,23 +402,7 @@ impl Operation<'_> {
 /// any verb, group or resource; `*/sub` matches that subresource of any resource; absent
 /// `resourceNames` match any name.
 pub fn task_matches(task: &TaskSpec, op: &Operation<'_>) -> bool {
-    let full = op.full_resource();
-    let verb_ok = task.verbs.iter().any(|v| v == "*" || v == op.verb);
-    let group_ok = task
-        .api_groups
-        .iter()
-        .any(|g| g == "*" || g == op.api_group);
-    let resource_ok = task.resources.iter().any(|r| {
-        r == "*"
-            || *r == full
-            || r.strip_prefix("*/")
-                .is_some_and(|sub| op.subresource == Some(sub))
-    });
-    let name_ok = match task.resource_names.as_deref() {
-        None | Some([]) => true,
-        Some(names) => op.name.is_some_and(|n| names.iter().any(|x| x == n)),
-    };
-    verb_ok && group_ok && resource_ok && name_ok
+    crate::standing::rule_allows(&policy_rule(task), op)
 }
 
 /// Whether a Task grant covers `op`: the task matches and the namespace is in scope

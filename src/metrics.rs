@@ -90,6 +90,15 @@ pub struct Metrics {
     pub guard_repairs: Family<ObjectLabels, Counter>,
     /// Subjects RBAC lets impersonate an identity kubepam trusts.
     pub impersonators: Gauge,
+    /// Subjects holding, outside kubepam, a right to what a Task policy guards,
+    /// or to impersonate, escalate or bind.
+    pub standing_holders: Family<RightLabels, Gauge>,
+}
+
+/// A right of `kubectl pam standing`: `policy NAME`, `impersonate`, `escalate`, `bind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RightLabels {
+    pub right: String,
 }
 
 /// One of kubepam's admission objects, e.g. `ValidatingWebhookConfiguration/kubepam-guard`.
@@ -121,8 +130,14 @@ impl Default for Metrics {
             notification_backlog: Gauge::default(),
             guard_repairs: Family::default(),
             impersonators: Gauge::default(),
+            standing_holders: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "standing_holders",
+            "Subjects that RBAC, outside kubepam's grants, gives a right to what a Task policy guards (right=\"policy NAME\") or to impersonate, escalate or bind",
+            metrics.standing_holders.clone(),
+        );
         registry.register(
             "impersonators",
             "Subjects that RBAC lets impersonate a system account, a control-plane identity, a node, an approver group or kubepam itself",

@@ -220,5 +220,124 @@ impl<'a> Standing<'a> {
     }
 }
 
+/// One subject's standing right to something an auditor asks about first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct StandingRight {
+    /// `User alice`, `Group ops`, `ServiceAccount ns/name`.
+    pub subject: String,
+    /// `policy NAME` (the operation a Task policy guards), `impersonate`, `escalate` or `bind`.
+    pub right: String,
+    /// The bindings that give it, as `ClusterRoleBinding/NAME` or `RoleBinding/NS/NAME`.
+    pub via: Vec<String>,
+}
+
+/// Whether `rule` allows some call of `task` (a name the task lists, or any, may be named).
+fn rule_overlaps_task(rule: &PolicyRule, task: &crate::api::TaskSpec) -> bool {
+    let names_meet = match (
+        rule.resource_names.as_deref(),
+        task.resource_names.as_deref(),
+    ) {
+        (None | Some([]), _) | (_, None | Some([])) => true,
+        (Some(a), Some(b)) => a.iter().any(|n| b.contains(n)),
+    };
+    let unnamed = PolicyRule {
+        resource_names: None,
+        ..rule.clone()
+    };
+    names_meet
+        && task.verbs.iter().any(|verb| {
+            task.api_groups.iter().any(|group| {
+                task.resources.iter().any(|full| {
+                    let (resource, subresource) = match full.split_once('/') {
+                        Some((r, s)) => (r, Some(s)),
+                        None => (full.as_str(), None),
+                    };
+                    rule_allows(
+                        &unnamed,
+                        &Operation {
+                            verb,
+                            api_group: group,
+                            resource,
+                            subresource,
+                            name: None,
+                            namespace: None,
+                        },
+                    )
+                })
+            })
+        })
+}
+
+/// Whether `rule` allows `verb` on roles or cluster roles.
+fn on_roles(rule: &PolicyRule, verb: &str) -> bool {
+    ["roles", "clusterroles"].iter().any(|resource| {
+        rule_allows(
+            rule,
+            &Operation {
+                verb,
+                api_group: crate::grant::RBAC_API_GROUP,
+                resource,
+                subresource: None,
+                name: None,
+                namespace: None,
+            },
+        )
+    })
+}
+
+/// Who holds, outside kubepam, a right to what each accepted Task policy guards (in its
+/// namespaces), and to `impersonate`, `escalate` and `bind`: sorted by subject, then right.
+pub fn report<'p>(
+    standing: &Standing<'_>,
+    policies: impl IntoIterator<Item = &'p crate::api::AccessPolicy>,
+) -> Vec<StandingRight> {
+    let mut out = Vec::new();
+    let mut add = |right: String, holders: BTreeMap<String, BTreeSet<String>>| {
+        out.extend(holders.into_iter().map(|(subject, via)| StandingRight {
+            subject,
+            right: right.clone(),
+            via: via.into_iter().collect(),
+        }));
+    };
+    for policy in policies {
+        let crate::lifecycle::PolicyView::Accepted(p) =
+            crate::lifecycle::PolicyView::from_policy(Some(policy))
+        else {
+            continue;
+        };
+        let Some(task) = p
+            .spec
+            .task
+            .as_ref()
+            .filter(|_| p.spec.policy_type == crate::api::PolicyType::Task)
+        else {
+            continue;
+        };
+        let namespaces = p.spec.namespaces();
+        let holders = standing.holders(|rule, bound_in| {
+            let in_scope = namespaces.is_empty()
+                || bound_in.is_none_or(|ns| namespaces.iter().any(|n| n == ns));
+            in_scope && rule_overlaps_task(rule, task)
+        });
+        add(
+            format!("policy {}", p.metadata.name.as_deref().unwrap_or_default()),
+            holders,
+        );
+    }
+    add(
+        "impersonate".to_owned(),
+        standing
+            .holders(|rule, _| crate::impersonation::rules_impersonate(std::slice::from_ref(rule))),
+    );
+    for verb in ["escalate", "bind"] {
+        add(
+            verb.to_owned(),
+            standing.holders(|rule, _| on_roles(rule, verb)),
+        );
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests;

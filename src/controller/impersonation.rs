@@ -4,16 +4,15 @@
 //! `kubepam_impersonators`, and each change of it to a Warning Event
 //! `ImpersonationRights` on the control.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::ListParams;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use super::caches::Caches;
@@ -22,6 +21,8 @@ use super::{Context, publish_event_on};
 use crate::api::{CONTROL_NAME, ImpersonationRight, PrivilegedAccessControl};
 use crate::drift::is_managed;
 use crate::impersonation::{Impersonator, Target, impersonators};
+use crate::metrics::RightLabels;
+use crate::standing::{self, Standing};
 use crate::webhook::configuration::CONTROL_PLANE_USERS;
 
 /// How often RBAC is read again, whatever changed.
@@ -59,10 +60,8 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, operator: Option<String>, st
     }
     let mut reported: Option<BTreeSet<String>> = None;
     loop {
-        match look(&ctx, operator.as_deref()).await {
-            Ok(found) => report(&ctx, &found, &mut reported).await,
-            Err(error) => warn!(%error, "cannot read RBAC to find who may impersonate"),
-        }
+        let found = look(&ctx, operator.as_deref());
+        report(&ctx, &found, &mut reported).await;
         tokio::select! {
             () = stop.clone() => return,
             _ = changes.next() => tokio::time::sleep(SETTLE).await,
@@ -96,23 +95,19 @@ fn targets(ctx: &Context, operator: Option<&str>) -> BTreeSet<Target> {
     targets
 }
 
-async fn look(ctx: &Context, operator: Option<&str>) -> Result<Vec<Impersonator>, kube::Error> {
-    // kubepam's own roles (one per Task grant, by the thousand) grant no
-    // standing right: the API server leaves them out.
-    let not_kubepams = ListParams::default().labels(&format!(
-        "{}!={}",
-        crate::grant::LABEL_MANAGED_BY,
-        crate::grant::MANAGER
-    ));
-    let cluster_roles = Api::<ClusterRole>::all(ctx.client.clone())
-        .list(&not_kubepams)
-        .await?
-        .items;
-    let roles = Api::<Role>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    // Standing rights only: kubepam's own grants are approved and end on time.
+/// Who may impersonate the identities kubepam trusts; on the way, the count
+/// of standing holders of each right of `kubectl pam standing` goes to
+/// `kubepam_standing_holders`.
+fn look(ctx: &Context, operator: Option<&str>) -> Vec<Impersonator> {
+    // Standing rights only: kubepam's own roles and grants are approved and
+    // end on time (the caches hold other ClusterRoles only).
+    let cluster_roles: Vec<ClusterRole> = ctx
+        .standing_cluster_roles
+        .state()
+        .iter()
+        .map(|r| (**r).clone())
+        .collect();
+    let roles: Vec<Role> = ctx.roles.state().iter().map(|r| (**r).clone()).collect();
     let cluster_role_bindings: Vec<ClusterRoleBinding> = ctx
         .rbac
         .cluster_role_bindings
@@ -129,13 +124,31 @@ async fn look(ctx: &Context, operator: Option<&str>) -> Result<Vec<Impersonator>
         .filter(|b| !is_managed(b.labels()))
         .map(|b| (**b).clone())
         .collect();
-    Ok(impersonators(
+    let standing = Standing::new(
+        &cluster_roles,
+        &roles,
+        &cluster_role_bindings,
+        &role_bindings,
+    );
+    let policies = ctx.policies.state();
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    for right in standing::report(&standing, policies.iter().map(|p| &**p)) {
+        *counts.entry(right.right).or_default() += 1;
+    }
+    ctx.metrics.standing_holders.clear();
+    for (right, count) in counts {
+        ctx.metrics
+            .standing_holders
+            .get_or_create(&RightLabels { right })
+            .set(count);
+    }
+    impersonators(
         &cluster_roles,
         &roles,
         &cluster_role_bindings,
         &role_bindings,
         &targets(ctx, operator),
-    ))
+    )
 }
 
 async fn report(ctx: &Context, found: &[Impersonator], reported: &mut Option<BTreeSet<String>>) {

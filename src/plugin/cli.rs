@@ -132,6 +132,13 @@ pub enum Command {
   kubectl pam impersonators
   kubectl pam impersonators -o yaml")]
     Impersonators,
+    /// Who holds, outside kubepam, standing rights to what the Task policies
+    /// guard, and to impersonate, escalate and bind (read from RBAC; the
+    /// group system:masters holds every right and is not listed).
+    #[command(after_help = "Examples:
+  kubectl pam standing
+  kubectl pam standing -o json")]
+    Standing,
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   source <(kubectl-pam completion bash)

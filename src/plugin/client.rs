@@ -62,6 +62,21 @@ fn plural<K: Resource<DynamicType = ()>>() -> String {
     K::plural(&()).into_owned()
 }
 
+/// Every object of a namespaced kind, in every namespace.
+pub async fn list_in_all_namespaces<K>(client: &Client) -> Result<Vec<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| from_kube(e, &plural::<K>()))
+}
+
 /// Cluster-scoped API calls for one kind, with errors mapped.
 #[derive(Clone)]
 pub struct Kind<K> {

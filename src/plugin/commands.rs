@@ -11,7 +11,7 @@ use kube::runtime::wait::await_condition;
 
 use super::access::{self, Facts, Query};
 use super::cli::{self, Cli, Command, PolicyCommand};
-use super::client::{Kind, connect, rbac_allows, whoami};
+use super::client::{Kind, connect, list_in_all_namespaces, rbac_allows, whoami};
 use super::error::{Error, exit};
 use super::objects::{self, EnablePlan};
 use super::render::{self, Output};
@@ -111,6 +111,7 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             can_i(&client, args, namespace, output).await
         }
         Command::Impersonators => impersonators(&client, output).await,
+        Command::Standing => standing(&client, output).await,
         Command::Completion(_) => Ok(exit::OK),
     }
 }
@@ -192,6 +193,38 @@ async fn policy_create(
         output,
         &format!("{} created", render::object_name(&created)),
     )?;
+    Ok(exit::OK)
+}
+
+async fn standing(client: &Client, output: Option<Output>) -> Result<u8, Error> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let cluster_roles = Kind::<ClusterRole>::new(client).list().await?;
+    let roles = list_in_all_namespaces::<Role>(client).await?;
+    let cluster_role_bindings = Kind::<ClusterRoleBinding>::new(client).list().await?;
+    let role_bindings = list_in_all_namespaces::<RoleBinding>(client).await?;
+    let policies = Kind::<AccessPolicy>::new(client).list().await?;
+    let standing = crate::standing::Standing::new(
+        &cluster_roles,
+        &roles,
+        &cluster_role_bindings,
+        &role_bindings,
+    );
+    let rights = crate::standing::report(&standing, &policies);
+    match output {
+        Some(Output::Json) => println(&serde_json::to_string_pretty(&rights).unwrap_or_default())?,
+        Some(Output::Yaml) => print(&serde_yaml::to_string(&rights).unwrap_or_default())?,
+        _ if rights.is_empty() => println(
+            "nobody holds standing rights to what the Task policies guard, or to impersonate, \
+             escalate or bind (as RBAC says; members of system:masters can do anything)",
+        )?,
+        _ => {
+            let rows: Vec<Vec<String>> = rights
+                .iter()
+                .map(|r| vec![r.subject.clone(), r.right.clone(), r.via.join(", ")])
+                .collect();
+            print(&render::table(&["SUBJECT", "RIGHT", "VIA"], &rows))?;
+        }
+    }
     Ok(exit::OK)
 }
 

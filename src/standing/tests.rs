@@ -189,3 +189,63 @@ proptest! {
         prop_assert_eq!(some.allows(&alice, &call), expected);
     }
 }
+
+fn accepted_task_policy(name: &str, namespaces: &[&str]) -> crate::api::AccessPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+        "metadata": { "name": name, "generation": 1 },
+        "spec": {
+            "type": "Task", "approvalType": "Manual",
+            "task": { "verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"] },
+            "scope": { "namespaces": namespaces },
+        },
+        "status": { "conditions": [{ "type": "Accepted", "status": "True", "reason": "Accepted",
+            "message": "ok", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1 }] },
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_report_names_who_holds_guarded_and_key_rights_outside_kubepam() {
+    let roles = [
+        cluster_role("deleter", &["delete"], "apps", &["deployments"]),
+        cluster_role(
+            "binder",
+            &["bind"],
+            grant::RBAC_API_GROUP,
+            &["clusterroles"],
+        ),
+        cluster_role("all", &["*"], "*", &["*"]),
+    ];
+    let cluster_bindings = [
+        crb("ops-delete", "deleter", user("olga"), false),
+        crb("kubepam-grant-1", "deleter", user("alice"), true),
+        crb(
+            "root",
+            "all",
+            json!({ "kind": "Group", "name": "system:masters" }),
+            false,
+        ),
+        crb("binders", "binder", user("bert"), false),
+    ];
+    let bindings = [
+        rb("prod", "paul", "ClusterRole", "deleter", user("paul")),
+        rb("dev", "dina", "ClusterRole", "deleter", user("dina")),
+    ];
+    let standing = Standing::new(&roles, [], &cluster_bindings, &bindings);
+    let policy = accepted_task_policy("prod-delete", &["prod"]);
+    let report = report(&standing, [&policy]);
+    let rows: Vec<(&str, &str)> = report
+        .iter()
+        .map(|r| (r.subject.as_str(), r.right.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("User bert", "bind"),
+            ("User olga", "policy prod-delete"),
+            ("User paul", "policy prod-delete"),
+        ]
+    );
+    assert_eq!(report[2].via, ["RoleBinding/prod/paul"]);
+}

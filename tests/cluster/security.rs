@@ -1457,3 +1457,89 @@ async fn a_cluster_wide_grant_never_reaches_kubepams_namespace() {
         .unwrap();
     ns.delete().await;
 }
+
+/// The auditor's first list: who holds, outside kubepam, standing rights to
+/// what a Task policy guards, or to impersonate, escalate and bind; from the
+/// plugin, and counted per right in `kubepam_standing_holders`.
+#[tokio::test]
+async fn standing_rights_are_listed_and_counted() {
+    let Scene {
+        cluster, admin, ns, ..
+    } = scene("standing").await;
+    let policy = format!("{}-delete", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Manual")).await;
+    let deleter = format!("{}-deleter", ns.name);
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": deleter },
+        "rules": [
+            { "apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["delete"] },
+            { "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["bind"] },
+        ],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let holder = format!("olga-{}", ns.name);
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "olga", "namespace": ns.name },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": deleter },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": holder }],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns.name)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-pam"))
+        .args([
+            "--kubeconfig",
+            cluster.kubeconfig_path.to_str().unwrap(),
+            "--context",
+            "admin",
+            "standing",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rights: Vec<kubepam::standing::StandingRight> =
+        serde_json::from_slice(&output.stdout).unwrap();
+    let subject = format!("User {holder}");
+    let held: Vec<&str> = rights
+        .iter()
+        .filter(|r| r.subject == subject)
+        .map(|r| r.right.as_str())
+        .collect();
+    // A RoleBinding's bind right holds in its namespace: still a standing right to bind there.
+    assert_eq!(
+        held,
+        ["bind", format!("policy {policy}").as_str()],
+        "{rights:?}"
+    );
+    let via = &rights.iter().find(|r| r.subject == subject).unwrap().via;
+    assert_eq!(via, &[format!("RoleBinding/{}/olga", ns.name)]);
+    // The operator counts them, per right (the control plane's own accounts
+    // hold some too, and are listed like anyone).
+    let holders = rights
+        .iter()
+        .filter(|r| r.right == format!("policy {policy}"))
+        .count();
+    let line = format!("kubepam_standing_holders{{right=\"policy {policy}\"}} {holders}");
+    eventually("the count is exported", Duration::from_secs(45), || async {
+        let (_, text) = crate::support::http_get(kubepam_metrics_port(), "/metrics").ok()?;
+        text.contains(&line).then_some(())
+    })
+    .await;
+    ns.delete().await;
+}
+
+fn kubepam_metrics_port() -> u16 {
+    crate::support::operator().metrics_port
+}
