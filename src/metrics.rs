@@ -93,6 +93,8 @@ pub struct Metrics {
     /// Subjects holding, outside kubepam, a right to what a Task policy guards,
     /// or to impersonate, escalate or bind.
     pub standing_holders: Family<RightLabels, Gauge>,
+    /// Objects that confer access, made during grants, found when they ended.
+    pub persistence_found: Counter,
 }
 
 /// A right of `kubectl pam standing`: `policy NAME`, `impersonate`, `escalate`, `bind`.
@@ -131,8 +133,14 @@ impl Default for Metrics {
             guard_repairs: Family::default(),
             impersonators: Gauge::default(),
             standing_holders: Family::default(),
+            persistence_found: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "persistence_found",
+            "Objects that confer access (bindings, roles, service accounts, token Secrets, pods running as them, certificate requests, admission configuration) made by requesters during their grants, found when the grants ended",
+            metrics.persistence_found.clone(),
+        );
         registry.register(
             "standing_holders",
             "Subjects that RBAC, outside kubepam's grants, gives a right to what a Task policy guards (right=\"policy NAME\") or to impersonate, escalate or bind",

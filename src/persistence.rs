@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::admission::{GuardOperation, Reason, Verdict, deny};
-use crate::api::{GrantScope, PolicyType};
+use crate::api::{ElevationRequestStatus, GrantScope, LASTING_LIMIT, LastingObject, PolicyType};
 use crate::grant::{self, Operation};
 use crate::standing::rule_allows;
 
@@ -212,6 +212,66 @@ pub fn persistence_verdict(
             requests.join(", ")
         ),
     )
+}
+
+/// Whether the creation `op` (of `object`) by the holder of a grant over `scope` makes an object
+/// that confers access and is recorded on the request: RBAC roles and bindings, service accounts,
+/// their token Secrets, certificate requests, admission configuration, and pods that run as a
+/// service account in `accounts` (those recorded on the request). Only creations in the grant's
+/// scope count.
+pub fn records(
+    op: &GuardOperation<'_>,
+    object: Option<&Value>,
+    scope: &GrantScope,
+    accounts: &[&str],
+) -> bool {
+    use kube::core::admission::Operation as Admission;
+    if op.operation != Admission::Create || op.subresource.is_some() || op.name.is_none() {
+        return false;
+    }
+    let in_scope = scope.namespaces.is_empty()
+        || op
+            .namespace
+            .is_some_and(|ns| scope.namespaces.iter().any(|n| n == ns));
+    if !in_scope {
+        return false;
+    }
+    let field = |pointer: &str| {
+        object
+            .and_then(|o| o.pointer(pointer))
+            .and_then(Value::as_str)
+    };
+    match (op.api_group, op.resource) {
+        (
+            grant::RBAC_API_GROUP,
+            "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings",
+        )
+        | ("", "serviceaccounts")
+        | ("certificates.k8s.io", "certificatesigningrequests")
+        | ("admissionregistration.k8s.io", _) => true,
+        ("", "secrets") => field("/type") == Some("kubernetes.io/service-account-token"),
+        ("", "pods") => {
+            field("/spec/serviceAccountName").is_some_and(|account| accounts.contains(&account))
+        }
+        _ => false,
+    }
+}
+
+/// Adds `object` to `status.lastingObjects` (once; at most [`LASTING_LIMIT`], the oldest
+/// dropped).
+pub fn record_lasting(status: &mut ElevationRequestStatus, object: LastingObject) {
+    let same = |o: &LastingObject| {
+        o.api_group == object.api_group
+            && o.resource == object.resource
+            && o.namespace == object.namespace
+            && o.name == object.name
+    };
+    if status.lasting_objects.iter().any(same) {
+        return;
+    }
+    status.lasting_objects.push(object);
+    let excess = status.lasting_objects.len().saturating_sub(LASTING_LIMIT);
+    status.lasting_objects.drain(..excess);
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{Context, Error};
-use crate::api::{ElevationRequest, Execution};
+use crate::api::{ElevationRequest, Execution, LastingObject};
 use crate::lifecycle::record_execution;
+use crate::persistence::record_lasting;
 
 /// How long uses are gathered before they are written.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(500);
@@ -22,11 +23,21 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(500);
 /// are then only logged): the log must never slow down or block admission.
 pub const QUEUE_LIMIT: usize = 10_000;
 
-/// One admitted use, for the request that allowed it.
+/// One admitted use, or an object that confers access made during the
+/// grant, for the request it belongs to.
 #[derive(Debug, Clone)]
 pub struct Use {
     pub request: String,
-    pub execution: Execution,
+    pub entry: Entry,
+}
+
+/// What is recorded on the request.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// A use of the grant (`status.lastExecutions`).
+    Execution(Execution),
+    /// An object made during the grant (`status.lastingObjects`).
+    Lasting(LastingObject),
 }
 
 /// The sending side, held by the webhook server.
@@ -52,18 +63,15 @@ pub fn channel() -> (Recorder, mpsc::Receiver<Use>) {
 /// Writes queued uses until the channel closes.
 pub async fn run(ctx: Arc<Context>, mut receiver: mpsc::Receiver<Use>) {
     while let Some(first) = receiver.recv().await {
-        let mut batch: BTreeMap<String, Vec<Execution>> = BTreeMap::new();
-        batch
-            .entry(first.request)
-            .or_default()
-            .push(first.execution);
+        let mut batch: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        batch.entry(first.request).or_default().push(first.entry);
         let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
         while let Ok(Some(next)) = tokio::time::timeout_at(deadline, receiver.recv()).await {
-            batch.entry(next.request).or_default().push(next.execution);
+            batch.entry(next.request).or_default().push(next.entry);
         }
-        for (request, executions) in batch {
-            if let Err(error) = write(&ctx, &request, &executions).await {
-                warn!(%request, uses = executions.len(), %error, "failed to record uses");
+        for (request, entries) in batch {
+            if let Err(error) = write(&ctx, &request, &entries).await {
+                warn!(%request, entries = entries.len(), %error, "failed to record uses");
             }
         }
     }
@@ -71,7 +79,14 @@ pub async fn run(ctx: Arc<Context>, mut receiver: mpsc::Receiver<Use>) {
 
 /// Adds the uses to the request's status, guarded by resourceVersion and
 /// retried on conflict with the controller's own writes.
-async fn write(ctx: &Context, name: &str, executions: &[Execution]) -> Result<(), Error> {
+async fn write(ctx: &Context, name: &str, entries: &[Entry]) -> Result<(), Error> {
+    let executions: Vec<Execution> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Execution(execution) => Some(execution.clone()),
+            Entry::Lasting(_) => None,
+        })
+        .collect();
     let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
     for attempt in 1..=5 {
         let Some(request) = api.get_opt(name).await.map_err(|source| Error::Read {
@@ -82,8 +97,11 @@ async fn write(ctx: &Context, name: &str, executions: &[Execution]) -> Result<()
             return Ok(());
         };
         let mut status = request.status.clone().unwrap_or_default();
-        for execution in executions {
-            record_execution(&mut status, execution.clone());
+        for entry in entries {
+            match entry {
+                Entry::Execution(execution) => record_execution(&mut status, execution.clone()),
+                Entry::Lasting(object) => record_lasting(&mut status, object.clone()),
+            }
         }
         let written = super::apply_status(
             &ctx.client,
@@ -95,7 +113,9 @@ async fn write(ctx: &Context, name: &str, executions: &[Execution]) -> Result<()
         .await;
         match written {
             Ok(_) => {
-                announce(ctx, &request, executions).await;
+                if !executions.is_empty() {
+                    announce(ctx, &request, &executions).await;
+                }
                 return Ok(());
             }
             Err(error) if error.is_conflict() && attempt < 5 => {}

@@ -10,6 +10,7 @@ mod control;
 mod drift;
 pub mod executions;
 mod impersonation;
+mod lasting;
 pub mod leader;
 mod notify;
 pub mod policy;

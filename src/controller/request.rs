@@ -186,6 +186,21 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
             }
         }
         remove_condition(&mut status.conditions, CONDITION_GRANT_BLOCKED);
+        // What the grant left behind is handled once, as it ends, before the
+        // phase is written: a crash in between handles it again.
+        let ended = decision
+            .transition
+            .as_ref()
+            .is_some_and(|t| t.from == Some(Phase::Approved) && t.to.is_final());
+        let left: Vec<_> = if ended {
+            if control.as_ref().is_some_and(|c| c.spec.remove_persistence) {
+                let since = status.decided_at.unwrap_or_else(Utc::now);
+                super::lasting::remove(ctx, &mut status, since).await;
+            }
+            status.lasting_objects.clone()
+        } else {
+            Vec::new()
+        };
         let version = super::apply_status(
             &ctx.client,
             request,
@@ -194,6 +209,9 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
             version,
         )
         .await?;
+        if !left.is_empty() {
+            super::lasting::report(ctx, request, &left).await;
+        }
         if status.phase.is_some_and(Phase::is_final) {
             set_finalizer(&api, request, version, false).await?;
         }

@@ -327,3 +327,70 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn what_is_recorded_on_the_request() {
+    let scope = admin_of(&["prod"]);
+    let create = |group, resource, ns| op(Admission::Create, group, resource, None, ns);
+    let rbac = grant::RBAC_API_GROUP;
+    assert!(records(
+        &create(rbac, "rolebindings", Some("prod")),
+        None,
+        &scope,
+        &[]
+    ));
+    assert!(records(
+        &create("", "serviceaccounts", Some("prod")),
+        None,
+        &scope,
+        &[]
+    ));
+    // Outside the grant's scope, or not a creation: not the grant's doing.
+    assert!(!records(
+        &create("", "serviceaccounts", Some("dev")),
+        None,
+        &scope,
+        &[]
+    ));
+    assert!(!records(
+        &op(Admission::Update, rbac, "rolebindings", None, Some("prod")),
+        None,
+        &scope,
+        &[]
+    ));
+    // A pod counts when it runs as an account made during the grant.
+    let pod = json!({"spec": {"serviceAccountName": "helper"}});
+    let pods = create("", "pods", Some("prod"));
+    assert!(records(&pods, Some(&pod), &scope, &["helper"]));
+    assert!(!records(&pods, Some(&pod), &scope, &["other"]));
+    assert!(!records(
+        &create("", "configmaps", Some("prod")),
+        None,
+        &scope,
+        &[]
+    ));
+}
+
+#[test]
+fn lasting_objects_are_kept_once_and_bounded() {
+    let mut status = ElevationRequestStatus::default();
+    let object = |name: &str| LastingObject {
+        time: now(),
+        api_group: String::new(),
+        version: "v1".into(),
+        resource: "serviceaccounts".into(),
+        kind: "ServiceAccount".into(),
+        namespace: Some("prod".into()),
+        name: name.into(),
+        removed: false,
+        unverified: false,
+    };
+    record_lasting(&mut status, object("a"));
+    record_lasting(&mut status, object("a"));
+    assert_eq!(status.lasting_objects.len(), 1);
+    for i in 0..150 {
+        record_lasting(&mut status, object(&format!("n{i}")));
+    }
+    assert_eq!(status.lasting_objects.len(), LASTING_LIMIT);
+    assert_eq!(status.lasting_objects.last().unwrap().name, "n149");
+}

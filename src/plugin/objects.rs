@@ -104,6 +104,7 @@ pub fn enable_plan(
                 default_duration: args.default_duration.clone(),
                 request_ttl: args.request_ttl.clone(),
                 remove_foreign_bindings: false,
+                remove_persistence: false,
                 notifications: None,
             },
             status: None,

@@ -245,6 +245,14 @@ pub fn validating(
         { "apiGroups": ["apiextensions.k8s.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE", "DELETE"],
           "resources": ["customresourcedefinitions"], "scope": "*" },
     ]);
+    // Of Secrets, only service account tokens: the rest never wait for kubepam.
+    let mut persistence_conditions = exempting(exempt_users);
+    if let Some(list) = persistence_conditions.as_array_mut() {
+        list.push(json!({
+            "name": "token-secrets-only",
+            "expression": "request.resource.resource != 'secrets' || (object != null && has(object.type) && object.type == 'kubernetes.io/service-account-token')",
+        }));
+    }
     from_json(json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -288,8 +296,8 @@ pub fn validating(
                 "matchPolicy": "Equivalent",
                 "namespaceSelector": {},
                 "objectSelector": {},
-                "matchConditions": exempting(exempt_users),
-                "sideEffects": "None",
+                "matchConditions": persistence_conditions,
+                "sideEffects": "NoneOnDryRun",
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": 5,
             },
@@ -307,7 +315,23 @@ pub fn validating(
                 }] },
                 "objectSelector": {},
                 "matchConditions": exempting(exempt_users),
-                "sideEffects": "None",
+                "sideEffects": "NoneOnDryRun",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            },
+            {
+                "name": "record.kubepam.io",
+                "clientConfig": endpoint.client_config(PATH_PERSISTENCE),
+                "rules": [{
+                    "apiGroups": [""], "apiVersions": ["*"], "operations": ["CREATE"],
+                    "resources": ["pods", "serviceaccounts"], "scope": "Namespaced",
+                }],
+                "failurePolicy": "Ignore",
+                "matchPolicy": "Equivalent",
+                "namespaceSelector": {},
+                "objectSelector": {},
+                "matchConditions": exempting(exempt_users),
+                "sideEffects": "NoneOnDryRun",
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": 5,
             },
@@ -444,7 +468,7 @@ mod tests {
     fn url_endpoint_joins_the_path_and_carries_the_ca() {
         let config = validating(&local(), &[], "kubepam-system");
         let hooks = config.webhooks.unwrap();
-        assert_eq!(hooks.len(), 4);
+        assert_eq!(hooks.len(), 5);
         assert_eq!(
             hooks[0].client_config.url.as_deref(),
             Some("https://127.0.0.1:8443/validate/elevationrequests")

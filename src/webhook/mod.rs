@@ -26,7 +26,7 @@ use crate::admission::{
 };
 use crate::api::AccessPolicy;
 use crate::controller::Context;
-use crate::controller::executions::{Recorder, Use};
+use crate::controller::executions::{Entry, Recorder, Use};
 use crate::privilege::NamedRoles;
 use configuration::{
     PATH_GUARD, PATH_MUTATE_REQUESTS, PATH_PERSISTENCE, PATH_VALIDATE_POLICIES,
@@ -332,7 +332,7 @@ async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
                 execution.unverified = !state.callers_verified;
                 state.executions.record(Use {
                     request: allowed_by.clone(),
-                    execution,
+                    entry: Entry::Execution(execution),
                 });
             }
             GuardVerdict::Denied(refusal) => info!(
@@ -365,36 +365,36 @@ async fn persistence(State(state): State<AppState>, body: Bytes) -> Response {
             observe(&state, "persistence", start, verdict.refusal());
             return admission::respond(request, verdict);
         }
-        let verdict = persistence_verdict(&state.ctx, request);
+        let verdict = persistence_verdict(&state, request);
         log_denial("persistence", request, &verdict);
         observe(&state, "persistence", start, verdict.refusal());
         admission::respond(request, verdict)
     })
 }
 
-fn persistence_verdict(ctx: &Context, request: &AdmissionRequest<DynamicObject>) -> Verdict {
-    let operation = GuardOperation::from_request(request);
-    let object = request
-        .object
-        .as_ref()
-        .and_then(|o| serde_json::to_value(o).ok());
-    let Some(lasting) = crate::persistence::lasting(&operation, object.as_ref(), &ctx.namespace)
-    else {
-        return Verdict::Allow;
-    };
-    let caller = Caller::from_user_info(&request.user_info);
-    let now = Utc::now();
+/// The caller's grants as they stand now (narrowed by any policy change):
+/// request name, scope, end, `allowPersistence`, and the service accounts
+/// recorded on the request.
+type CallerGrant = (
+    String,
+    crate::api::GrantScope,
+    chrono::DateTime<Utc>,
+    bool,
+    Vec<String>,
+);
+
+fn caller_grants(ctx: &Context, username: &str, now: chrono::DateTime<Utc>) -> Vec<CallerGrant> {
+    if username.is_empty() {
+        return Vec::new();
+    }
     let policies = ctx.policies.state();
     let control = crate::lifecycle::ControlView::from_control(ctx.control().as_deref())
         .with_kubepam_namespace(&ctx.namespace);
-    // The caller's grants as they stand now (narrowed by any policy change).
-    let grants: Vec<(String, crate::api::GrantScope, chrono::DateTime<Utc>, bool)> = ctx
-        .requests
+    ctx.requests
         .state()
         .iter()
         .filter(|r| {
-            !caller.username.is_empty()
-                && r.spec.requester.as_deref() == Some(caller.username)
+            r.spec.requester.as_deref() == Some(username)
                 && r.status.as_ref().and_then(|s| s.phase) == Some(crate::api::Phase::Approved)
         })
         .filter_map(|r| {
@@ -405,28 +405,98 @@ fn persistence_verdict(ctx: &Context, request: &AdmissionRequest<DynamicObject>)
             let decision = crate::lifecycle::decide(r, &view, &control, now);
             let until = decision.status.granted_until?;
             let allow = policy.is_some_and(|p| p.spec.allow_persistence);
+            let accounts = decision
+                .status
+                .lasting_objects
+                .iter()
+                .filter(|o| o.resource == "serviceaccounts")
+                .map(|o| o.name.clone())
+                .collect();
             Some((
                 kube::ResourceExt::name_any(&**r),
                 decision.grant?,
                 until,
                 allow,
+                accounts,
             ))
         })
-        .collect();
+        .collect()
+}
+
+fn persistence_verdict(state: &AppState, request: &AdmissionRequest<DynamicObject>) -> Verdict {
+    let ctx = &state.ctx;
+    let operation = GuardOperation::from_request(request);
+    let caller = Caller::from_user_info(&request.user_info);
+    let now = Utc::now();
+    let grants = caller_grants(ctx, caller.username, now);
     if grants.is_empty() {
         return Verdict::Allow;
     }
-    let active: Vec<crate::persistence::ActiveGrant<'_>> = grants
-        .iter()
-        .map(
-            |(request, scope, until, allow)| crate::persistence::ActiveGrant {
-                request,
-                scope,
-                until: *until,
-                allow_persistence: *allow,
-            },
-        )
-        .collect();
+    let object = request
+        .object
+        .as_ref()
+        .and_then(|o| serde_json::to_value(o).ok());
+    let verdict = match crate::persistence::lasting(&operation, object.as_ref(), &ctx.namespace) {
+        None => Verdict::Allow,
+        Some(lasting) => {
+            let active: Vec<crate::persistence::ActiveGrant<'_>> = grants
+                .iter()
+                .map(
+                    |(request, scope, until, allow, _)| crate::persistence::ActiveGrant {
+                        request,
+                        scope,
+                        until: *until,
+                        allow_persistence: *allow,
+                    },
+                )
+                .collect();
+            let could_anyway = standing_allows(ctx, &caller, &operation);
+            crate::persistence::persistence_verdict(&operation, lasting, &active, could_anyway, now)
+        }
+    };
+    if verdict.is_allowed() && !request.dry_run {
+        record_lasting(state, request, &operation, object.as_ref(), &grants, now);
+    }
+    verdict
+}
+
+/// Records an admitted creation that confers access on each grant of the
+/// caller whose scope it falls in.
+fn record_lasting(
+    state: &AppState,
+    request: &AdmissionRequest<DynamicObject>,
+    operation: &GuardOperation<'_>,
+    object: Option<&serde_json::Value>,
+    grants: &[CallerGrant],
+    now: chrono::DateTime<Utc>,
+) {
+    let Some(name) = operation.name else {
+        return;
+    };
+    for (request_name, scope, _, _, accounts) in grants {
+        let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
+        if !crate::persistence::records(operation, object, scope, &accounts) {
+            continue;
+        }
+        state.executions.record(Use {
+            request: request_name.clone(),
+            entry: Entry::Lasting(crate::api::LastingObject {
+                time: now,
+                api_group: request.resource.group.clone(),
+                version: request.resource.version.clone(),
+                resource: request.resource.resource.clone(),
+                kind: request.kind.kind.clone(),
+                namespace: operation.namespace.map(str::to_owned),
+                name: name.to_owned(),
+                removed: false,
+                unverified: !state.callers_verified,
+            }),
+        });
+    }
+}
+
+/// Whether RBAC without kubepam's grants lets the caller make `operation`.
+fn standing_allows(ctx: &Context, caller: &Caller<'_>, operation: &GuardOperation<'_>) -> bool {
     let cluster_roles = ctx.standing_cluster_roles.state();
     let roles = ctx.roles.state();
     let cluster_role_bindings = ctx.rbac.cluster_role_bindings.state();
@@ -447,11 +517,10 @@ fn persistence_verdict(ctx: &Context, request: &AdmissionRequest<DynamicObject>)
     if asked.operation == Operation::Create && asked.subresource.is_none() {
         asked.name = None;
     }
-    let could_anyway = asked
+    asked
         .verbs()
         .iter()
-        .any(|verb| standing.allows(&user, &asked.as_grant_op(verb)));
-    crate::persistence::persistence_verdict(&operation, lasting, &active, could_anyway, now)
+        .any(|verb| standing.allows(&user, &asked.as_grant_op(verb)))
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP on `bind`.

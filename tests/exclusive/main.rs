@@ -1226,3 +1226,170 @@ async fn system_accounts_never_break_the_guard() {
     remove_all_policies(&admin).await;
     ns.delete().await;
 }
+
+/// What a grant's holder made in its scope that confers access (a service
+/// account, a binding for it, a pod running as it) is recorded on the
+/// request, reported when the grant ends, and removed with the control's
+/// `removePersistence: true`; what others made, and ordinary objects, are
+/// left alone.
+#[tokio::test]
+async fn what_a_grant_left_behind_is_reported_and_removed() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+    let (_guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    let ns = cluster.namespace("left").await;
+    let role = format!("{}-maker", ns.name);
+    let maker: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": role },
+        "rules": [
+            { "apiGroups": [""], "resources": ["serviceaccounts", "pods", "configmaps"], "verbs": ["get", "create"] },
+            { "apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["create"] },
+        ],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &maker)
+        .await
+        .unwrap();
+    let policy = format!("{}-maker", ns.name);
+    create_policy(
+        &admin,
+        &policy,
+        json!({
+            "type": "Role", "role": role, "approvalType": "Manual", "allowPersistence": true,
+            "scope": { "namespaces": [ns.name] },
+        }),
+    )
+    .await;
+    let requests = Api::<ElevationRequest>::all(admin.clone());
+    let mut left_by = Vec::new();
+    for (round, remove) in [("kept", false), ("removed", true)] {
+        apply_control(
+            &admin,
+            json!({
+                "enabled": true, "defaultApproverGroup": "pam-approvers",
+                "systemAccounts": ["system:serviceaccount:ci:deployer"], "removePersistence": remove,
+            }),
+        )
+        .await;
+        let request = format!("{}-{round}", ns.name);
+        create_request(
+            &alice,
+            &request,
+            json!({ "policy": policy, "namespace": ns.name, "reason": "INC-8" }),
+        )
+        .await;
+        wait_phase(&alice, &request, Phase::Pending, SOON).await;
+        pam::review(&bob, &request, "bob", "Approve", "ok")
+            .await
+            .unwrap();
+        wait_phase(&alice, &request, Phase::Approved, SOON).await;
+        pam::wait_allowed(
+            &admin,
+            "alice",
+            ("create", "", "serviceaccounts"),
+            Some(&ns.name),
+            true,
+            SOON,
+        )
+        .await;
+        let account = format!("helper-{round}");
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({ "metadata": { "name": account } })).unwrap();
+        Api::<ServiceAccount>::namespaced(alice.clone(), &ns.name)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+        // Recorded before the pod, so the pod is known to run as it.
+        eventually("the account is recorded", SOON, || async {
+            let status = requests.get(&request).await.ok()?.status?;
+            (!status.lasting_objects.is_empty()).then_some(())
+        })
+        .await;
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": { "name": format!("{account}-binding") },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "kind": "ServiceAccount", "name": account, "namespace": ns.name }],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(alice.clone(), &ns.name)
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": format!("{account}-pod") },
+            "spec": {
+                "serviceAccountName": account, "automountServiceAccountToken": false,
+                "containers": [{ "name": "c", "image": "registry.invalid/none:1" }],
+            },
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(alice.clone(), &ns.name)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+        let notes: ConfigMap =
+            serde_json::from_value(json!({ "metadata": { "name": format!("notes-{round}") } }))
+                .unwrap();
+        Api::<ConfigMap>::namespaced(alice.clone(), &ns.name)
+            .create(&PostParams::default(), &notes)
+            .await
+            .unwrap();
+        let recorded = eventually("three objects recorded", SOON, || async {
+            let status = requests.get(&request).await.ok()?.status?;
+            (status.lasting_objects.len() == 3).then_some(status.lasting_objects)
+        })
+        .await;
+        let kinds: Vec<&str> = recorded.iter().map(|o| o.kind.as_str()).collect();
+        assert_eq!(kinds, ["ServiceAccount", "RoleBinding", "Pod"]);
+
+        pam::review(&bob, &request, "bob", "Revoke", "done")
+            .await
+            .unwrap();
+        let ended = wait_phase(&alice, &request, Phase::Revoked, SOON).await;
+        let objects = ended.status.unwrap().lasting_objects;
+        assert!(objects.iter().all(|o| o.removed == remove), "{objects:?}");
+        let events = eventually("PersistenceFound", SOON, || async {
+            let found: Vec<_> = pam::events_for(&admin, &request)
+                .await
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("PersistenceFound"))
+                .collect();
+            (!found.is_empty()).then_some(found)
+        })
+        .await;
+        let note = events[0].note.clone().unwrap_or_default();
+        assert!(
+            note.contains(&format!("ServiceAccount {}/{account}", ns.name)),
+            "{note}"
+        );
+        let exists = Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
+            .get_opt(&account)
+            .await
+            .unwrap()
+            .is_some();
+        assert_eq!(exists, !remove, "{round}");
+        let pod_exists = Api::<Pod>::namespaced(admin.clone(), &ns.name)
+            .get_opt(&format!("{account}-pod"))
+            .await
+            .unwrap()
+            .is_some();
+        assert_eq!(pod_exists, !remove, "{round}");
+        left_by.push(account);
+    }
+    // Ordinary objects are never touched.
+    for round in ["kept", "removed"] {
+        assert!(
+            Api::<ConfigMap>::namespaced(admin.clone(), &ns.name)
+                .get_opt(&format!("notes-{round}"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    standard_control(&admin).await;
+    ns.delete().await;
+}

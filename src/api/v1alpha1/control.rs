@@ -70,6 +70,12 @@ pub struct PrivilegedAccessControlSpec {
     /// They are always reported (Event and metric); with `true` they are also removed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_foreign_bindings: bool,
+    /// Whether kubepam deletes, when a grant ends, the objects that confer access that the
+    /// requester made in its scope while it was in force (`status.lastingObjects` of the
+    /// request). They are always reported (Event `PersistenceFound` and metric); with `true`
+    /// they are also removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_persistence: bool,
     /// Mail and webhook notifications to approver groups and requesters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notifications: Option<Notifications>,

@@ -23,6 +23,6 @@ pub use policy::{
 };
 pub use request::{
     EXECUTION_LIMIT, ElevationRequest, ElevationRequestSpec, ElevationRequestStatus, Execution,
-    HISTORY_LIMIT, HistoryEntry, NOTIFICATION_LIMIT, Phase, RbacObjectRef, Review, ReviewDecision,
-    same_objects,
+    HISTORY_LIMIT, HistoryEntry, LASTING_LIMIT, LastingObject, NOTIFICATION_LIMIT, Phase,
+    RbacObjectRef, Review, ReviewDecision, same_objects,
 };

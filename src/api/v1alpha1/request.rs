@@ -198,6 +198,13 @@ pub struct ElevationRequestStatus {
     /// The most recent recorded uses, newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_executions: Vec<Execution>,
+    /// Objects that confer access, made by the requester in the grant's scope while it was in
+    /// force (bindings, roles, service accounts and their token Secrets, pods running as such an
+    /// account, certificate requests, admission configuration), at most 100. Reported when the
+    /// grant ends (Event `PersistenceFound`), and removed with the control's
+    /// `removePersistence: true`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lasting_objects: Vec<LastingObject>,
     /// Conditions, chiefly `Approved`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -264,6 +271,47 @@ pub struct Execution {
     /// webhooks run without `--webhook-client-ca-file`): it may be forged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unverified: bool,
+}
+
+/// The most objects kept in `status.lastingObjects`.
+pub const LASTING_LIMIT: usize = 100;
+
+/// An object that confers access, made while a grant was in force.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastingObject {
+    /// When the API server admitted its creation.
+    pub time: DateTime<Utc>,
+    /// API group, `""` for core.
+    #[serde(default)]
+    pub api_group: String,
+    /// API version, e.g. `v1`.
+    pub version: String,
+    /// Resource (plural), e.g. `rolebindings`.
+    pub resource: String,
+    /// Kind, e.g. `RoleBinding`.
+    pub kind: String,
+    /// Namespace; absent for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Removed by kubepam when the grant ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
+    /// Reported by a caller kubepam could not verify as the API server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
+}
+
+impl LastingObject {
+    /// `RoleBinding prod/name`, `ClusterRoleBinding name`.
+    pub fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
 }
 
 /// One transition of the request.
