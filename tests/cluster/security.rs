@@ -1345,9 +1345,13 @@ async fn an_elevation_cannot_mint_access_that_outlives_it() {
         .await
         .unwrap();
 
-    // With the opt-in, bob's policy allows it.
+    // With the opt-in, bob's policy allows it, a two-day token included.
     Api::<RoleBinding>::namespaced(bob.clone(), &ns.name)
         .create(&PostParams::default(), &self_binding("bobs", "bob"))
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(bob.clone(), &ns.name)
+        .create_token_request("helper", &PostParams::default(), &token(172_800))
         .await
         .unwrap();
     // A right alice holds standing is hers to use, grant or not.
