@@ -138,7 +138,7 @@ impl Default for Metrics {
         };
         registry.register(
             "persistence_found",
-            "Objects that confer access (bindings, roles, service accounts, token Secrets, pods running as them, certificate requests, admission configuration) made by requesters during their grants, found when the grants ended",
+            "Objects that confer access (bindings, roles, service accounts, token Secrets, pods running as them, certificate requests, API services) made by requesters during their grants, found when the grants ended",
             metrics.persistence_found.clone(),
         );
         registry.register(

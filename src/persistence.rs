@@ -33,9 +33,11 @@ pub enum Lasting {
     TokenSecret,
     /// A `CertificateSigningRequest`, or its approval: a client certificate.
     CertificateRequest,
-    /// A webhook configuration or admission policy: code that sees or changes every call.
+    /// An API service (admission configuration itself is never sent to webhooks: its writes
+    /// are a key right, see [`crate::privilege`]): code that sees or changes calls.
     Admission,
-    /// Anything in kubepam's own namespace, or kubepam's CRDs.
+    /// Anything in kubepam's own namespace, the namespace itself, kubepam's CRDs, its policies
+    /// and its control.
     KubepamsOwn,
 }
 
@@ -47,8 +49,8 @@ impl Lasting {
             Self::Token { .. } => "a service account token longer than the grant",
             Self::TokenSecret => "a service account token Secret",
             Self::CertificateRequest => "a certificate signing request",
-            Self::Admission => "an admission webhook or policy",
-            Self::KubepamsOwn => "a change in kubepam's own namespace or API",
+            Self::Admission => "an admission webhook, admission policy or API service",
+            Self::KubepamsOwn => "a change of kubepam's own namespace, settings or API",
         }
     }
 }
@@ -65,11 +67,15 @@ pub fn lasting(
     kubepam_namespace: &str,
 ) -> Option<Lasting> {
     use kube::core::admission::Operation as Admission;
-    if op.namespace == Some(kubepam_namespace)
+    let kubepams = op.namespace == Some(kubepam_namespace)
+        || (op.api_group.is_empty() && op.resource == "namespaces" && op.name == Some(kubepam_namespace))
         || (op.api_group == "apiextensions.k8s.io"
             && op.resource == "customresourcedefinitions"
             && op.name.is_some_and(|n| n.ends_with(".kubepam.io")))
-    {
+        // kubepam's settings: system accounts, opt-ins, the switch itself.
+        || (op.api_group == "kubepam.io"
+            && matches!(op.resource, "accesspolicies" | "privilegedaccesscontrols"));
+    if kubepams {
         return Some(Lasting::KubepamsOwn);
     }
     if !matches!(op.operation, Admission::Create | Admission::Update) {
@@ -105,12 +111,15 @@ pub fn lasting(
         ("certificates.k8s.io", "certificatesigningrequests", _) => {
             Some(Lasting::CertificateRequest)
         }
-        ("admissionregistration.k8s.io", _, _) => Some(Lasting::Admission),
+        ("admissionregistration.k8s.io", _, _) | ("apiregistration.k8s.io", "apiservices", _) => {
+            Some(Lasting::Admission)
+        }
         _ => None,
     }
 }
 
-/// One active grant of the caller, as the persistence guard sees it.
+/// One grant of the caller that is in force (its RBAC may still exist: past its end, until
+/// kubepam has removed it), as the persistence guard sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct ActiveGrant<'a> {
     /// The request's name.
@@ -156,7 +165,6 @@ pub fn persistence_verdict(
 ) -> Verdict {
     let through: Vec<&ActiveGrant<'_>> = grants
         .iter()
-        .filter(|g| g.until > now)
         .filter(|g| {
             op.verbs()
                 .iter()
@@ -216,7 +224,7 @@ pub fn persistence_verdict(
 
 /// Whether the creation `op` (of `object`) by the holder of a grant over `scope` makes an object
 /// that confers access and is recorded on the request: RBAC roles and bindings, service accounts,
-/// their token Secrets, certificate requests, admission configuration, and pods that run as a
+/// their token Secrets, certificate requests, API services, and pods that run as a
 /// service account in `accounts` (those recorded on the request). Only creations in the grant's
 /// scope count.
 pub fn records(
@@ -248,7 +256,7 @@ pub fn records(
         )
         | ("", "serviceaccounts")
         | ("certificates.k8s.io", "certificatesigningrequests")
-        | ("admissionregistration.k8s.io", _) => true,
+        | ("apiregistration.k8s.io", "apiservices") => true,
         ("", "secrets") => field("/type") == Some("kubernetes.io/service-account-token"),
         ("", "pods") => {
             field("/spec/serviceAccountName").is_some_and(|account| accounts.contains(&account))
@@ -257,8 +265,8 @@ pub fn records(
     }
 }
 
-/// Adds `object` to `status.lastingObjects` (once; at most [`LASTING_LIMIT`], the oldest
-/// dropped).
+/// Adds `object` to `status.lastingObjects` (once; at most [`LASTING_LIMIT`]: admission refuses
+/// what a full record could not hold, and the oldest, already handled, go first).
 pub fn record_lasting(status: &mut ElevationRequestStatus, object: LastingObject) {
     let same = |o: &LastingObject| {
         o.api_group == object.api_group

@@ -41,6 +41,12 @@ pub enum KeyRight {
     TokenRequests,
     /// Any verb on `secrets` in every namespace: read every credential stored there.
     SecretsClusterWide,
+    /// Writing admission configuration (webhook configurations, admission policies): code that
+    /// sees or rewrites every call, which admission itself never checks.
+    AdmissionConfiguration,
+    /// `nodes/proxy`: the kubelet's API, whose exec reaches every pod of a node (and its
+    /// service account token) without admission.
+    NodeProxy,
 }
 
 impl KeyRight {
@@ -55,6 +61,8 @@ impl KeyRight {
             Self::ClusterAdmin => "cluster-admin",
             Self::TokenRequests => "serviceaccounts/token",
             Self::SecretsClusterWide => "secrets cluster-wide",
+            Self::AdmissionConfiguration => "admission configuration",
+            Self::NodeProxy => "nodes/proxy",
         }
     }
 
@@ -105,6 +113,19 @@ pub fn rule_key_rights(rules: &[PolicyRule], cluster_wide: bool) -> BTreeSet<Key
         }
         if core && cluster_wide && resources.iter().any(|r| r == "secrets") {
             out.insert(KeyRight::SecretsClusterWide);
+        }
+        if core
+            && resources
+                .iter()
+                .any(|r| r == "nodes/proxy" || r == "nodes/*")
+        {
+            out.insert(KeyRight::NodeProxy);
+        }
+        let writes = ["create", "update", "patch", "delete", "deletecollection"]
+            .iter()
+            .any(|verb| lists(&rule.verbs, verb));
+        if writes && lists(groups, "admissionregistration.k8s.io") && !resources.is_empty() {
+            out.insert(KeyRight::AdmissionConfiguration);
         }
     }
     out
@@ -288,7 +309,20 @@ mod tests {
     #[test]
     fn each_key_right_is_named() {
         let rbac = crate::grant::RBAC_API_GROUP;
-        let cases: [(AccessPolicySpec, KeyRight); 7] = [
+        let cases: [(AccessPolicySpec, KeyRight); 9] = [
+            (
+                task(
+                    &["create"],
+                    "admissionregistration.k8s.io",
+                    &["mutatingwebhookconfigurations"],
+                    &[],
+                ),
+                KeyRight::AdmissionConfiguration,
+            ),
+            (
+                task(&["get"], "", &["nodes/proxy"], &[]),
+                KeyRight::NodeProxy,
+            ),
             (
                 task(&["escalate"], rbac, &["clusterroles"], &["prod"]),
                 KeyRight::Escalate,
@@ -452,6 +486,7 @@ mod tests {
                 ["*", "escalate", "bind", "impersonate", "secrets", "serviceaccounts/token"]
                     .contains(&w.as_str())
                     || w.starts_with("serviceaccounts")
+                    || w.starts_with("nodes")
             };
             let plain = rules.iter().all(|r| {
                 !r.verbs.iter().any(key)

@@ -268,11 +268,15 @@ fn rule_overlaps_task(rule: &PolicyRule, task: &crate::api::TaskSpec) -> bool {
         })
 }
 
-/// Whether `rule` allows `verb` on roles or cluster roles.
+/// Whether `rule` allows `verb` on roles or cluster roles (on some of them by name, too).
 fn on_roles(rule: &PolicyRule, verb: &str) -> bool {
+    let unnamed = PolicyRule {
+        resource_names: None,
+        ..rule.clone()
+    };
     ["roles", "clusterroles"].iter().any(|resource| {
         rule_allows(
-            rule,
+            &unnamed,
             &Operation {
                 verb,
                 api_group: crate::grant::RBAC_API_GROUP,

@@ -16,10 +16,16 @@ use crate::api::{ElevationRequest, ElevationRequestStatus, LastingObject};
 /// The most objects named in one Event (the rest are counted).
 const EVENT_NAMES: usize = 10;
 
-/// Deletes each object not removed yet, if it is still the one made during
-/// the grant (created at or after `since`): marks it `removed`.
+/// Deletes each object not reported yet, if it is still the very object made
+/// during the grant (its uid, created at or after `since`): marks it
+/// `removed`. Objects reported by a caller kubepam could not verify, or
+/// without a uid, are only reported.
 pub async fn remove(ctx: &Context, status: &mut ElevationRequestStatus, since: DateTime<Utc>) {
-    for object in status.lasting_objects.iter_mut().filter(|o| !o.removed) {
+    for object in status
+        .lasting_objects
+        .iter_mut()
+        .filter(|o| !o.reported && !o.removed && !o.unverified && !o.uid.is_empty())
+    {
         match remove_one(ctx, object, since).await {
             Ok(removed) => object.removed = removed,
             Err(error) => {
@@ -42,8 +48,13 @@ async fn remove_one(
         None => Api::all_with(ctx.client.clone(), &resource),
     };
     let Some(found) = api.get_opt(&object.name).await? else {
-        return Ok(true);
+        return Ok(false);
     };
+    if found.metadata.uid.as_deref() != Some(object.uid.as_str()) {
+        // Another object of that name (its creation failed, or it was
+        // replaced): someone else's.
+        return Ok(false);
+    }
     // Only what was made in the window: a later object of the same name is someone else's.
     let made_in_window = found
         .creation_timestamp()
@@ -60,7 +71,7 @@ async fn remove_one(
     };
     match api.delete(&object.name, &params).await {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(error) => Err(error),
     }
 }

@@ -186,18 +186,25 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
             }
         }
         remove_condition(&mut status.conditions, CONDITION_GRANT_BLOCKED);
-        // What the grant left behind is handled once, as it ends, before the
-        // phase is written: a crash in between handles it again.
-        let ended = decision
-            .transition
-            .as_ref()
-            .is_some_and(|t| t.from == Some(Phase::Approved) && t.to.is_final());
-        let left: Vec<_> = if ended {
+        // What the grant left behind is handled once it has ended, in the
+        // write that marks it reported: a crash in between handles it again,
+        // and what was recorded late is handled on the next pass.
+        let finished = status.phase.is_some_and(Phase::is_final);
+        let left: Vec<_> = if finished && status.lasting_objects.iter().any(|o| !o.reported) {
             if control.as_ref().is_some_and(|c| c.spec.remove_persistence) {
                 let since = status.decided_at.unwrap_or_else(Utc::now);
                 super::lasting::remove(ctx, &mut status, since).await;
             }
-            status.lasting_objects.clone()
+            let fresh = status
+                .lasting_objects
+                .iter()
+                .filter(|o| !o.reported)
+                .cloned()
+                .collect();
+            for object in &mut status.lasting_objects {
+                object.reported = true;
+            }
+            fresh
         } else {
             Vec::new()
         };

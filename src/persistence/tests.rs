@@ -1,3 +1,6 @@
+// A table of cases reads best as one list.
+#![allow(clippy::too_many_lines)]
+
 use chrono::{TimeDelta, TimeZone};
 use kube::core::admission::Operation as Admission;
 use serde_json::json;
@@ -147,6 +150,52 @@ fn calls_that_make_lasting_access_are_named() {
             None,
             None,
         ),
+        (
+            op(
+                Admission::Update,
+                "kubepam.io",
+                "privilegedaccesscontrols",
+                None,
+                None,
+            ),
+            None,
+            Some(Lasting::KubepamsOwn),
+        ),
+        (
+            op(
+                Admission::Delete,
+                "kubepam.io",
+                "accesspolicies",
+                None,
+                None,
+            ),
+            None,
+            Some(Lasting::KubepamsOwn),
+        ),
+        (
+            GuardOperation {
+                name: Some(NS),
+                ..op(Admission::Delete, "", "namespaces", None, None)
+            },
+            None,
+            Some(Lasting::KubepamsOwn),
+        ),
+        (
+            op(Admission::Delete, "", "namespaces", None, None),
+            None,
+            None,
+        ),
+        (
+            op(
+                Admission::Create,
+                "apiregistration.k8s.io",
+                "apiservices",
+                None,
+                None,
+            ),
+            None,
+            Some(Lasting::Admission),
+        ),
     ];
     for (call, object, want) in cases {
         assert_eq!(lasting(&call, object.as_ref(), NS), want, "{call:?}");
@@ -203,10 +252,10 @@ fn a_binding_through_a_grant_is_refused_unless_the_policy_allows_it() {
         )
         .is_allowed()
     );
-    // An ended grant carries nothing.
+    // Past its end, until its RBAC is removed, the grant still counts.
     let mut ended = grant(&scope, false);
     ended.until = now();
-    assert!(persistence_verdict(&call, Lasting::Rbac, &[ended], false, now()).is_allowed());
+    assert!(!persistence_verdict(&call, Lasting::Rbac, &[ended], false, now()).is_allowed());
 }
 
 #[test]
@@ -382,7 +431,9 @@ fn lasting_objects_are_kept_once_and_bounded() {
         kind: "ServiceAccount".into(),
         namespace: Some("prod".into()),
         name: name.into(),
+        uid: String::new(),
         removed: false,
+        reported: false,
         unverified: false,
     };
     record_lasting(&mut status, object("a"));

@@ -240,8 +240,10 @@ pub fn validating(
           "resources": ["secrets"], "scope": "*" },
         { "apiGroups": ["certificates.k8s.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
           "resources": ["certificatesigningrequests", "certificatesigningrequests/approval"], "scope": "*" },
-        { "apiGroups": ["admissionregistration.k8s.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
-          "resources": ["*"], "scope": "*" },
+        { "apiGroups": ["apiregistration.k8s.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+          "resources": ["apiservices"], "scope": "*" },
+        { "apiGroups": ["kubepam.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE", "DELETE"],
+          "resources": ["accesspolicies", "privilegedaccesscontrols"], "scope": "*" },
         { "apiGroups": ["apiextensions.k8s.io"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE", "DELETE"],
           "resources": ["customresourcedefinitions"], "scope": "*" },
     ]);
@@ -304,10 +306,17 @@ pub fn validating(
             {
                 "name": "own.kubepam.io",
                 "clientConfig": endpoint.client_config(PATH_PERSISTENCE),
-                "rules": [{
-                    "apiGroups": ["*"], "apiVersions": ["*"], "operations": ["*"],
-                    "resources": ["*/*"], "scope": "Namespaced",
-                }],
+                "rules": [
+                    {
+                        "apiGroups": ["*"], "apiVersions": ["*"], "operations": ["*"],
+                        "resources": ["*/*"], "scope": "Namespaced",
+                    },
+                    // The namespace itself (the selector matches its own labels).
+                    {
+                        "apiGroups": [""], "apiVersions": ["*"], "operations": ["UPDATE", "DELETE"],
+                        "resources": ["namespaces"], "scope": "Cluster",
+                    },
+                ],
                 "failurePolicy": "Ignore",
                 "matchPolicy": "Equivalent",
                 "namespaceSelector": { "matchExpressions": [{

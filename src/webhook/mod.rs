@@ -372,15 +372,14 @@ async fn persistence(State(state): State<AppState>, body: Bytes) -> Response {
     })
 }
 
-/// The caller's grants as they stand now (narrowed by any policy change):
-/// request name, scope, end, `allowPersistence`, and the service accounts
-/// recorded on the request.
+/// The caller's grants in force (narrowed by any policy change): request
+/// name, scope, end, `allowPersistence`, and the objects recorded on it.
 type CallerGrant = (
     String,
     crate::api::GrantScope,
     chrono::DateTime<Utc>,
     bool,
-    Vec<String>,
+    Vec<crate::api::LastingObject>,
 );
 
 fn caller_grants(ctx: &Context, username: &str, now: chrono::DateTime<Utc>) -> Vec<CallerGrant> {
@@ -393,31 +392,33 @@ fn caller_grants(ctx: &Context, username: &str, now: chrono::DateTime<Utc>) -> V
     ctx.requests
         .state()
         .iter()
-        .filter(|r| {
-            r.spec.requester.as_deref() == Some(username)
-                && r.status.as_ref().and_then(|s| s.phase) == Some(crate::api::Phase::Approved)
-        })
+        .filter(|r| r.spec.requester.as_deref() == Some(username))
         .filter_map(|r| {
+            let recorded = r.status.as_ref()?;
+            // In force while Approved, and past its end for as long as its
+            // RBAC is not removed yet (the API server still honours it).
+            let approved = recorded.phase == Some(crate::api::Phase::Approved);
+            if !approved && recorded.rbac_objects.is_empty() {
+                return None;
+            }
             let policy = policies
                 .iter()
                 .find(|p| p.metadata.name.as_deref() == Some(r.spec.policy.as_str()));
             let view = crate::lifecycle::PolicyView::from_policy(policy.map(|p| &**p));
             let decision = crate::lifecycle::decide(r, &view, &control, now);
-            let until = decision.status.granted_until?;
+            let scope = match decision.grant {
+                Some(scope) => scope,
+                None if !recorded.rbac_objects.is_empty() => recorded.grant.clone()?,
+                None => return None,
+            };
+            let until = recorded.granted_until.unwrap_or(now);
             let allow = policy.is_some_and(|p| p.spec.allow_persistence);
-            let accounts = decision
-                .status
-                .lasting_objects
-                .iter()
-                .filter(|o| o.resource == "serviceaccounts")
-                .map(|o| o.name.clone())
-                .collect();
             Some((
                 kube::ResourceExt::name_any(&**r),
-                decision.grant?,
+                scope,
                 until,
                 allow,
-                accounts,
+                recorded.lasting_objects.clone(),
             ))
         })
         .collect()
@@ -454,14 +455,15 @@ fn persistence_verdict(state: &AppState, request: &AdmissionRequest<DynamicObjec
             crate::persistence::persistence_verdict(&operation, lasting, &active, could_anyway, now)
         }
     };
-    if verdict.is_allowed() && !request.dry_run {
-        record_lasting(state, request, &operation, object.as_ref(), &grants, now);
+    if !verdict.is_allowed() || request.dry_run {
+        return verdict;
     }
-    verdict
+    record_lasting(state, request, &operation, object.as_ref(), &grants, now)
 }
 
 /// Records an admitted creation that confers access on each grant of the
-/// caller whose scope it falls in.
+/// caller whose scope it falls in; refuses it when a grant's record is full
+/// (an unrecorded object could outlive the grant unseen).
 fn record_lasting(
     state: &AppState,
     request: &AdmissionRequest<DynamicObject>,
@@ -469,15 +471,41 @@ fn record_lasting(
     object: Option<&serde_json::Value>,
     grants: &[CallerGrant],
     now: chrono::DateTime<Utc>,
-) {
+) -> Verdict {
     let Some(name) = operation.name else {
-        return;
+        return Verdict::Allow;
     };
-    for (request_name, scope, _, _, accounts) in grants {
-        let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    // The API server gives a new object its uid before validating webhooks
+    // see it: removal deletes only that very object.
+    let uid = object
+        .and_then(|o| o.pointer("/metadata/uid"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let mut records = Vec::new();
+    for (request_name, scope, _, _, lasting) in grants {
+        let accounts: Vec<&str> = lasting
+            .iter()
+            .filter(|o| {
+                o.resource == "serviceaccounts" && o.namespace.as_deref() == operation.namespace
+            })
+            .map(|o| o.name.as_str())
+            .collect();
         if !crate::persistence::records(operation, object, scope, &accounts) {
             continue;
         }
+        if lasting.len() >= crate::api::LASTING_LIMIT {
+            return Verdict::Deny(Refusal::new(
+                Reason::PersistentAccess,
+                format!(
+                    "request {request_name} already records {} objects made during its grant, \
+                     the most kubepam keeps; ask for a new grant to make more",
+                    crate::api::LASTING_LIMIT
+                ),
+            ));
+        }
+        records.push(request_name.clone());
+    }
+    for request_name in records {
         state.executions.record(Use {
             request: request_name.clone(),
             entry: Entry::Lasting(crate::api::LastingObject {
@@ -488,11 +516,14 @@ fn record_lasting(
                 kind: request.kind.kind.clone(),
                 namespace: operation.namespace.map(str::to_owned),
                 name: name.to_owned(),
+                uid: uid.to_owned(),
                 removed: false,
+                reported: false,
                 unverified: !state.callers_verified,
             }),
         });
     }
+    Verdict::Allow
 }
 
 /// Whether RBAC without kubepam's grants lets the caller make `operation`.

@@ -1393,7 +1393,11 @@ async fn a_cluster_wide_grant_never_reaches_kubepams_namespace() {
     let role = format!("{}-minter", ns.name);
     let token_role: ClusterRole = serde_json::from_value(json!({
         "metadata": { "name": role },
-        "rules": [{ "apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"] }],
+        "rules": [
+            { "apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"] },
+            { "apiGroups": [""], "resources": ["namespaces"], "verbs": ["patch"] },
+            { "apiGroups": ["kubepam.io"], "resources": ["privilegedaccesscontrols"], "verbs": ["patch"] },
+        ],
     }))
     .unwrap();
     Api::<ClusterRole>::all(admin.clone())
@@ -1446,6 +1450,22 @@ async fn a_cluster_wide_grant_never_reaches_kubepams_namespace() {
         }
         other => panic!("a token for kubepam's own account must be refused: {other:?}"),
     }
+    // Nor kubepam's namespace itself, nor its settings (a system account
+    // for oneself would be exempt from every guard).
+    let label = json!({ "metadata": { "labels": { "owned": "dave" } } });
+    let patched = Api::<k8s_openapi::api::core::v1::Namespace>::all(dave.clone())
+        .patch(
+            "kubepam-system",
+            &PatchParams::default(),
+            &Patch::Merge(&label),
+        )
+        .await;
+    assert_eq!(api_status(&patched), Some(403), "{patched:?}");
+    let me = json!({ "spec": { "systemAccounts": ["dave"] } });
+    let patched = Api::<kubepam::api::PrivilegedAccessControl>::all(dave.clone())
+        .patch("default", &PatchParams::default(), &Patch::Merge(&me))
+        .await;
+    assert_eq!(api_status(&patched), Some(403), "{patched:?}");
     // Elsewhere the same grant works.
     let accounts =
         Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), &ns.name);

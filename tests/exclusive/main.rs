@@ -1297,6 +1297,19 @@ async fn what_a_grant_left_behind_is_reported_and_removed() {
         )
         .await;
         let account = format!("helper-{round}");
+        // A colleague's account: alice's failed create of the same name is
+        // no reason for kubepam to delete it.
+        let colleague = format!("colleague-{round}");
+        let theirs: ServiceAccount =
+            serde_json::from_value(json!({ "metadata": { "name": colleague } })).unwrap();
+        Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
+            .create(&PostParams::default(), &theirs)
+            .await
+            .unwrap();
+        let again = Api::<ServiceAccount>::namespaced(alice.clone(), &ns.name)
+            .create(&PostParams::default(), &theirs)
+            .await;
+        assert!(again.is_err(), "{again:?}");
         let sa: ServiceAccount =
             serde_json::from_value(json!({ "metadata": { "name": account } })).unwrap();
         Api::<ServiceAccount>::namespaced(alice.clone(), &ns.name)
@@ -1306,7 +1319,11 @@ async fn what_a_grant_left_behind_is_reported_and_removed() {
         // Recorded before the pod, so the pod is known to run as it.
         eventually("the account is recorded", SOON, || async {
             let status = requests.get(&request).await.ok()?.status?;
-            (!status.lasting_objects.is_empty()).then_some(())
+            status
+                .lasting_objects
+                .iter()
+                .any(|o| o.name == account)
+                .then_some(())
         })
         .await;
         let binding: RoleBinding = serde_json::from_value(json!({
@@ -1338,20 +1355,29 @@ async fn what_a_grant_left_behind_is_reported_and_removed() {
             .create(&PostParams::default(), &notes)
             .await
             .unwrap();
-        let recorded = eventually("three objects recorded", SOON, || async {
+        // The colleague's name too: alice's create of it was admitted, then failed.
+        let recorded = eventually("four objects recorded", SOON, || async {
             let status = requests.get(&request).await.ok()?.status?;
-            (status.lasting_objects.len() == 3).then_some(status.lasting_objects)
+            (status.lasting_objects.len() == 4).then_some(status.lasting_objects)
         })
         .await;
         let kinds: Vec<&str> = recorded.iter().map(|o| o.kind.as_str()).collect();
-        assert_eq!(kinds, ["ServiceAccount", "RoleBinding", "Pod"]);
+        assert_eq!(
+            kinds,
+            ["ServiceAccount", "ServiceAccount", "RoleBinding", "Pod"]
+        );
 
         pam::review(&bob, &request, "bob", "Revoke", "done")
             .await
             .unwrap();
         let ended = wait_phase(&alice, &request, Phase::Revoked, SOON).await;
         let objects = ended.status.unwrap().lasting_objects;
-        assert!(objects.iter().all(|o| o.removed == remove), "{objects:?}");
+        assert!(
+            objects
+                .iter()
+                .all(|o| o.removed == (remove && o.name != colleague)),
+            "{objects:?}"
+        );
         let events = eventually("PersistenceFound", SOON, || async {
             let found: Vec<_> = pam::events_for(&admin, &request)
                 .await
@@ -1378,6 +1404,14 @@ async fn what_a_grant_left_behind_is_reported_and_removed() {
             .unwrap()
             .is_some();
         assert_eq!(pod_exists, !remove, "{round}");
+        assert!(
+            Api::<ServiceAccount>::namespaced(admin.clone(), &ns.name)
+                .get_opt(&colleague)
+                .await
+                .unwrap()
+                .is_some(),
+            "{round}: the colleague's account is theirs"
+        );
         left_by.push(account);
     }
     // Ordinary objects are never touched.

@@ -200,7 +200,7 @@ pub struct ElevationRequestStatus {
     pub last_executions: Vec<Execution>,
     /// Objects that confer access, made by the requester in the grant's scope while it was in
     /// force (bindings, roles, service accounts and their token Secrets, pods running as such an
-    /// account, certificate requests, admission configuration), at most 100. Reported when the
+    /// account, certificate requests, API services), at most 100. Reported when the
     /// grant ends (Event `PersistenceFound`), and removed with the control's
     /// `removePersistence: true`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -296,9 +296,15 @@ pub struct LastingObject {
     pub namespace: Option<String>,
     /// Name.
     pub name: String,
+    /// Its uid: kubepam removes only this very object.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     /// Removed by kubepam when the grant ended.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+    /// Reported (Event `PersistenceFound`) once the grant ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reported: bool,
     /// Reported by a caller kubepam could not verify as the API server.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unverified: bool,
