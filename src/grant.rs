@@ -415,11 +415,7 @@ pub fn covers(scope: &GrantScope, op: &Operation<'_>) -> bool {
     else {
         return false;
     };
-    let ns_ok = scope.namespaces.is_empty()
-        || op
-            .namespace
-            .is_some_and(|ns| scope.namespaces.iter().any(|n| n == ns));
-    ns_ok && task_matches(task, op)
+    scope.covers_namespace(op.namespace) && task_matches(task, op)
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@
 //! cannot refuse that, so it reports it: from RBAC, every subject bound to a
 //! rule that allows `impersonate` on one of those identities.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+use crate::standing::Standing;
 
 /// An identity kubepam trusts, by how RBAC names it for `impersonate`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,113 +102,20 @@ pub fn rule_allows(rule: &PolicyRule, target: &Target, namespace: Option<&str>) 
     }
 }
 
-fn subjects_of(subjects: Option<&Vec<k8s_openapi::api::rbac::v1::Subject>>) -> Vec<String> {
-    subjects
-        .into_iter()
-        .flatten()
-        .map(|s| match (s.kind.as_str(), &s.namespace) {
-            ("ServiceAccount", Some(ns)) => format!("ServiceAccount {ns}/{}", s.name),
-            (kind, _) => format!("{kind} {}", s.name),
-        })
-        .collect()
-}
-
 /// The group the API server gives every right without RBAC; listing it says nothing new.
 pub const ALL_POWERFUL_GROUP: &str = "system:masters";
 
-/// Everyone RBAC lets impersonate any of `targets`, sorted by subject (but the group
-/// `system:masters`, which holds every right anyway).
-pub fn impersonators(
-    cluster_roles: &[ClusterRole],
-    roles: &[Role],
-    cluster_role_bindings: &[ClusterRoleBinding],
-    role_bindings: &[RoleBinding],
-    targets: &BTreeSet<Target>,
-) -> Vec<Impersonator> {
-    let by_cluster_role: BTreeMap<&str, &[PolicyRule]> = cluster_roles
-        .iter()
-        .filter_map(|r| {
-            Some((
-                r.metadata.name.as_deref()?,
-                r.rules.as_deref().unwrap_or_default(),
-            ))
+/// Everyone RBAC, without kubepam's own grants, lets impersonate any of `targets`, sorted by
+/// subject (but the group `system:masters`, which holds every right anyway).
+pub fn impersonators(standing: &Standing<'_>, targets: &BTreeSet<Target>) -> Vec<Impersonator> {
+    standing
+        .reach(|rules, namespace| {
+            targets
+                .iter()
+                .filter(|t| rules.iter().any(|rule| rule_allows(rule, t, namespace)))
+                .cloned()
+                .collect()
         })
-        .collect();
-    let by_role: BTreeMap<(&str, &str), &[PolicyRule]> = roles
-        .iter()
-        .filter_map(|r| {
-            Some((
-                (
-                    r.metadata.namespace.as_deref()?,
-                    r.metadata.name.as_deref()?,
-                ),
-                r.rules.as_deref().unwrap_or_default(),
-            ))
-        })
-        .collect();
-    let reached = |rules: &[PolicyRule], namespace: Option<&str>| -> BTreeSet<Target> {
-        targets
-            .iter()
-            .filter(|t| rules.iter().any(|rule| rule_allows(rule, t, namespace)))
-            .cloned()
-            .collect()
-    };
-    let mut found: BTreeMap<String, (BTreeSet<Target>, BTreeSet<String>)> = BTreeMap::new();
-    let mut add = |subjects: Vec<String>, reached: BTreeSet<Target>, via: String| {
-        if reached.is_empty() {
-            return;
-        }
-        for subject in subjects {
-            if subject == format!("Group {ALL_POWERFUL_GROUP}") {
-                continue;
-            }
-            let entry = found.entry(subject).or_default();
-            entry.0.extend(reached.iter().cloned());
-            entry.1.insert(via.clone());
-        }
-    };
-    for binding in cluster_role_bindings {
-        if binding.role_ref.kind != "ClusterRole" {
-            continue;
-        }
-        let Some(granted) = by_cluster_role.get(binding.role_ref.name.as_str()) else {
-            continue;
-        };
-        let via = format!(
-            "ClusterRoleBinding/{}",
-            binding.metadata.name.as_deref().unwrap_or_default()
-        );
-        add(
-            subjects_of(binding.subjects.as_ref()),
-            reached(granted, None),
-            via,
-        );
-    }
-    for binding in role_bindings {
-        let Some(namespace) = binding.metadata.namespace.as_deref() else {
-            continue;
-        };
-        let granted = match binding.role_ref.kind.as_str() {
-            "ClusterRole" => by_cluster_role.get(binding.role_ref.name.as_str()).copied(),
-            "Role" => by_role
-                .get(&(namespace, binding.role_ref.name.as_str()))
-                .copied(),
-            _ => None,
-        };
-        let Some(granted) = granted else {
-            continue;
-        };
-        let via = format!(
-            "RoleBinding/{namespace}/{}",
-            binding.metadata.name.as_deref().unwrap_or_default()
-        );
-        add(
-            subjects_of(binding.subjects.as_ref()),
-            reached(granted, Some(namespace)),
-            via,
-        );
-    }
-    found
         .into_iter()
         .map(|(subject, (targets, via))| Impersonator {
             subject,
@@ -218,8 +127,10 @@ pub fn impersonators(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     use serde_json::json;
+
+    use super::*;
 
     fn rule(value: serde_json::Value) -> PolicyRule {
         serde_json::from_value(value).unwrap()
@@ -289,12 +200,13 @@ mod tests {
         ]))
         .unwrap();
         let targets = BTreeSet::from([Target::Group("pam-approvers".into())]);
-        let found = impersonators(&roles, &[], &bindings, &[], &targets);
+        let standing = Standing::new(&roles, [], &bindings, []);
+        let found = impersonators(&standing, &targets);
         assert_eq!(
             found.iter().map(|i| i.subject.as_str()).collect::<Vec<_>>(),
             ["ServiceAccount ci/bot", "User mallory"]
         );
         assert_eq!(found[1].via, ["ClusterRoleBinding/mallory-can"]);
-        assert!(impersonators(&roles, &[], &bindings, &[], &BTreeSet::new()).is_empty());
+        assert!(impersonators(&standing, &BTreeSet::new()).is_empty());
     }
 }

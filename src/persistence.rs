@@ -139,11 +139,7 @@ pub fn scope_allows(scope: &GrantScope, op: &Operation<'_>) -> bool {
     match scope.policy_type {
         PolicyType::Task => grant::covers(scope, op),
         PolicyType::Role | PolicyType::RoleGroup => {
-            let in_scope = scope.namespaces.is_empty()
-                || op
-                    .namespace
-                    .is_some_and(|ns| scope.namespaces.iter().any(|n| n == ns));
-            in_scope
+            scope.covers_namespace(op.namespace)
                 && scope.roles.iter().any(|role| {
                     scope
                         .role_rules
@@ -237,11 +233,7 @@ pub fn records(
     if op.operation != Admission::Create || op.subresource.is_some() || op.name.is_none() {
         return false;
     }
-    let in_scope = scope.namespaces.is_empty()
-        || op
-            .namespace
-            .is_some_and(|ns| scope.namespaces.iter().any(|n| n == ns));
-    if !in_scope {
+    if !scope.covers_namespace(op.namespace) {
         return false;
     }
     let field = |pointer: &str| {

@@ -202,18 +202,40 @@ impl<'a> Standing<'a> {
         &self,
         holds: impl Fn(&PolicyRule, Option<&str>) -> bool,
     ) -> BTreeMap<String, BTreeSet<String>> {
-        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        self.reach(|rules, namespace| {
+            if rules.iter().any(|rule| holds(rule, namespace)) {
+                BTreeSet::from([()])
+            } else {
+                BTreeSet::new()
+            }
+        })
+        .into_iter()
+        .map(|(subject, (_, via))| (subject, via))
+        .collect()
+    }
+
+    /// For every subject, what `reached(rules, namespace)` finds in the rules bound to it (the
+    /// union over its bindings), with the bindings that reach something; subjects that reach
+    /// nothing, and the group `system:masters` (which holds everything anyway), are left out.
+    pub fn reach<T: Ord + Clone>(
+        &self,
+        reached: impl Fn(&[PolicyRule], Option<&str>) -> BTreeSet<T>,
+    ) -> BTreeMap<String, (BTreeSet<T>, BTreeSet<String>)> {
+        let mut out: BTreeMap<String, (BTreeSet<T>, BTreeSet<String>)> = BTreeMap::new();
         for b in &self.bound {
-            if !b.rules.iter().any(|rule| holds(rule, b.namespace)) {
+            let found = reached(b.rules, b.namespace);
+            if found.is_empty() {
                 continue;
             }
             for subject in b.subjects {
                 if subject.kind == "Group" && subject.name == ALL_POWERFUL_GROUP {
                     continue;
                 }
-                out.entry(describe_subject(subject, b.namespace))
-                    .or_default()
-                    .insert(b.via.clone());
+                let entry = out
+                    .entry(describe_subject(subject, b.namespace))
+                    .or_default();
+                entry.0.extend(found.iter().cloned());
+                entry.1.insert(b.via.clone());
             }
         }
         out

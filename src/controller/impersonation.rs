@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
@@ -22,7 +21,7 @@ use crate::api::{CONTROL_NAME, ImpersonationRight, PrivilegedAccessControl};
 use crate::drift::is_managed;
 use crate::impersonation::{Impersonator, Target, impersonators};
 use crate::metrics::RightLabels;
-use crate::standing::{self, Standing};
+use crate::standing;
 use crate::webhook::configuration::CONTROL_PLANE_USERS;
 
 /// How often RBAC is read again, whatever changed.
@@ -100,36 +99,9 @@ fn targets(ctx: &Context, operator: Option<&str>) -> BTreeSet<Target> {
 /// `kubepam_standing_holders`.
 fn look(ctx: &Context, operator: Option<&str>) -> Vec<Impersonator> {
     // Standing rights only: kubepam's own roles and grants are approved and
-    // end on time (the caches hold other ClusterRoles only).
-    let cluster_roles: Vec<ClusterRole> = ctx
-        .standing_cluster_roles
-        .state()
-        .iter()
-        .map(|r| (**r).clone())
-        .collect();
-    let roles: Vec<Role> = ctx.roles.state().iter().map(|r| (**r).clone()).collect();
-    let cluster_role_bindings: Vec<ClusterRoleBinding> = ctx
-        .rbac
-        .cluster_role_bindings
-        .state()
-        .iter()
-        .filter(|b| !is_managed(b.labels()))
-        .map(|b| (**b).clone())
-        .collect();
-    let role_bindings: Vec<RoleBinding> = ctx
-        .rbac
-        .role_bindings
-        .state()
-        .iter()
-        .filter(|b| !is_managed(b.labels()))
-        .map(|b| (**b).clone())
-        .collect();
-    let standing = Standing::new(
-        &cluster_roles,
-        &roles,
-        &cluster_role_bindings,
-        &role_bindings,
-    );
+    // end on time.
+    let rbac = ctx.rbac_snapshot();
+    let standing = rbac.standing();
     let policies = ctx.policies.state();
     let mut counts: BTreeMap<String, i64> = BTreeMap::new();
     for right in standing::report(&standing, policies.iter().map(|p| &**p)) {
@@ -142,13 +114,7 @@ fn look(ctx: &Context, operator: Option<&str>) -> Vec<Impersonator> {
             .get_or_create(&RightLabels { right })
             .set(count);
     }
-    impersonators(
-        &cluster_roles,
-        &roles,
-        &cluster_role_bindings,
-        &role_bindings,
-        &targets(ctx, operator),
-    )
+    impersonators(&standing, &targets(ctx, operator))
 }
 
 async fn report(ctx: &Context, found: &[Impersonator], reported: &mut Option<BTreeSet<String>>) {

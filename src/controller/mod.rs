@@ -135,6 +135,37 @@ impl Context {
     pub fn control(&self) -> Option<Arc<PrivilegedAccessControl>> {
         self.controls.get(&ObjectRef::new(CONTROL_NAME))
     }
+
+    /// The cached RBAC objects, to evaluate rights held outside kubepam.
+    pub fn rbac_snapshot(&self) -> RbacSnapshot {
+        RbacSnapshot {
+            cluster_roles: self.standing_cluster_roles.state(),
+            roles: self.roles.state(),
+            cluster_role_bindings: self.rbac.cluster_role_bindings.state(),
+            role_bindings: self.rbac.role_bindings.state(),
+        }
+    }
+}
+
+/// Every ClusterRole but kubepam's, every Role and every binding, as cached.
+#[derive(Debug)]
+pub struct RbacSnapshot {
+    cluster_roles: Vec<Arc<ClusterRole>>,
+    roles: Vec<Arc<Role>>,
+    cluster_role_bindings: Vec<Arc<k8s_openapi::api::rbac::v1::ClusterRoleBinding>>,
+    role_bindings: Vec<Arc<k8s_openapi::api::rbac::v1::RoleBinding>>,
+}
+
+impl RbacSnapshot {
+    /// RBAC without kubepam's grants.
+    pub fn standing(&self) -> crate::standing::Standing<'_> {
+        crate::standing::Standing::new(
+            self.cluster_roles.iter().map(|r| &**r),
+            self.roles.iter().map(|r| &**r),
+            self.cluster_role_bindings.iter().map(|b| &**b),
+            self.role_bindings.iter().map(|b| &**b),
+        )
+    }
 }
 
 impl Error {

@@ -16,10 +16,10 @@ use crate::admission::Caller;
 use crate::admission::guard::{GuardOperation, GuardVerdict, guard};
 use crate::api::{
     AccessPolicy, ElevationRequest, GrantScope, Phase, PolicyType, PrivilegedAccessControl,
-    TaskSpec,
 };
 use crate::grant::{self, Operation};
 use crate::lifecycle::{ControlView, PolicyView};
+use crate::standing::rule_allows;
 
 /// One operation, as `can-i` was asked about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,17 +137,6 @@ pub struct Answer {
     pub allowed: bool,
 }
 
-/// Whether a ClusterRole rule grants `op` (rules are tasks without namespaces).
-fn rule_matches(rule: &PolicyRule, op: &Operation<'_>) -> bool {
-    let task = TaskSpec {
-        verbs: rule.verbs.clone(),
-        api_groups: rule.api_groups.clone().unwrap_or_default(),
-        resources: rule.resources.clone().unwrap_or_default(),
-        resource_names: rule.resource_names.clone(),
-    };
-    grant::task_matches(&task, op)
-}
-
 /// Whether an accepted `policy` covers `op`; Role policies are judged by the rules of their
 /// ClusterRoles in `roles` (roles that could not be read cover nothing).
 fn policy_covers(
@@ -168,15 +157,11 @@ fn policy_covers(
     match p.spec.policy_type {
         PolicyType::Task => grant::covers(&scope, op),
         PolicyType::Role | PolicyType::RoleGroup => {
-            let in_scope = scope.namespaces.is_empty()
-                || op
-                    .namespace
-                    .is_some_and(|ns| scope.namespaces.iter().any(|n| n == ns));
-            in_scope
+            scope.covers_namespace(op.namespace)
                 && scope.roles.iter().any(|r| {
                     roles
                         .get(r)
-                        .is_some_and(|rules| rules.iter().any(|rule| rule_matches(rule, op)))
+                        .is_some_and(|rules| rules.iter().any(|rule| rule_allows(rule, op)))
                 })
         }
     }

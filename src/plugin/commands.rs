@@ -220,7 +220,13 @@ async fn standing(client: &Client, output: Option<Output>) -> Result<u8, Error> 
         _ => {
             let rows: Vec<Vec<String>> = rights
                 .iter()
-                .map(|r| vec![r.subject.clone(), r.right.clone(), r.via.join(", ")])
+                .map(|r| {
+                    vec![
+                        render::printable(&r.subject),
+                        r.right.clone(),
+                        render::printable(&r.via.join(", ")),
+                    ]
+                })
                 .collect();
             print(&render::table(&["SUBJECT", "RIGHT", "VIA"], &rows))?;
         }
@@ -249,7 +255,13 @@ async fn impersonators(client: &Client, output: Option<Output>) -> Result<u8, Er
         _ => {
             let rows: Vec<Vec<String>> = rights
                 .iter()
-                .map(|r| vec![r.subject.clone(), r.targets.join(", "), r.via.join(", ")])
+                .map(|r| {
+                    vec![
+                        render::printable(&r.subject),
+                        render::printable(&r.targets.join(", ")),
+                        render::printable(&r.via.join(", ")),
+                    ]
+                })
                 .collect();
             print(&render::table(
                 &["SUBJECT", "MAY IMPERSONATE", "VIA"],

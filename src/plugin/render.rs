@@ -147,6 +147,21 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
 }
 
+/// `s` with every control character written as an escape (`\u{1b}`): text
+/// from objects anyone may write, such as RBAC subject names, never moves the
+/// cursor or sets colours on the reader's terminal.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn or_none(s: Option<&str>) -> String {
     s.filter(|s| !s.is_empty())
         .map_or_else(|| "<none>".to_owned(), str::to_owned)
@@ -410,6 +425,15 @@ pub fn serialize_list<T: Serialize>(items: &[T], output: Output) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_what_would_drive_a_terminal() {
+        assert_eq!(
+            printable("User \u{1b}[2Jmallory\r"),
+            "User \\u{1b}[2Jmallory\\u{d}"
+        );
+        assert_eq!(printable("Group ops-é"), "Group ops-é");
+    }
     use chrono::TimeZone;
     use proptest::prelude::*;
 

@@ -193,8 +193,8 @@ pub fn mutating(endpoint: &Endpoint) -> MutatingWebhookConfiguration {
 }
 
 /// The `matchConditions` that keep `exempt_users`, the control plane, nodes
-/// and `system:masters` away from a webhook.
-fn exempting(exempt_users: &[String]) -> Value {
+/// and (with `masters`) `system:masters` away from a webhook.
+fn exempting(exempt_users: &[String], masters: bool) -> Value {
     let mut exempt: Vec<String> = exempt_users.to_vec();
     exempt.extend(CONTROL_PLANE_USERS.iter().map(|u| (*u).to_owned()));
     exempt.sort();
@@ -204,21 +204,14 @@ fn exempting(exempt_users: &[String]) -> Value {
         .map(|u| cel_string(u))
         .collect::<Vec<_>>()
         .join(", ");
-    json!([
-        { "name": "not-exempt-user", "expression": format!("!(request.userInfo.username in [{users}])") },
-        { "name": "not-a-node", "expression": "!('system:nodes' in request.userInfo.groups)" },
-        { "name": "not-system-masters", "expression": "!('system:masters' in request.userInfo.groups)" },
-    ])
-}
-
-/// The guard's `matchConditions`: like [`exempting`], but `system:masters`
-/// is gated too (the Microsoft 365 behaviour: even an administrator asks).
-fn guard_exempting(exempt_users: &[String]) -> Value {
-    let mut conditions = exempting(exempt_users);
-    if let Some(list) = conditions.as_array_mut() {
-        list.truncate(2);
+    let mut conditions = vec![
+        json!({ "name": "not-exempt-user", "expression": format!("!(request.userInfo.username in [{users}])") }),
+        json!({ "name": "not-a-node", "expression": "!('system:nodes' in request.userInfo.groups)" }),
+    ];
+    if masters {
+        conditions.push(json!({ "name": "not-system-masters", "expression": "!('system:masters' in request.userInfo.groups)" }));
     }
-    conditions
+    Value::Array(conditions)
 }
 
 /// Checks reviews and policies, and (the persistence guard) calls that
@@ -248,7 +241,7 @@ pub fn validating(
           "resources": ["customresourcedefinitions"], "scope": "*" },
     ]);
     // Of Secrets, only service account tokens: the rest never wait for kubepam.
-    let mut persistence_conditions = exempting(exempt_users);
+    let mut persistence_conditions = exempting(exempt_users, true);
     if let Some(list) = persistence_conditions.as_array_mut() {
         list.push(json!({
             "name": "token-secrets-only",
@@ -323,7 +316,7 @@ pub fn validating(
                     "key": NAMESPACE_NAME_LABEL, "operator": "In", "values": [kubepam_namespace],
                 }] },
                 "objectSelector": {},
-                "matchConditions": exempting(exempt_users),
+                "matchConditions": exempting(exempt_users, true),
                 "sideEffects": "NoneOnDryRun",
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": 5,
@@ -339,7 +332,7 @@ pub fn validating(
                 "matchPolicy": "Equivalent",
                 "namespaceSelector": {},
                 "objectSelector": {},
-                "matchConditions": exempting(exempt_users),
+                "matchConditions": exempting(exempt_users, true),
                 "sideEffects": "NoneOnDryRun",
                 "admissionReviewVersions": ["v1"],
                 "timeoutSeconds": 5,
@@ -375,7 +368,8 @@ pub fn guard(
                 "matchPolicy": "Equivalent",
                 "namespaceSelector": namespace_selector,
                 "objectSelector": {},
-                "matchConditions": guard_exempting(exempt_users),
+                // The Microsoft 365 behaviour: even `system:masters` asks.
+                "matchConditions": exempting(exempt_users, false),
                 "failurePolicy": "Fail",
                 "sideEffects": "NoneOnDryRun",
                 "admissionReviewVersions": ["v1"],

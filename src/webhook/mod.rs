@@ -528,16 +528,8 @@ fn record_lasting(
 
 /// Whether RBAC without kubepam's grants lets the caller make `operation`.
 fn standing_allows(ctx: &Context, caller: &Caller<'_>, operation: &GuardOperation<'_>) -> bool {
-    let cluster_roles = ctx.standing_cluster_roles.state();
-    let roles = ctx.roles.state();
-    let cluster_role_bindings = ctx.rbac.cluster_role_bindings.state();
-    let role_bindings = ctx.rbac.role_bindings.state();
-    let standing = crate::standing::Standing::new(
-        cluster_roles.iter().map(|r| &**r),
-        roles.iter().map(|r| &**r),
-        cluster_role_bindings.iter().map(|b| &**b),
-        role_bindings.iter().map(|b| &**b),
-    );
+    let rbac = ctx.rbac_snapshot();
+    let standing = rbac.standing();
     let user = crate::standing::User {
         name: caller.username,
         groups: caller.groups,

@@ -1186,7 +1186,14 @@ async fn a_role_edited_after_approval_never_widens_the_grant() {
         Duration::from_secs(30),
     )
     .await;
-    assert!(ended.status.is_some());
+    let why = ended
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Approved")
+        .unwrap();
+    assert_eq!(why.reason, "GrantsPrivilegeEscalation", "{}", why.message);
     // With the opt-in the policy stays in force, and the grant stays as approved.
     let (_, knowing_policy, knowing_request) = &grants[1];
     tokio::time::sleep(Duration::from_secs(2)).await;

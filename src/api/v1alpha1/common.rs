@@ -94,6 +94,15 @@ pub struct GrantScope {
     pub role_rules: BTreeMap<String, Vec<RoleRule>>,
 }
 
+impl GrantScope {
+    /// Whether the grant holds in `namespace` (`None`: a cluster-scoped object). A cluster-wide
+    /// grant holds everywhere, cluster-scoped objects included.
+    pub fn covers_namespace(&self, namespace: Option<&str>) -> bool {
+        self.namespaces.is_empty()
+            || namespace.is_some_and(|ns| self.namespaces.iter().any(|n| n == ns))
+    }
+}
+
 /// One RBAC rule of a ClusterRole, as kubepam keeps it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
