@@ -59,11 +59,11 @@ fmt: ## Format the code
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings as errors
 	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 .PHONY: test
 test: controlplane testtools ## Run the whole test suite (unit, property, and real control-plane tests)
-	cargo test --locked --lib --bins --tests
+	cargo test --locked --workspace --lib --bins --tests
 
 # The SMTP server the notification tests send to (aiosmtpd from PyPI), in a
 # virtualenv of its own under target/.

@@ -22,13 +22,9 @@
     clippy::cast_sign_loss
 )] // figures for people
 
-#[path = "../tests/cluster/pam.rs"]
-mod pam;
-#[path = "../tests/notifications/receivers.rs"]
-#[allow(dead_code)] // the bench uses the HTTP receiver only
-mod receivers;
-#[path = "../tests/cluster/support/mod.rs"]
-mod support;
+use kubepam_testkit::cluster as support;
+use kubepam_testkit::pam;
+use kubepam_testkit::receivers;
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +32,7 @@ use chrono::Utc;
 use futures::{StreamExt, stream};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
-use kubepam::api::{ElevationRequest, Phase};
+use kubepam_core::api::{ElevationRequest, Phase};
 use serde_json::json;
 
 use pam::{allowed, create_policy, review, standard_control, wait_phase};

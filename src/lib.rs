@@ -1,25 +1,19 @@
-//! kubepam: privileged access management for Kubernetes.
+//! kubepam, the operator: privileged access management for Kubernetes.
 //!
-//! Nobody holds standing rights to dangerous tasks: a person requests one
-//! task for a reason and a time, an approver decides, and the right exists
-//! only for that window.
+//! The decisions live in [`kubepam_core`]; this crate reads the cluster,
+//! asks the core, and carries out what it returned:
+//!
+//! - [`runtime`]: the composition root (options, start-up, leader election);
+//! - [`shared`]: the caches and state both sides read;
+//! - [`controller`]: the controllers, run by the leader;
+//! - [`admission_server`]: the HTTPS admission endpoints, on every replica;
+//! - [`delivery`]: notification sinks (SMTP, HTTP);
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoints.
 #![forbid(unsafe_code)]
 
-pub mod admission;
-pub mod api;
+pub mod admission_server;
 pub mod controller;
 pub mod delivery;
-pub mod drift;
-pub mod duration;
-pub mod grant;
-pub mod impersonation;
-pub mod lifecycle;
 pub mod metrics;
-pub mod notify;
-pub mod persistence;
-pub mod plugin;
-pub mod policy_limit;
-pub mod privilege;
-pub mod standing;
-mod util;
-pub mod webhook;
+pub mod runtime;
+pub mod shared;

@@ -7,9 +7,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use kubepam::controller::WebhookOptions;
-use kubepam::controller::leader::LeaderOptions;
-use kubepam::webhook::{configuration::Endpoint, tls};
+use kubepam::admission_server::tls;
+use kubepam::runtime::WebhookOptions;
+use kubepam::runtime::leader::LeaderOptions;
+use kubepam_core::webhook_configuration::Endpoint;
 use tracing_subscriber::EnvFilter;
 
 /// Privileged access management for Kubernetes.
@@ -203,7 +204,7 @@ impl WebhookArgs {
                 ca: self.tls_ca_file.clone(),
             },
             _ => tls::Source::Generated {
-                names: kubepam::webhook::certificate_names(&endpoint),
+                names: kubepam_core::webhook_configuration::certificate_names(&endpoint),
                 secret: match &self.tls_secret {
                     Some(raw) if !raw.is_empty() => Some(parse_secret(raw)?),
                     _ => None,
@@ -263,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => {
-            print!("{}", kubepam::api::crds_yaml());
+            print!("{}", kubepam_core::api::crds_yaml());
             Ok(())
         }
         Command::Run(args) => run(*args).await,
@@ -277,7 +278,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = client(&args).await?;
     let instance = args.instance.clone().unwrap_or_else(default_instance);
-    let options = kubepam::controller::Options {
+    let options = kubepam::runtime::Options {
         leader: args.leader.options(&instance)?,
         instance,
         webhook: args.webhook.options()?,
@@ -286,7 +287,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         sender: kubepam::delivery::Sender::new(client.clone(), args.secret_namespace.clone())
             .context("cannot start the HTTP client of notification webhooks")?,
     };
-    kubepam::controller::run(client, options, shutdown_signal()).await?;
+    kubepam::runtime::run(client, options, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The image's build stage copies everything Cargo needs: every target of
-//! the package lives under a path the Dockerfile copies (a new target
-//! elsewhere would break `docker build` while every other build passes).
+//! every workspace member lives under a path the Dockerfile copies (a new
+//! target or crate elsewhere would break `docker build` while every other
+//! build passes).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,8 +39,13 @@ fn the_image_copies_every_cargo_target() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let targets = metadata["packages"][0]["targets"].as_array().unwrap();
-    assert!(!targets.is_empty());
+    let targets: Vec<&serde_json::Value> = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|package| package["targets"].as_array().unwrap())
+        .collect();
+    assert!(targets.len() > 3, "every member's targets: {targets:?}");
     for target in targets {
         let source = Path::new(target["src_path"].as_str().unwrap());
         let relative = source.strip_prefix(root).unwrap();
@@ -52,7 +58,8 @@ fn the_image_copies_every_cargo_target() {
         );
     }
     // Files the sources embed must be in the image's build context too.
-    let embedded = std::fs::read_to_string(root.join("src/webhook/configuration.rs")).unwrap();
+    let embedding = root.join("crates/core/src/webhook_configuration.rs");
+    let embedded = std::fs::read_to_string(&embedding).unwrap();
     for line in embedded.lines().filter(|l| l.contains("include_str!(\"")) {
         let path = line
             .split("include_str!(\"")
@@ -61,7 +68,7 @@ fn the_image_copies_every_cargo_target() {
             .split('"')
             .next()
             .unwrap();
-        let file = root.join("src/webhook").join(path);
+        let file = embedding.parent().unwrap().join(path);
         let relative = file.canonicalize().unwrap();
         let relative = relative.strip_prefix(root.canonicalize().unwrap()).unwrap();
         assert!(

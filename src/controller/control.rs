@@ -10,18 +10,18 @@ use kube::runtime::Controller;
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::ObjectRef;
 
-use super::caches::Caches;
-use super::webhooks::GuardState;
+use super::registration::GuardState;
 use super::{Context, Error};
-use crate::api::{
+use crate::shared::caches::Caches;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kubepam_core::api::{
     CONDITION_ACCEPTED, CONTROL_NAME, Phase, PrivilegedAccessControl,
     PrivilegedAccessControlStatus, condition_false, condition_true, find_condition,
     remove_condition, set_condition,
 };
-use crate::lifecycle::ControlSettings;
-use crate::notify::health;
-use crate::policy_limit::POLICY_LIMIT;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kubepam_core::lifecycle::ControlSettings;
+use kubepam_core::notify::health;
+use kubepam_core::policy_limit::POLICY_LIMIT;
 
 /// The `Ready` condition of the control.
 pub const CONDITION_READY: &str = "Ready";
@@ -233,7 +233,7 @@ mod tests {
     use super::*;
 
     fn control(yaml: &str) -> PrivilegedAccessControl {
-        let spec = serde_yaml::from_str(yaml).unwrap();
+        let spec = serde_yaml_ng::from_str(yaml).unwrap();
         PrivilegedAccessControl::new(CONTROL_NAME, spec)
     }
 

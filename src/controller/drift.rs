@@ -1,4 +1,4 @@
-//! Carries out [`crate::drift`] on the leader: RBAC objects labelled as
+//! Carries out [`kubepam_core::drift`] on the leader: RBAC objects labelled as
 //! kubepam's that belong to no live request are removed; bindings made
 //! outside kubepam to a role it generated are reported, and removed when the
 //! control says so. Each finding gives an Event on the object and a metric.
@@ -14,12 +14,12 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
-use super::caches::Caches;
 use super::leader::Stop;
 use super::{Context, publish_event_on, rbac};
-use crate::api::RbacObjectRef;
-use crate::drift::{Drift, RbacItem, find_drift, is_managed};
-use crate::lifecycle;
+use crate::shared::caches::Caches;
+use kubepam_core::api::RbacObjectRef;
+use kubepam_core::drift::{Drift, RbacItem, find_drift, is_managed};
+use kubepam_core::lifecycle;
 
 /// Changes arriving within this window are looked at together.
 const SETTLE: Duration = Duration::from_millis(200);

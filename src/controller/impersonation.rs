@@ -1,4 +1,4 @@
-//! Carries out [`crate::impersonation`] on the leader: every half minute,
+//! Carries out [`kubepam_core::impersonation`] on the leader: every half minute,
 //! who RBAC lets impersonate an identity kubepam trusts. The list goes to the
 //! control's `status.impersonators` (`kubectl pam impersonators`), its size to
 //! `kubepam_impersonators`, and each change of it to a Warning Event
@@ -14,15 +14,15 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use super::caches::Caches;
 use super::leader::Stop;
 use super::{Context, publish_event_on};
-use crate::api::{CONTROL_NAME, ImpersonationRight, PrivilegedAccessControl};
-use crate::drift::is_managed;
-use crate::impersonation::{Impersonator, Target, impersonators};
 use crate::metrics::RightLabels;
-use crate::standing;
-use crate::webhook::configuration::CONTROL_PLANE_USERS;
+use crate::shared::caches::Caches;
+use kubepam_core::api::{CONTROL_NAME, ImpersonationRight, PrivilegedAccessControl};
+use kubepam_core::drift::is_managed;
+use kubepam_core::impersonation::{Impersonator, Target, impersonators};
+use kubepam_core::standing;
+use kubepam_core::webhook_configuration::CONTROL_PLANE_USERS;
 
 /// How often RBAC is read again, whatever changed.
 const CHECK_EVERY: Duration = Duration::from_secs(30);

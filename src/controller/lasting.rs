@@ -11,7 +11,7 @@ use kube::{Api, ResourceExt};
 use tracing::warn;
 
 use super::Context;
-use crate::api::{ElevationRequest, ElevationRequestStatus, LastingObject};
+use kubepam_core::api::{ElevationRequest, ElevationRequestStatus, LastingObject};
 
 /// The most objects named in one Event (the rest are counted).
 const EVENT_NAMES: usize = 10;
@@ -58,7 +58,7 @@ async fn remove_one(
     // Only what was made in the window: a later object of the same name is someone else's.
     let made_in_window = found
         .creation_timestamp()
-        .is_some_and(|t| crate::api::from_k8s_time(&t) >= since - TimeDelta::seconds(1));
+        .is_some_and(|t| kubepam_core::api::from_k8s_time(&t) >= since - TimeDelta::seconds(1));
     if !made_in_window {
         return Ok(false);
     }

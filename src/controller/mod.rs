@@ -1,42 +1,50 @@
-//! The kube-rs wiring: three controllers that carry out the pure decisions of
-//! [`crate::lifecycle`], [`crate::policy_limit`] and [`crate::grant`].
+//! The controllers: each carries out what the core decides, and only that.
 //!
-//! Pipeline of a request: `look up policy and control -> decide (pure) ->
-//! write status -> make RBAC match the grant -> announce the transition`.
-//! Only the first step and the last three touch the API server.
+//! - `request`: an ElevationRequest's lifecycle ([`kubepam_core::lifecycle`]) and its grant's
+//!   RBAC ([`kubepam_core::grant`], written by `rbac`);
+//! - `policy` and `control`: AccessPolicy and PrivilegedAccessControl status
+//!   ([`kubepam_core::policy_limit`]);
+//! - `notify`: notification delivery from each request's outbox;
+//! - `registration`: the guard's webhook configurations;
+//! - `drift`, `impersonation`, `lasting`: sweeps that report or undo what
+//!   happened outside kubepam;
+//! - `uses`: records the uses the admission server admitted.
+//!
+//! Only the leader runs them ([`lead`]); every replica serves admission.
 
-mod caches;
 mod control;
 mod drift;
-pub mod executions;
 mod impersonation;
 mod lasting;
-pub mod leader;
 mod notify;
-pub mod policy;
+mod policy;
 mod rbac;
+pub mod registration;
 mod request;
-mod webhooks;
+pub mod uses;
 
+use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, future};
-use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::api::{AccessPolicy, CONTROL_NAME, ElevationRequest, PrivilegedAccessControl};
-use crate::grant;
-use crate::metrics::{ErrorLabels, KindLabels, Metrics};
-use crate::webhook::{self, configuration::Endpoint, tls};
+use crate::metrics::{ErrorLabels, KindLabels};
+use crate::runtime::leader;
+use crate::shared::Shared;
+use crate::shared::caches::Caches;
+use kubepam_core::api::ElevationRequest;
+use kubepam_core::grant;
 
 pub use control::control_status;
+pub use notify::Notifier;
+pub use registration::Registration;
 
 /// The field manager of every object and status kubepam writes.
 pub const FIELD_MANAGER: &str = "kubepam";
@@ -99,72 +107,44 @@ impl Error {
     }
 }
 
-/// What every reconcile shares: the client, the caches and the event recorder.
+/// What every reconcile shares: the replica's [`Shared`] state, the Event
+/// recorder, the notifier and what the leader learned.
 #[derive(Clone)]
 pub struct Context {
-    pub client: Client,
-    pub policies: Store<AccessPolicy>,
-    pub controls: Store<PrivilegedAccessControl>,
-    pub requests: Store<ElevationRequest>,
-    pub rbac: rbac::RbacStores,
+    pub shared: Arc<Shared>,
     pub recorder: Recorder,
-    /// True once the policy, control and request caches are filled: until
-    /// then the guard refuses rather than guessing (fail closed).
-    pub ready: Arc<AtomicBool>,
-    pub metrics: Arc<Metrics>,
-    /// Sends notifications and keeps each sink's health (used on the leader).
-    pub notifier: Arc<notify::Notifier>,
-    /// What the registrar knows of the guard (used on the leader).
-    pub guard: webhooks::SharedGuardState,
-    /// Who may impersonate identities kubepam trusts, once looked at (leader).
-    pub impersonators: Arc<std::sync::Mutex<Option<Vec<crate::api::ImpersonationRight>>>>,
-    /// kubepam's own namespace: no grant may reach it.
-    pub namespace: String,
-    /// Every ClusterRole but kubepam's, and every Role (the persistence guard).
-    pub standing_cluster_roles: Store<ClusterRole>,
-    pub roles: Store<Role>,
+    /// Sends notifications and keeps each sink's health.
+    pub notifier: Arc<Notifier>,
+    /// What the registrar knows of the guard.
+    pub guard: registration::SharedGuardState,
+    /// Who may impersonate identities kubepam trusts, once looked at.
+    pub impersonators: Arc<std::sync::Mutex<Option<Vec<kubepam_core::api::ImpersonationRight>>>>,
+}
+
+impl Context {
+    pub fn new(shared: Arc<Shared>, recorder: Recorder, notifier: Notifier) -> Self {
+        Self {
+            shared,
+            recorder,
+            notifier: Arc::new(notifier),
+            guard: registration::SharedGuardState::default(),
+            impersonators: Arc::default(),
+        }
+    }
+}
+
+/// A reconcile reads the shared caches as its own.
+impl Deref for Context {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context").finish_non_exhaustive()
-    }
-}
-
-impl Context {
-    pub fn control(&self) -> Option<Arc<PrivilegedAccessControl>> {
-        self.controls.get(&ObjectRef::new(CONTROL_NAME))
-    }
-
-    /// The cached RBAC objects, to evaluate rights held outside kubepam.
-    pub fn rbac_snapshot(&self) -> RbacSnapshot {
-        RbacSnapshot {
-            cluster_roles: self.standing_cluster_roles.state(),
-            roles: self.roles.state(),
-            cluster_role_bindings: self.rbac.cluster_role_bindings.state(),
-            role_bindings: self.rbac.role_bindings.state(),
-        }
-    }
-}
-
-/// Every ClusterRole but kubepam's, every Role and every binding, as cached.
-#[derive(Debug)]
-pub struct RbacSnapshot {
-    cluster_roles: Vec<Arc<ClusterRole>>,
-    roles: Vec<Arc<Role>>,
-    cluster_role_bindings: Vec<Arc<k8s_openapi::api::rbac::v1::ClusterRoleBinding>>,
-    role_bindings: Vec<Arc<k8s_openapi::api::rbac::v1::RoleBinding>>,
-}
-
-impl RbacSnapshot {
-    /// RBAC without kubepam's grants.
-    pub fn standing(&self) -> crate::standing::Standing<'_> {
-        crate::standing::Standing::new(
-            self.cluster_roles.iter().map(|r| &**r),
-            self.roles.iter().map(|r| &**r),
-            self.cluster_role_bindings.iter().map(|b| &**b),
-            self.role_bindings.iter().map(|b| &**b),
-        )
     }
 }
 
@@ -342,127 +322,17 @@ where
     Ok(written.resource_version())
 }
 
-/// Options of the controllers.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The name of this replica, reported on Events.
-    pub instance: String,
-    /// The admission webhooks; `None` runs without them.
-    pub webhook: Option<WebhookOptions>,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP).
-    pub metrics_bind: Option<std::net::SocketAddr>,
-    /// Leader election; `None` reconciles without it (one replica only).
-    pub leader: Option<leader::LeaderOptions>,
-    /// Sends notifications, reading the Secrets sinks name in kubepam's own namespace.
-    pub sender: crate::delivery::Sender,
-    /// kubepam's own namespace: no grant may reach it.
-    pub namespace: String,
-}
-
-/// Where and how the admission webhooks are served and registered.
-#[derive(Debug, Clone)]
-pub struct WebhookOptions {
-    /// Address the HTTPS server listens on.
-    pub bind: std::net::SocketAddr,
-    /// How the API server reaches it (the CA bundle is filled in from the
-    /// serving certificate when not given).
-    pub endpoint: Endpoint,
-    /// Where the serving certificate comes from.
-    pub tls: tls::Source,
-    /// Whether kubepam registers its webhook configurations itself.
-    pub register: bool,
-    /// Who may call the webhooks.
-    pub client_auth: tls::ClientAuth,
-}
-
-/// Runs kubepam until `shutdown` resolves: the caches and the admission
-/// webhooks on every replica, the controllers on the one holding the Lease.
-/// On shutdown, in-flight reconciles finish, the webhook server drains, the
-/// uses it admitted are written and the Lease is given up.
-pub async fn run(
-    client: Client,
-    options: Options,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), webhook::Error> {
-    let reporter = Reporter {
-        controller: "kubepam".into(),
-        instance: Some(options.instance.clone()),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
-    let shutdown: leader::Stop = futures::FutureExt::shared(Box::pin(shutdown) as _);
-
-    let (caches, cache_tasks) = caches::Caches::start(&client);
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        policies: caches.policies.store(),
-        controls: caches.controls.store(),
-        requests: caches.requests.store(),
-        rbac: caches.rbac_stores(),
-        recorder,
-        ready: Arc::new(AtomicBool::new(false)),
-        metrics: Arc::new(Metrics::default()),
-        notifier: Arc::new(notify::Notifier::new(options.sender.clone())),
-        guard: webhooks::SharedGuardState::default(),
-        impersonators: Arc::default(),
-        namespace: options.namespace.clone(),
-        standing_cluster_roles: caches.standing_cluster_roles.store(),
-        roles: caches.roles.store(),
-    });
-    let readiness = ctx.clone();
-    let synced = caches.clone();
-    let mark_ready = tokio::spawn(async move {
-        synced.synced().await;
-        readiness.ready.store(true, Ordering::SeqCst);
-        info!("caches synced");
-    });
-
-    let admission = match options.webhook {
-        Some(webhook) => Some(start_webhooks(&ctx, webhook).await?),
-        None => None,
-    };
-    let metrics_server = options.metrics_bind.map(|bind| {
-        let server = webhook::serve_metrics(bind, ctx.clone());
-        tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "metrics server stopped");
-            }
-        })
-    });
-
-    let registration = admission.as_ref().and_then(|a| a.registration.clone());
-    leader::run_elected(client, options.leader, &ctx.metrics, shutdown, |stop| {
-        // Boxed: the leader's work is a large future.
-        Box::pin(lead(
-            ctx.clone(),
-            caches.clone(),
-            registration.clone(),
-            stop,
-        ))
-    })
-    .await;
-
-    if let Some(admission) = admission {
-        admission.stop().await;
-    }
-    mark_ready.abort();
-    for task in cache_tasks.into_iter().chain(metrics_server) {
-        task.abort();
-    }
-    info!("kubepam stopped");
-    Ok(())
-}
-
 /// The leader's work, until `stop`: the three controllers and the
 /// registration of the webhook configurations.
-async fn lead(
+pub async fn lead(
     ctx: Arc<Context>,
-    caches: caches::Caches,
+    caches: Caches,
     registration: Option<Registration>,
     stop: leader::Stop,
 ) {
     if registration.is_some() {
         // Before any policy is judged: none is accepted ahead of the guard.
-        webhooks::GuardState::start_registering(&ctx.guard);
+        registration::GuardState::start_registering(&ctx.guard);
     }
     let requests = request::controller(&caches)
         .graceful_shutdown_on(stop.clone())
@@ -544,7 +414,7 @@ async fn lead(
         // Register only once the caches are filled, so the API server never
         // calls a webhook that cannot decide.
         caches.synced().await;
-        webhooks::run(registrar, registration.endpoint, registration.operator).await;
+        registration::run(registrar, registration.endpoint, registration.operator).await;
     };
     let register = async move {
         tokio::select! {
@@ -563,120 +433,6 @@ async fn lead(
         impersonation
     );
     info!("kubepam controllers stopped");
-}
-
-/// What the leader needs to register the webhook configurations.
-#[derive(Debug, Clone)]
-struct Registration {
-    endpoint: Endpoint,
-    operator: String,
-}
-
-/// The admission side of a replica: the HTTPS server and its helpers.
-#[derive(Debug)]
-struct Admission {
-    server: tokio::task::JoinHandle<()>,
-    handle: axum_server::Handle<std::net::SocketAddr>,
-    executions: tokio::task::JoinHandle<()>,
-    reloader: Option<tokio::task::JoinHandle<()>>,
-    registration: Option<Registration>,
-}
-
-/// How long a shutdown waits for admission calls in flight and for the
-/// uses they admitted to be written.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Admission {
-    /// Stops taking calls, lets those in flight finish, then writes the
-    /// uses they admitted (the recorder closes with the server).
-    async fn stop(self) {
-        self.handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.server).await;
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.executions)
-            .await
-            .is_err()
-        {
-            warn!("uses admitted before shutdown not all recorded in time");
-        }
-        if let Some(reloader) = self.reloader {
-            reloader.abort();
-        }
-    }
-}
-
-/// Starts the HTTPS server, the execution log writer and the certificate
-/// reloader; the webhook configurations are registered by the leader.
-async fn start_webhooks(
-    ctx: &Arc<Context>,
-    options: WebhookOptions,
-) -> Result<Admission, webhook::Error> {
-    let serving = tls::load(&options.tls, &ctx.client, &options.client_auth).await?;
-    if !options.client_auth.required() {
-        warn!(
-            "the webhooks accept calls from anyone who reaches them (no --webhook-client-ca-file): \
-             uses they report are recorded as unverified"
-        );
-    }
-    let mut endpoint = options.endpoint.clone();
-    if endpoint.ca_bundle.is_none() {
-        endpoint.ca_bundle = serving.ca_bundle.clone();
-    }
-    let operator = whoami(&ctx.client)
-        .await
-        .map_err(webhook::Error::Identity)?;
-    let (recorder, uses) = executions::channel();
-    let handle = axum_server::Handle::new();
-    let server = webhook::serve(
-        options.bind,
-        serving.config.clone(),
-        ctx.clone(),
-        recorder,
-        handle.clone(),
-        operator.as_str().into(),
-        options.client_auth.required(),
-    );
-    let server = tokio::spawn(async move {
-        if let Err(error) = server.await {
-            tracing::error!(%error, "admission webhook server stopped");
-        }
-    });
-    let executions = tokio::spawn(executions::run(ctx.clone(), uses));
-    let reloader = match &options.tls {
-        tls::Source::Files { cert, key, .. } => Some(tokio::spawn(tls::watch_files(
-            serving.config.clone(),
-            cert.clone(),
-            key.clone(),
-            tls::RELOAD_CHECK,
-            options.client_auth.clone(),
-        ))),
-        tls::Source::Generated { .. } => None,
-    };
-    let registration = options
-        .register
-        .then_some(Registration { endpoint, operator });
-    Ok(Admission {
-        server,
-        handle,
-        executions,
-        reloader,
-        registration,
-    })
-}
-
-/// The operator's own username, as the API server authenticates it.
-async fn whoami(client: &Client) -> Result<String, kube::Error> {
-    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-    let review = Api::<SelfSubjectReview>::all(client.clone())
-        .create(
-            &kube::api::PostParams::default(),
-            &SelfSubjectReview::default(),
-        )
-        .await?;
-    Ok(review
-        .status
-        .and_then(|s| s.user_info)
-        .and_then(|u| u.username)
-        .unwrap_or_default())
 }
 
 fn log_result<K, E, Q>(

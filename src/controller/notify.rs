@@ -19,17 +19,17 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::caches::Caches;
 use super::{Context, Error};
-use crate::api::{
+use crate::delivery::Sender;
+use crate::shared::caches::Caches;
+use kubepam_core::api::{
     DeliveryState, ElevationRequest, ElevationRequestStatus, Notification, Notifications, Phase,
 };
-use crate::delivery::Sender;
-use crate::duration;
-use crate::lifecycle::ControlSettings;
-use crate::notify::health::{self, Change, SinkHealth};
-use crate::notify::outbox::{self, Outcome};
-use crate::notify::{plan, render};
+use kubepam_core::duration;
+use kubepam_core::lifecycle::ControlSettings;
+use kubepam_core::notify::health::{self, Change, SinkHealth};
+use kubepam_core::notify::outbox::{self, Outcome};
+use kubepam_core::notify::{plan, render};
 
 /// Requests whose notifications are being tried at once; a slow sink holds up no more.
 const CONCURRENCY: u16 = 64;
@@ -144,7 +144,7 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
         return Ok(next_look(&request, config));
     }
     let default_duration = control.as_ref().map_or_else(
-        || crate::api::DEFAULT_DURATION.to_owned(),
+        || kubepam_core::api::DEFAULT_DURATION.to_owned(),
         |c| duration::format(ControlSettings::from_spec(&c.spec).default_duration),
     );
 

@@ -1,26 +1,26 @@
 //! The AccessPolicy controller: applies the 30-policy cap and reports missing
-//! ClusterRoles on each policy's status (see [`crate::policy_limit`]).
+//! ClusterRoles on each policy's status (see [`kubepam_core::policy_limit`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use tracing::info;
 
-use super::caches::Caches;
-use super::webhooks::GuardState;
+use super::registration::GuardState;
 use super::{Context, Error};
-use crate::api::{
-    AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, PolicyType, RoleRule,
-    find_condition, from_k8s_time,
+use crate::shared::caches::Caches;
+use crate::shared::read_named_roles;
+use kubepam_core::api::{
+    AccessPolicy, AccessPolicyStatus, CONDITION_ACCEPTED, PolicyType, RoleRule, find_condition,
+    from_k8s_time,
 };
-use crate::policy_limit::{policy_acceptance, policy_status, refuse_keys};
-use crate::privilege::{NamedRoles, is_role_name, key_refusal};
+use kubepam_core::policy_limit::{policy_acceptance, policy_status, refuse_keys};
+use kubepam_core::privilege::key_refusal;
 
 /// How soon a Task policy looks again while the guard does not hold it yet.
 const GUARD_WAIT: Duration = Duration::from_millis(100);
@@ -108,25 +108,6 @@ pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<A
     } else {
         Action::await_change()
     })
-}
-
-/// The rules of the ClusterRoles `spec` names that exist. Names that cannot be role names are
-/// not read (only plain names reach a URL: `a?b` would read another role) and count as missing.
-pub async fn read_named_roles(
-    client: &Client,
-    spec: &AccessPolicySpec,
-) -> Result<NamedRoles, kube::Error> {
-    let api: Api<ClusterRole> = Api::all(client.clone());
-    let mut roles = NamedRoles::new();
-    for name in spec.role_names() {
-        if !is_role_name(&name) || roles.contains_key(&name) {
-            continue;
-        }
-        if let Some(role) = api.get_opt(&name).await? {
-            roles.insert(name, role.rules.unwrap_or_default());
-        }
-    }
-    Ok(roles)
 }
 
 async fn write_status(

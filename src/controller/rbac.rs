@@ -1,4 +1,4 @@
-//! Makes the RBAC objects of one grant exactly what [`crate::grant`] wants.
+//! Makes the RBAC objects of one grant exactly what [`kubepam_core::grant`] wants.
 //!
 //! kubepam watches every RBAC object that carries its label, so comparing
 //! what exists with what is wanted costs no API call: objects are applied
@@ -9,59 +9,15 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Error, FIELD_MANAGER};
-use crate::api::RbacObjectRef;
-use crate::grant::{self, DesiredRbac};
-
-/// Caches of every RoleBinding and ClusterRoleBinding, and of the
-/// ClusterRoles kubepam generated.
-#[derive(Clone)]
-#[allow(missing_debug_implementations)] // reflector stores have no Debug
-pub struct RbacStores {
-    pub role_bindings: Store<RoleBinding>,
-    pub cluster_role_bindings: Store<ClusterRoleBinding>,
-    pub cluster_roles: Store<ClusterRole>,
-}
-
-impl RbacStores {
-    /// Every object cached for the request with this id.
-    pub fn objects_of(&self, request_id: &str) -> Vec<RbacObjectRef> {
-        let ours = |labels: &std::collections::BTreeMap<String, String>| {
-            grant::owned_by(Some(labels), request_id)
-        };
-        let mut found = Vec::new();
-        for o in self.role_bindings.state() {
-            if ours(o.labels()) {
-                found.push(reference("RoleBinding", &*o));
-            }
-        }
-        for o in self.cluster_role_bindings.state() {
-            if ours(o.labels()) {
-                found.push(reference("ClusterRoleBinding", &*o));
-            }
-        }
-        for o in self.cluster_roles.state() {
-            if ours(o.labels()) {
-                found.push(reference("ClusterRole", &*o));
-            }
-        }
-        found
-    }
-}
-
-fn reference<K: Resource>(kind: &str, object: &K) -> RbacObjectRef {
-    RbacObjectRef {
-        kind: kind.to_owned(),
-        name: object.name_any(),
-        namespace: object.namespace(),
-        uid: object.meta().uid.clone(),
-    }
-}
+use crate::shared::caches::{RbacStores, reference};
+use kubepam_core::api::RbacObjectRef;
+use kubepam_core::grant::{self, DesiredRbac};
 
 /// The uid status recorded for the object `wanted` names, if any.
 fn recorded_uid<'r>(

@@ -19,17 +19,17 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
-use super::caches::Caches;
 use super::{Context, Error, rbac};
-use crate::api::{
+use crate::shared::caches::Caches;
+use kubepam_core::api::{
     AccessPolicy, ElevationRequest, Phase, condition_true, find_condition, remove_condition,
     same_objects, set_condition,
 };
-use crate::grant::{self, DesiredRbac};
-use crate::lifecycle::{self, ControlView, PolicyView, Transition};
-use crate::notify::plan;
+use kubepam_core::grant::{self, DesiredRbac};
+use kubepam_core::lifecycle::{self, ControlView, PolicyView, Transition};
+use kubepam_core::notify::plan;
 
-use crate::grant::FINALIZER;
+use kubepam_core::grant::FINALIZER;
 
 /// Condition type: present while an object kubepam did not make holds a name the grant needs.
 pub const CONDITION_GRANT_BLOCKED: &str = "GrantBlocked";
@@ -276,10 +276,10 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
 /// The notifications a transition owes under the control's settings.
 fn owed_notifications(
     request: &ElevationRequest,
-    status: &crate::api::ElevationRequestStatus,
+    status: &kubepam_core::api::ElevationRequestStatus,
     decision: &lifecycle::Decision,
-    control: Option<&crate::api::PrivilegedAccessControl>,
-) -> Vec<crate::api::Notification> {
+    control: Option<&kubepam_core::api::PrivilegedAccessControl>,
+) -> Vec<kubepam_core::api::Notification> {
     let (Some(transition), Some(config)) = (
         &decision.transition,
         control.and_then(|c| c.spec.notifications.as_ref()),
@@ -299,7 +299,7 @@ const SETTLED: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 async fn report_drift(
     ctx: &Context,
     request: &ElevationRequest,
-    status: &crate::api::ElevationRequestStatus,
+    status: &kubepam_core::api::ElevationRequestStatus,
     applied: &rbac::Applied,
     extra: usize,
 ) {
@@ -335,8 +335,8 @@ const COLLISION_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 async fn report_collision(
     ctx: &Context,
     request: &ElevationRequest,
-    written: &crate::api::ElevationRequestStatus,
-    mut status: crate::api::ElevationRequestStatus,
+    written: &kubepam_core::api::ElevationRequestStatus,
+    mut status: kubepam_core::api::ElevationRequestStatus,
     version: Option<String>,
     collision: &rbac::Collision,
 ) -> Result<Action, Error> {

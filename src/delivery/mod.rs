@@ -2,8 +2,8 @@
 //! kubepam's namespace at send time. Error texts name what failed and never carry a credential
 //! or a webhook URL (which can itself be one).
 
+mod http;
 mod smtp;
-mod webhook;
 
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use serde_json::Value;
 
-use crate::api::{Notification, Sink};
-use crate::notify::render::Message;
+use kubepam_core::api::{Notification, Sink};
+use kubepam_core::notify::render::Message;
 
 /// The label a Secret needs before kubepam sends any of it: without it, whoever edits the
 /// control could have kubepam send another Secret of its namespace to a server of theirs.
@@ -112,7 +112,7 @@ impl Sender {
         let attempt = async {
             match (&sink.smtp, &sink.webhook) {
                 (Some(smtp), _) => smtp::send(self, &sink.name, smtp, entry, message).await,
-                (None, Some(hook)) => webhook::send(self, &sink.name, hook, message, body).await,
+                (None, Some(hook)) => http::send(self, &sink.name, hook, message, body).await,
                 (None, None) => Err(Error::Config {
                     sink: sink.name.clone(),
                     reason: "sets neither smtp nor webhook".to_owned(),

@@ -6,8 +6,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::{Error, Sender, chain};
-use crate::api::{Notification, SmtpSecurity, SmtpSink};
-use crate::notify::render::Message;
+use kubepam_core::api::{Notification, SmtpSecurity, SmtpSink};
+use kubepam_core::notify::render::Message;
 
 pub(super) async fn send(
     sender: &Sender,

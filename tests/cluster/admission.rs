@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kubepam::api::{ElevationRequest, Phase};
+use kubepam_core::api::{ElevationRequest, Phase};
 use serde_json::json;
 
 use crate::pam::{
@@ -375,7 +375,7 @@ async fn inconsistent_policies_are_refused_with_a_clear_message() {
         ),
     ] {
         // Sent as raw JSON: some of these are not even valid Rust values.
-        let resource = kube::api::ApiResource::erase::<kubepam::api::AccessPolicy>(&());
+        let resource = kube::api::ApiResource::erase::<kubepam_core::api::AccessPolicy>(&());
         let raw = kube::api::DynamicObject::new(&format!("{}-{suffix}", ns.name), &resource)
             .data(json!({ "spec": spec }));
         let result = Api::<kube::api::DynamicObject>::all_with(admin.clone(), &resource)
@@ -394,7 +394,7 @@ async fn namespaces_must_be_namespace_names() {
     let cluster = kubepam();
     let admin = cluster.client(Identity::Admin).await;
     let alice = cluster.client(Identity::Alice).await;
-    let policy: kubepam::api::AccessPolicy = serde_json::from_value(json!({
+    let policy: kubepam_core::api::AccessPolicy = serde_json::from_value(json!({
         "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
         "metadata": { "name": "bad-namespace-policy" },
         "spec": {
@@ -405,7 +405,7 @@ async fn namespaces_must_be_namespace_names() {
         },
     }))
     .unwrap();
-    let refused = Api::<kubepam::api::AccessPolicy>::all(admin.clone())
+    let refused = Api::<kubepam_core::api::AccessPolicy>::all(admin.clone())
         .create(&PostParams::default(), &policy)
         .await;
     assert!(

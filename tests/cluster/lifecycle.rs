@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kubepam::api::{ElevationRequest, Phase};
+use kubepam_core::api::{ElevationRequest, Phase};
 use serde_json::json;
 
 use crate::pam::{

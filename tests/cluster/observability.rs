@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use kube::Api;
 use kube::api::PostParams;
-use kubepam::api::ElevationRequest;
+use kubepam_core::api::ElevationRequest;
 use serde_json::json;
 
 use crate::pam::{create_policy, create_request, standard_control, task_policy, wait_phase};
@@ -36,7 +36,7 @@ async fn metrics_count_what_happens() {
     wait_phase(
         &alice,
         &name,
-        kubepam::api::Phase::Approved,
+        kubepam_core::api::Phase::Approved,
         Duration::from_secs(15),
     )
     .await;

@@ -2,15 +2,14 @@
 //! person through their kubeconfig context, exactly as they would type it.
 
 use std::io::Read;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use kube::{Api, Client};
-use kubepam::api::{AccessPolicy, ElevationRequest, Phase};
-use kubepam::plugin::error::{Error as PluginError, from_kube};
+use kubectl_pam::error::{Error as PluginError, from_kube};
+use kubepam_core::api::{AccessPolicy, ElevationRequest, Phase};
 use serde_json::Value;
 
 use crate::pam::{
@@ -20,7 +19,10 @@ use crate::pam::{
 use crate::support::{Identity, TestCluster, eventually, http_get, kubepam, operator};
 
 const SOON: Duration = Duration::from_secs(20);
-const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-pam");
+/// The plugin binary of this build.
+fn plugin() -> std::path::PathBuf {
+    crate::support::workspace_binary("kubectl-pam")
+}
 
 /// The cluster, once the operator answers `/readyz` (a first test may start with it).
 async fn ready() -> &'static TestCluster {
@@ -61,7 +63,7 @@ impl Run {
 
 /// `kubectl pam ARGS` as `who`, with the cluster's kubeconfig.
 fn command(cluster: &TestCluster, who: Identity, args: &[&str]) -> Command {
-    let mut cmd = Command::new(PLUGIN);
+    let mut cmd = Command::new(plugin());
     cmd.arg("--kubeconfig")
         .arg(&cluster.kubeconfig_path)
         .arg("--context")
@@ -492,7 +494,7 @@ async fn plugin_errors_say_what_to_do_and_exit_non_zero() {
     );
     assert_eq!(no_grant.code, 2, "{no_grant:#?}");
     let bad_context = Run::from(
-        Command::new(PLUGIN)
+        Command::new(plugin())
             .arg("--kubeconfig")
             .arg(&cluster.kubeconfig_path)
             .args(["--context", "nobody", "list"])
@@ -606,7 +608,7 @@ async fn plugin_output_round_trips_into_the_api_types() {
     assert_eq!(from_json.spec, approved.spec);
     assert_eq!(phase(&from_json), Some(Phase::Approved));
     let yaml = pam(cluster, Identity::Alice, &["status", &name, "-o", "yaml"]).ok();
-    let from_yaml: ElevationRequest = serde_yaml::from_str(&yaml).unwrap();
+    let from_yaml: ElevationRequest = serde_yaml_ng::from_str(&yaml).unwrap();
     assert_eq!(from_yaml.spec, approved.spec);
     // The seed's request id finds it too.
     let id = approved
@@ -681,7 +683,8 @@ async fn plugin_output_round_trips_into_the_api_types() {
 #[tokio::test]
 async fn kubectl_runs_the_plugin_from_path() {
     let cluster = ready().await;
-    let dir = Path::new(PLUGIN).parent().unwrap();
+    let binary = plugin();
+    let dir = binary.parent().unwrap();
     let path = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
     ))

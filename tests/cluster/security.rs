@@ -10,8 +10,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use kubepam::api::{AccessPolicy, ElevationRequest, Phase};
-use kubepam::webhook::configuration::GuardHook;
+use kubepam_core::api::{AccessPolicy, ElevationRequest, Phase};
+use kubepam_core::webhook_configuration::GuardHook;
 use serde_json::{Value, json};
 
 use crate::pam::{
@@ -680,7 +680,7 @@ async fn impersonation_rights_are_refused_in_grants_and_reported() {
     let mallory = format!("mallory-{}", ns.name);
     someone_elses_binding(&admin, &format!("{}-mallory", ns.name), &role, &mallory).await;
     let subject = format!("User {mallory}");
-    let controls = Api::<kubepam::api::PrivilegedAccessControl>::all(admin.clone());
+    let controls = Api::<kubepam_core::api::PrivilegedAccessControl>::all(admin.clone());
     let right = eventually("mallory reported", Duration::from_secs(45), || async {
         let control = controls.get("default").await.ok()?;
         control
@@ -695,7 +695,7 @@ async fn impersonation_rights_are_refused_in_grants_and_reported() {
         right.via,
         [format!("ClusterRoleBinding/{}-mallory", ns.name)]
     );
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-pam"))
+    let output = std::process::Command::new(crate::support::workspace_binary("kubectl-pam"))
         .args([
             "--kubeconfig",
             cluster.kubeconfig_path.to_str().unwrap(),
@@ -1469,7 +1469,7 @@ async fn a_cluster_wide_grant_never_reaches_kubepams_namespace() {
         .await;
     assert_eq!(api_status(&patched), Some(403), "{patched:?}");
     let me = json!({ "spec": { "systemAccounts": ["dave"] } });
-    let patched = Api::<kubepam::api::PrivilegedAccessControl>::all(dave.clone())
+    let patched = Api::<kubepam_core::api::PrivilegedAccessControl>::all(dave.clone())
         .patch("default", &PatchParams::default(), &Patch::Merge(&me))
         .await;
     assert_eq!(api_status(&patched), Some(403), "{patched:?}");
@@ -1523,7 +1523,7 @@ async fn standing_rights_are_listed_and_counted() {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-pam"))
+    let output = std::process::Command::new(crate::support::workspace_binary("kubectl-pam"))
         .args([
             "--kubeconfig",
             cluster.kubeconfig_path.to_str().unwrap(),
@@ -1540,7 +1540,7 @@ async fn standing_rights_are_listed_and_counted() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let rights: Vec<kubepam::standing::StandingRight> =
+    let rights: Vec<kubepam_core::standing::StandingRight> =
         serde_json::from_slice(&output.stdout).unwrap();
     let subject = format!("User {holder}");
     let held: Vec<&str> = rights

@@ -5,10 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 #![allow(clippy::too_many_lines)] // a scenario reads best as one story
 
-#[path = "../cluster/pam.rs"]
-mod pam;
-#[path = "../cluster/support/mod.rs"]
-mod support;
+use kubepam_testkit::cluster as support;
+use kubepam_testkit::pam;
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +16,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use kubepam::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl};
+use kubepam_core::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl};
 use serde_json::json;
 use tokio::sync::MutexGuard;
 

@@ -13,8 +13,8 @@ use futures::future::join_all;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use kubepam::api::{ElevationRequest, Phase};
-use kubepam::grant::{LABEL_REQUEST_ID, managed_selector};
+use kubepam_core::api::{ElevationRequest, Phase};
+use kubepam_core::grant::{LABEL_REQUEST_ID, managed_selector};
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 

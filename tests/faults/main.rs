@@ -18,10 +18,8 @@
 
 mod chaos;
 mod controlplane;
-#[path = "../cluster/pam.rs"]
-mod pam;
-#[path = "../cluster/support/mod.rs"]
-mod support;
+use kubepam_testkit::cluster as support;
+use kubepam_testkit::pam;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -29,7 +27,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::future::join_all;
 use kube::{Api, Client, ResourceExt};
-use kubepam::api::{ElevationRequest, Phase};
+use kubepam_core::api::{ElevationRequest, Phase};
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::{Instant, sleep};
@@ -351,7 +349,7 @@ async fn many_approvers_at_once(
         })
         .await;
         let reviews = &decided.spec.reviews;
-        let shown = |d: kubepam::api::ReviewDecision| serde_json::to_value(d).unwrap();
+        let shown = |d: kubepam_core::api::ReviewDecision| serde_json::to_value(d).unwrap();
         for ((who, _, decision), outcome) in plan.iter().zip(&outcomes) {
             match outcome {
                 Reviewed::Recorded { conflicts: c } => {
@@ -431,7 +429,7 @@ struct Race<'a> {
     policy: &'a str,
     /// The phase whose deadline is raced.
     until_phase: Phase,
-    deadline: fn(&kubepam::api::ElevationRequestStatus) -> Option<DateTime<Utc>>,
+    deadline: fn(&kubepam_core::api::ElevationRequestStatus) -> Option<DateTime<Utc>>,
     reviewer: Identity,
     decision: &'static str,
 }

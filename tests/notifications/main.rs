@@ -6,11 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
 #![allow(clippy::too_many_lines)] // a scenario reads best as one story
 
-#[path = "../cluster/pam.rs"]
-mod pam;
-mod receivers;
-#[path = "../cluster/support/mod.rs"]
-mod support;
+use kubepam_testkit::cluster as support;
+use kubepam_testkit::pam;
+use kubepam_testkit::receivers;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,7 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
-use kubepam::api::{
+use kubepam_core::api::{
     DeliveryState, ElevationRequest, Notification, Phase, PrivilegedAccessControl, find_condition,
 };
 use serde_json::{Value, json};
@@ -810,7 +808,8 @@ async fn mail_is_sent_over_starttls_and_tls() {
     let ns = cluster.namespace("tls").await;
 
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = kubepam::webhook::tls::generate(&["127.0.0.1".to_owned()]).unwrap();
+    let (ca, cert, key) =
+        kubepam::admission_server::tls::generate(&["127.0.0.1".to_owned()]).unwrap();
     let (ca_path, cert_path, key_path) = (
         dir.path().join("ca.pem"),
         dir.path().join("cert.pem"),

@@ -1,0 +1,403 @@
+//! Identity rules for `ElevationRequest` (DESIGN §2.3, §3.3).
+//!
+//! - CREATE (mutating, [`request_create`]): `spec.requester` is set to the caller, or must
+//!   already be the caller; no reviews yet. The validating pass ([`request_create_validate`])
+//!   checks the same after mutation and never patches.
+//! - UPDATE ([`request_update`]): only `spec.reviews` may change, each caller writes only their
+//!   own entry, must be in the request's approver group, must not be the requester, and the
+//!   decision must fit the phase.
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use kube::core::ObjectMeta;
+
+use super::{Caller, Reason, Verdict, deny};
+use crate::api::{
+    AccessPolicy, ElevationRequest, ElevationRequestSpec, Phase, PrivilegedAccessControl,
+    ReviewDecision,
+};
+use crate::duration;
+use crate::lifecycle::ControlView;
+
+const NO_USERNAME: &str = "the API server sent no username for this call, so kubepam cannot tell who you are; call as an authenticated user";
+
+/// Mutating check of a new request: patch `spec.requester` to the caller when it is absent (or
+/// empty); refuse a request in someone else's name or one that arrives with reviews.
+/// Also gives the request its cleanup finalizer at birth, which spares the
+/// controller a write (and an admission round trip) per request.
+pub fn request_create(caller: &Caller<'_>, request: &ElevationRequest) -> Verdict {
+    let has_requester = match create_checks(caller, request) {
+        Err(v) => return v,
+        Ok(has) => has,
+    };
+    let mut operations = Vec::new();
+    if !has_requester {
+        operations.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["spec", "requester"]),
+            value: serde_json::Value::String(caller.username.to_owned()),
+        }));
+    }
+    match &request.metadata.finalizers {
+        None => operations.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "finalizers"]),
+            value: serde_json::json!([crate::grant::FINALIZER]),
+        })),
+        Some(existing) if !existing.iter().any(|f| f == crate::grant::FINALIZER) => {
+            operations.push(PatchOperation::Add(AddOperation {
+                path: PointerBuf::from_tokens(["metadata", "finalizers", "-"]),
+                value: serde_json::Value::String(crate::grant::FINALIZER.to_owned()),
+            }));
+        }
+        Some(_) => {}
+    }
+    if operations.is_empty() {
+        Verdict::Allow
+    } else {
+        Verdict::Patch(Patch(operations))
+    }
+}
+
+/// Validating check of a new request, after mutation: like [`request_create`], but an absent
+/// `spec.requester` is refused (the mutating webhook always sets it), and it never patches.
+pub fn request_create_validate(caller: &Caller<'_>, request: &ElevationRequest) -> Verdict {
+    match create_checks(caller, request) {
+        Err(v) => v,
+        Ok(true) => Verdict::Allow,
+        Ok(false) => deny(
+            Reason::RequesterNotSet,
+            format!(
+                "spec.requester is not set, so kubepam's mutating webhook did not see this request; \
+             set spec.requester to your own username ({}) or ask a cluster administrator to \
+             check the MutatingWebhookConfiguration kubepam",
+                caller.username
+            ),
+        ),
+    }
+}
+
+/// `Ok(true)` when the requester is the caller, `Ok(false)` when it is absent.
+fn create_checks(caller: &Caller<'_>, request: &ElevationRequest) -> Result<bool, Verdict> {
+    if caller.username.is_empty() {
+        return Err(deny(Reason::NoUsername, NO_USERNAME));
+    }
+    let spec = &request.spec;
+    let present = match spec.requester.as_deref() {
+        None | Some("") => false,
+        Some(r) if r == caller.username => true,
+        Some(r) => {
+            return Err(deny(
+                Reason::ForgedRequester,
+                format!(
+                    "spec.requester must be your own username ({}), or be left out; a request can \
+                 never be made in someone else's name (it says {r})",
+                    caller.username
+                ),
+            ));
+        }
+    };
+    if !spec.reviews.is_empty() {
+        let keys: Vec<&str> = spec.reviews.keys().map(String::as_str).collect();
+        return Err(deny(
+            Reason::ReviewsAtCreation,
+            format!(
+                "spec.reviews must be empty when a request is created (it has reviews by {}); \
+             approvers add their own review after it is submitted",
+                keys.join(", ")
+            ),
+        ));
+    }
+    if let Some(d) = &spec.duration
+        && let Err(e) = duration::parse(d)
+    {
+        return Err(deny(Reason::InvalidDuration, format!("spec.duration: {e}")));
+    }
+    Ok(present)
+}
+
+/// The garbage collector: it may remove ownerReferences and deletion finalizers.
+pub const GARBAGE_COLLECTOR: &str = "system:serviceaccount:kube-system:generic-garbage-collector";
+/// Cluster administrators, who may remove kubepam's finalizer when uninstalling.
+pub const ADMIN_GROUP: &str = "system:masters";
+/// Label and annotation keys with this prefix are kubepam's to set.
+pub const RESERVED_PREFIX: &str = "kubepam.io/";
+
+/// Check what a caller changes in a request's metadata (on CREATE `old` is `None`).
+///
+/// - `ownerReferences` and `finalizers` are kubepam's: only kubepam (`operator`), members of
+///   `system:masters` and the garbage collector may change them. An owner reference would let
+///   the garbage collector delete the request and its record with its owner, and a removed
+///   finalizer would let a request go before its grant is cleaned up.
+/// - Labels and annotations are the requester's (their own bookkeeping, the tracking labels of
+///   the tools that apply their requests); nobody else may change them, and keys under
+///   `kubepam.io/` are kubepam's alone.
+pub fn metadata_change(
+    caller: &Caller<'_>,
+    old: Option<&ElevationRequest>,
+    new: &ElevationRequest,
+    operator: &str,
+) -> Verdict {
+    let privileged = (!operator.is_empty() && caller.username == operator)
+        || caller.in_group(ADMIN_GROUP)
+        || caller.username == GARBAGE_COLLECTOR;
+    if privileged {
+        return Verdict::Allow;
+    }
+    let empty = ObjectMeta::default();
+    let before = old.map_or(&empty, |o| &o.metadata);
+    let after = &new.metadata;
+    let name = after.name.as_deref().unwrap_or("");
+    if before.owner_references != after.owner_references
+        && !(old.is_none() && after.owner_references.as_ref().is_none_or(Vec::is_empty))
+    {
+        return deny(
+            Reason::MetadataReserved,
+            format!(
+                "metadata.ownerReferences of ElevationRequest {name} are kubepam's: with an owner, \
+                 the garbage collector would delete the request and its record; leave them out"
+            ),
+        );
+    }
+    // The finalizers kubepam's mutating webhook adds at creation are its own.
+    let finalizers = |m: &ObjectMeta| {
+        m.finalizers
+            .iter()
+            .flatten()
+            .filter(|f| old.is_some() || *f != crate::grant::FINALIZER)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    if finalizers(before) != finalizers(after) {
+        return deny(
+            Reason::MetadataReserved,
+            format!(
+                "metadata.finalizers of ElevationRequest {name} are kubepam's: its finalizer keeps \
+                 the request until its grant is removed; a cluster administrator (system:masters) \
+                 may remove it when uninstalling kubepam"
+            ),
+        );
+    }
+    let reserved = |m: &ObjectMeta| -> Vec<(String, String)> {
+        m.labels
+            .iter()
+            .flatten()
+            .chain(m.annotations.iter().flatten())
+            .filter(|(k, _)| k.starts_with(RESERVED_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    if reserved(before) != reserved(after) {
+        return deny(
+            Reason::MetadataReserved,
+            format!(
+                "labels and annotations under {RESERVED_PREFIX} are kubepam's; remove them from \
+                 ElevationRequest {name}"
+            ),
+        );
+    }
+    let requester = old.and_then(|o| o.spec.requester.as_deref());
+    if old.is_some()
+        && requester != Some(caller.username)
+        && (before.labels != after.labels || before.annotations != after.annotations)
+    {
+        return deny(
+            Reason::MetadataReserved,
+            format!(
+                "only the requester ({}) may change the labels and annotations of \
+                 ElevationRequest {name}; you ({}) may only write your own review",
+                requester.unwrap_or("unknown"),
+                caller.username
+            ),
+        );
+    }
+    Verdict::Allow
+}
+
+/// Check an update of a request: only reviews may change, and only the caller's own, by a
+/// member of the approver group who is not the requester, with a decision that fits the phase.
+///
+/// `policy` is the AccessPolicy named by `old.spec.policy` (if it exists) and `control` the
+/// `default` PrivilegedAccessControl; both are read only while the request's status does not
+/// yet record its approver group.
+pub fn request_update(
+    caller: &Caller<'_>,
+    old: &ElevationRequest,
+    new: &ElevationRequest,
+    policy: Option<&AccessPolicy>,
+    control: Option<&PrivilegedAccessControl>,
+) -> Verdict {
+    if let Some(field) = changed_field(&old.spec, &new.spec) {
+        return deny(
+            Reason::SpecImmutable,
+            format!(
+                "spec.{field} cannot change after creation (spec is immutable except reviews); \
+             create a new ElevationRequest instead"
+            ),
+        );
+    }
+    let changed: Vec<&str> = changed_review_keys(&old.spec, &new.spec);
+    if changed.is_empty() {
+        // Metadata, finalizers, labels: RBAC governs those.
+        return Verdict::Allow;
+    }
+    if caller.username.is_empty() {
+        return deny(Reason::NoUsername, NO_USERNAME);
+    }
+    let name = old.metadata.name.as_deref().unwrap_or("");
+    if let Some(other) = changed.iter().find(|k| **k != caller.username) {
+        return deny(
+            Reason::OthersReview,
+            format!(
+                "you ({me}) may only add, change or remove your own review, \
+             spec.reviews[\"{me}\"]; the review by {other} is theirs alone to write",
+                me = caller.username
+            ),
+        );
+    }
+    let group = approver_group(old, policy, control);
+    if old.spec.requester.as_deref() == Some(caller.username) {
+        let who = match &group {
+            Ok(g) => format!("a member of group {g}"),
+            Err(_) => "a member of its approver group".to_owned(),
+        };
+        return deny(
+            Reason::SelfReview,
+            format!(
+                "you ({}) requested ElevationRequest {name}, and nobody can review their own \
+             request; {who} must review it",
+                caller.username
+            ),
+        );
+    }
+    let group = match group {
+        Ok(g) => g,
+        Err(v) => return v,
+    };
+    if !caller.in_group(&group) {
+        return deny(
+            Reason::NotAnApprover,
+            format!(
+                "only members of group {group} may review ElevationRequest {name}, and you ({}) are \
+             not one; ask a member of {group} to review it",
+                caller.username
+            ),
+        );
+    }
+    let phase = old.status.as_ref().and_then(|s| s.phase);
+    let new_review = new.spec.reviews.get(caller.username);
+    fits_phase(name, phase, new_review.map(|r| r.decision))
+}
+
+/// The first spec field other than `reviews` that differs, by its YAML name.
+fn changed_field(old: &ElevationRequestSpec, new: &ElevationRequestSpec) -> Option<&'static str> {
+    if old.policy != new.policy {
+        Some("policy")
+    } else if old.namespace != new.namespace {
+        Some("namespace")
+    } else if old.reason != new.reason {
+        Some("reason")
+    } else if old.duration != new.duration {
+        Some("duration")
+    } else if old.requester != new.requester {
+        Some("requester")
+    } else {
+        None
+    }
+}
+
+/// Review keys added, changed or removed, sorted.
+pub(crate) fn changed_review_keys<'a>(
+    old: &'a ElevationRequestSpec,
+    new: &'a ElevationRequestSpec,
+) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = old
+        .reviews
+        .keys()
+        .chain(new.reviews.keys())
+        .map(String::as_str)
+        .filter(|k| old.reviews.get(*k) != new.reviews.get(*k))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The approver group of the request: the one the operator recorded in status; before that,
+/// the one it will record (the policy's, else the control's default).
+fn approver_group(
+    old: &ElevationRequest,
+    policy: Option<&AccessPolicy>,
+    control: Option<&PrivilegedAccessControl>,
+) -> Result<String, Verdict> {
+    let recorded = old
+        .status
+        .as_ref()
+        .and_then(|s| s.approver_group.clone())
+        .filter(|g| !g.trim().is_empty());
+    let phase = old.status.as_ref().and_then(|s| s.phase);
+    let control = ControlView::from_control(control);
+    // What the operator resolves on its next pass (lifecycle::decide does the same).
+    let current = policy
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .and_then(|p| {
+            p.spec
+                .approver_group
+                .clone()
+                .or_else(|| control.settings().map(|s| s.default_approver_group.clone()))
+        })
+        .filter(|g| !g.trim().is_empty());
+    match (recorded, current) {
+        // While Pending the operator re-resolves the group on every pass: refuse during the
+        // short window where the policy (or the control) has moved on but the status has not.
+        (Some(r), Some(c)) if r != c && matches!(phase, None | Some(Phase::Pending)) => Err(deny(
+            Reason::ApproverGroupChanging,
+            format!(
+                "the approver group of this request is changing from {r} to {c} (its \
+                 AccessPolicy or the control was edited); try again in a few seconds"
+            ),
+        )),
+        (Some(r), _) => Ok(r),
+        (None, Some(c)) => Ok(c),
+        (None, None) => Err(deny(
+            Reason::ApproverGroupUnknown,
+            "the request has not been processed yet, so its approver group is not known; try \
+             again in a few seconds",
+        )),
+    }
+}
+
+/// Whether the caller's new review (or its removal, `None`) fits the phase.
+fn fits_phase(name: &str, phase: Option<Phase>, decision: Option<ReviewDecision>) -> Verdict {
+    match (phase, decision) {
+        (Some(p), _) if p.is_final() => deny(
+            Reason::PhaseFinal,
+            format!(
+                "ElevationRequest {name} is {p}, which is final: its reviews are part of the record \
+             and cannot change; the requester may create a new request"
+            ),
+        ),
+        (
+            None | Some(Phase::Pending),
+            None | Some(ReviewDecision::Approve | ReviewDecision::Deny),
+        )
+        | (Some(Phase::Approved), Some(ReviewDecision::Revoke)) => Verdict::Allow,
+        (None | Some(Phase::Pending), Some(ReviewDecision::Revoke)) => deny(
+            Reason::NothingToRevoke,
+            format!(
+                "ElevationRequest {name} is Pending, so there is no approval to revoke; use decision \
+             Deny to refuse it"
+            ),
+        ),
+        (Some(Phase::Approved), _) => deny(
+            Reason::AlreadyApproved,
+            format!(
+                "ElevationRequest {name} is already Approved: the only review that can still be \
+             recorded is your own with decision Revoke, which ends the grant early"
+            ),
+        ),
+        // Final phases are handled by the first arm.
+        (Some(Phase::Denied | Phase::Expired | Phase::Revoked), _) => deny(
+            Reason::PhaseFinal,
+            format!("ElevationRequest {name} is final; its reviews cannot change"),
+        ),
+    }
+}

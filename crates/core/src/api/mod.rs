@@ -1,0 +1,175 @@
+//! The kubepam API: custom resource types and their CRDs.
+//!
+//! One module per API version, so a later version can sit beside `v1alpha1`.
+
+pub mod v1alpha1;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use v1alpha1::*;
+
+/// The CRDs of every kind, in a fixed order (control, policy, request).
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        PrivilegedAccessControl::crd(),
+        AccessPolicy::crd(),
+        ElevationRequest::crd(),
+    ]
+}
+
+/// The CRDs as one multi-document YAML stream; the same bytes for the same code.
+///
+/// # Panics
+/// Never in practice: a CRD is plain data that always serializes. A failure would be a bug in
+/// the types and shows at once in the tests.
+pub fn crds_yaml() -> String {
+    let mut out = String::new();
+    for crd in crds() {
+        let doc = serde_yaml_ng::to_string(&crd).unwrap_or_else(|e| {
+            panic!(
+                "CRD {:?} cannot be rendered as YAML: {e}",
+                crd.metadata.name
+            )
+        });
+        out.push_str("---\n");
+        out.push_str(&doc);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_are_cluster_scoped_with_status_and_short_names() {
+        let crds = crds();
+        let names: Vec<_> = crds.iter().map(|c| c.spec.names.kind.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "PrivilegedAccessControl",
+                "AccessPolicy",
+                "ElevationRequest"
+            ]
+        );
+        for (crd, short) in crds.iter().zip(["pac", "ap", "er"]) {
+            assert_eq!(crd.spec.group, "kubepam.io");
+            assert_eq!(crd.spec.scope, "Cluster");
+            assert_eq!(
+                crd.spec.names.short_names.as_deref(),
+                Some(&[short.to_owned()][..])
+            );
+            assert_eq!(
+                crd.spec.names.categories.as_deref(),
+                Some(&["pam".to_owned()][..])
+            );
+            let v = &crd.spec.versions[0];
+            assert_eq!(v.name, "v1alpha1");
+            assert!(
+                v.subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some()
+            );
+        }
+    }
+
+    #[test]
+    fn printer_columns_match_the_design() {
+        let columns = |crd: &CustomResourceDefinition| -> Vec<(String, String)> {
+            crd.spec.versions[0]
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .map(|c| (c.name.clone(), c.json_path.clone()))
+                .collect()
+        };
+        let crds = crds();
+        let names = |i: usize| {
+            columns(&crds[i])
+                .into_iter()
+                .map(|c| c.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(0),
+            ["Enabled", "Default Approvers", "Policies", "Age"]
+        );
+        assert_eq!(
+            names(1),
+            [
+                "Type",
+                "Approval",
+                "Approver Group",
+                "Persistence",
+                "Accepted",
+                "Age"
+            ]
+        );
+        assert_eq!(
+            names(2),
+            [
+                "Status",
+                "Requester",
+                "Policy",
+                "Namespace",
+                "Expires",
+                "Age"
+            ]
+        );
+        assert_eq!(
+            columns(&crds[1])[4].1,
+            ".status.conditions[?(@.type==\"Accepted\")].status"
+        );
+        assert_eq!(columns(&crds[2])[0].1, ".status.phase");
+    }
+
+    #[test]
+    fn crds_yaml_is_deterministic_and_carries_cel_rules() {
+        let a = crds_yaml();
+        let b = crds_yaml();
+        assert_eq!(a, b);
+        assert_eq!(a.matches("\n---\n").count() + 1, 3);
+        assert!(a.contains("PrivilegedAccessControl must be named 'default'"));
+        assert!(a.contains("spec is immutable except reviews"));
+        assert!(a.contains("type Task needs task"));
+        assert!(a.contains("x-kubernetes-validations"));
+        assert!(a.contains("requestTTL"));
+    }
+
+    #[test]
+    fn every_schema_property_has_a_description() {
+        fn walk(path: &str, v: &serde_json::Value, missing: &mut Vec<String>) {
+            if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
+                for (k, p) in props {
+                    let here = format!("{path}.{k}");
+                    // metadata and the k8s Condition type are documented upstream.
+                    if p.get("description").is_none() && !here.ends_with(".metadata") {
+                        missing.push(here.clone());
+                    }
+                    walk(&here, p, missing);
+                }
+            }
+            if let Some(items) = v.get("items") {
+                walk(&format!("{path}[]"), items, missing);
+            }
+            if let Some(extra) = v.get("additionalProperties") {
+                walk(&format!("{path}{{}}"), extra, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        for crd in crds() {
+            let schema = crd.spec.versions[0]
+                .schema
+                .clone()
+                .unwrap()
+                .open_api_v3_schema
+                .unwrap();
+            let v = serde_json::to_value(schema).unwrap();
+            walk(&crd.spec.names.kind, &v, &mut missing);
+        }
+        assert!(missing.is_empty(), "fields without a doc: {missing:?}");
+    }
+}

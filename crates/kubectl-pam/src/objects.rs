@@ -1,0 +1,508 @@
+//! The objects and patches each command sends: the same YAML and `kubectl patch` bodies a
+//! person would write by hand, so that the plugin, `GitOps` and kubectl always agree.
+
+use std::collections::BTreeMap;
+
+use kube::api::ObjectMeta;
+use serde_json::{Value, json};
+
+use super::task;
+use kubepam_core::api::{
+    AccessPolicy, AccessPolicySpec, ApprovalType, CONTROL_NAME, ElevationRequest,
+    ElevationRequestSpec, PolicyType, PrivilegedAccessControl, PrivilegedAccessControlSpec,
+    ReviewDecision, Scope,
+};
+use kubepam_core::duration;
+use kubepam_core::lifecycle::scope::{self, ScopeError};
+
+/// Why an object could not be built from the command line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A task string that does not parse.
+    #[error(transparent)]
+    Task(#[from] task::Error),
+    /// A duration that does not parse.
+    #[error(transparent)]
+    Duration(#[from] duration::Error),
+    /// Not exactly one of `--task`, `--role`, `--roles`.
+    #[error("say what the policy grants with exactly one of --task, --role or --roles")]
+    WhatToGrant,
+    /// `--roles` with no names.
+    #[error("--roles needs at least one ClusterRole name, e.g. --roles view,edit")]
+    NoRoles,
+    /// `--required-approvals 0`.
+    #[error("--required-approvals must be at least 1")]
+    NoApprovals,
+    /// `enable` with no control yet and no group.
+    #[error(
+        "there is no PrivilegedAccessControl yet: give --approver-group GROUP, the Kubernetes \
+         group whose members approve requests"
+    )]
+    ApproverGroupRequired,
+    /// A blank flag value.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    /// The request does not fit its policy's scope.
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+}
+
+/// What `enable` does: create the control, or change the fields given on an existing one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnablePlan {
+    /// No control yet: create `default`.
+    Create(Box<PrivilegedAccessControl>),
+    /// Merge-patch the existing control; fields not given stay as they are.
+    Patch(Value),
+}
+
+/// Settings `enable` may change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnableArgs {
+    /// `--approver-group`.
+    pub approver_group: Option<String>,
+    /// `--system-account`, repeated; empty leaves the list as it is.
+    pub system_accounts: Vec<String>,
+    /// `--default-duration`.
+    pub default_duration: Option<String>,
+    /// `--request-ttl`.
+    pub request_ttl: Option<String>,
+}
+
+/// Plan `enable` (Enable-ElevatedAccessControl) against the control as it is now.
+pub fn enable_plan(
+    existing: Option<&PrivilegedAccessControl>,
+    args: &EnableArgs,
+) -> Result<EnablePlan, Error> {
+    if args
+        .approver_group
+        .as_deref()
+        .is_some_and(|g| g.trim().is_empty())
+    {
+        return Err(Error::Empty("--approver-group"));
+    }
+    for d in [&args.default_duration, &args.request_ttl]
+        .into_iter()
+        .flatten()
+    {
+        duration::parse(d)?;
+    }
+    if existing.is_none() {
+        let group = args
+            .approver_group
+            .clone()
+            .ok_or(Error::ApproverGroupRequired)?;
+        let control = PrivilegedAccessControl {
+            metadata: ObjectMeta {
+                name: Some(CONTROL_NAME.to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: PrivilegedAccessControlSpec {
+                enabled: true,
+                default_approver_group: group,
+                system_accounts: args.system_accounts.clone(),
+                default_duration: args.default_duration.clone(),
+                request_ttl: args.request_ttl.clone(),
+                remove_foreign_bindings: false,
+                remove_persistence: false,
+                notifications: None,
+            },
+            status: None,
+        };
+        return Ok(EnablePlan::Create(Box::new(control)));
+    }
+    let mut spec = serde_json::Map::new();
+    spec.insert("enabled".into(), Value::Bool(true));
+    if let Some(g) = &args.approver_group {
+        spec.insert("defaultApproverGroup".into(), json!(g));
+    }
+    if !args.system_accounts.is_empty() {
+        spec.insert("systemAccounts".into(), json!(args.system_accounts));
+    }
+    if let Some(d) = &args.default_duration {
+        spec.insert("defaultDuration".into(), json!(d));
+    }
+    if let Some(d) = &args.request_ttl {
+        spec.insert("requestTTL".into(), json!(d));
+    }
+    Ok(EnablePlan::Patch(json!({ "spec": spec })))
+}
+
+/// `disable` (Disable-ElevatedAccessControl): only the switch; policies and groups stay.
+pub fn disable_patch() -> Value {
+    json!({ "spec": { "enabled": false } })
+}
+
+/// What `policy create` was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyArgs {
+    /// The policy's name.
+    pub name: String,
+    /// `--task 'delete deployments.apps'`.
+    pub task: Option<String>,
+    /// `--role R`.
+    pub role: Option<String>,
+    /// `--roles R1,R2`.
+    pub roles: Option<Vec<String>>,
+    /// `--namespace N`, repeated; empty is cluster-wide.
+    pub namespaces: Vec<String>,
+    /// `--approval`.
+    pub approval: ApprovalType,
+    /// `--approver-group`.
+    pub approver_group: Option<String>,
+    /// `--max-duration`.
+    pub max_duration: Option<String>,
+    /// `--required-approvals`.
+    pub required_approvals: Option<u32>,
+    /// `--allow-impersonation`.
+    pub allow_impersonation: bool,
+    /// `--allow-privilege-escalation`.
+    pub allow_privilege_escalation: bool,
+    /// `--allow-persistence`.
+    pub allow_persistence: bool,
+}
+
+/// Build the AccessPolicy of `policy create` (New-ElevatedAccessApprovalPolicy).
+pub fn build_policy(args: &PolicyArgs) -> Result<AccessPolicy, Error> {
+    let (policy_type, task, role, roles) = match (&args.task, &args.role, &args.roles) {
+        (Some(t), None, None) => (PolicyType::Task, Some(task::parse_task(t)?), None, vec![]),
+        (None, Some(r), None) if r.trim().is_empty() => return Err(Error::Empty("--role")),
+        (None, Some(r), None) => (PolicyType::Role, None, Some(r.clone()), vec![]),
+        (None, None, Some(rs)) => {
+            let rs: Vec<String> = rs
+                .iter()
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty())
+                .collect();
+            if rs.is_empty() {
+                return Err(Error::NoRoles);
+            }
+            (PolicyType::RoleGroup, None, None, rs)
+        }
+        _ => return Err(Error::WhatToGrant),
+    };
+    if let Some(d) = &args.max_duration {
+        duration::parse(d)?;
+    }
+    if args.required_approvals == Some(0) {
+        return Err(Error::NoApprovals);
+    }
+    if args
+        .approver_group
+        .as_deref()
+        .is_some_and(|g| g.trim().is_empty())
+    {
+        return Err(Error::Empty("--approver-group"));
+    }
+    let scope = (!args.namespaces.is_empty()).then(|| Scope {
+        namespaces: args.namespaces.clone(),
+    });
+    Ok(AccessPolicy {
+        metadata: ObjectMeta {
+            name: Some(args.name.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: AccessPolicySpec {
+            policy_type,
+            task,
+            role,
+            roles,
+            scope,
+            approval_type: args.approval,
+            approver_group: args.approver_group.clone(),
+            max_duration: args.max_duration.clone(),
+            required_approvals: args.required_approvals,
+            allow_impersonation: args.allow_impersonation,
+            allow_privilege_escalation: args.allow_privilege_escalation,
+            allow_persistence: args.allow_persistence,
+        },
+        status: None,
+    })
+}
+
+/// Longest prefix kept for a generated name: what the API server keeps of `generateName`
+/// (63 minus its five random characters).
+pub const GENERATE_NAME_PREFIX_MAX: usize = 58;
+
+/// The `generateName` of a request for `policy`: `<policy>-`, cut so the server's random
+/// suffix fits, e.g. `prod-delete-deployments-` then `prod-delete-deployments-x7k2p`.
+pub fn request_generate_name(policy: &str) -> String {
+    let cleaned: String = policy
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(GENERATE_NAME_PREFIX_MAX - 1)
+        .collect();
+    let cleaned = cleaned.trim_matches('-');
+    if cleaned.is_empty() {
+        "request-".to_owned()
+    } else {
+        format!("{cleaned}-")
+    }
+}
+
+/// What `request` was asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestArgs {
+    /// The AccessPolicy's name.
+    pub policy: String,
+    /// `--name`; generated from the policy when absent.
+    pub name: Option<String>,
+    /// `--reason`.
+    pub reason: String,
+    /// `--duration`.
+    pub duration: Option<String>,
+    /// `-n/--namespace`.
+    pub namespace: Option<String>,
+}
+
+/// The namespace a request should name under `policy`: the one given, or the policy's only
+/// namespace; refused as the controller would refuse it (outside the scope, or ambiguous).
+pub fn request_namespace(
+    policy_name: &str,
+    policy: &AccessPolicySpec,
+    given: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let namespace = match (given, policy.namespaces()) {
+        (None, [only]) => Some(only.as_str()),
+        (given, _) => given,
+    };
+    scope::snapshot(policy_name, policy, namespace)?;
+    Ok(namespace.map(str::to_owned))
+}
+
+/// Build the ElevationRequest of `request` (New-ElevatedAccessRequest). The requester is left
+/// out: admission fills it in with the caller, who cannot claim to be anyone else.
+pub fn build_request(args: &RequestArgs) -> Result<ElevationRequest, Error> {
+    if args.reason.trim().is_empty() {
+        return Err(Error::Empty("--reason"));
+    }
+    if let Some(d) = &args.duration {
+        duration::parse(d)?;
+    }
+    let metadata = match &args.name {
+        Some(name) => ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        None => ObjectMeta {
+            generate_name: Some(request_generate_name(&args.policy)),
+            ..ObjectMeta::default()
+        },
+    };
+    Ok(ElevationRequest {
+        metadata,
+        spec: ElevationRequestSpec {
+            policy: args.policy.clone(),
+            namespace: args.namespace.clone(),
+            reason: args.reason.clone(),
+            duration: args.duration.clone(),
+            requester: None,
+            reviews: BTreeMap::new(),
+        },
+        status: None,
+    })
+}
+
+/// The merge patch an approver writes by hand (DESIGN 3.3):
+/// `{"spec":{"reviews":{"<me>":{"decision":"Approve","comment":"ok"}}}}`.
+/// Without a comment, `comment` is `null` so that an earlier comment of the same reviewer
+/// (say, on their approval) is not carried over onto a later revoke by the merge.
+pub fn review_patch(reviewer: &str, decision: ReviewDecision, comment: Option<&str>) -> Value {
+    let decision = match decision {
+        ReviewDecision::Approve => "Approve",
+        ReviewDecision::Deny => "Deny",
+        ReviewDecision::Revoke => "Revoke",
+    };
+    json!({ "spec": { "reviews": { reviewer: { "decision": decision, "comment": comment } } } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn seed_policy_args() -> PolicyArgs {
+        PolicyArgs {
+            name: "prod-delete-deployments".into(),
+            task: Some("delete deployments.apps".into()),
+            role: None,
+            roles: None,
+            namespaces: vec!["prod".into()],
+            approval: ApprovalType::Manual,
+            approver_group: None,
+            max_duration: None,
+            required_approvals: None,
+            allow_impersonation: false,
+            allow_privilege_escalation: false,
+            allow_persistence: false,
+        }
+    }
+
+    #[test]
+    fn the_seed_policy_is_the_readme_yaml() {
+        let policy = build_policy(&seed_policy_args()).unwrap();
+        let yaml: AccessPolicy = serde_yaml_ng::from_str(
+            "apiVersion: kubepam.io/v1alpha1
+kind: AccessPolicy
+metadata: { name: prod-delete-deployments }
+spec:
+  type: Task
+  task: { verbs: [delete], apiGroups: [apps], resources: [deployments] }
+  scope: { namespaces: [prod] }
+  approvalType: Manual
+",
+        )
+        .unwrap();
+        assert_eq!(policy, yaml);
+    }
+
+    #[test]
+    fn policies_grant_exactly_one_kind_of_thing() {
+        let mut args = seed_policy_args();
+        args.role = Some("view".into());
+        assert_eq!(build_policy(&args), Err(Error::WhatToGrant));
+        args.task = None;
+        let role = build_policy(&args).unwrap();
+        assert_eq!(role.spec.policy_type, PolicyType::Role);
+        args.role = None;
+        args.roles = Some(vec!["view".into(), " edit ".into()]);
+        let group = build_policy(&args).unwrap();
+        assert_eq!(group.spec.roles, ["view", "edit"]);
+        args.roles = Some(vec![String::new()]);
+        assert_eq!(build_policy(&args), Err(Error::NoRoles));
+        args.roles = None;
+        assert_eq!(build_policy(&args), Err(Error::WhatToGrant));
+        let mut args = seed_policy_args();
+        args.required_approvals = Some(0);
+        assert_eq!(build_policy(&args), Err(Error::NoApprovals));
+        args.required_approvals = None;
+        args.max_duration = Some("8 hours".into());
+        assert!(matches!(build_policy(&args), Err(Error::Duration(_))));
+    }
+
+    #[test]
+    fn enable_creates_or_changes_only_what_is_given() {
+        let args = EnableArgs {
+            approver_group: Some("pam-approvers".into()),
+            system_accounts: vec!["system:serviceaccount:ci:deployer".into()],
+            ..EnableArgs::default()
+        };
+        let EnablePlan::Create(control) = enable_plan(None, &args).unwrap() else {
+            panic!("no control yet: create it");
+        };
+        assert_eq!(control.metadata.name.as_deref(), Some("default"));
+        assert!(control.spec.enabled);
+        assert_eq!(
+            enable_plan(None, &EnableArgs::default()),
+            Err(Error::ApproverGroupRequired)
+        );
+        let existing = *control;
+        assert_eq!(
+            enable_plan(Some(&existing), &EnableArgs::default()).unwrap(),
+            EnablePlan::Patch(json!({ "spec": { "enabled": true } }))
+        );
+        assert_eq!(
+            enable_plan(Some(&existing), &args).unwrap(),
+            EnablePlan::Patch(json!({ "spec": {
+                "enabled": true, "defaultApproverGroup": "pam-approvers",
+                "systemAccounts": ["system:serviceaccount:ci:deployer"],
+            } }))
+        );
+        assert_eq!(disable_patch(), json!({ "spec": { "enabled": false } }));
+    }
+
+    #[test]
+    fn a_request_names_the_policy_namespace_when_there_is_only_one() {
+        let policy = build_policy(&seed_policy_args()).unwrap().spec;
+        let name = "prod-delete-deployments";
+        assert_eq!(
+            request_namespace(name, &policy, None).unwrap().as_deref(),
+            Some("prod")
+        );
+        assert!(matches!(
+            request_namespace(name, &policy, Some("dev")),
+            Err(Error::Scope(ScopeError::NamespaceNotInScope { .. }))
+        ));
+        let mut wide = policy.clone();
+        wide.scope = None;
+        assert_eq!(request_namespace(name, &wide, None).unwrap(), None);
+        wide.scope = Some(Scope {
+            namespaces: vec!["a".into(), "b".into()],
+        });
+        assert!(matches!(
+            request_namespace(name, &wide, None),
+            Err(Error::Scope(ScopeError::NamespaceRequired { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_request_without_a_name_gets_one_from_the_server() {
+        let args = RequestArgs {
+            policy: "prod-delete-deployments".into(),
+            reason: "INC-1234".into(),
+            duration: Some("30m".into()),
+            namespace: Some("prod".into()),
+            ..RequestArgs::default()
+        };
+        let request = build_request(&args).unwrap();
+        assert_eq!(
+            request.metadata.generate_name.as_deref(),
+            Some("prod-delete-deployments-")
+        );
+        assert_eq!(request.spec.requester, None, "admission sets it");
+        let blank = RequestArgs {
+            reason: "  ".into(),
+            ..args
+        };
+        assert_eq!(build_request(&blank), Err(Error::Empty("--reason")));
+    }
+
+    #[test]
+    fn the_review_patch_is_what_the_readme_shows() {
+        assert_eq!(
+            review_patch("bob", ReviewDecision::Approve, Some("ok")),
+            json!({"spec":{"reviews":{"bob":{"decision":"Approve","comment":"ok"}}}})
+        );
+        assert_eq!(
+            review_patch("carol", ReviewDecision::Revoke, None),
+            json!({"spec":{"reviews":{"carol":{"decision":"Revoke","comment":null}}}})
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn generated_names_are_valid_prefixes(policy in ".{0,300}") {
+            let prefix = request_generate_name(&policy);
+            prop_assert!(prefix.len() <= GENERATE_NAME_PREFIX_MAX);
+            prop_assert!(prefix.ends_with('-'));
+            prop_assert!(prefix.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()));
+            prop_assert!(prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        }
+
+        #[test]
+        fn review_patches_touch_only_the_reviewers_entry(
+            reviewer in ".{1,40}", comment in proptest::option::of(".{0,40}"),
+        ) {
+            let patch = review_patch(&reviewer, ReviewDecision::Deny, comment.as_deref());
+            let reviews = patch["spec"]["reviews"].as_object().unwrap();
+            prop_assert_eq!(reviews.len(), 1);
+            prop_assert!(reviews.contains_key(&reviewer));
+            prop_assert_eq!(patch["spec"].as_object().unwrap().len(), 1);
+        }
+
+        #[test]
+        fn building_never_panics(
+            task in proptest::option::of(".{0,30}"), role in proptest::option::of(".{0,10}"),
+            max in proptest::option::of(".{0,6}"), reason in ".{0,10}",
+        ) {
+            let _ = build_policy(&PolicyArgs { task, role, max_duration: max.clone(), ..seed_policy_args() });
+            let _ = build_request(&RequestArgs { policy: "p".into(), reason, duration: max, ..RequestArgs::default() });
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! What the plugin prints: kubectl-like tables with relative times, a `describe`-like view of
+//! one request, and `-o json|yaml|name` output. Pure functions of objects and `now`; colour is
+//! written as ANSI codes and stripped on the way out when stdout is not a terminal.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use anstyle::{AnsiColor, Style};
+use chrono::{DateTime, TimeDelta, Utc};
+use kube::Resource;
+use serde::Serialize;
+
+use super::task::format_task;
+use kubepam_core::api::{
+    AccessPolicy, CONDITION_ACCEPTED, ElevationRequest, Phase, PolicyType, ReviewDecision,
+    find_condition, from_k8s_time,
+};
+
+/// How `-o` asked for output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// A table (the default).
+    #[default]
+    #[value(skip)]
+    Table,
+    /// A table with more columns.
+    Wide,
+    /// The objects as JSON.
+    Json,
+    /// The objects as YAML.
+    Yaml,
+    /// `kind.group/name` per object.
+    Name,
+}
+
+/// A duration the way `kubectl get` prints ages (apimachinery's `HumanDuration`): `45s`,
+/// `5m30s`, `3h`, `2d4h`, `1y20d`.
+pub fn human_duration(d: TimeDelta) -> String {
+    let seconds = d.num_seconds();
+    if seconds < -1 {
+        return "<invalid>".to_owned();
+    }
+    if seconds < 0 {
+        return "0s".to_owned();
+    }
+    if seconds < 120 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        return match seconds % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = minutes / 60;
+    if hours < 8 {
+        return match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    let days = hours / 24;
+    if hours < 24 * 8 {
+        return match hours % 24 {
+            0 => format!("{days}d"),
+            h => format!("{days}d{h}h"),
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{days}d");
+    }
+    let years = days / 365;
+    if hours < 24 * 365 * 8 {
+        return match days % 365 {
+            0 => format!("{years}y"),
+            d => format!("{years}y{d}d"),
+        };
+    }
+    format!("{years}y")
+}
+
+/// How long ago `t` was, as an AGE column shows it.
+pub fn age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    t.map_or_else(|| "<unknown>".to_owned(), |t| human_duration(now - t))
+}
+
+/// A moment relative to now: `in 28m` or `3m ago`.
+pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    if t > now {
+        format!("in {}", human_duration(t - now))
+    } else {
+        format!("{} ago", human_duration(now - t))
+    }
+}
+
+fn paint(style: Style, text: &str) -> String {
+    format!("{style}{text}{style:#}")
+}
+
+/// A phase, coloured: green Approved, yellow Pending, red Denied and Revoked, dim Expired.
+pub fn phase_cell(phase: Option<Phase>) -> String {
+    let Some(phase) = phase else {
+        return "<none>".to_owned();
+    };
+    let style = match phase {
+        Phase::Approved => AnsiColor::Green.on_default(),
+        Phase::Pending => AnsiColor::Yellow.on_default(),
+        Phase::Denied | Phase::Revoked => AnsiColor::Red.on_default(),
+        Phase::Expired => Style::new().dimmed(),
+    };
+    paint(style, phase.as_str())
+}
+
+/// `error: ` in bold red, as kubectl and cargo start an error line.
+pub fn error_prefix() -> String {
+    paint(AnsiColor::Red.on_default().bold(), "error:")
+}
+
+/// Lay out rows as `kubectl get` does: upper-case header, columns three spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut tw = tabwriter::TabWriter::new(Vec::new())
+        .padding(3)
+        .minwidth(0)
+        .ansi(true);
+    let mut text = header.join("\t");
+    text.push('\n');
+    for row in rows {
+        // A tab or newline inside a cell would break the layout.
+        let cells: Vec<String> = row.iter().map(|c| c.replace(['\t', '\n'], " ")).collect();
+        text.push_str(&cells.join("\t"));
+        text.push('\n');
+    }
+    // Writing to a Vec cannot fail; an error here would leave the text unaligned, not lost.
+    if tw.write_all(text.as_bytes()).is_err() {
+        return text;
+    }
+    match tw.into_inner() {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => text,
+    }
+}
+
+/// `s` with every control character written as an escape (`\u{1b}`): text
+/// from objects anyone may write, such as RBAC subject names, never moves the
+/// cursor or sets colours on the reader's terminal.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn or_none(s: Option<&str>) -> String {
+    s.filter(|s| !s.is_empty())
+        .map_or_else(|| "<none>".to_owned(), str::to_owned)
+}
+
+fn created(meta: &kube::api::ObjectMeta) -> Option<DateTime<Utc>> {
+    meta.creation_timestamp.as_ref().map(from_k8s_time)
+}
+
+/// The table of `list` (the CRD's printer columns; `wide` adds id, approvers, deciders, reason).
+pub fn requests_table(requests: &[ElevationRequest], now: DateTime<Utc>, wide: bool) -> String {
+    let mut header = vec![
+        "NAME",
+        "STATUS",
+        "REQUESTER",
+        "POLICY",
+        "NAMESPACE",
+        "EXPIRES",
+        "AGE",
+    ];
+    if wide {
+        header.extend(["REQUEST-ID", "APPROVERS", "DECIDED-BY", "REASON"]);
+    }
+    let rows: Vec<Vec<String>> = requests
+        .iter()
+        .map(|r| {
+            let status = r.status.as_ref();
+            let phase = status.and_then(|s| s.phase);
+            let deadline = status
+                .and_then(|s| s.deadline)
+                .filter(|_| phase.is_none_or(|p| !p.is_final()));
+            let mut row = vec![
+                or_none(r.metadata.name.as_deref()),
+                phase_cell(phase),
+                or_none(r.spec.requester.as_deref()),
+                r.spec.policy.clone(),
+                or_none(r.spec.namespace.as_deref()),
+                deadline.map_or_else(|| "<none>".to_owned(), |d| relative(d, now)),
+                age(created(&r.metadata), now),
+            ];
+            if wide {
+                let decided_by = status.map(|s| s.decided_by.join(",")).unwrap_or_default();
+                row.extend([
+                    or_none(status.and_then(|s| s.request_id.as_deref())),
+                    or_none(status.and_then(|s| s.approver_group.as_deref())),
+                    or_none(Some(&decided_by)),
+                    r.spec.reason.clone(),
+                ]);
+            }
+            row
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+/// What a policy grants, as typed on the command line.
+pub fn grants_cell(policy: &AccessPolicy) -> String {
+    match policy.spec.policy_type {
+        PolicyType::Task => policy
+            .spec
+            .task
+            .as_ref()
+            .map_or_else(|| "<none>".to_owned(), format_task),
+        PolicyType::Role | PolicyType::RoleGroup => {
+            format!("clusterroles {}", policy.spec.role_names().join(","))
+        }
+    }
+}
+
+/// The table of `policy list`; `default_group` is the control's default approver group.
+pub fn policies_table(
+    policies: &[AccessPolicy],
+    default_group: Option<&str>,
+    now: DateTime<Utc>,
+    wide: bool,
+) -> String {
+    let mut header = vec![
+        "NAME",
+        "TYPE",
+        "GRANTS",
+        "SCOPE",
+        "APPROVAL",
+        "APPROVERS",
+        "ACCEPTED",
+        "AGE",
+    ];
+    if wide {
+        header.extend(["POLICY-ID", "MAX-DURATION", "APPROVALS", "MESSAGE"]);
+    }
+    let rows: Vec<Vec<String>> = policies
+        .iter()
+        .map(|p| {
+            let conditions = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+            let accepted = find_condition(conditions, CONDITION_ACCEPTED);
+            let namespaces = p.spec.namespaces();
+            let approvers = match (&p.spec.approver_group, default_group) {
+                (Some(g), _) => g.clone(),
+                (None, Some(d)) => format!("{d} (default)"),
+                (None, None) => "<default>".to_owned(),
+            };
+            let accepted_cell = match accepted {
+                Some(c) if c.status == "True" => paint(AnsiColor::Green.on_default(), "True"),
+                Some(c) => paint(
+                    AnsiColor::Red.on_default(),
+                    &format!("False ({})", c.reason),
+                ),
+                None => "<pending>".to_owned(),
+            };
+            let mut row = vec![
+                or_none(p.metadata.name.as_deref()),
+                p.spec.policy_type.as_str().to_owned(),
+                grants_cell(p),
+                if namespaces.is_empty() {
+                    "<cluster>".to_owned()
+                } else {
+                    namespaces.join(",")
+                },
+                p.spec.approval_type.as_str().to_owned(),
+                approvers,
+                accepted_cell,
+                age(created(&p.metadata), now),
+            ];
+            if wide {
+                row.extend([
+                    or_none(p.status.as_ref().and_then(|s| s.policy_id.as_deref())),
+                    or_none(p.spec.max_duration.as_deref()),
+                    p.spec.required_approvals.unwrap_or(1).to_string(),
+                    or_none(accepted.map(|c| c.message.as_str())),
+                ]);
+            }
+            row
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+fn decision_cell(decision: ReviewDecision) -> String {
+    match decision {
+        ReviewDecision::Approve => paint(AnsiColor::Green.on_default(), "Approve"),
+        ReviewDecision::Deny => paint(AnsiColor::Red.on_default(), "Deny"),
+        ReviewDecision::Revoke => paint(AnsiColor::Red.on_default(), "Revoke"),
+    }
+}
+
+/// `status NAME`: one request the way `kubectl describe` shows an object.
+pub fn describe_request(r: &ElevationRequest, now: DateTime<Utc>) -> String {
+    let status = r.status.clone().unwrap_or_default();
+    let when = |t: Option<DateTime<Utc>>| {
+        t.map_or_else(
+            || "<none>".to_owned(),
+            |t| format!("{} ({})", relative(t, now), t.to_rfc3339()),
+        )
+    };
+    let mut fields: Vec<(&str, String)> = vec![
+        ("Name", or_none(r.metadata.name.as_deref())),
+        ("Request ID", or_none(status.request_id.as_deref())),
+        ("Status", phase_cell(status.phase)),
+        ("Requester", or_none(r.spec.requester.as_deref())),
+        ("Policy", r.spec.policy.clone()),
+        ("Namespace", or_none(r.spec.namespace.as_deref())),
+        ("Reason", r.spec.reason.clone()),
+        ("Duration", or_none(r.spec.duration.as_deref())),
+    ];
+    let approvers = match (&status.approver_group, status.approval_type) {
+        (Some(g), Some(t)) => format!(
+            "{g} ({}, {} approval(s) needed)",
+            t.as_str(),
+            status.required_approvals.unwrap_or(1)
+        ),
+        (Some(g), None) => g.clone(),
+        (None, _) => "<none>".to_owned(),
+    };
+    fields.push(("Approvers", approvers));
+    fields.push(("Submitted", when(status.submitted_at)));
+    if status.phase == Some(Phase::Pending) {
+        fields.push(("Expires", when(status.expires_at)));
+    }
+    if status.decided_at.is_some() {
+        let by = if status.decided_by.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", status.decided_by.join(", "))
+        };
+        fields.push(("Decided", format!("{}{by}", when(status.decided_at))));
+    }
+    if status.granted_until.is_some() {
+        fields.push(("Granted until", when(status.granted_until)));
+    }
+    fields.push(("Executions", status.execution_count.to_string()));
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    for (key, value) in &fields {
+        let _ = writeln!(out, "{:<width$}{value}", format!("{key}:"));
+    }
+    if !r.spec.reviews.is_empty() {
+        out.push_str("Reviews:\n");
+        let rows: Vec<Vec<String>> = r
+            .spec
+            .reviews
+            .iter()
+            .map(|(who, review)| {
+                vec![
+                    format!("  {who}"),
+                    decision_cell(review.decision),
+                    or_none(review.comment.as_deref()),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["  REVIEWER", "DECISION", "COMMENT"], &rows));
+    }
+    if !status.history.is_empty() {
+        out.push_str("History:\n");
+        let rows: Vec<Vec<String>> = status
+            .history
+            .iter()
+            .map(|h| {
+                vec![
+                    format!("  {}", relative(h.time, now)),
+                    h.action.clone(),
+                    h.actor.clone(),
+                    or_none(h.comment.as_deref()),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["  WHEN", "ACTION", "ACTOR", "COMMENT"], &rows));
+    }
+    out
+}
+
+/// `kind.group/name`, as `kubectl get -o name` prints it.
+pub fn object_name<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}.{}/{}",
+        K::kind(&()).to_lowercase(),
+        K::group(&()),
+        object.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// One object as JSON (pretty, as kubectl prints it) or YAML.
+pub fn serialize<T: Serialize>(value: &T, output: Output) -> Result<String, String> {
+    match output {
+        Output::Yaml => serde_yaml_ng::to_string(value).map_err(|e| e.to_string()),
+        _ => serde_json::to_string_pretty(value)
+            .map(|mut s| {
+                s.push('\n');
+                s
+            })
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Several objects as kubectl prints a list: `kind: List` with `items`.
+pub fn serialize_list<T: Serialize>(items: &[T], output: Output) -> Result<String, String> {
+    let list = serde_json::json!({
+        "apiVersion": "v1", "kind": "List", "metadata": { "resourceVersion": "" }, "items": items,
+    });
+    serialize(&list, output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_what_would_drive_a_terminal() {
+        assert_eq!(
+            printable("User \u{1b}[2Jmallory\r"),
+            "User \\u{1b}[2Jmallory\\u{d}"
+        );
+        assert_eq!(printable("Group ops-é"), "Group ops-é");
+    }
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn strip(s: &str) -> String {
+        let mut out = Vec::new();
+        let mut stream = anstream::StripStream::new(&mut out);
+        stream.write_all(s.as_bytes()).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let cases = [
+            (-5, "<invalid>"),
+            (-1, "0s"),
+            (0, "0s"),
+            (45, "45s"),
+            (119, "119s"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (8 * 3600, "8h"),
+            (3 * 86_400 + 3600, "3d1h"),
+            (30 * 86_400, "30d"),
+            (3 * 365 * 86_400 + 86_400, "3y1d"),
+            (10 * 365 * 86_400, "10y"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(human_duration(TimeDelta::seconds(secs)), want, "{secs}s");
+        }
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        assert_eq!(relative(now + TimeDelta::minutes(28), now), "in 28m");
+        assert_eq!(relative(now - TimeDelta::seconds(30), now), "30s ago");
+    }
+
+    #[test]
+    fn tables_line_up_whatever_the_colour() {
+        let rows = vec![
+            vec![
+                "a".to_owned(),
+                phase_cell(Some(Phase::Approved)),
+                "x".into(),
+            ],
+            vec!["longer-name".to_owned(), phase_cell(None), "y".into()],
+        ];
+        let out = strip(&table(&["NAME", "STATUS", "X"], &rows));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "NAME          STATUS     X");
+        assert_eq!(lines[1], "a             Approved   x");
+        assert_eq!(lines[2], "longer-name   <none>     y");
+    }
+
+    fn request(yaml: &str) -> ElevationRequest {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_request_row_and_description_tell_the_state() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let r = request(
+            "apiVersion: kubepam.io/v1alpha1
+kind: ElevationRequest
+metadata: { name: alice-prod-cleanup, creationTimestamp: '2025-01-01T11:55:00Z' }
+spec:
+  policy: prod-delete-deployments
+  namespace: prod
+  reason: 'INC-1234: remove the stuck canary'
+  duration: 30m
+  requester: alice
+  reviews: { bob: { decision: Approve, comment: ok } }
+status:
+  phase: Approved
+  requestId: 0b7c
+  approverGroup: pam-approvers
+  approvalType: Manual
+  deadline: '2025-01-01T12:28:00Z'
+  decidedAt: '2025-01-01T11:58:00Z'
+  decidedBy: [bob]
+  grantedUntil: '2025-01-01T12:28:00Z'
+  history:
+    - { time: '2025-01-01T11:55:00Z', actor: alice, action: Pending }
+    - { time: '2025-01-01T11:58:00Z', actor: bob, action: Approved, comment: 'bob: ok' }
+",
+        );
+        let out = strip(&requests_table(std::slice::from_ref(&r), now, false));
+        let row = out.lines().nth(1).unwrap();
+        let cells: Vec<&str> = row
+            .split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "alice-prod-cleanup",
+                "Approved",
+                "alice",
+                "prod-delete-deployments",
+                "prod",
+                "in 28m",
+                "5m"
+            ]
+        );
+        let wide = strip(&requests_table(std::slice::from_ref(&r), now, true));
+        assert!(wide.contains("0b7c") && wide.contains("INC-1234"));
+        let described = strip(&describe_request(&r, now));
+        assert!(
+            described.contains("Status:        Approved\n"),
+            "{described}"
+        );
+        assert!(described.contains("Decided:       2m ago"), "{described}");
+        assert!(described.contains("by bob"));
+        assert!(described.contains("Granted until: in 28m"));
+        assert!(described.contains("bob: ok"));
+    }
+
+    #[test]
+    fn policy_rows_show_what_is_granted_and_whether_it_is_accepted() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let p = crate::fixtures::seed_policy();
+        let out = strip(&policies_table(&[p], Some("pam-approvers"), now, false));
+        let row = out.lines().nth(1).unwrap();
+        for cell in [
+            "delete deployments.apps",
+            "prod",
+            "Manual",
+            "pam-approvers (default)",
+            "True",
+            "120m",
+        ] {
+            assert!(row.contains(cell), "{cell} in {row}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn human_durations_never_panic_and_are_short(secs in proptest::num::i64::ANY) {
+            if let Some(d) = TimeDelta::try_seconds(secs) {
+                prop_assert!(human_duration(d).len() <= 12);
+            }
+        }
+
+        #[test]
+        fn tables_keep_one_line_per_row(cells in proptest::collection::vec(".{0,12}", 0..12)) {
+            let rows: Vec<Vec<String>> = cells.chunks(3).map(<[String]>::to_vec).collect();
+            let out = table(&["A", "B", "C"], &rows);
+            prop_assert_eq!(out.lines().count(), rows.len() + 1);
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! One watch per kind, shared by everything in the process: the caches serve
+//! admission on every replica, and their changes drive the controllers of
+//! the replica that leads.
+//!
+//! kube's own shared streams (`ReflectHandle`) carry applied objects only,
+//! but a deleted AccessPolicy must wake the requests it granted, so changes
+//! are fanned out here with deletions included.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::channel::mpsc;
+use futures::{FutureExt, Stream, StreamExt, stream};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::warn;
+
+use kubepam_core::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl, RbacObjectRef};
+use kubepam_core::grant;
+
+/// A cache of one kind and the changes that reach it.
+#[derive(Debug)]
+pub struct Cache<K: Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
+    subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<Arc<K>>>>>,
+    /// True once the first listing is complete. Not `Store::wait_until_ready`:
+    /// that wakes only the last of several tasks waiting on it, and the
+    /// controllers wait on it too.
+    filled: tokio::sync::watch::Sender<bool>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Cache<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            subscribers: self.subscribers.clone(),
+            filled: self.filled.clone(),
+        }
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Every object changed or deleted from now on. Unbounded, so a slow
+    /// consumer never stalls the cache that admission reads; a consumer
+    /// that stops listening is dropped at the next change.
+    pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let (sender, receiver) = mpsc::unbounded();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(sender);
+        receiver
+    }
+
+    /// Every cached object, then every change: what a controller that
+    /// starts now (after winning the lease) has to look at.
+    pub fn everything(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        // Subscribe first, so nothing changed between the two is missed.
+        let changes = self.changes();
+        stream::iter(self.store.state()).chain(changes)
+    }
+
+    /// Resolves once the first listing is complete.
+    pub async fn filled(&self) {
+        let _ = self.filled.subscribe().wait_for(|filled| *filled).await;
+    }
+
+    fn publish(&self, object: &Arc<K>) {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|subscriber| subscriber.unbounded_send(object.clone()).is_ok());
+    }
+}
+
+/// How long a failed watch waits before it tries again: from 0.5 s, doubling,
+/// at most 2 s (kube's default goes up to 30 s). After an API server restart
+/// or an etcd stall the caches must catch up within seconds: a request made
+/// then must be seen, and a grant due then must end on time.
+fn watch_backoff() -> impl kube::runtime::utils::Backoff {
+    let schedule = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(500))
+        .with_max_delay(std::time::Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(schedule),
+        std::time::Duration::from_secs(60),
+    )
+}
+
+/// Starts a watch of `api` into a new cache; the returned future keeps the
+/// cache current and must be polled for as long as the cache is used.
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Cache<K>, impl Future<Output = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let shared = Cache {
+        store,
+        subscribers: Arc::default(),
+        filled: tokio::sync::watch::Sender::new(false),
+    };
+    let publisher = shared.clone();
+    let kind = K::kind(&()).into_owned();
+    // kubepam never reads managedFields or annotations of what it caches;
+    // with thousands of requests (or every binding of a large cluster, some
+    // carrying kubectl's last-applied copy) they would be most of its memory.
+    let updates = reflector(
+        writer,
+        watcher(api, config)
+            .backoff(watch_backoff())
+            .modify(|object: &mut K| {
+                let meta = object.meta_mut();
+                meta.managed_fields = None;
+                meta.annotations = None;
+            }),
+    )
+    .for_each(move |event| {
+        match event {
+            Ok(
+                watcher::Event::Apply(object)
+                | watcher::Event::InitApply(object)
+                | watcher::Event::Delete(object),
+            ) => publisher.publish(&Arc::new(object)),
+            Ok(watcher::Event::InitDone) => {
+                publisher.filled.send_replace(true);
+            }
+            Ok(watcher::Event::Init) => {}
+            Err(error) => warn!(%kind, %error, "watch failed; retrying"),
+        }
+        futures::future::ready(())
+    });
+    (shared, updates)
+}
+
+/// The caches of the whole process.
+#[derive(Debug, Clone)]
+pub struct Caches {
+    pub requests: Cache<ElevationRequest>,
+    pub policies: Cache<AccessPolicy>,
+    pub controls: Cache<PrivilegedAccessControl>,
+    pub role_bindings: Cache<RoleBinding>,
+    pub cluster_role_bindings: Cache<ClusterRoleBinding>,
+    pub cluster_roles: Cache<ClusterRole>,
+    /// Every ClusterRole but kubepam's, and every Role: with the bindings,
+    /// the rights people hold outside kubepam (the persistence guard).
+    pub standing_cluster_roles: Cache<ClusterRole>,
+    pub roles: Cache<Role>,
+}
+
+impl Caches {
+    /// Starts every watch; the tasks keep the caches current until aborted.
+    pub fn start(client: &Client) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        let mut tasks = Vec::new();
+        let mut spawn = |updates: futures::future::BoxFuture<'static, ()>| {
+            tasks.push(tokio::spawn(updates));
+        };
+        let all = watcher::Config::default;
+        // Every binding (one made by hand may bind a role kubepam generated),
+        // but only kubepam's own ClusterRoles: the rest are none of its business.
+        let managed = || watcher::Config::default().labels(&grant::managed_selector());
+
+        let (requests, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
+        let (policies, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
+        let (controls, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
+        let (role_bindings, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
+        let (cluster_role_bindings, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
+        let (cluster_roles, updates) = watch(Api::all(client.clone()), managed());
+        spawn(updates.boxed());
+        let not_managed = watcher::Config::default().labels(&format!(
+            "{}!={}",
+            grant::LABEL_MANAGED_BY,
+            grant::MANAGER
+        ));
+        let (standing_cluster_roles, updates) = watch(Api::all(client.clone()), not_managed);
+        spawn(updates.boxed());
+        let (roles, updates) = watch(Api::all(client.clone()), all());
+        spawn(updates.boxed());
+
+        let caches = Self {
+            requests,
+            policies,
+            controls,
+            role_bindings,
+            cluster_role_bindings,
+            cluster_roles,
+            standing_cluster_roles,
+            roles,
+        };
+        (caches, tasks)
+    }
+
+    pub fn rbac_stores(&self) -> RbacStores {
+        RbacStores {
+            role_bindings: self.role_bindings.store(),
+            cluster_role_bindings: self.cluster_role_bindings.store(),
+            cluster_roles: self.cluster_roles.store(),
+        }
+    }
+
+    /// Resolves once every cache holds a complete first listing.
+    pub async fn synced(&self) {
+        futures::join!(
+            self.policies.filled(),
+            self.controls.filled(),
+            self.requests.filled(),
+            self.role_bindings.filled(),
+            self.cluster_role_bindings.filled(),
+            self.cluster_roles.filled(),
+            self.standing_cluster_roles.filled(),
+            self.roles.filled(),
+        );
+    }
+}
+
+/// Caches of every RoleBinding and ClusterRoleBinding, and of the
+/// ClusterRoles kubepam generated.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // reflector stores have no Debug
+pub struct RbacStores {
+    pub role_bindings: Store<RoleBinding>,
+    pub cluster_role_bindings: Store<ClusterRoleBinding>,
+    pub cluster_roles: Store<ClusterRole>,
+}
+
+impl RbacStores {
+    /// Every object cached for the request with this id.
+    pub fn objects_of(&self, request_id: &str) -> Vec<RbacObjectRef> {
+        let ours = |labels: &std::collections::BTreeMap<String, String>| {
+            grant::owned_by(Some(labels), request_id)
+        };
+        let mut found = Vec::new();
+        for o in self.role_bindings.state() {
+            if ours(o.labels()) {
+                found.push(reference("RoleBinding", &*o));
+            }
+        }
+        for o in self.cluster_role_bindings.state() {
+            if ours(o.labels()) {
+                found.push(reference("ClusterRoleBinding", &*o));
+            }
+        }
+        for o in self.cluster_roles.state() {
+            if ours(o.labels()) {
+                found.push(reference("ClusterRole", &*o));
+            }
+        }
+        found
+    }
+}
+
+pub(crate) fn reference<K: Resource>(kind: &str, object: &K) -> RbacObjectRef {
+    RbacObjectRef {
+        kind: kind.to_owned(),
+        name: object.name_any(),
+        namespace: object.namespace(),
+        uid: object.meta().uid.clone(),
+    }
+}
