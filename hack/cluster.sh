@@ -251,9 +251,38 @@ up() {
   echo "$kubeconfig"
 }
 
+# The servers of this cluster found by their command line (they name files
+# under DIR), kube-apiserver first: a pid file can be stale or gone (a test
+# restarts kube-apiserver; a crashed run leaves files behind).
+servers_of_dir() { # binary name
+  local p cmd
+  for p in /proc/[0-9]*; do
+    cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+    [[ "$cmd" == *"/$1 "*"$dir/"* ]] && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+stop_servers() { # binary name: TERM, then KILL after 10 s
+  local pids; pids="$(servers_of_dir "$1")"
+  [[ -z "$pids" ]] && return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    [[ -z "$(servers_of_dir "$1")" ]] && return 0
+    sleep 0.1
+  done
+  pids="$(servers_of_dir "$1")"
+  # shellcheck disable=SC2086
+  [[ -n "$pids" ]] && kill -KILL $pids 2>/dev/null || true
+}
+
 down_quiet() {
+  # kube-apiserver before etcd: without etcd it can ignore SIGTERM for long.
   stop_pid "$run/apiserver.pid"
+  stop_servers kube-apiserver
   stop_pid "$run/etcd.pid"
+  stop_servers etcd
   rm -rf "$dir/etcd" "$run"/*.port
 }
 

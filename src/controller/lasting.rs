@@ -16,16 +16,23 @@ use kubepam_core::api::{ElevationRequest, ElevationRequestStatus, LastingObject}
 /// The most objects named in one Event (the rest are counted).
 const EVENT_NAMES: usize = 10;
 
-/// Deletes each object not reported yet, if it is still the very object made
-/// during the grant (its uid, created at or after `since`): marks it
-/// `removed`. Objects reported by a caller kubepam could not verify, or
-/// without a uid, are only reported.
-pub async fn remove(ctx: &Context, status: &mut ElevationRequestStatus, since: DateTime<Utc>) {
-    for object in status
-        .lasting_objects
-        .iter_mut()
-        .filter(|o| !o.reported && !o.removed && !o.unverified && !o.uid.is_empty())
-    {
+/// Deletes the objects at `places` of `status.lastingObjects`, each only if
+/// it is still the very object made during the grant (its uid, created at or
+/// after `since`): marks it `removed`. Objects reported by a caller kubepam
+/// could not verify, or without a uid, are only reported.
+pub async fn remove(
+    ctx: &Context,
+    status: &mut ElevationRequestStatus,
+    places: &[usize],
+    since: DateTime<Utc>,
+) {
+    for place in places {
+        let Some(object) = status.lasting_objects.get_mut(*place) else {
+            continue;
+        };
+        if object.removed || object.unverified || object.uid.is_empty() {
+            continue;
+        }
         match remove_one(ctx, object, since).await {
             Ok(removed) => object.removed = removed,
             Err(error) => {
@@ -77,7 +84,21 @@ async fn remove_one(
 }
 
 /// The Warning Event and the metric for what the grant left behind.
-pub async fn report(ctx: &Context, request: &ElevationRequest, objects: &[LastingObject]) {
+/// Reports the objects at `places` of `status.lastingObjects`.
+pub async fn report_places(
+    ctx: &Context,
+    request: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    places: &[usize],
+) {
+    let objects: Vec<LastingObject> = places
+        .iter()
+        .filter_map(|place| status.lasting_objects.get(*place).cloned())
+        .collect();
+    report(ctx, request, &objects).await;
+}
+
+async fn report(ctx: &Context, request: &ElevationRequest, objects: &[LastingObject]) {
     ctx.metrics
         .persistence_found
         .inc_by(u64::try_from(objects.len()).unwrap_or(u64::MAX));

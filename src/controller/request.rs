@@ -7,6 +7,7 @@
 //! the resourceVersion that was read, so a decision made from a stale cache
 //! is refused by the API server (409) and made again from fresh data.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -21,18 +22,10 @@ use tracing::info;
 
 use super::{Context, Error, rbac};
 use crate::shared::caches::Caches;
-use kubepam_core::api::{
-    AccessPolicy, ElevationRequest, Phase, condition_true, find_condition, remove_condition,
-    same_objects, set_condition,
-};
-use kubepam_core::grant::{self, DesiredRbac};
-use kubepam_core::lifecycle::{self, ControlView, PolicyView, Transition};
-use kubepam_core::notify::plan;
-
-use kubepam_core::grant::FINALIZER;
-
-/// Condition type: present while an object kubepam did not make holds a name the grant needs.
-pub const CONDITION_GRANT_BLOCKED: &str = "GrantBlocked";
+use kubepam_core::api::{AccessPolicy, ElevationRequest, Phase};
+use kubepam_core::grant::{self, FINALIZER};
+use kubepam_core::lifecycle::{self, Transition};
+use kubepam_core::reconcile::{self, Keep, Observed, Plan, Step};
 
 /// The request controller, also woken by changes to policies, the control,
 /// and RBAC objects that carry kubepam's labels (so a binding deleted by hand
@@ -114,270 +107,158 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
     }
 }
 
-// The pipeline reads best in its safety order, in one place.
-#[allow(clippy::too_many_lines)]
 async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Action, Error> {
-    let name = request.name_any();
-    let request_id = lifecycle::request_id(request);
-    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
-
-    let recorded = request
-        .status
-        .as_ref()
-        .map(|s| s.rbac_objects.clone())
-        .unwrap_or_default();
-    if request.metadata.deletion_timestamp.is_some() {
-        let removed = rbac::prune(&ctx.client, &ctx.rbac, &request_id, &recorded, &[]).await?;
-        if removed > 0 {
-            info!(request = %name, %request_id, removed, "grant removed with its deleted request");
-        }
-        set_finalizer(&api, request, request.resource_version(), false).await?;
-        return Ok(Action::await_change());
-    }
-
-    let policy = lookup_policy(ctx, &request.spec.policy).await?;
-    let control = ctx.control();
-    let decision = lifecycle::decide(
-        request,
-        &PolicyView::from_policy(policy.as_deref()),
-        &ControlView::from_control(control.as_deref()).with_kubepam_namespace(&ctx.namespace),
-        Utc::now(),
-    );
-    let desired = match &decision.grant {
-        Some(scope) => grant::desired_rbac(
-            &name,
-            &request_id,
-            request.spec.requester.as_deref().unwrap_or_default(),
-            scope,
-        )
-        .map_err(|source| Error::BuildGrant {
-            name: name.clone(),
-            source,
-        })?,
-        None => DesiredRbac::default(),
+    // One clock reading: the decision, its history and its outbox agree.
+    let now = Utc::now();
+    let policy = if request.metadata.deletion_timestamp.is_some() {
+        None
+    } else {
+        lookup_policy(ctx, &request.spec.policy).await?
     };
+    let control = ctx.control();
+    let cached = ctx.rbac.objects_of(&lifecycle::request_id(request));
+    let plan = reconcile::plan(&Observed {
+        request,
+        policy: policy.as_deref(),
+        control: control.as_deref(),
+        kubepam_namespace: &ctx.namespace,
+        cached: &cached,
+        now,
+    });
+    execute(ctx, request, plan, now).await
+}
 
-    let mut status = decision.status.clone();
-    let wanted = desired.object_refs();
-    // Status records only objects known to be this request's: those recorded
-    // before that are still wanted; new ones once they are made.
-    status.rbac_objects = recorded
-        .iter()
-        .filter(|o| wanted.iter().any(|w| w.same_object(o)))
-        .cloned()
-        .collect();
-    // Recorded in the same write as the transition: neither can be lost
-    // without the other. The delivery controller sends them.
-    let owed = owed_notifications(request, &status, &decision, control.as_deref());
-    plan::enqueue(&mut status.notifications, owed.clone());
+/// Carries out `plan`'s steps in order; decides nothing but what an outcome
+/// asks of the core (a collision, a repair to report).
+async fn execute(
+    ctx: &Context,
+    request: &ElevationRequest,
+    mut plan: Plan,
+    now: chrono::DateTime<Utc>,
+) -> Result<Action, Error> {
+    let name = request.name_any();
+    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
     // Each write returns the new resourceVersion, which guards the next one.
-    let version = request.resource_version();
-    if desired.is_empty() {
-        // Also when nothing is recorded: an object may have been made by
-        // hand, or created just before a crash, with this request's label.
-        if !recorded.is_empty() || !ctx.rbac.objects_of(&request_id).is_empty() {
-            let removed = rbac::prune(&ctx.client, &ctx.rbac, &request_id, &recorded, &[]).await?;
-            if removed > 0 {
-                info!(request = %name, %request_id, removed, "grant removed");
-                // Nothing was in force: these were made by hand, or left behind.
-                if decision.transition.is_none() && recorded.is_empty() {
+    let mut version = request.resource_version();
+    let mut written = request.status.clone();
+    let mut applied = rbac::Applied::default();
+    let mut removed = 0;
+    let mut steps: VecDeque<Step> = plan.steps.drain(..).collect();
+    while let Some(step) = steps.pop_front() {
+        match step {
+            Step::AddFinalizer => version = set_finalizer(&api, request, version, true).await?,
+            Step::RemoveFinalizer => version = set_finalizer(&api, request, version, false).await?,
+            Step::WriteStatus => {
+                version = super::apply_status(
+                    &ctx.client,
+                    request,
+                    written.as_ref(),
+                    &plan.status,
+                    version,
+                )
+                .await?;
+                written = Some(plan.status.clone());
+            }
+            Step::ApplyRbac(desired) => {
+                match rbac::apply(
+                    &ctx.client,
+                    &ctx.rbac,
+                    &desired,
+                    &plan.request_id,
+                    &plan.recorded,
+                )
+                .await?
+                {
+                    Ok(made) => applied = made,
+                    Err(collision) => {
+                        let base = written.clone().unwrap_or_default();
+                        plan = plan.after_collision(&base, &collision.object, now);
+                        steps = plan.steps.drain(..).collect();
+                    }
+                }
+            }
+            Step::Prune(keep) => {
+                let keep = match keep {
+                    Keep::Nothing => &[][..],
+                    Keep::Applied => &applied.owned[..],
+                };
+                removed = rbac::prune(
+                    &ctx.client,
+                    &ctx.rbac,
+                    &plan.request_id,
+                    &plan.recorded,
+                    keep,
+                )
+                .await?;
+                if removed > 0 && keep.is_empty() {
+                    info!(request = %name, request_id = %plan.request_id, removed, "grant removed");
+                }
+            }
+            Step::RecordApplied => plan.record_applied(&applied.owned),
+            Step::ReportDrift => {
+                let found = reconcile::drift_found(
+                    &plan.status,
+                    &plan.recorded,
+                    applied.missing,
+                    applied.changed,
+                    removed,
+                    now,
+                );
+                if let Some(drift) = found {
+                    report_drift(ctx, request, drift).await;
+                }
+            }
+            Step::ReportLeftovers => {
+                if removed > 0 {
                     report_leftovers(ctx, request, removed).await;
                 }
             }
-        }
-        remove_condition(&mut status.conditions, CONDITION_GRANT_BLOCKED);
-        // What the grant left behind is handled once it has ended, in the
-        // write that marks it reported: a crash in between handles it again,
-        // and what was recorded late is handled on the next pass.
-        let finished = status.phase.is_some_and(Phase::is_final);
-        let left: Vec<_> = if finished && status.lasting_objects.iter().any(|o| !o.reported) {
-            if control.as_ref().is_some_and(|c| c.spec.remove_persistence) {
-                let since = status.decided_at.unwrap_or_else(Utc::now);
-                super::lasting::remove(ctx, &mut status, since).await;
+            Step::RemoveLasting { objects, since } => {
+                super::lasting::remove(ctx, &mut plan.status, &objects, since).await;
             }
-            let fresh = status
-                .lasting_objects
-                .iter()
-                .filter(|o| !o.reported)
-                .cloned()
-                .collect();
-            for object in &mut status.lasting_objects {
-                object.reported = true;
+            Step::ReportLasting { objects } => {
+                super::lasting::report_places(ctx, request, &plan.status, &objects).await;
             }
-            fresh
-        } else {
-            Vec::new()
-        };
-        let version = super::apply_status(
-            &ctx.client,
-            request,
-            request.status.as_ref(),
-            &status,
-            version,
-        )
-        .await?;
-        if !left.is_empty() {
-            super::lasting::report(ctx, request, &left).await;
-        }
-        if status.phase.is_some_and(Phase::is_final) {
-            set_finalizer(&api, request, version, false).await?;
-        }
-    } else {
-        let version = set_finalizer(&api, request, version, true).await?;
-        let version = super::apply_status(
-            &ctx.client,
-            request,
-            request.status.as_ref(),
-            &status,
-            version,
-        )
-        .await?;
-        // Checked every time: a binding deleted or edited by hand comes back.
-        let before = status.clone();
-        let applied = match rbac::apply(&ctx.client, &ctx.rbac, &desired, &request_id, &recorded)
-            .await?
-        {
-            Ok(applied) => applied,
-            Err(collision) => {
-                let requeue =
-                    report_collision(ctx, request, &before, status, version, &collision).await?;
-                if let Some(transition) = &decision.transition {
-                    announce(ctx, request, &request_id, transition).await;
-                }
-                return Ok(requeue);
+            Step::ReportCollision { message } => report_collision(ctx, request, &message).await,
+            Step::Announce(transition) => {
+                announce(ctx, request, &plan.request_id, &transition).await;
             }
-        };
-        let extra = rbac::prune(
-            &ctx.client,
-            &ctx.rbac,
-            &request_id,
-            &recorded,
-            &applied.owned,
-        )
-        .await?;
-        status.rbac_objects.clone_from(&applied.owned);
-        remove_condition(&mut status.conditions, CONDITION_GRANT_BLOCKED);
-        super::apply_status(&ctx.client, request, Some(&before), &status, version).await?;
-        if decision.transition.is_none() && same_objects(&recorded, &status.rbac_objects) {
-            report_drift(ctx, request, &status, &applied, extra).await;
+            Step::ReportUndeliverable(failed) => {
+                super::notify::report_undeliverable(ctx, request, &failed).await;
+            }
         }
     }
-
-    if let Some(transition) = &decision.transition {
-        announce(ctx, request, &request_id, transition).await;
-    }
-    super::notify::report_undeliverable(ctx, request, &owed).await;
-    Ok(match decision.requeue_after {
+    Ok(match plan.requeue_after {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
 }
 
-/// The notifications a transition owes under the control's settings.
-fn owed_notifications(
-    request: &ElevationRequest,
-    status: &kubepam_core::api::ElevationRequestStatus,
-    decision: &lifecycle::Decision,
-    control: Option<&kubepam_core::api::PrivilegedAccessControl>,
-) -> Vec<kubepam_core::api::Notification> {
-    let (Some(transition), Some(config)) = (
-        &decision.transition,
-        control.and_then(|c| c.spec.notifications.as_ref()),
-    ) else {
-        return Vec::new();
-    };
-    plan::for_transition(request, status, transition, config, Utc::now())
+/// An object kubepam did not make holds a name the grant needs: a Warning
+/// Event when it is first found.
+async fn report_collision(ctx: &Context, request: &ElevationRequest, message: &str) {
+    tracing::warn!(request = %request.name_any(), "{message}");
+    ctx.metrics.drift_repaired("name-collision", 1);
+    super::publish_event(
+        ctx,
+        request,
+        EventType::Warning,
+        "NameCollision",
+        "Grant",
+        message,
+    )
+    .await;
 }
 
-/// How long after a grant is recorded its objects are surely in the cache:
-/// one missing later was deleted by hand (earlier, it may just not have
-/// been seen yet).
-const SETTLED: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
-
-/// An Event and a metric when a grant in force had to be put back: objects
-/// edited or deleted by hand, or extra objects labelled as part of it.
-async fn report_drift(
-    ctx: &Context,
-    request: &ElevationRequest,
-    status: &kubepam_core::api::ElevationRequestStatus,
-    applied: &rbac::Applied,
-    extra: usize,
-) {
-    let settled = status
-        .decided_at
-        .is_some_and(|decided| Utc::now() - decided > SETTLED);
-    let restored = applied.changed + if settled { applied.missing } else { 0 };
-    if restored == 0 && extra == 0 {
-        return;
+/// An Event and a metric when a grant in force had to be put back.
+async fn report_drift(ctx: &Context, request: &ElevationRequest, drift: reconcile::Drift) {
+    if drift.restored > 0 {
+        ctx.metrics.drift_repaired("restored", drift.restored);
     }
-    let mut what = Vec::new();
-    if restored > 0 {
-        what.push(format!(
-            "restored {restored} RBAC object(s) of the grant that were edited or deleted by hand"
-        ));
-        ctx.metrics.drift_repaired("restored", restored);
+    if drift.extra > 0 {
+        ctx.metrics.drift_repaired("removed-extra", drift.extra);
     }
-    if extra > 0 {
-        what.push(format!(
-            "removed {extra} RBAC object(s) labelled as part of the grant that are not"
-        ));
-        ctx.metrics.drift_repaired("removed-extra", extra);
-    }
-    publish_drift(ctx, request, "GrantRepaired", &what.join("; ")).await;
-}
-
-/// How long a grant blocked by an object of someone else waits before it looks again (a change
-/// of any binding wakes it sooner).
-const COLLISION_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// An object kubepam did not make holds a name the grant needs: nothing of it is touched; the
-/// request says so in a `GrantBlocked` condition, with a Warning Event when it first happens.
-async fn report_collision(
-    ctx: &Context,
-    request: &ElevationRequest,
-    written: &kubepam_core::api::ElevationRequestStatus,
-    mut status: kubepam_core::api::ElevationRequestStatus,
-    version: Option<String>,
-    collision: &rbac::Collision,
-) -> Result<Action, Error> {
-    let object = &collision.object;
-    let place = object
-        .namespace
-        .as_deref()
-        .map(|ns| format!(" in namespace {ns}"))
-        .unwrap_or_default();
-    let message = format!(
-        "{} {}{place} exists and was not made by kubepam for this request, so the grant is not \
-         made and that object is left alone; a cluster administrator should find out who made it \
-         and delete it",
-        object.kind, object.name
-    );
-    let first = find_condition(&written.conditions, CONDITION_GRANT_BLOCKED).is_none();
-    set_condition(
-        &mut status.conditions,
-        condition_true(
-            CONDITION_GRANT_BLOCKED,
-            "NameCollision",
-            message.clone(),
-            Utc::now(),
-            request.metadata.generation,
-        ),
-    );
-    super::apply_status(&ctx.client, request, Some(written), &status, version).await?;
-    if first {
-        tracing::warn!(request = %request.name_any(), "{message}");
-        ctx.metrics.drift_repaired("name-collision", 1);
-        super::publish_event(
-            ctx,
-            request,
-            EventType::Warning,
-            "NameCollision",
-            "Grant",
-            &message,
-        )
-        .await;
-    }
-    Ok(Action::requeue(COLLISION_RETRY))
+    publish_drift(ctx, request, "GrantRepaired", &drift.note()).await;
 }
 
 /// Objects labelled as this request's grant removed while it holds none:

@@ -19,6 +19,7 @@ pub mod notify;
 pub mod persistence;
 pub mod policy_limit;
 pub mod privilege;
+pub mod reconcile;
 pub mod standing;
 mod util;
 pub mod webhook_configuration;

@@ -44,7 +44,10 @@ fn the_core_depends_on_no_client_runtime_or_async_crate() {
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .collect();
-    assert!(crates.contains(&"kube-core"), "the tree was read: {crates:?}");
+    assert!(
+        crates.contains(&"kube-core"),
+        "the tree was read: {crates:?}"
+    );
     let found: Vec<&&str> = FORBIDDEN.iter().filter(|f| crates.contains(f)).collect();
     assert!(
         found.is_empty(),

@@ -149,8 +149,10 @@ fn start_owned_cluster() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
-/// Directories of earlier runs whose owner is gone (their servers were
-/// already stopped by the watchdog; only files remain).
+/// Directories of earlier runs whose owner is gone. Their watchdog stops
+/// their servers, but may not have yet (it looks twice a second): the
+/// servers are stopped here first, or removing the files under them would
+/// leave a kube-apiserver running without its etcd.
 fn remove_stale_cluster_dirs(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
@@ -162,7 +164,15 @@ fn remove_stale_cluster_dirs(base: &Path) {
             .and_then(|pid| pid.parse::<u32>().ok())
             .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
-            let _ = std::fs::remove_dir_all(entry.path());
+            let stopped = Command::new(repo_root().join("hack/cluster.sh"))
+                .arg("down")
+                .arg("--dir")
+                .arg(entry.path())
+                .stderr(std::process::Stdio::null())
+                .status();
+            if stopped.is_ok_and(|s| s.success()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
 }

@@ -4,18 +4,18 @@ use super::*;
 use crate::api::{AccessPolicy, PolicyType, PrivilegedAccessControl, TaskSpec, find_condition};
 use chrono::TimeZone;
 
-pub(super) fn t0() -> DateTime<Utc> {
+pub(crate) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 1, 1, 8, 0, 0).unwrap()
 }
 
-pub(super) fn at(secs: i64) -> DateTime<Utc> {
+pub(crate) fn at(secs: i64) -> DateTime<Utc> {
     t0() + TimeDelta::seconds(secs)
 }
 
 const H: i64 = 3600;
 
 /// A request created at `t0` by alice; `extra` is spliced into its spec.
-pub(super) fn request(extra: &str) -> ElevationRequest {
+pub(crate) fn request(extra: &str) -> ElevationRequest {
     let yaml = format!(
         r"
 apiVersion: kubepam.io/v1alpha1
@@ -34,7 +34,7 @@ spec:
     serde_yaml_ng::from_str(&yaml).unwrap()
 }
 
-pub(super) fn with_reviews(
+pub(crate) fn with_reviews(
     mut r: ElevationRequest,
     reviews: &[(&str, ReviewDecision)],
 ) -> ElevationRequest {
@@ -51,7 +51,7 @@ pub(super) fn with_reviews(
 }
 
 /// An accepted policy `delete-pods`; `spec` is its YAML spec.
-pub(super) fn policy(spec: &str) -> AccessPolicy {
+pub(crate) fn policy(spec: &str) -> AccessPolicy {
     let yaml = format!(
         r"
 apiVersion: kubepam.io/v1alpha1
@@ -85,22 +85,22 @@ status:
     p
 }
 
-pub(super) const TASK_MANUAL: &str = "{type: Task, approvalType: Manual, approverGroup: sre-leads, task: {verbs: [delete], apiGroups: [''], resources: [pods]}}";
+pub(crate) const TASK_MANUAL: &str = "{type: Task, approvalType: Manual, approverGroup: sre-leads, task: {verbs: [delete], apiGroups: [''], resources: [pods]}}";
 const TASK_AUTO: &str =
     "{type: Task, approvalType: Auto, task: {verbs: [delete], apiGroups: [''], resources: [pods]}}";
 
-pub(super) fn control(spec: &str) -> PrivilegedAccessControl {
+pub(crate) fn control(spec: &str) -> PrivilegedAccessControl {
     let yaml = format!(
         "apiVersion: kubepam.io/v1alpha1\nkind: PrivilegedAccessControl\nmetadata: {{name: default}}\nspec: {spec}\n"
     );
     serde_yaml_ng::from_str(&yaml).unwrap()
 }
 
-pub(super) fn enabled() -> ControlView {
+pub(crate) fn enabled() -> ControlView {
     ControlView::from_control(Some(&control("{defaultApproverGroup: pam-approvers}")))
 }
 
-pub(super) fn apply(mut r: ElevationRequest, d: &Decision) -> ElevationRequest {
+pub(crate) fn apply(mut r: ElevationRequest, d: &Decision) -> ElevationRequest {
     r.status = Some(d.status.clone());
     r
 }

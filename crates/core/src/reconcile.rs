@@ -1,0 +1,418 @@
+//! One reconcile of an ElevationRequest as a plan: every write it makes, in
+//! the order that keeps it safe, decided from what was read at one `now`.
+//! The operator carries the steps out in order and decides nothing itself.
+//!
+//! The safety order:
+//! - the cleanup finalizer exists before any RBAC object of the grant, so a
+//!   deleted request can never leave rights behind;
+//! - rights are added only after the status recording the decision that
+//!   grants them (with its notification outbox) is written;
+//! - rights are taken away before the status says they are gone, and before
+//!   the finalizer is removed;
+//! - Events and logs about a transition come after the status recording it,
+//!   so a crash repeats an announcement at worst, never loses a record.
+//!
+//! A step whose outcome matters for later ones (the RBAC apply, the prune)
+//! is followed by steps that the executor completes from that outcome with
+//! the pure helpers here ([`Plan::after_collision`], [`drift_found`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use kube::ResourceExt;
+
+use crate::api::{
+    AccessPolicy, DeliveryState, ElevationRequest, ElevationRequestStatus, Notification, Phase,
+    PrivilegedAccessControl, RbacObjectRef, condition_true, find_condition, remove_condition,
+    same_objects, set_condition,
+};
+use crate::grant::{self, DesiredRbac};
+use crate::lifecycle::{self, ControlView, PolicyView, Transition};
+use crate::notify::plan as notifications;
+
+/// Condition type: present while the grant cannot be made, with why (an object kubepam did
+/// not make holds a name the grant needs, or the grant cannot be built from the spec).
+pub const CONDITION_GRANT_BLOCKED: &str = "GrantBlocked";
+
+/// How long a grant blocked by an object of someone else waits before it looks again (a change
+/// of any binding wakes it sooner).
+pub const COLLISION_RETRY: Duration = Duration::from_secs(30);
+
+/// How long after a grant is recorded its objects are surely in the cache:
+/// one missing later was deleted by hand (earlier, it may just not have
+/// been seen yet).
+pub const CACHE_SETTLED: TimeDelta = TimeDelta::seconds(5);
+
+/// What a reconcile read, at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub request: &'a ElevationRequest,
+    pub policy: Option<&'a AccessPolicy>,
+    pub control: Option<&'a PrivilegedAccessControl>,
+    /// kubepam's own namespace: no grant may reach it.
+    pub kubepam_namespace: &'a str,
+    /// The RBAC objects cached with this request's id label.
+    pub cached: &'a [RbacObjectRef],
+    /// The one clock reading of this reconcile.
+    pub now: DateTime<Utc>,
+}
+
+/// One write (or announcement) of a reconcile.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Add the cleanup finalizer.
+    AddFinalizer,
+    /// Write [`Plan::status`] as it stands (server-side apply, guarded by the
+    /// resourceVersion read).
+    WriteStatus,
+    /// Make the grant's RBAC objects exist as wanted, over nothing but this
+    /// request's own objects. On a collision the executor carries out
+    /// [`Plan::after_collision`] instead of the steps that follow.
+    ApplyRbac(Box<DesiredRbac>),
+    /// Delete this request's RBAC objects but those `keep` names.
+    Prune(Keep),
+    /// Record in [`Plan::status`] the objects the apply made (what status may
+    /// say the grant holds; see [`Plan::record_applied`]).
+    RecordApplied,
+    /// Report a grant in force that had to be put back (see [`drift_found`]).
+    ReportDrift,
+    /// Report objects labelled as this request's that the prune removed while
+    /// the request holds nothing (made by hand, or left behind).
+    ReportLeftovers,
+    /// Delete the objects made during the grant at these places of
+    /// [`Plan::status`]'s `lastingObjects`, each only if it is still the very
+    /// object made in the window since `since`; marks them removed there.
+    RemoveLasting {
+        objects: Vec<usize>,
+        since: DateTime<Utc>,
+    },
+    /// Report the objects made during the grant at these places of
+    /// [`Plan::status`]'s `lastingObjects`.
+    ReportLasting { objects: Vec<usize> },
+    /// Report a name collision (Warning Event, metric, log).
+    ReportCollision { message: String },
+    /// Remove the cleanup finalizer.
+    RemoveFinalizer,
+    /// An Event, a log line and a metric for a transition.
+    Announce(Transition),
+    /// Events for notifications that could not even be planned for delivery.
+    ReportUndeliverable(Vec<Notification>),
+}
+
+/// What a prune keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Nothing: the request may hold no RBAC object.
+    Nothing,
+    /// The objects the preceding apply made.
+    Applied,
+}
+
+/// The writes of one reconcile, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The request's id (its uid), which labels its RBAC objects.
+    pub request_id: String,
+    /// The status the [`Step::WriteStatus`] steps write.
+    pub status: ElevationRequestStatus,
+    /// The RBAC objects status recorded when the reconcile began.
+    pub recorded: Vec<RbacObjectRef>,
+    pub steps: Vec<Step>,
+    /// When to reconcile again; `None` waits for a change.
+    pub requeue_after: Option<Duration>,
+    /// The transition this reconcile makes, announced after its status is written.
+    pub transition: Option<Transition>,
+    generation: Option<i64>,
+}
+
+/// Plans the reconcile of `observed.request`.
+pub fn plan(observed: &Observed<'_>) -> Plan {
+    let request = observed.request;
+    let request_id = lifecycle::request_id(request);
+    let recorded = request
+        .status
+        .as_ref()
+        .map(|s| s.rbac_objects.clone())
+        .unwrap_or_default();
+    let mut plan = Plan {
+        request_id,
+        status: request.status.clone().unwrap_or_default(),
+        recorded,
+        steps: Vec::new(),
+        requeue_after: None,
+        transition: None,
+        generation: request.metadata.generation,
+    };
+    if request.metadata.deletion_timestamp.is_some() {
+        plan.steps = vec![Step::Prune(Keep::Nothing), Step::RemoveFinalizer];
+        return plan;
+    }
+
+    let decision = lifecycle::decide(
+        request,
+        &PolicyView::from_policy(observed.policy),
+        &ControlView::from_control(observed.control)
+            .with_kubepam_namespace(observed.kubepam_namespace),
+        observed.now,
+    );
+    plan.requeue_after = decision.requeue_after;
+    let requester = request.spec.requester.as_deref().unwrap_or_default();
+    let desired = match &decision.grant {
+        Some(scope) => {
+            match grant::desired_rbac(&request.name_any(), &plan.request_id, requester, scope) {
+                Ok(desired) => desired,
+                Err(error) => return plan.cannot_build(&error, observed.now),
+            }
+        }
+        None => DesiredRbac::default(),
+    };
+
+    let mut status = decision.status.clone();
+    let wanted = desired.object_refs();
+    // Status records only objects known to be this request's: those recorded
+    // before that are still wanted; new ones once they are made.
+    status.rbac_objects = plan
+        .recorded
+        .iter()
+        .filter(|o| wanted.iter().any(|w| w.same_object(o)))
+        .cloned()
+        .collect();
+    // Recorded in the same write as the transition: neither can be lost
+    // without the other. The delivery controller sends them.
+    let owed = owed_notifications(request, &status, &decision, observed);
+    notifications::enqueue(&mut status.notifications, owed.clone());
+
+    let mut steps;
+    if desired.is_empty() {
+        steps = steps_without_grant(
+            &mut status,
+            &plan.recorded,
+            observed,
+            decision.transition.is_none(),
+        );
+    } else {
+        steps = Vec::from([
+            Step::AddFinalizer,
+            Step::WriteStatus,
+            // Checked every time: a binding deleted or edited by hand comes back.
+            Step::ApplyRbac(Box::new(desired)),
+            Step::Prune(Keep::Applied),
+            Step::RecordApplied,
+            Step::WriteStatus,
+        ]);
+        if decision.transition.is_none() {
+            steps.push(Step::ReportDrift);
+        }
+    }
+    if let Some(transition) = &decision.transition {
+        steps.push(Step::Announce(transition.clone()));
+    }
+    let failed: Vec<Notification> = owed
+        .into_iter()
+        .filter(|n| n.state == DeliveryState::Failed)
+        .collect();
+    if !failed.is_empty() {
+        steps.push(Step::ReportUndeliverable(failed));
+    }
+    plan.status = status;
+    plan.steps = steps;
+    plan.transition = decision.transition;
+    plan
+}
+
+/// The steps of a reconcile after which the request holds no RBAC object: what exists goes
+/// first, then the record; what the grant left behind is handled once it has ended.
+fn steps_without_grant(
+    status: &mut ElevationRequestStatus,
+    recorded: &[RbacObjectRef],
+    observed: &Observed<'_>,
+    no_transition: bool,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    remove_condition(&mut status.conditions, CONDITION_GRANT_BLOCKED);
+    // Also when nothing is recorded: an object may have been made by
+    // hand, or created just before a crash, with this request's label.
+    if !recorded.is_empty() || !observed.cached.is_empty() {
+        steps.push(Step::Prune(Keep::Nothing));
+        // Nothing was in force: these were made by hand, or left behind.
+        if no_transition && recorded.is_empty() {
+            steps.push(Step::ReportLeftovers);
+        }
+    }
+    // Handled in the write that marks it reported: a crash in between
+    // handles it again, and what was recorded late is handled on the next pass.
+    let finished = status.phase.is_some_and(Phase::is_final);
+    let fresh: Vec<usize> = status
+        .lasting_objects
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| finished && !o.reported)
+        .map(|(place, _)| place)
+        .collect();
+    if !fresh.is_empty() {
+        if observed.control.is_some_and(|c| c.spec.remove_persistence) {
+            steps.push(Step::RemoveLasting {
+                objects: fresh.clone(),
+                since: status.decided_at.unwrap_or(observed.now),
+            });
+        }
+        for object in &mut status.lasting_objects {
+            object.reported = true;
+        }
+    }
+    steps.push(Step::WriteStatus);
+    if !fresh.is_empty() {
+        steps.push(Step::ReportLasting { objects: fresh });
+    }
+    if finished {
+        steps.push(Step::RemoveFinalizer);
+    }
+    steps
+}
+
+impl Plan {
+    /// The grant cannot be built from the spec: no write but a condition that says why, and
+    /// no retry until something changes (or the request's next deadline).
+    fn cannot_build(mut self, error: &grant::Error, now: DateTime<Utc>) -> Plan {
+        set_condition(
+            &mut self.status.conditions,
+            condition_true(
+                CONDITION_GRANT_BLOCKED,
+                "InvalidGrant",
+                format!("the grant cannot be made: {error}"),
+                now,
+                self.generation,
+            ),
+        );
+        self.steps = vec![Step::WriteStatus];
+        self
+    }
+
+    /// The apply made `owned`: status says the grant holds them, and nothing blocks it.
+    pub fn record_applied(&mut self, owned: &[RbacObjectRef]) {
+        self.status.rbac_objects = owned.to_vec();
+        remove_condition(&mut self.status.conditions, CONDITION_GRANT_BLOCKED);
+    }
+
+    /// What follows a collision: the grant is not made and the object found is left alone;
+    /// the status written so far gains a `GrantBlocked` condition (reported when it is new),
+    /// the transition is still announced, and the request looks again later.
+    #[must_use]
+    pub fn after_collision(
+        &self,
+        written: &ElevationRequestStatus,
+        collision: &RbacObjectRef,
+        now: DateTime<Utc>,
+    ) -> Plan {
+        let place = collision
+            .namespace
+            .as_deref()
+            .map(|ns| format!(" in namespace {ns}"))
+            .unwrap_or_default();
+        let message = format!(
+            "{} {}{place} exists and was not made by kubepam for this request, so the grant is \
+             not made and that object is left alone; a cluster administrator should find out \
+             who made it and delete it",
+            collision.kind, collision.name
+        );
+        let first = find_condition(&written.conditions, CONDITION_GRANT_BLOCKED).is_none();
+        let mut status = written.clone();
+        set_condition(
+            &mut status.conditions,
+            condition_true(
+                CONDITION_GRANT_BLOCKED,
+                "NameCollision",
+                message.clone(),
+                now,
+                self.generation,
+            ),
+        );
+        let mut steps = vec![Step::WriteStatus];
+        if first {
+            steps.push(Step::ReportCollision { message });
+        }
+        if let Some(transition) = &self.transition {
+            steps.push(Step::Announce(transition.clone()));
+        }
+        Plan {
+            request_id: self.request_id.clone(),
+            status,
+            recorded: self.recorded.clone(),
+            steps,
+            requeue_after: Some(COLLISION_RETRY),
+            transition: self.transition.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
+/// A grant in force that had to be put back: objects edited or deleted by hand, or extra
+/// objects labelled as part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drift {
+    /// Objects of the grant restored after an edit or deletion by hand.
+    pub restored: usize,
+    /// Objects labelled as part of the grant that are not, removed.
+    pub extra: usize,
+}
+
+impl Drift {
+    pub fn note(&self) -> String {
+        let mut what = Vec::new();
+        if self.restored > 0 {
+            what.push(format!(
+                "restored {} RBAC object(s) of the grant that were edited or deleted by hand",
+                self.restored
+            ));
+        }
+        if self.extra > 0 {
+            what.push(format!(
+                "removed {} RBAC object(s) labelled as part of the grant that are not",
+                self.extra
+            ));
+        }
+        what.join("; ")
+    }
+}
+
+/// Whether a reconcile that made no transition repaired its grant: `missing` objects were
+/// created, `changed` ones put back, `extra` ones pruned. An object missing just after the
+/// grant was recorded may only not be cached yet, so it counts once [`CACHE_SETTLED`] has
+/// passed.
+pub fn drift_found(
+    status: &ElevationRequestStatus,
+    recorded: &[RbacObjectRef],
+    missing: usize,
+    changed: usize,
+    extra: usize,
+    now: DateTime<Utc>,
+) -> Option<Drift> {
+    if !same_objects(recorded, &status.rbac_objects) {
+        // The grant changed on purpose (first made, or its scope followed a role).
+        return None;
+    }
+    let settled = status
+        .decided_at
+        .is_some_and(|decided| now - decided > CACHE_SETTLED);
+    let restored = changed + if settled { missing } else { 0 };
+    (restored > 0 || extra > 0).then_some(Drift { restored, extra })
+}
+
+/// The notifications a transition owes under the control's settings.
+fn owed_notifications(
+    request: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    decision: &lifecycle::Decision,
+    observed: &Observed<'_>,
+) -> Vec<Notification> {
+    let (Some(transition), Some(config)) = (
+        &decision.transition,
+        observed.control.and_then(|c| c.spec.notifications.as_ref()),
+    ) else {
+        return Vec::new();
+    };
+    notifications::for_transition(request, status, transition, config, observed.now)
+}
+
+#[cfg(test)]
+mod tests;

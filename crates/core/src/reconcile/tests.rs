@@ -1,0 +1,442 @@
+//! The reconcile plan: its order is what keeps a grant safe.
+
+use super::*;
+use crate::api::{LastingObject, ReviewDecision};
+use crate::lifecycle::tests::{TASK_MANUAL, at, control, policy, request, with_reviews};
+use proptest::prelude::*;
+
+const CONTROL: &str = "{defaultApproverGroup: pam-approvers}";
+
+fn observe<'a>(
+    request: &'a ElevationRequest,
+    policy: Option<&'a AccessPolicy>,
+    control: Option<&'a PrivilegedAccessControl>,
+    cached: &'a [RbacObjectRef],
+    now: DateTime<Utc>,
+) -> Observed<'a> {
+    Observed {
+        request,
+        policy,
+        control,
+        kubepam_namespace: "kubepam-system",
+        cached,
+        now,
+    }
+}
+
+fn time(at: DateTime<Utc>) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    serde_json::from_value(serde_json::json!(at.to_rfc3339())).unwrap()
+}
+
+fn position(plan: &Plan, wanted: impl Fn(&Step) -> bool) -> Option<usize> {
+    plan.steps.iter().position(wanted)
+}
+
+fn is_apply(step: &Step) -> bool {
+    matches!(step, Step::ApplyRbac(_))
+}
+
+fn is_announce(step: &Step) -> bool {
+    matches!(step, Step::Announce(_))
+}
+
+/// A request approved by bob at `at(10)`, as status recorded it.
+fn approved() -> (ElevationRequest, AccessPolicy, PrivilegedAccessControl) {
+    let policy = policy(TASK_MANUAL);
+    let control = control(CONTROL);
+    let request = with_reviews(request(""), &[("bob", ReviewDecision::Approve)]);
+    let first = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(10),
+    ));
+    let mut request = request;
+    request.status = Some(first.status);
+    request.status.as_mut().unwrap().rbac_objects = granted_objects(&request, &policy);
+    (request, policy, control)
+}
+
+fn granted_objects(request: &ElevationRequest, policy: &AccessPolicy) -> Vec<RbacObjectRef> {
+    let plan = plan(&observe(
+        request,
+        Some(policy),
+        Some(&control(CONTROL)),
+        &[],
+        at(11),
+    ));
+    plan.steps
+        .iter()
+        .find_map(|s| match s {
+            Step::ApplyRbac(desired) => Some(desired.object_refs()),
+            _ => None,
+        })
+        .expect("a grant")
+}
+
+#[test]
+fn an_approval_adds_the_finalizer_then_records_then_grants_then_announces() {
+    let policy = policy(TASK_MANUAL);
+    let control = control(CONTROL);
+    let request = with_reviews(request(""), &[("bob", ReviewDecision::Approve)]);
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(10),
+    ));
+    assert_eq!(plan.status.phase, Some(Phase::Approved));
+    let finalizer = position(&plan, |s| *s == Step::AddFinalizer).unwrap();
+    let recorded = position(&plan, |s| *s == Step::WriteStatus).unwrap();
+    let granted = position(&plan, is_apply).unwrap();
+    let announced = position(&plan, is_announce).unwrap();
+    assert!(
+        finalizer < granted,
+        "the finalizer exists before any RBAC object: {:?}",
+        plan.steps
+    );
+    assert!(
+        recorded < granted,
+        "rights come only after the decision is recorded: {:?}",
+        plan.steps
+    );
+    assert!(recorded < announced, "{:?}", plan.steps);
+    // What status may say the grant holds is recorded only after the apply made it.
+    let recorded_objects = position(&plan, |s| *s == Step::RecordApplied).unwrap();
+    assert!(granted < recorded_objects);
+    assert!(plan.status.rbac_objects.is_empty(), "nothing made yet");
+    assert_eq!(
+        plan.steps.last(),
+        Some(&Step::Announce(plan.transition.clone().unwrap()))
+    );
+}
+
+#[test]
+fn a_revoke_prunes_before_the_record_and_the_finalizer_go() {
+    let (mut request, policy, control) = approved();
+    request.spec.reviews.insert(
+        "carol".into(),
+        crate::api::Review {
+            decision: ReviewDecision::Revoke,
+            comment: None,
+        },
+    );
+    let cached = request.status.as_ref().unwrap().rbac_objects.clone();
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &cached,
+        at(60),
+    ));
+    assert_eq!(plan.status.phase, Some(Phase::Revoked), "{plan:#?}");
+    let pruned = position(&plan, |s| *s == Step::Prune(Keep::Nothing)).unwrap();
+    let recorded = position(&plan, |s| *s == Step::WriteStatus).unwrap();
+    let released = position(&plan, |s| *s == Step::RemoveFinalizer).unwrap();
+    assert!(pruned < recorded, "rights go before the record says so");
+    assert!(recorded < released);
+    assert!(position(&plan, is_apply).is_none());
+    assert!(
+        !plan.steps.contains(&Step::ReportLeftovers),
+        "a grant ended, nothing left over"
+    );
+}
+
+#[test]
+fn expiry_at_the_deadline_prunes_and_ends() {
+    let (request, policy, control) = approved();
+    let until = request.status.as_ref().unwrap().granted_until.unwrap();
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        until,
+    ));
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    assert_eq!(plan.steps.first(), Some(&Step::Prune(Keep::Nothing)));
+}
+
+#[test]
+fn a_deleted_request_prunes_before_its_finalizer_goes() {
+    let (mut request, policy, control) = approved();
+    request.metadata.deletion_timestamp = Some(time(at(30)));
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(30),
+    ));
+    assert_eq!(
+        plan.steps,
+        vec![Step::Prune(Keep::Nothing), Step::RemoveFinalizer]
+    );
+}
+
+#[test]
+fn a_grant_in_force_is_checked_and_repairs_are_reported_without_a_transition() {
+    let (request, policy, control) = approved();
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(30),
+    ));
+    assert!(plan.transition.is_none());
+    assert!(position(&plan, is_apply).is_some(), "checked every time");
+    assert!(plan.steps.contains(&Step::ReportDrift));
+    assert!(!plan.steps.iter().any(is_announce));
+    assert_eq!(
+        plan.status.rbac_objects,
+        request.status.as_ref().unwrap().rbac_objects,
+        "status keeps what it recorded"
+    );
+}
+
+#[test]
+fn objects_labelled_as_a_pending_requests_are_removed_and_reported() {
+    let policy = policy(TASK_MANUAL);
+    let control = control(CONTROL);
+    let mut request = request("");
+    let first = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(1),
+    ));
+    request.status = Some(first.status);
+    let planted = vec![RbacObjectRef {
+        kind: "RoleBinding".into(),
+        name: "kubepam-grant-x".into(),
+        namespace: Some("prod".into()),
+        uid: None,
+    }];
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &planted,
+        at(2),
+    ));
+    assert_eq!(
+        &plan.steps[..3],
+        &[
+            Step::Prune(Keep::Nothing),
+            Step::ReportLeftovers,
+            Step::WriteStatus
+        ]
+    );
+}
+
+#[test]
+fn what_a_grant_left_behind_is_marked_reported_in_the_write_then_reported() {
+    let (mut request, policy, mut control) = approved();
+    control.spec.remove_persistence = true;
+    let status = request.status.as_mut().unwrap();
+    status.lasting_objects.push(LastingObject {
+        time: at(20),
+        api_group: "rbac.authorization.k8s.io".into(),
+        version: "v1".into(),
+        resource: "rolebindings".into(),
+        kind: "RoleBinding".into(),
+        namespace: Some("prod".into()),
+        name: "stay".into(),
+        uid: "u1".into(),
+        removed: false,
+        reported: false,
+        unverified: false,
+    });
+    let until = status.granted_until.unwrap();
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        until,
+    ));
+    let removed = position(&plan, |s| matches!(s, Step::RemoveLasting { .. })).unwrap();
+    let written = position(&plan, |s| *s == Step::WriteStatus).unwrap();
+    let reported = position(&plan, |s| matches!(s, Step::ReportLasting { .. })).unwrap();
+    assert!(removed < written && written < reported, "{:?}", plan.steps);
+    assert!(plan.status.lasting_objects.iter().all(|o| o.reported));
+    // Reported once: the next reconcile finds nothing fresh.
+    let mut ended = request.clone();
+    ended.status = Some(plan.status.clone());
+    let again = super::plan(&observe(&ended, Some(&policy), Some(&control), &[], until));
+    assert!(
+        !again
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::ReportLasting { .. }))
+    );
+}
+
+#[test]
+fn the_transition_and_its_notifications_are_in_the_same_write() {
+    let policy = policy(TASK_MANUAL);
+    let control = control(
+        "{defaultApproverGroup: pam-approvers, notifications: {sinks: [{name: chat, webhook: {url: 'https://chat.example.com/hooks/pam'}}], approverRoutes: [{group: sre-leads, sink: chat}]}}",
+    );
+    let request = request("");
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(0),
+    ));
+    assert!(plan.transition.is_some());
+    assert!(
+        !plan.status.notifications.is_empty(),
+        "the outbox is written with the transition: {plan:#?}"
+    );
+    let written = position(&plan, |s| *s == Step::WriteStatus).unwrap();
+    let announced = position(&plan, is_announce).unwrap();
+    assert!(written < announced);
+}
+
+#[test]
+fn a_grant_that_cannot_be_built_says_why_and_waits() {
+    let policy = policy(TASK_MANUAL);
+    let control = control(CONTROL);
+    let mut request = with_reviews(request(""), &[("bob", ReviewDecision::Approve)]);
+    request.spec.requester = Some(String::new());
+    let before = request.status.clone().unwrap_or_default();
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(10),
+    ));
+    // A missing requester is denied by the state machine; an unbuildable
+    // grant is any other refusal of the builder. Either way no RBAC is made.
+    assert!(position(&plan, is_apply).is_none(), "{plan:#?}");
+    if plan.status.phase == before.phase {
+        assert_eq!(plan.steps, vec![Step::WriteStatus]);
+        let blocked = find_condition(&plan.status.conditions, CONDITION_GRANT_BLOCKED).unwrap();
+        assert_eq!(blocked.reason, "InvalidGrant");
+    }
+}
+
+#[test]
+fn a_collision_blocks_the_grant_reports_once_and_looks_again() {
+    let policy = policy(TASK_MANUAL);
+    let control = control(CONTROL);
+    let request = with_reviews(request(""), &[("bob", ReviewDecision::Approve)]);
+    let plan = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(10),
+    ));
+    let found = RbacObjectRef {
+        kind: "RoleBinding".into(),
+        name: "kubepam-grant-0b4c".into(),
+        namespace: Some("prod".into()),
+        uid: Some("someone-elses".into()),
+    };
+    let blocked = plan.after_collision(&plan.status, &found, at(10));
+    assert_eq!(blocked.requeue_after, Some(COLLISION_RETRY));
+    assert_eq!(blocked.steps[0], Step::WriteStatus);
+    assert!(matches!(blocked.steps[1], Step::ReportCollision { .. }));
+    assert!(
+        blocked.steps.iter().any(is_announce),
+        "the approval is still announced"
+    );
+    let condition = find_condition(&blocked.status.conditions, CONDITION_GRANT_BLOCKED).unwrap();
+    assert_eq!(condition.reason, "NameCollision");
+    // Looked at again: already reported, so only the write.
+    let again = plan.after_collision(&blocked.status, &found, at(40));
+    assert!(
+        !again
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::ReportCollision { .. }))
+    );
+}
+
+#[test]
+fn drift_counts_missing_objects_only_once_the_cache_has_settled() {
+    let (request, _, _) = approved();
+    let status = request.status.clone().unwrap();
+    let recorded = status.rbac_objects.clone();
+    let decided = status.decided_at.unwrap();
+    assert_eq!(drift_found(&status, &recorded, 1, 0, 0, decided), None);
+    assert_eq!(
+        drift_found(&status, &recorded, 1, 0, 0, decided + TimeDelta::seconds(6)),
+        Some(Drift {
+            restored: 1,
+            extra: 0
+        })
+    );
+    assert_eq!(
+        drift_found(&status, &recorded, 0, 1, 2, decided).map(|d| d.note()),
+        Some(
+            "restored 1 RBAC object(s) of the grant that were edited or deleted by hand; \
+             removed 2 RBAC object(s) labelled as part of the grant that are not"
+                .to_owned()
+        )
+    );
+    // A grant made or changed on purpose is no repair.
+    assert_eq!(
+        drift_found(&status, &[], 3, 0, 0, decided + TimeDelta::hours(1)),
+        None
+    );
+}
+
+proptest! {
+    /// Whatever the reviews and the time, the safety order holds.
+    #[test]
+    fn the_safety_order_holds_for_any_reviews_and_time(
+        approvals in proptest::collection::vec((0usize..4, 0usize..4), 0..4),
+        seconds in 0i64..(30 * 3600),
+        cached in 0usize..2,
+        deleting in any::<bool>(),
+    ) {
+        let people = ["bob", "carol", "alice", "dave"];
+        let decisions = [ReviewDecision::Approve, ReviewDecision::Deny, ReviewDecision::Revoke, ReviewDecision::Approve];
+        let policy = policy(TASK_MANUAL);
+        let control = control(CONTROL);
+        let mut request = request("");
+        let mut now = at(0);
+        let mut cached_objects = Vec::new();
+        for (who, what) in approvals {
+            request = with_reviews(request, &[(people[who], decisions[what])]);
+            now += TimeDelta::seconds(seconds / 4);
+            let step = plan(&observe(&request, Some(&policy), Some(&control), &cached_objects, now));
+            if step.steps.iter().any(is_apply) {
+                cached_objects = granted_objects(&request, &policy);
+            }
+            request.status = Some(step.status);
+        }
+        if deleting {
+            request.metadata.deletion_timestamp = Some(time(now));
+        }
+        let cached = if cached == 1 { cached_objects } else { Vec::new() };
+        let plan = plan(&observe(&request, Some(&policy), Some(&control), &cached, now));
+        let first = |f: &dyn Fn(&Step) -> bool| position(&plan, f);
+        let last = |f: &dyn Fn(&Step) -> bool| plan.steps.iter().rposition(f);
+        if let Some(apply) = first(&is_apply) {
+            prop_assert!(first(&|s| *s == Step::AddFinalizer).is_some_and(|f| f < apply));
+            prop_assert!(first(&|s| *s == Step::WriteStatus).is_some_and(|w| w < apply));
+            prop_assert!(!plan.steps.contains(&Step::RemoveFinalizer));
+        }
+        if let Some(release) = first(&|s| *s == Step::RemoveFinalizer) {
+            prop_assert!(first(&|s| *s == Step::Prune(Keep::Nothing)).is_none_or(|p| p < release));
+            prop_assert!(first(&is_apply).is_none());
+        }
+        if let (Some(prune), Some(write)) = (first(&|s| *s == Step::Prune(Keep::Nothing)), last(&|s| *s == Step::WriteStatus)) {
+            prop_assert!(prune < write, "rights go before the record: {:?}", plan.steps);
+        }
+        if let Some(announce) = first(&is_announce) {
+            prop_assert!(first(&|s| *s == Step::WriteStatus).is_some_and(|w| w < announce));
+        }
+    }
+}
