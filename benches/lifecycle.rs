@@ -8,6 +8,10 @@
 //! - operator peak RSS with many ElevationRequests;
 //! - failover: the leader of two replicas killed, until the other leads.
 //!
+//! Each figure is printed beside its target as met or missed, and the whole
+//! run ends with the markdown table BENCHMARKS.md takes, also written to
+//! `target/bench/lifecycle.md`.
+//!
 //! Sizes can be lowered for a quick look: `KUBEPAM_BENCH_SCALE=0.1 make bench`.
 
 #![allow(
@@ -26,6 +30,7 @@ use kubepam_testkit::cluster as support;
 use kubepam_testkit::pam;
 use kubepam_testkit::receivers;
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -53,17 +58,117 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn report(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{name}: n={} p50={:.1}ms p90={:.1}ms p99={:.1}ms max={:.1}ms",
-        samples.len(),
-        percentile(&samples, 50.0).as_secs_f64() * 1e3,
-        percentile(&samples, 90.0).as_secs_f64() * 1e3,
-        percentile(&samples, 99.0).as_secs_f64() * 1e3,
-        samples.last().unwrap().as_secs_f64() * 1e3,
-    );
+/// A target on a latency's percentiles.
+#[derive(Clone, Copy, Default)]
+struct Bound {
+    p50: Option<Duration>,
+    p99: Option<Duration>,
 }
+
+/// One line of the results table.
+struct Row {
+    what: String,
+    result: String,
+    target: String,
+    met: Option<bool>,
+}
+
+/// The figures of one run, each beside its target and whether it was met:
+/// printed as they come, then as the markdown table BENCHMARKS.md takes
+/// (also written to `target/bench/lifecycle.md`).
+#[derive(Default)]
+struct Results {
+    rows: Vec<Row>,
+}
+
+impl Results {
+    fn latency(&mut self, what: &str, mut samples: Vec<Duration>, bound: Bound) {
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (p50, p90, p99) = (
+            percentile(&samples, 50.0),
+            percentile(&samples, 90.0),
+            percentile(&samples, 99.0),
+        );
+        let max = *samples.last().unwrap();
+        let result = format!(
+            "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(p50),
+            ms(p90),
+            ms(p99),
+            ms(max)
+        );
+        let mut target = Vec::new();
+        let mut met = None;
+        for (name, wanted, got) in [("p50", bound.p50, p50), ("p99", bound.p99, p99)] {
+            if let Some(wanted) = wanted {
+                target.push(format!("{name} ≤ {}", human(wanted)));
+                met = Some(met.unwrap_or(true) && got <= wanted);
+            }
+        }
+        self.row(
+            &format!("{what}, n={}", samples.len()),
+            result,
+            target.join(", "),
+            met,
+        );
+    }
+
+    fn row(&mut self, what: &str, result: String, target: String, met: Option<bool>) {
+        let verdict = match met {
+            Some(true) => " (met)",
+            Some(false) => " (MISSED)",
+            None => "",
+        };
+        println!(
+            "{what}: {result}{}{verdict}",
+            if target.is_empty() {
+                String::new()
+            } else {
+                format!("; target {target}")
+            }
+        );
+        self.rows.push(Row {
+            what: what.to_owned(),
+            result,
+            target,
+            met,
+        });
+    }
+
+    fn table(&self) -> String {
+        let mut table = String::from("| what | result | target |\n|------|--------|--------|\n");
+        for row in &self.rows {
+            let target = match row.met {
+                Some(true) => format!("{}: met", row.target),
+                Some(false) => format!("{}: **missed**", row.target),
+                None => row.target.clone(),
+            };
+            let _ = writeln!(table, "| {} | {} | {} |", row.what, row.result, target);
+        }
+        table
+    }
+
+    fn publish(&self) {
+        let table = self.table();
+        println!("\n{table}");
+        let dir = support::repo_root().join("target/bench");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lifecycle.md");
+        std::fs::write(&path, &table).unwrap();
+        println!("table written to {}", path.display());
+    }
+}
+
+fn human(duration: Duration) -> String {
+    if duration >= Duration::from_secs(1) {
+        format!("{} s", duration.as_secs_f64())
+    } else {
+        format!("{} ms", duration.as_millis())
+    }
+}
+
+const MIB: u64 = 1024;
 
 /// Creates a request as `requester` (a client impersonating that user).
 async fn create(requester: &Client, name: &str, policy: &str, ns: &str, duration: &str) {
@@ -155,15 +260,29 @@ async fn main() {
     create_policy(&admin, "bench-auto", task("Auto")).await;
     let bob = cluster.client(Identity::Bob).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    println!(
-        "operator RSS idle: {} KiB",
-        rss_kib(operator.pid(), "VmRSS:")
+    let mut results = Results::default();
+    results.row(
+        "operator RSS, idle",
+        format!(
+            "{:.1} MiB",
+            rss_kib(operator.pid(), "VmRSS:") as f64 / MIB as f64
+        ),
+        String::new(),
+        None,
     );
 
     // 1. Approval-to-access latency, one request at a time.
     let n = scaled(200);
     let latencies = approval_latencies(cluster, &admin, &bob, &ns, "lat", n).await;
-    report("approval-to-access", latencies);
+    let access = Bound {
+        p50: Some(Duration::from_millis(100)),
+        p99: Some(Duration::from_millis(500)),
+    };
+    results.latency(
+        "approval-to-access (review patch accepted → SubjectAccessReview allows)",
+        latencies,
+        access,
+    );
 
     // 1b. The same with every notification going to a sink that takes 2 s to answer.
     let slow = receivers::HookReceiver::start(support::free_port(), Duration::from_secs(2)).await;
@@ -183,16 +302,23 @@ async fn main() {
     .await;
     let n = scaled(100);
     let latencies = approval_latencies(cluster, &admin, &bob, &ns, "slowsink", n).await;
-    report("approval-to-access (2 s webhook sink)", latencies);
+    results.latency(
+        "approval-to-access, every notification to a sink that takes 2 s",
+        latencies,
+        access,
+    );
     let started = Instant::now();
     // Submitted to the approvers; Approved to the requester and to the approvers.
     let owed = 3 * n;
     while slow.received().len() < owed && started.elapsed() < Duration::from_secs(600) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!(
-        "notifications delivered to the 2 s sink: {}/{owed}",
-        slow.received().len()
+    let delivered = slow.received().len();
+    results.row(
+        "notifications delivered to the 2 s sink",
+        format!("{delivered}/{owed}"),
+        "all".to_owned(),
+        Some(delivered >= owed),
     );
     standard_control(&admin).await;
 
@@ -217,7 +343,14 @@ async fn main() {
         .buffer_unordered(20)
         .collect()
         .await;
-    report("expiry lag (grantedUntil -> refused)", lags);
+    results.latency(
+        "expiry lag (`grantedUntil` → SubjectAccessReview refuses), 20 at a time",
+        lags,
+        Bound {
+            p50: None,
+            p99: Some(Duration::from_secs(1)),
+        },
+    );
 
     // 3. Throughput: Auto requests created 50 at a time, until all are granted.
     let n = scaled(1000);
@@ -261,11 +394,16 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let total = start.elapsed();
-    println!(
-        "throughput: {n} Auto requests created in {:.2}s, all granted in {:.2}s = {:.1} grants/s",
-        created.as_secs_f64(),
-        total.as_secs_f64(),
-        n as f64 / total.as_secs_f64()
+    let rate = n as f64 / total.as_secs_f64();
+    results.row(
+        &format!("throughput: {n} Auto requests created 50 at a time, until all are Approved with their RBAC objects"),
+        format!(
+            "{rate:.1} grants/s ({n} in {:.2} s; creation alone, through the webhooks: {:.2} s)",
+            total.as_secs_f64(),
+            created.as_secs_f64()
+        ),
+        "≥ 50 grants/s".to_owned(),
+        Some(rate >= 50.0),
     );
 
     // 4. Peak RSS with many requests (Pending: Manual, never decided).
@@ -308,20 +446,26 @@ async fn main() {
         .unwrap()
         .items
         .len();
-    println!(
-        "operator RSS with {total} ElevationRequests: current {} KiB, peak {} KiB",
-        rss_kib(operator.pid(), "VmRSS:"),
-        rss_kib(operator.pid(), "VmHWM:")
+    let (current, peak) = (
+        rss_kib(operator.pid(), "VmRSS:") / MIB,
+        rss_kib(operator.pid(), "VmHWM:") / MIB,
+    );
+    results.row(
+        &format!("operator RSS with {total} ElevationRequests ({n} Pending), one replica"),
+        format!("{current} MiB (peak {peak} MiB)"),
+        "≤ 64 MiB".to_owned(),
+        Some(current <= 64),
     );
     operator.terminate();
 
-    failover(cluster, &admin, &ns).await;
+    failover(cluster, &admin, &ns, &mut results).await;
+    results.publish();
 }
 
 /// Failover (section 5): two replicas behind one address, as behind a Service. SIGKILL the
 /// leader, time until the other leads and until an Auto request made right
 /// after the kill is granted, start a new replica in its place; repeat.
-async fn failover(cluster: &support::TestCluster, admin: &Client, ns: &str) {
+async fn failover(cluster: &support::TestCluster, admin: &Client, ns: &str, results: &mut Results) {
     struct Replica {
         port: u16,
         process: support::OperatorProcess,
@@ -352,10 +496,15 @@ async fn failover(cluster: &support::TestCluster, admin: &Client, ns: &str) {
     while !ready(&replicas[1]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
-        "replica RSS with the requests above: leader {} KiB, standby {} KiB",
-        rss_kib(replicas[0].process.pid(), "VmRSS:"),
-        rss_kib(replicas[1].process.pid(), "VmRSS:")
+    let (leader, standby) = (
+        rss_kib(replicas[0].process.pid(), "VmRSS:") / MIB,
+        rss_kib(replicas[1].process.pid(), "VmRSS:") / MIB,
+    );
+    results.row(
+        "RSS with the same requests, two replicas: leader / standby",
+        format!("{leader} MiB / {standby} MiB"),
+        "leader ≤ 64 MiB".to_owned(),
+        Some(leader <= 64),
     );
     let requester = cluster
         .client_as_user("failover-user", &["developers"])
@@ -384,10 +533,18 @@ async fn failover(cluster: &support::TestCluster, admin: &Client, ns: &str) {
         // Let the new standby settle before the next kill.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    report("failover: leader killed -> standby leads", takeovers);
-    report(
-        "failover: leader killed -> request made then is granted",
+    results.latency(
+        "failover: leader SIGKILLed → the standby leads",
+        takeovers,
+        Bound {
+            p50: None,
+            p99: Some(Duration::from_secs(15)),
+        },
+    );
+    results.latency(
+        "failover: leader SIGKILLed → an Auto request made right after is granted",
         grants,
+        Bound::default(),
     );
     for replica in replicas {
         replica.process.terminate();

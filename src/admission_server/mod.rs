@@ -301,7 +301,8 @@ async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
         let caller = Caller::from_user_info(&request.user_info);
         let now = Utc::now();
         let policies = state.ctx.policies.state();
-        let requests = state.ctx.requests.state();
+        // The guard looks only at the caller's own requests.
+        let requests = state.ctx.requests_of(caller.username);
         let control = state.ctx.control();
         let verdict = admission::guard(
             &operation,
@@ -377,10 +378,8 @@ fn caller_grants(ctx: &Shared, username: &str, now: chrono::DateTime<Utc>) -> Ve
     let policies = ctx.policies.state();
     let control = kubepam_core::lifecycle::ControlView::from_control(ctx.control().as_deref())
         .with_kubepam_namespace(&ctx.namespace);
-    ctx.requests
-        .state()
+    ctx.requests_of(username)
         .iter()
-        .filter(|r| r.spec.requester.as_deref() == Some(username))
         .filter_map(|r| {
             let recorded = r.status.as_ref()?;
             // In force while Approved, and past its end for as long as its

@@ -280,34 +280,37 @@ pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
 
 /// Reloads certificate files when they change (cert-manager rotates them in
 /// place), checking every `every`; new connections use the new certificate.
-pub async fn watch_files(
+/// Changes count from the call, not from when the returned future first runs.
+pub fn watch_files(
     config: RustlsConfig,
     cert: PathBuf,
     key: PathBuf,
     every: Duration,
     auth: ClientAuth,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let mut last: (Option<SystemTime>, Option<SystemTime>) = (modified(&cert), modified(&key));
-    let mut ticker = tokio::time::interval(every);
-    loop {
-        ticker.tick().await;
-        let now = (modified(&cert), modified(&key));
-        if now == last {
-            continue;
-        }
-        let reloaded = match (read(&cert), read(&key)) {
-            (Ok(c), Ok(k)) => auth.server_config(&c, &k),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        };
-        match reloaded {
-            Ok(fresh) => {
-                config.reload_from_config(fresh.get_inner());
-                info!(cert = %cert.display(), "webhook certificate reloaded");
-                last = now;
+    async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            let now = (modified(&cert), modified(&key));
+            if now == last {
+                continue;
             }
-            // Half-written files: try again at the next tick.
-            Err(error) => warn!(%error, "webhook certificate reload failed"),
+            let reloaded = match (read(&cert), read(&key)) {
+                (Ok(c), Ok(k)) => auth.server_config(&c, &k),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            match reloaded {
+                Ok(fresh) => {
+                    config.reload_from_config(fresh.get_inner());
+                    info!(cert = %cert.display(), "webhook certificate reloaded");
+                    last = now;
+                }
+                // Half-written files: try again at the next tick.
+                Err(error) => warn!(%error, "webhook certificate reload failed"),
+            }
         }
     }
 }
@@ -345,9 +348,18 @@ mod tests {
             Duration::from_millis(20),
             ClientAuth::default(),
         ));
-        // Modification times have a coarse resolution on some filesystems.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
         write(&["127.0.0.1".into(), "localhost".into()]);
+        // Modification times have a coarse resolution on some filesystems:
+        // the rotation is dated later than the first files, as it would be.
+        let later = SystemTime::now() + Duration::from_secs(5);
+        for file in [&cert, &key] {
+            std::fs::File::options()
+                .write(true)
+                .open(file)
+                .unwrap()
+                .set_modified(later)
+                .unwrap();
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while Arc::ptr_eq(&before, &serving.config.get_inner()) {
             assert!(

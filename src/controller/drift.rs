@@ -22,7 +22,7 @@ use kubepam_core::drift::{Drift, RbacItem, find_drift, is_managed};
 use kubepam_core::lifecycle;
 
 /// Changes arriving within this window are looked at together.
-const SETTLE: Duration = Duration::from_millis(200);
+const QUIET_PERIOD: Duration = Duration::from_millis(200);
 /// A full look now and then, whatever changed.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -49,7 +49,7 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, stop: Stop) {
         }
         tokio::select! {
             () = stop.clone() => return,
-            _ = changes.next() => tokio::time::sleep(SETTLE).await,
+            _ = changes.next() => tokio::time::sleep(QUIET_PERIOD).await,
             () = tokio::time::sleep(SWEEP_EVERY) => {}
         }
     }

@@ -21,14 +21,15 @@ mod policy;
 mod rbac;
 pub mod registration;
 mod request;
+mod retry;
 pub mod uses;
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{StreamExt, future};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -38,9 +39,8 @@ use tracing::{info, warn};
 use crate::metrics::{ErrorLabels, KindLabels};
 use crate::runtime::leader;
 use crate::shared::Shared;
-use crate::shared::caches::Caches;
+use crate::shared::caches::{Caches, Watched};
 use kubepam_core::api::ElevationRequest;
-use kubepam_core::grant;
 
 pub use control::control_status;
 pub use notify::Notifier;
@@ -85,12 +85,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot build the grant of {name}")]
-    BuildGrant {
-        name: String,
-        #[source]
-        source: grant::Error,
-    },
 }
 
 impl Error {
@@ -102,7 +96,6 @@ impl Error {
             Error::ApplyRbac { .. } => "ApplyRbac",
             Error::DeleteRbac { .. } => "DeleteRbac",
             Error::Finalizer { .. } => "Finalizer",
-            Error::BuildGrant { .. } => "BuildGrant",
         }
     }
 }
@@ -119,6 +112,8 @@ pub struct Context {
     pub guard: registration::SharedGuardState,
     /// Who may impersonate identities kubepam trusts, once looked at.
     pub impersonators: Arc<std::sync::Mutex<Option<Vec<kubepam_core::api::ImpersonationRight>>>>,
+    /// Consecutive failed reconciles per object, for their backoff.
+    pub failures: retry::Failures,
 }
 
 impl Context {
@@ -129,6 +124,7 @@ impl Context {
             notifier: Arc::new(notifier),
             guard: registration::SharedGuardState::default(),
             impersonators: Arc::default(),
+            failures: retry::Failures::default(),
         }
     }
 }
@@ -159,37 +155,20 @@ impl Error {
             _ => false,
         }
     }
-
-    /// How long to wait before retrying: a write conflict is retried at once
-    /// (someone else changed the object; read it again), the API server
-    /// being unavailable or refusing a little later (a restarted API server
-    /// answers 403 until its authorizer has caught up, and a grant due then
-    /// must not wait long), and a grant that cannot be built only after a
-    /// while (it needs a change of spec).
-    pub fn retry_after(&self) -> Duration {
-        let api = match self {
-            Error::WriteStatus { source, .. }
-            | Error::Read { source, .. }
-            | Error::ApplyRbac { source, .. }
-            | Error::DeleteRbac { source, .. }
-            | Error::Finalizer { source, .. } => source,
-            Error::BuildGrant { .. } => return Duration::from_secs(30),
-        };
-        match api {
-            kube::Error::Api(status) if status.code == 409 => Duration::from_millis(50),
-            _ => Duration::from_secs(1),
-        }
-    }
 }
 
 /// Counts and times a reconcile, and its failure by reason.
 async fn measured(
     kind: &'static str,
+    name: String,
     ctx: Arc<Context>,
     reconcile: impl Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
     let start = std::time::Instant::now();
     let result = reconcile.await;
+    if result.is_ok() {
+        ctx.failures.succeeded(kind, &name);
+    }
     let labels = KindLabels {
         kind: kind.to_owned(),
     };
@@ -263,17 +242,23 @@ async fn publish_event_on(
 fn error_policy<K: Resource<DynamicType = ()>>(
     object: Arc<K>,
     error: &Error,
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Action {
+    let kind = K::kind(&());
+    let name = object.name_any();
+    let failures = ctx.failures.failed(&kind, &name);
+    let after = retry::retry_after(error, failures);
     warn!(
-        kind = %K::kind(&()),
-        name = %object.name_any(),
+        %kind,
+        %name,
         error = %error,
         source = ?std::error::Error::source(error),
         reason = error.label(),
+        failures,
+        retry_in_ms = after.as_millis(),
         "reconcile failed; retrying"
     );
-    Action::requeue(error.retry_after())
+    Action::requeue(after)
 }
 
 /// Server-side apply of an object's whole status under kubepam's field
@@ -322,7 +307,35 @@ where
     Ok(written.resource_version())
 }
 
-/// The leader's work, until `stop`: the three controllers and the
+/// Runs one controller until `stop`, each reconcile measured and its
+/// failures retried by [`error_policy`].
+async fn run_controller<K: Watched, Fut>(
+    kind: &'static str,
+    controller: Controller<K>,
+    reconcile: fn(Arc<K>, Arc<Context>) -> Fut,
+    ctx: Arc<Context>,
+    stop: leader::Stop,
+) where
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    controller
+        .graceful_shutdown_on(stop)
+        .run(
+            move |object, ctx| {
+                let name = object.name_any();
+                measured(kind, name, ctx.clone(), reconcile(object, ctx))
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|result| {
+            log_result(kind, result);
+            future::ready(())
+        })
+        .await;
+}
+
+/// The leader's work, until `stop`: the controllers, the sweeps and the
 /// registration of the webhook configurations.
 pub async fn lead(
     ctx: Arc<Context>,
@@ -334,56 +347,34 @@ pub async fn lead(
         // Before any policy is judged: none is accepted ahead of the guard.
         registration::GuardState::start_registering(&ctx.guard);
     }
-    let requests = request::controller(&caches)
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            |o, c| measured("ElevationRequest", c.clone(), request::reconcile(o, c)),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| {
-            log_result("ElevationRequest", result);
-            future::ready(())
-        });
-    let policies = policy::controller(&caches)
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            |o, c| measured("AccessPolicy", c.clone(), policy::reconcile(o, c)),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| {
-            log_result("AccessPolicy", result);
-            future::ready(())
-        });
-    let controls = control::controller(&caches)
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            |o, c| {
-                measured(
-                    "PrivilegedAccessControl",
-                    c.clone(),
-                    control::reconcile(o, c),
-                )
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| {
-            log_result("PrivilegedAccessControl", result);
-            future::ready(())
-        });
-    let deliveries = notify::controller(&caches)
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            |o, c| measured("Notification", c.clone(), notify::reconcile(o, c)),
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| {
-            log_result("Notification", result);
-            future::ready(())
-        });
+    let requests = run_controller(
+        "ElevationRequest",
+        request::controller(&caches),
+        request::reconcile,
+        ctx.clone(),
+        stop.clone(),
+    );
+    let policies = run_controller(
+        "AccessPolicy",
+        policy::controller(&caches),
+        policy::reconcile,
+        ctx.clone(),
+        stop.clone(),
+    );
+    let controls = run_controller(
+        "PrivilegedAccessControl",
+        control::controller(&caches),
+        control::reconcile,
+        ctx.clone(),
+        stop.clone(),
+    );
+    let deliveries = run_controller(
+        "Notification",
+        notify::controller(&caches),
+        notify::reconcile,
+        ctx.clone(),
+        stop.clone(),
+    );
     // Notifications are tried only once the control is known: its sinks say
     // where they go.
     let synced = caches.clone();

@@ -16,9 +16,10 @@ use kube::runtime::Controller;
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::retry::{on_fresh_request, read_request};
 use super::{Context, Error};
 use crate::delivery::Sender;
 use crate::shared::caches::Caches;
@@ -33,8 +34,6 @@ use kubepam_core::notify::{plan, render};
 
 /// Requests whose notifications are being tried at once; a slow sink holds up no more.
 const CONCURRENCY: u16 = 64;
-/// How many times an outcome is recorded again after a write conflict.
-const RECORD_ATTEMPTS: usize = 5;
 
 /// What the delivery controller keeps between reconciles.
 #[derive(Debug)]
@@ -163,7 +162,9 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
     // The cache can be behind this controller's own last record (a change
     // queued during a send wakes it before its write is seen): what was
     // sent is known only from the API server.
-    current = read(&ctx, &current.name_any()).await?.unwrap_or(current);
+    current = read_request(&ctx, &current.name_any())
+        .await?
+        .unwrap_or(current);
     let due = due_entries(&current);
     if !due.is_empty() {
         let tries = due.iter().map(|entry| async {
@@ -228,17 +229,6 @@ fn due_entries(request: &ElevationRequest) -> Vec<Notification> {
         .into_iter()
         .cloned()
         .collect()
-}
-
-/// The request as the API server has it now.
-async fn read(ctx: &Context, name: &str) -> Result<Option<ElevationRequest>, Error> {
-    Api::<ElevationRequest>::all(ctx.client.clone())
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Read {
-            what: format!("ElevationRequest {name}"),
-            source,
-        })
 }
 
 /// One try of one entry.
@@ -306,17 +296,17 @@ async fn attempt(
 /// resourceVersion; after a conflict, reads the request again and applies it to that.
 async fn record(
     ctx: &Context,
-    mut current: ElevationRequest,
+    current: ElevationRequest,
     change: impl Fn(&mut ElevationRequest),
 ) -> Result<ElevationRequest, Error> {
-    let name = current.name_any();
-    for attempt in 1..=RECORD_ATTEMPTS {
-        let mut changed = current.clone();
+    let change = &change;
+    let recorded = on_fresh_request(ctx, Arc::new(current.clone()), |current| async move {
+        let mut changed = (*current).clone();
         changed.status.get_or_insert_with(Default::default);
         change(&mut changed);
-        match super::apply_status(
+        let version = super::apply_status(
             &ctx.client,
-            &current,
+            &*current,
             current.status.as_ref(),
             changed
                 .status
@@ -324,22 +314,12 @@ async fn record(
                 .unwrap_or(&ElevationRequestStatus::default()),
             current.resource_version(),
         )
-        .await
-        {
-            Ok(version) => {
-                changed.metadata.resource_version = version;
-                return Ok(changed);
-            }
-            Err(error) if error.is_conflict() && attempt < RECORD_ATTEMPTS => {
-                match read(ctx, &name).await? {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(current),
-                }
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(current)
+        .await?;
+        changed.metadata.resource_version = version;
+        Ok(changed)
+    })
+    .await?;
+    Ok(recorded.unwrap_or(current))
 }
 
 /// An Event for each notification given up (`Failed`), with why.

@@ -137,11 +137,11 @@ pub fn guard_hooks(
             rules,
             namespaces,
         };
-        let unsettled = matches!(
+        let unjudged = matches!(
             PolicyView::from_policy(Some(policy)),
-            PolicyView::Unsettled(_)
+            PolicyView::Unjudged(_)
         );
-        if unsettled && let Some(before) = previous.get(&hook.name) {
+        if unjudged && let Some(before) = previous.get(&hook.name) {
             hook = hook.union(before);
         }
         if !hook.rules.is_empty() {
@@ -328,7 +328,7 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
     let client = ctx.client.clone();
     let validating_api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
     let mutating_api = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    // What the guard sent before this leader started, so an unsettled
+    // What the guard sent before this leader started, so an unjudged
     // policy keeps it in the union after a restart too.
     let mut previous: BTreeMap<String, GuardHook> = match validating_api.get_opt(GUARD_NAME).await {
         Ok(live) => hooks_of(live.as_ref()),

@@ -20,6 +20,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
+use super::retry::on_fresh_request;
 use super::{Context, Error, rbac};
 use crate::shared::caches::Caches;
 use kubepam_core::api::{AccessPolicy, ElevationRequest, Phase};
@@ -34,13 +35,13 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
     let requests = caches.requests.store();
     let for_policy = requests.clone();
     let for_control = requests.clone();
+    let by_id = caches.requests_by_id.clone();
     let owner = move |labels: &std::collections::BTreeMap<String, String>| {
         let id = labels.get(grant::LABEL_REQUEST_ID)?;
-        requests
-            .state()
-            .into_iter()
-            .find(|request| lifecycle::request_id(request) == *id)
-            .map(|request| ObjectRef::from_obj(&*request))
+        by_id
+            .get(id, &requests)
+            .first()
+            .map(|request| ObjectRef::from_obj(&**request))
     };
     let (rb, crb, cr) = (owner.clone(), owner.clone(), owner);
     Controller::for_shared_stream(caches.requests.everything(), caches.requests.store())
@@ -49,7 +50,7 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
             for_policy
                 .state()
                 .into_iter()
-                .filter(|request| request.spec.policy == name && !is_settled(request))
+                .filter(|request| request.spec.policy == name && !is_closed(request))
                 .map(|request| ObjectRef::from_obj(&*request))
                 .collect::<Vec<_>>()
         })
@@ -57,7 +58,7 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
             for_control
                 .state()
                 .into_iter()
-                .filter(|request| !is_settled(request))
+                .filter(|request| !is_closed(request))
                 .map(|request| ObjectRef::from_obj(&*request))
                 .collect::<Vec<_>>()
         })
@@ -69,42 +70,22 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
 }
 
 /// A request that is final and holds nothing: no change elsewhere can move it.
-fn is_settled(request: &ElevationRequest) -> bool {
+fn is_closed(request: &ElevationRequest) -> bool {
     request.status.as_ref().is_some_and(|status| {
         status.phase.is_some_and(Phase::is_final) && status.rbac_objects.is_empty()
     })
 }
 
-/// How many times a reconcile reads the request again after a write conflict
-/// before it gives up and lets the controller retry later.
-const CONFLICT_ATTEMPTS: usize = 3;
-
 pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     // The cache can lag behind the operator's own last write (a change to a
     // binding wakes the request before its new status arrives). The guarded
     // write then fails with 409: read the request fresh and decide again.
-    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
-    let mut current = request;
-    let mut attempt = 1;
-    loop {
-        match reconcile_once(&current, &ctx).await {
-            Err(error) if error.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
-                attempt += 1;
-                let name = current.name_any();
-                match api.get_opt(&name).await {
-                    Ok(Some(fresh)) => current = Arc::new(fresh),
-                    Ok(None) => return Ok(Action::await_change()),
-                    Err(source) => {
-                        return Err(Error::Read {
-                            what: format!("ElevationRequest {name}"),
-                            source,
-                        });
-                    }
-                }
-            }
-            result => return result,
-        }
-    }
+    let ctx = &*ctx;
+    let action = on_fresh_request(ctx, request, |current| async move {
+        reconcile_once(&current, ctx).await
+    })
+    .await?;
+    Ok(action.unwrap_or_else(Action::await_change))
 }
 
 async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Action, Error> {
@@ -195,8 +176,8 @@ async fn execute(
                 }
             }
             Step::RecordApplied => plan.record_applied(&applied.owned),
-            Step::ReportDrift => {
-                let found = reconcile::drift_found(
+            Step::ReportRepair => {
+                let found = reconcile::repair_found(
                     &plan.status,
                     &plan.recorded,
                     applied.missing,
@@ -204,8 +185,8 @@ async fn execute(
                     removed,
                     now,
                 );
-                if let Some(drift) = found {
-                    report_drift(ctx, request, drift).await;
+                if let Some(repair) = found {
+                    report_repair(ctx, request, repair).await;
                 }
             }
             Step::ReportLeftovers => {
@@ -251,14 +232,14 @@ async fn report_collision(ctx: &Context, request: &ElevationRequest, message: &s
 }
 
 /// An Event and a metric when a grant in force had to be put back.
-async fn report_drift(ctx: &Context, request: &ElevationRequest, drift: reconcile::Drift) {
-    if drift.restored > 0 {
-        ctx.metrics.drift_repaired("restored", drift.restored);
+async fn report_repair(ctx: &Context, request: &ElevationRequest, repair: reconcile::Repair) {
+    if repair.restored > 0 {
+        ctx.metrics.drift_repaired("restored", repair.restored);
     }
-    if drift.extra > 0 {
-        ctx.metrics.drift_repaired("removed-extra", drift.extra);
+    if repair.extra > 0 {
+        ctx.metrics.drift_repaired("removed-extra", repair.extra);
     }
-    publish_drift(ctx, request, "GrantRepaired", &drift.note()).await;
+    publish_drift(ctx, request, "GrantRepaired", &repair.note()).await;
 }
 
 /// Objects labelled as this request's grant removed while it holds none:

@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::retry::{on_fresh_request, read_request};
 use super::{Context, Error};
 use crate::admission_server::uses::{Entry, Use};
 use kubepam_core::api::{ElevationRequest, Execution};
@@ -49,15 +50,10 @@ async fn write(ctx: &Context, name: &str, entries: &[Entry]) -> Result<(), Error
             Entry::Lasting(_) => None,
         })
         .collect();
-    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
-    for attempt in 1..=5 {
-        let Some(request) = api.get_opt(name).await.map_err(|source| Error::Read {
-            what: format!("ElevationRequest {name}"),
-            source,
-        })?
-        else {
-            return Ok(());
-        };
+    let Some(request) = read_request(ctx, name).await? else {
+        return Ok(());
+    };
+    let written = on_fresh_request(ctx, Arc::new(request), |request| async move {
         let mut status = request.status.clone().unwrap_or_default();
         for entry in entries {
             match entry {
@@ -65,24 +61,21 @@ async fn write(ctx: &Context, name: &str, entries: &[Entry]) -> Result<(), Error
                 Entry::Lasting(object) => record_lasting(&mut status, object.clone()),
             }
         }
-        let written = super::apply_status(
+        super::apply_status(
             &ctx.client,
-            &request,
+            &*request,
             request.status.as_ref(),
             &status,
             request.resource_version(),
         )
-        .await;
-        match written {
-            Ok(_) => {
-                if !executions.is_empty() {
-                    announce(ctx, &request, &executions).await;
-                }
-                return Ok(());
-            }
-            Err(error) if error.is_conflict() && attempt < 5 => {}
-            Err(error) => return Err(error),
-        }
+        .await?;
+        Ok(request)
+    })
+    .await?;
+    if let Some(request) = written
+        && !executions.is_empty()
+    {
+        announce(ctx, &request, &executions).await;
     }
     Ok(())
 }

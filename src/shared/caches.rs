@@ -16,8 +16,32 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::warn;
 
+use super::index::Index;
 use kubepam_core::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl, RbacObjectRef};
-use kubepam_core::grant;
+use kubepam_core::{grant, lifecycle};
+
+/// A kind that can be watched, cached and reconciled.
+pub trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 /// A cache of one kind and the changes that reach it.
 #[derive(Debug)]
@@ -100,19 +124,11 @@ fn watch_backoff() -> impl kube::runtime::utils::Backoff {
 
 /// Starts a watch of `api` into a new cache; the returned future keeps the
 /// cache current and must be polled for as long as the cache is used.
-fn watch<K>(
+fn watch<K: Watched>(
     api: Api<K>,
     config: watcher::Config,
-) -> (Cache<K>, impl Future<Output = ()> + Send + 'static)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+    indexes: Vec<Arc<Index<K>>>,
+) -> (Cache<K>, impl Future<Output = ()> + Send + 'static) {
     let (store, writer) = reflector::store();
     let shared = Cache {
         store,
@@ -136,15 +152,35 @@ where
     )
     .for_each(move |event| {
         match event {
-            Ok(
-                watcher::Event::Apply(object)
-                | watcher::Event::InitApply(object)
-                | watcher::Event::Delete(object),
-            ) => publisher.publish(&Arc::new(object)),
+            Ok(watcher::Event::Apply(object)) => {
+                for index in &indexes {
+                    index.applied(&object);
+                }
+                publisher.publish(&Arc::new(object));
+            }
+            Ok(watcher::Event::InitApply(object)) => {
+                for index in &indexes {
+                    index.relisted(&object);
+                }
+                publisher.publish(&Arc::new(object));
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                for index in &indexes {
+                    index.deleted(&object);
+                }
+                publisher.publish(&Arc::new(object));
+            }
             Ok(watcher::Event::InitDone) => {
+                for index in &indexes {
+                    index.relist_done();
+                }
                 publisher.filled.send_replace(true);
             }
-            Ok(watcher::Event::Init) => {}
+            Ok(watcher::Event::Init) => {
+                for index in &indexes {
+                    index.relist_started();
+                }
+            }
             Err(error) => warn!(%kind, %error, "watch failed; retrying"),
         }
         futures::future::ready(())
@@ -165,6 +201,29 @@ pub struct Caches {
     /// the rights people hold outside kubepam (the persistence guard).
     pub standing_cluster_roles: Cache<ClusterRole>,
     pub roles: Cache<Role>,
+    /// Requests by requester (the guard's lookup of a caller's grants).
+    pub requests_by_requester: Arc<Index<ElevationRequest>>,
+    /// Requests by the label value of their id (a grant's objects name it).
+    pub requests_by_id: Arc<Index<ElevationRequest>>,
+    /// kubepam's RBAC objects by the request id they carry.
+    pub rbac_by_request: RbacIndexes,
+}
+
+/// kubepam's RBAC objects (bindings of both kinds, generated roles) by the
+/// request id label they carry.
+#[derive(Debug, Clone)]
+pub struct RbacIndexes {
+    pub role_bindings: Arc<Index<RoleBinding>>,
+    pub cluster_role_bindings: Arc<Index<ClusterRoleBinding>>,
+    pub cluster_roles: Arc<Index<ClusterRole>>,
+}
+
+/// The request id label of an object kubepam made for a grant.
+fn grant_request_id<K: Resource>(object: &K) -> Option<String> {
+    let labels = object.meta().labels.as_ref()?;
+    (labels.get(grant::LABEL_MANAGED_BY).map(String::as_str) == Some(grant::MANAGER))
+        .then(|| labels.get(grant::LABEL_REQUEST_ID).cloned())
+        .flatten()
 }
 
 impl Caches {
@@ -179,26 +238,53 @@ impl Caches {
         // but only kubepam's own ClusterRoles: the rest are none of its business.
         let managed = || watcher::Config::default().labels(&grant::managed_selector());
 
-        let (requests, updates) = watch(Api::all(client.clone()), all());
+        let requests_by_requester =
+            Arc::new(Index::new(|r: &ElevationRequest| r.spec.requester.clone()));
+        let requests_by_id = Arc::new(Index::new(|r: &ElevationRequest| {
+            Some(grant::label_value(&lifecycle::request_id(r)))
+        }));
+        let rbac_by_request = RbacIndexes {
+            role_bindings: Arc::new(Index::new(grant_request_id)),
+            cluster_role_bindings: Arc::new(Index::new(grant_request_id)),
+            cluster_roles: Arc::new(Index::new(grant_request_id)),
+        };
+        let (requests, updates) = watch(
+            Api::all(client.clone()),
+            all(),
+            vec![requests_by_requester.clone(), requests_by_id.clone()],
+        );
         spawn(updates.boxed());
-        let (policies, updates) = watch(Api::all(client.clone()), all());
+        let (policies, updates) = watch(Api::all(client.clone()), all(), Vec::new());
         spawn(updates.boxed());
-        let (controls, updates) = watch(Api::all(client.clone()), all());
+        let (controls, updates) = watch(Api::all(client.clone()), all(), Vec::new());
         spawn(updates.boxed());
-        let (role_bindings, updates) = watch(Api::all(client.clone()), all());
+        let (role_bindings, updates) = watch(
+            Api::all(client.clone()),
+            all(),
+            vec![rbac_by_request.role_bindings.clone()],
+        );
         spawn(updates.boxed());
-        let (cluster_role_bindings, updates) = watch(Api::all(client.clone()), all());
+        let (cluster_role_bindings, updates) = watch(
+            Api::all(client.clone()),
+            all(),
+            vec![rbac_by_request.cluster_role_bindings.clone()],
+        );
         spawn(updates.boxed());
-        let (cluster_roles, updates) = watch(Api::all(client.clone()), managed());
+        let (cluster_roles, updates) = watch(
+            Api::all(client.clone()),
+            managed(),
+            vec![rbac_by_request.cluster_roles.clone()],
+        );
         spawn(updates.boxed());
         let not_managed = watcher::Config::default().labels(&format!(
             "{}!={}",
             grant::LABEL_MANAGED_BY,
             grant::MANAGER
         ));
-        let (standing_cluster_roles, updates) = watch(Api::all(client.clone()), not_managed);
+        let (standing_cluster_roles, updates) =
+            watch(Api::all(client.clone()), not_managed, Vec::new());
         spawn(updates.boxed());
-        let (roles, updates) = watch(Api::all(client.clone()), all());
+        let (roles, updates) = watch(Api::all(client.clone()), all(), Vec::new());
         spawn(updates.boxed());
 
         let caches = Self {
@@ -210,6 +296,9 @@ impl Caches {
             cluster_roles,
             standing_cluster_roles,
             roles,
+            requests_by_requester,
+            requests_by_id,
+            rbac_by_request,
         };
         (caches, tasks)
     }
@@ -219,6 +308,7 @@ impl Caches {
             role_bindings: self.role_bindings.store(),
             cluster_role_bindings: self.cluster_role_bindings.store(),
             cluster_roles: self.cluster_roles.store(),
+            by_request: self.rbac_by_request.clone(),
         }
     }
 
@@ -245,29 +335,26 @@ pub struct RbacStores {
     pub role_bindings: Store<RoleBinding>,
     pub cluster_role_bindings: Store<ClusterRoleBinding>,
     pub cluster_roles: Store<ClusterRole>,
+    pub by_request: RbacIndexes,
 }
 
 impl RbacStores {
-    /// Every object cached for the request with this id.
+    /// Every object cached for the request with this id (an index lookup).
     pub fn objects_of(&self, request_id: &str) -> Vec<RbacObjectRef> {
-        let ours = |labels: &std::collections::BTreeMap<String, String>| {
-            grant::owned_by(Some(labels), request_id)
-        };
+        let id = grant::label_value(request_id);
+        let indexes = &self.by_request;
         let mut found = Vec::new();
-        for o in self.role_bindings.state() {
-            if ours(o.labels()) {
-                found.push(reference("RoleBinding", &*o));
-            }
+        for o in indexes.role_bindings.get(&id, &self.role_bindings) {
+            found.push(reference("RoleBinding", &*o));
         }
-        for o in self.cluster_role_bindings.state() {
-            if ours(o.labels()) {
-                found.push(reference("ClusterRoleBinding", &*o));
-            }
+        for o in indexes
+            .cluster_role_bindings
+            .get(&id, &self.cluster_role_bindings)
+        {
+            found.push(reference("ClusterRoleBinding", &*o));
         }
-        for o in self.cluster_roles.state() {
-            if ours(o.labels()) {
-                found.push(reference("ClusterRole", &*o));
-            }
+        for o in indexes.cluster_roles.get(&id, &self.cluster_roles) {
+            found.push(reference("ClusterRole", &*o));
         }
         found
     }

@@ -3,6 +3,7 @@
 //! namespace. Both sides take an [`Arc<Shared>`]; neither knows the other.
 
 pub mod caches;
+pub mod index;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -26,6 +27,8 @@ pub struct Shared {
     pub policies: Store<AccessPolicy>,
     pub controls: Store<PrivilegedAccessControl>,
     pub requests: Store<ElevationRequest>,
+    /// Requests by requester.
+    pub requests_by_requester: Arc<index::Index<ElevationRequest>>,
     pub rbac: RbacStores,
     /// Every ClusterRole but kubepam's, and every Role (the persistence guard).
     pub standing_cluster_roles: Store<ClusterRole>,
@@ -59,6 +62,7 @@ impl Shared {
             policies: caches.policies.store(),
             controls: caches.controls.store(),
             requests: caches.requests.store(),
+            requests_by_requester: caches.requests_by_requester.clone(),
             rbac: caches.rbac_stores(),
             standing_cluster_roles: caches.standing_cluster_roles.store(),
             roles: caches.roles.store(),
@@ -71,6 +75,11 @@ impl Shared {
     /// Whether the caches hold a complete first listing.
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The cached requests `username` made.
+    pub fn requests_of(&self, username: &str) -> Vec<Arc<ElevationRequest>> {
+        self.requests_by_requester.get(username, &self.requests)
     }
 
     pub fn control(&self) -> Option<Arc<PrivilegedAccessControl>> {

@@ -319,15 +319,27 @@ async fn the_guard_gates_privileged_tasks_even_for_cluster_admins() {
         .delete("three", &dry)
         .await
         .expect("dry run allowed with the grant");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = Api::<ElevationRequest>::all(admin.clone())
-        .get(&name)
+    // Then a real use: uses are recorded in the order they were admitted,
+    // so once it is on the record, a recorded dry run would be too.
+    deployments
+        .delete("three", &DeleteParams::default())
         .await
-        .unwrap();
+        .expect("the real delete with the grant");
+    let after = eventually("the real use is recorded", SOON, || async {
+        let status = Api::<ElevationRequest>::all(admin.clone())
+            .get(&name)
+            .await
+            .ok()?
+            .status?;
+        let last = status.last_executions.last()?;
+        (last.name.as_deref() == Some("three")).then_some(status)
+    })
+    .await;
     assert_eq!(
-        after.status.unwrap().execution_count,
-        before,
-        "dry runs are not uses"
+        after.execution_count,
+        before + 1,
+        "dry runs are not uses: {:?}",
+        after.last_executions
     );
 
     Api::<ElevationRequest>::all(admin.clone())

@@ -82,9 +82,6 @@ async fn rbac_changed_by_hand_is_repaired_and_reported() {
             .unwrap()
             .is_some()
     );
-    // Past the moment a missing object could just be unseen yet.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-
     // Deleted by hand: it comes back.
     bindings
         .delete(&grant_name, &DeleteParams::default())

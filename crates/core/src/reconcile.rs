@@ -14,7 +14,7 @@
 //!
 //! A step whose outcome matters for later ones (the RBAC apply, the prune)
 //! is followed by steps that the executor completes from that outcome with
-//! the pure helpers here ([`Plan::after_collision`], [`drift_found`]).
+//! the pure helpers here ([`Plan::after_collision`], [`repair_found`]).
 
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ pub const COLLISION_RETRY: Duration = Duration::from_secs(30);
 /// How long after a grant is recorded its objects are surely in the cache:
 /// one missing later was deleted by hand (earlier, it may just not have
 /// been seen yet).
-pub const CACHE_SETTLED: TimeDelta = TimeDelta::seconds(5);
+pub const CACHE_LAG: TimeDelta = TimeDelta::seconds(5);
 
 /// What a reconcile read, at one instant.
 #[derive(Debug, Clone, Copy)]
@@ -74,8 +74,8 @@ pub enum Step {
     /// Record in [`Plan::status`] the objects the apply made (what status may
     /// say the grant holds; see [`Plan::record_applied`]).
     RecordApplied,
-    /// Report a grant in force that had to be put back (see [`drift_found`]).
-    ReportDrift,
+    /// Report a grant in force that had to be put back (see [`repair_found`]).
+    ReportRepair,
     /// Report objects labelled as this request's that the prune removed while
     /// the request holds nothing (made by hand, or left behind).
     ReportLeftovers,
@@ -201,7 +201,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
             Step::WriteStatus,
         ]);
         if decision.transition.is_none() {
-            steps.push(Step::ReportDrift);
+            steps.push(Step::ReportRepair);
         }
     }
     if let Some(transition) = &decision.transition {
@@ -349,14 +349,14 @@ impl Plan {
 /// A grant in force that had to be put back: objects edited or deleted by hand, or extra
 /// objects labelled as part of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Drift {
+pub struct Repair {
     /// Objects of the grant restored after an edit or deletion by hand.
     pub restored: usize,
     /// Objects labelled as part of the grant that are not, removed.
     pub extra: usize,
 }
 
-impl Drift {
+impl Repair {
     pub fn note(&self) -> String {
         let mut what = Vec::new();
         if self.restored > 0 {
@@ -377,25 +377,25 @@ impl Drift {
 
 /// Whether a reconcile that made no transition repaired its grant: `missing` objects were
 /// created, `changed` ones put back, `extra` ones pruned. An object missing just after the
-/// grant was recorded may only not be cached yet, so it counts once [`CACHE_SETTLED`] has
+/// grant was recorded may only not be cached yet, so it counts once [`CACHE_LAG`] has
 /// passed.
-pub fn drift_found(
+pub fn repair_found(
     status: &ElevationRequestStatus,
     recorded: &[RbacObjectRef],
     missing: usize,
     changed: usize,
     extra: usize,
     now: DateTime<Utc>,
-) -> Option<Drift> {
+) -> Option<Repair> {
     if !same_objects(recorded, &status.rbac_objects) {
         // The grant changed on purpose (first made, or its scope followed a role).
         return None;
     }
     let settled = status
         .decided_at
-        .is_some_and(|decided| now - decided > CACHE_SETTLED);
+        .is_some_and(|decided| now - decided > CACHE_LAG);
     let restored = changed + if settled { missing } else { 0 };
-    (restored > 0 || extra > 0).then_some(Drift { restored, extra })
+    (restored > 0 || extra > 0).then_some(Repair { restored, extra })
 }
 
 /// The notifications a transition owes under the control's settings.

@@ -243,7 +243,7 @@ pub fn guarded_scopes(policy: &AccessPolicy) -> Vec<(&TaskSpec, &[String])> {
     };
     match PolicyView::from_policy(Some(policy)) {
         PolicyView::Accepted(_) => new().into_iter().collect(),
-        PolicyView::Unsettled(_) => {
+        PolicyView::Unjudged(_) => {
             let old = policy
                 .status
                 .as_ref()

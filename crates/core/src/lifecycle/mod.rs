@@ -42,7 +42,7 @@ pub const CONDITION_REVIEWS_IGNORED: &str = "ReviewsIgnored";
 /// Condition type: present while the active grant is narrower than the approval.
 pub const CONDITION_GRANT_NARROWED: &str = "GrantNarrowed";
 /// How soon to look again while the policy has not been judged yet.
-pub const UNSETTLED_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+pub const UNJUDGED_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// CamelCase reasons used in transitions, conditions and Events.
 pub mod reason {
@@ -229,7 +229,8 @@ struct Step<'a> {
     transition: Option<Transition>,
 }
 
-type Outcome = (Option<GrantScope>, Option<std::time::Duration>);
+/// What a step of the decision leaves in force: the grant to hold, and when to look again.
+type Effect = (Option<GrantScope>, Option<std::time::Duration>);
 
 /// A Pending request that passed every check against its policy.
 struct Valid<'p> {
@@ -309,13 +310,13 @@ impl Step<'_> {
         reason: &str,
         message: String,
         comment: Option<String>,
-    ) -> Outcome {
+    ) -> Effect {
         self.enter(to, actor, reason, message, comment);
         (None, None)
     }
 
     /// Deny by kubepam with a reason.
-    fn deny(&mut self, reason: &str, message: String) -> Outcome {
+    fn deny(&mut self, reason: &str, message: String) -> Effect {
         self.status.decided_at = Some(self.stamp);
         self.status.decided_by = vec![ACTOR_KUBEPAM.to_owned()];
         self.final_state(Phase::Denied, ACTOR_KUBEPAM, reason, message, None)
@@ -327,7 +328,7 @@ impl Step<'_> {
         reason: &str,
         message: String,
         retry: Option<std::time::Duration>,
-    ) -> Outcome {
+    ) -> Effect {
         set_condition(
             &mut self.status.conditions,
             condition_false(
@@ -383,7 +384,7 @@ impl Step<'_> {
         };
     }
 
-    fn pending(&mut self, policy: &PolicyView<'_>, control: &ControlView) -> Outcome {
+    fn pending(&mut self, policy: &PolicyView<'_>, control: &ControlView) -> Effect {
         if self.status.phase.is_none() {
             self.first_sight(control);
         }
@@ -466,7 +467,7 @@ impl Step<'_> {
     }
 
     /// Approve when the policy's approval rule is met, else keep waiting.
-    fn approve_if_ready(&mut self, valid: Valid<'_>) -> Outcome {
+    fn approve_if_ready(&mut self, valid: Valid<'_>) -> Effect {
         let Valid {
             requester,
             policy: accepted,
@@ -525,7 +526,7 @@ impl Step<'_> {
         policy_name: &str,
         accepted: &AccessPolicy,
         control: &ControlView,
-    ) -> Result<GrantScope, Outcome> {
+    ) -> Result<GrantScope, Effect> {
         let snapshot = match scope::snapshot(
             policy_name,
             &accepted.spec,
@@ -554,7 +555,7 @@ impl Step<'_> {
                     unread.join(", "),
                     self.request.spec.policy
                 );
-                Err(self.wait(reason::POLICY_NOT_SETTLED, message, Some(UNSETTLED_RETRY)))
+                Err(self.wait(reason::POLICY_NOT_SETTLED, message, Some(UNJUDGED_RETRY)))
             }
         }
     }
@@ -566,7 +567,7 @@ impl Step<'_> {
         &mut self,
         policy: &PolicyView<'p>,
         control: &ControlView,
-    ) -> Result<Valid<'p>, Outcome> {
+    ) -> Result<Valid<'p>, Effect> {
         let Some(requester) = self.requester().map(str::to_owned) else {
             return Err(self.deny(
                 reason::MISSING_REQUESTER,
@@ -604,12 +605,12 @@ impl Step<'_> {
                 );
                 return Err(self.deny(reason, message));
             }
-            PolicyView::Unsettled(_) => {
+            PolicyView::Unjudged(_) => {
                 let message = format!(
                     "waiting for AccessPolicy {} to be accepted",
                     self.request.spec.policy
                 );
-                return Err(self.wait(reason::POLICY_NOT_SETTLED, message, Some(UNSETTLED_RETRY)));
+                return Err(self.wait(reason::POLICY_NOT_SETTLED, message, Some(UNJUDGED_RETRY)));
             }
             PolicyView::Accepted(p) => *p,
         };
@@ -661,7 +662,7 @@ impl Step<'_> {
         reason: &str,
         message: String,
         comment: Option<String>,
-    ) -> Outcome {
+    ) -> Effect {
         let until_time = self
             .stamp
             .checked_add_signed(grant_duration)
@@ -678,7 +679,7 @@ impl Step<'_> {
         (Some(snapshot), Some(until(until_time, self.now)))
     }
 
-    fn approved(&mut self, policy: &PolicyView<'_>) -> Outcome {
+    fn approved(&mut self, policy: &PolicyView<'_>) -> Effect {
         let (Some(snapshot), Some(mut granted_until)) =
             (self.status.grant.clone(), self.status.granted_until)
         else {
@@ -747,7 +748,7 @@ impl Step<'_> {
                 );
                 return self.final_state(Phase::Revoked, ACTOR_KUBEPAM, reason, message, None);
             }
-            PolicyView::Unsettled(p) | PolicyView::Accepted(p) => *p,
+            PolicyView::Unjudged(p) | PolicyView::Accepted(p) => *p,
         };
         let Some(grant) = scope::intersect(&snapshot, &current.spec) else {
             let message = format!(

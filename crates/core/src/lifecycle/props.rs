@@ -25,7 +25,7 @@ const POLICIES: [&str; 11] = [
 enum PolicyState {
     Missing,
     Refused,
-    Unsettled(usize),
+    Unjudged(usize),
     Accepted(usize),
 }
 
@@ -49,7 +49,7 @@ fn policy_state() -> impl Strategy<Value = PolicyState> {
     prop_oneof![
         1 => Just(PolicyState::Missing),
         1 => Just(PolicyState::Refused),
-        1 => (0..POLICIES.len()).prop_map(PolicyState::Unsettled),
+        1 => (0..POLICIES.len()).prop_map(PolicyState::Unjudged),
         6 => (0..POLICIES.len()).prop_map(PolicyState::Accepted),
     ]
 }
@@ -90,14 +90,14 @@ fn legal(from: Option<Phase>, to: Phase) -> bool {
 
 struct World {
     policies: Vec<crate::api::AccessPolicy>,
-    unsettled: Vec<crate::api::AccessPolicy>,
+    unjudged: Vec<crate::api::AccessPolicy>,
     controls: [ControlView; 3],
 }
 
 impl World {
     fn new() -> Self {
         let policies: Vec<_> = POLICIES.iter().map(|s| policy(s)).collect();
-        let unsettled = policies
+        let unjudged = policies
             .iter()
             .cloned()
             .map(|mut p| {
@@ -107,7 +107,7 @@ impl World {
             .collect();
         Self {
             policies,
-            unsettled,
+            unjudged,
             controls: [
                 ControlView::Missing,
                 ControlView::from_control(Some(&control(
@@ -127,7 +127,7 @@ impl World {
                 reason: "PolicyLimitExceeded".into(),
                 message: "over the limit".into(),
             },
-            PolicyState::Unsettled(i) => PolicyView::Unsettled(&self.unsettled[*i]),
+            PolicyState::Unjudged(i) => PolicyView::Unjudged(&self.unjudged[*i]),
             PolicyState::Accepted(i) => PolicyView::Accepted(&self.policies[*i]),
         }
     }
@@ -374,7 +374,7 @@ proptest! {
         let state = match view {
             0 => PolicyState::Missing,
             1 => PolicyState::Refused,
-            2 => PolicyState::Unsettled(idx),
+            2 => PolicyState::Unjudged(idx),
             _ => PolicyState::Accepted(idx),
         };
         let view = world.view(&state);

@@ -275,11 +275,11 @@ fn unsettled_policy_waits_briefly() {
     let mut p = policy(TASK_AUTO);
     p.status = None;
     let view = PolicyView::from_policy(Some(&p));
-    assert!(matches!(view, PolicyView::Unsettled(_)));
+    assert!(matches!(view, PolicyView::Unjudged(_)));
     let d = decide(&request(""), &view, &enabled(), at(0));
     assert_eq!(d.status.phase, Some(Phase::Pending));
     assert_eq!(approved_condition(&d).reason, reason::POLICY_NOT_SETTLED);
-    assert_eq!(d.requeue_after, Some(UNSETTLED_RETRY));
+    assert_eq!(d.requeue_after, Some(UNJUDGED_RETRY));
 }
 
 #[test]
@@ -799,7 +799,7 @@ fn policy_view_reads_the_accepted_condition() {
     stale.metadata.generation = Some(2);
     assert!(matches!(
         PolicyView::from_policy(Some(&stale)),
-        PolicyView::Unsettled(_)
+        PolicyView::Unjudged(_)
     ));
     let mut deleting = p.clone();
     deleting.metadata.deletion_timestamp = p

@@ -16,7 +16,7 @@ pub enum PolicyView<'a> {
     Missing,
     /// The policy exists but the policy controller has not judged its current generation yet.
     /// A Pending request waits; an Approved one is still narrowed to the policy's spec.
-    Unsettled(&'a AccessPolicy),
+    Unjudged(&'a AccessPolicy),
     /// The policy controller refused the policy (`Accepted=False`).
     Refused {
         /// The condition's reason, e.g. `PolicyLimitExceeded` or `RoleNotFound`.
@@ -42,7 +42,7 @@ impl<'a> PolicyView<'a> {
             .as_ref()
             .map_or(&[][..], |s| s.conditions.as_slice());
         let Some(accepted) = find_condition(conditions, CONDITION_ACCEPTED) else {
-            return Self::Unsettled(policy);
+            return Self::Unjudged(policy);
         };
         let current = match (accepted.observed_generation, policy.metadata.generation) {
             (Some(observed), Some(generation)) => observed >= generation,
@@ -54,14 +54,14 @@ impl<'a> PolicyView<'a> {
                 reason: accepted.reason.clone(),
                 message: accepted.message.clone(),
             },
-            _ => Self::Unsettled(policy),
+            _ => Self::Unjudged(policy),
         }
     }
 
     /// The policy object, when there is one worth reading.
     pub fn policy(&self) -> Option<&'a AccessPolicy> {
         match self {
-            Self::Unsettled(p) | Self::Accepted(p) => Some(p),
+            Self::Unjudged(p) | Self::Accepted(p) => Some(p),
             Self::Missing | Self::Refused { .. } => None,
         }
     }

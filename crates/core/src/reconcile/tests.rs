@@ -188,7 +188,7 @@ fn a_grant_in_force_is_checked_and_repairs_are_reported_without_a_transition() {
     ));
     assert!(plan.transition.is_none());
     assert!(position(&plan, is_apply).is_some(), "checked every time");
-    assert!(plan.steps.contains(&Step::ReportDrift));
+    assert!(plan.steps.contains(&Step::ReportRepair));
     assert!(!plan.steps.iter().any(is_announce));
     assert_eq!(
         plan.status.rbac_objects,
@@ -363,21 +363,21 @@ fn a_collision_blocks_the_grant_reports_once_and_looks_again() {
 }
 
 #[test]
-fn drift_counts_missing_objects_only_once_the_cache_has_settled() {
+fn repairs_count_missing_objects_only_once_the_cache_has_caught_up() {
     let (request, _, _) = approved();
     let status = request.status.clone().unwrap();
     let recorded = status.rbac_objects.clone();
     let decided = status.decided_at.unwrap();
-    assert_eq!(drift_found(&status, &recorded, 1, 0, 0, decided), None);
+    assert_eq!(repair_found(&status, &recorded, 1, 0, 0, decided), None);
     assert_eq!(
-        drift_found(&status, &recorded, 1, 0, 0, decided + TimeDelta::seconds(6)),
-        Some(Drift {
+        repair_found(&status, &recorded, 1, 0, 0, decided + TimeDelta::seconds(6)),
+        Some(Repair {
             restored: 1,
             extra: 0
         })
     );
     assert_eq!(
-        drift_found(&status, &recorded, 0, 1, 2, decided).map(|d| d.note()),
+        repair_found(&status, &recorded, 0, 1, 2, decided).map(|d| d.note()),
         Some(
             "restored 1 RBAC object(s) of the grant that were edited or deleted by hand; \
              removed 2 RBAC object(s) labelled as part of the grant that are not"
@@ -386,7 +386,7 @@ fn drift_counts_missing_objects_only_once_the_cache_has_settled() {
     );
     // A grant made or changed on purpose is no repair.
     assert_eq!(
-        drift_found(&status, &[], 3, 0, 0, decided + TimeDelta::hours(1)),
+        repair_found(&status, &[], 3, 0, 0, decided + TimeDelta::hours(1)),
         None
     );
 }
