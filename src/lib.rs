@@ -3,7 +3,8 @@
 //! The decisions live in [`kubepam_core`]; this crate reads the cluster,
 //! asks the core, and carries out what it returned:
 //!
-//! - [`runtime`]: the composition root (options, start-up, leader election);
+//! - [`runtime`]: the composition root (options, start-up, shutdown);
+//! - [`leader`]: leader election over a Lease;
 //! - [`shared`]: the caches and state both sides read;
 //! - [`controller`]: the controllers, run by the leader;
 //! - [`admission_server`]: the HTTPS admission endpoints, on every replica;
@@ -14,6 +15,7 @@
 pub mod admission_server;
 pub mod controller;
 pub mod delivery;
+pub mod leader;
 pub mod metrics;
 pub mod runtime;
 pub mod shared;

@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use kubepam::admission_server::tls;
+use kubepam::leader::LeaderOptions;
 use kubepam::runtime::WebhookOptions;
-use kubepam::runtime::leader::LeaderOptions;
 use kubepam_core::webhook_configuration::Endpoint;
 use tracing_subscriber::EnvFilter;
 

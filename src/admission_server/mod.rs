@@ -22,7 +22,6 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 
-use crate::metrics::server::readyz;
 use crate::shared::{Shared, read_named_roles};
 use kubepam_core::admission::{
     self, Caller, GuardOperation, GuardVerdict, Pass, PolicyFacts, Reason, Refusal, Verdict,
@@ -65,7 +64,6 @@ fn router(ctx: Arc<Shared>, uses: UseLog, operator: Arc<str>, callers_verified: 
         .route(PATH_GUARD, post(guard))
         .route(PATH_PERSISTENCE, post(persistence))
         .route("/healthz", get(|| async { "ok" }))
-        // Ready once the caches are filled: before that the guard could not decide.
         .route("/readyz", get(readyz).with_state(ctx.clone()))
         .with_state(AppState {
             ctx,
@@ -91,6 +89,15 @@ pub async fn serve(
         .serve(router(ctx, uses, operator, callers_verified).into_make_service())
         .await
         .map_err(Error::Serve)
+}
+
+/// Ready once the caches are filled: before that the guard could not decide.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.is_ready() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet").into_response()
+    }
 }
 
 fn reply(response: AdmissionResponse) -> Response {

@@ -14,8 +14,8 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
-use super::leader::Stop;
 use super::{Context, publish_event_on, rbac};
+use crate::leader::Stop;
 use crate::shared::caches::Caches;
 use kubepam_core::api::RbacObjectRef;
 use kubepam_core::drift::{Drift, RbacItem, find_drift, is_managed};

@@ -14,8 +14,8 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use super::leader::Stop;
 use super::{Context, publish_event_on};
+use crate::leader::Stop;
 use crate::metrics::RightLabels;
 use crate::shared::caches::Caches;
 use kubepam_core::api::{CONTROL_NAME, ImpersonationRight, PrivilegedAccessControl};

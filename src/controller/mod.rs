@@ -36,8 +36,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
+use crate::leader;
 use crate::metrics::{ErrorLabels, KindLabels};
-use crate::runtime::leader;
 use crate::shared::Shared;
 use crate::shared::caches::{Caches, Watched};
 use kubepam_core::api::ElevationRequest;

@@ -1,9 +1,7 @@
 //! The composition root: options, start-up and shutdown of one replica. It
 //! starts the caches ([`Shared`]), the admission server on every replica,
 //! the metrics server, and the controllers on the replica that holds the
-//! Lease ([`leader`]). Only `main.rs` uses it.
-
-pub mod leader;
+//! Lease ([`crate::leader`]). Only `main.rs` uses it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::admission_server::{self, tls};
 use crate::controller::{self, Context, Notifier, Registration};
+use crate::leader;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::shared::caches::Caches;

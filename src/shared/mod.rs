@@ -97,6 +97,18 @@ impl Shared {
     }
 }
 
+/// `/metrics` counts requests by phase from the cache.
+impl crate::metrics::server::Exposed for Shared {
+    fn render(&self) -> String {
+        let requests = self.requests.state();
+        self.metrics.render(requests.iter().map(|r| &**r))
+    }
+
+    fn is_ready(&self) -> bool {
+        Shared::is_ready(self)
+    }
+}
+
 /// Every ClusterRole but kubepam's, every Role and every binding, as cached.
 #[derive(Debug)]
 pub struct RbacSnapshot {
