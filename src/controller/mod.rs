@@ -42,7 +42,6 @@ use crate::shared::Shared;
 use crate::shared::caches::{Caches, Watched};
 use kubepam_core::api::ElevationRequest;
 
-pub use control::control_status;
 pub use notify::Notifier;
 pub use registration::Registration;
 
@@ -345,7 +344,7 @@ pub async fn lead(
 ) {
     if registration.is_some() {
         // Before any policy is judged: none is accepted ahead of the guard.
-        registration::GuardState::start_registering(&ctx.guard);
+        registration::start_registering(&ctx.guard);
     }
     let requests = run_controller(
         "ElevationRequest",

@@ -11,7 +11,6 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 use tracing::info;
 
-use super::registration::GuardState;
 use super::{Context, Error};
 use crate::shared::caches::Caches;
 use crate::shared::read_named_roles;
@@ -66,7 +65,7 @@ pub async fn reconcile(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<A
     // `Accepted` never claims more than the API server enforces.
     if accepted_now
         && policy.spec.policy_type == PolicyType::Task
-        && !GuardState::enforces(
+        && !super::registration::enforces(
             &ctx.guard,
             &name,
             policy.metadata.uid.as_deref(),

@@ -9,7 +9,7 @@
 //!   ago guards at once by its new spec, and until the guard that holds its
 //!   new generation is registered, its webhook sends the union of what the old
 //!   and the new generation describe. The policy controller accepts a Task
-//!   policy's generation only once [`GuardState::enforced`] says it is
+//!   policy's generation only once [`enforces`] says it is
 //!   registered, so `Accepted` never runs ahead of the guard.
 //! - **Restored, loudly.** Every second the registered objects are read back
 //!   and compared with what kubepam wants, field by field (every field the API
@@ -30,152 +30,48 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::Context;
-use kubepam_core::admission;
 use kubepam_core::api::{AccessPolicy, CONTROL_NAME, PrivilegedAccessControl};
-use kubepam_core::lifecycle::PolicyView;
-use kubepam_core::webhook_configuration::{self as configuration, Endpoint, GUARD_NAME, GuardHook};
+use kubepam_core::control::GuardState;
+use kubepam_core::webhook_configuration::{
+    self as configuration, Endpoint, GUARD_NAME, GuardHook, desired_guard, hooks_of, same_mutating,
+    same_validating,
+};
 
 /// How often the desired guard is compared with what was last written.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// How often the registered objects are read back and compared.
 const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
-/// What the registrar knows about the guard, shared with the policy and
-/// control controllers.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct GuardState {
-    /// Whether kubepam registers its webhook configurations (false with
-    /// `--no-register-webhooks` or without webhooks: then nothing waits for it).
-    pub registering: bool,
-    /// Policy name → the uid and generation the registered guard holds.
-    pub enforced: Enforced,
-    /// Why the guard could not be written, while it cannot.
-    pub write_error: Option<String>,
-    /// What was found changed by someone else and is not restored yet.
-    pub tampered: Option<String>,
-    /// The last restore, for the `GuardIntact` message.
-    pub last_restore: Option<String>,
-}
-
-/// Policy name → the uid and generation a guard holds.
-pub type Enforced = BTreeMap<String, (Option<String>, i64)>;
-
-/// The guard state, shared.
+/// The guard state, shared by the registrar and the policy and control controllers.
 pub type SharedGuardState = Arc<Mutex<GuardState>>;
 
-impl GuardState {
-    /// Whether the registered guard holds `generation` of the policy `name`
-    /// with this uid (a policy deleted and made again is another policy);
-    /// always, when kubepam does not register the guard.
-    pub fn enforces(
-        state: &SharedGuardState,
-        name: &str,
-        uid: Option<&str>,
-        generation: Option<i64>,
-    ) -> bool {
-        let state = state.lock().unwrap_or_else(PoisonError::into_inner);
-        !state.registering
-            || state.enforced.get(name).is_some_and(|(held_uid, held)| {
-                held_uid.as_deref() == uid && Some(*held) >= generation
-            })
-    }
-
-    /// Marks that kubepam registers the guard: from the moment the leader
-    /// starts, before any policy is judged.
-    pub fn start_registering(state: &SharedGuardState) {
-        Self::update(state, |s| s.registering = true);
-    }
-
-    fn update(state: &SharedGuardState, change: impl FnOnce(&mut GuardState)) {
-        change(&mut state.lock().unwrap_or_else(PoisonError::into_inner));
-    }
+/// Whether the registered guard holds `generation` of the policy `name` with this uid.
+pub fn enforces(
+    state: &SharedGuardState,
+    name: &str,
+    uid: Option<&str>,
+    generation: Option<i64>,
+) -> bool {
+    state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .enforces(name, uid, generation)
 }
 
-/// The guard's webhooks for `policies`: one per Task policy that guards. A
-/// policy whose generation is not yet judged keeps, beside its new rules,
-/// whatever its webhook sent before (`previous`, by webhook name). Also
-/// returns the generation each policy's webhook holds.
-pub fn guard_hooks(
-    policies: &[&AccessPolicy],
-    previous: &BTreeMap<String, GuardHook>,
-) -> (Vec<GuardHook>, Enforced) {
-    let mut hooks = Vec::new();
-    let mut generations = BTreeMap::new();
-    for policy in policies {
-        let name = policy.name_any();
-        generations.insert(
-            name.clone(),
-            (
-                policy.metadata.uid.clone(),
-                policy.metadata.generation.unwrap_or(0),
-            ),
-        );
-        let scopes = admission::guard::guarded_scopes(policy);
-        if scopes.is_empty() {
-            continue;
-        }
-        let rules = admission::guard_rules(std::iter::once(*policy)).rules;
-        let namespaces = if scopes.iter().any(|(_, ns)| ns.is_empty()) {
-            Vec::new()
-        } else {
-            let mut all: Vec<String> = scopes
-                .iter()
-                .flat_map(|(_, ns)| ns.iter().cloned())
-                .collect();
-            all.sort();
-            all.dedup();
-            all
-        };
-        let mut hook = GuardHook {
-            name: GuardHook::name_for(&name),
-            rules,
-            namespaces,
-        };
-        let unjudged = matches!(
-            PolicyView::from_policy(Some(policy)),
-            PolicyView::Unjudged(_)
-        );
-        if unjudged && let Some(before) = previous.get(&hook.name) {
-            hook = hook.union(before);
-        }
-        if !hook.rules.is_empty() {
-            hooks.push(hook);
-        }
-    }
-    hooks.sort_by(|a, b| a.name.cmp(&b.name));
-    (hooks, generations)
+/// Marks that kubepam registers the guard: from the moment the leader
+/// starts, before any policy is judged.
+pub fn start_registering(state: &SharedGuardState) {
+    update(state, |s| s.registering = true);
 }
 
-/// The guard configuration that must exist now, if any, and the policy
-/// generations it holds.
-fn desired_guard(
-    ctx: &Context,
-    endpoint: &Endpoint,
-    operator: &str,
-    previous: &BTreeMap<String, GuardHook>,
-) -> (Option<ValidatingWebhookConfiguration>, Enforced) {
-    let policies = ctx.policies.state();
-    let policies: Vec<&AccessPolicy> = policies.iter().map(|p| &**p).collect();
-    let (hooks, generations) = guard_hooks(&policies, previous);
-    let control: Option<Arc<PrivilegedAccessControl>> = ctx.control();
-    let Some(control) = control.filter(|c| c.spec.enabled) else {
-        return (None, generations);
-    };
-    if hooks.is_empty() {
-        return (None, generations);
-    }
-    let mut exempt = control.spec.system_accounts.clone();
-    exempt.push(operator.to_owned());
-    (
-        Some(configuration::guard(endpoint, &hooks, &exempt)),
-        generations,
-    )
+fn update(state: &SharedGuardState, change: impl FnOnce(&mut GuardState)) {
+    change(&mut state.lock().unwrap_or_else(PoisonError::into_inner));
 }
 
 /// One object kubepam keeps registered, and what it last wrote of it.
@@ -276,7 +172,7 @@ where
                 .and_then(|v| v.get("spec").cloned())
         };
         if let Some(live) = api.get_opt(&self.name).await?
-            && labels_kept(&live, desired)
+            && configuration::labels_kept(&live, desired)
         {
             let live_spec = spec(&live);
             if defaulted.is_some() && *defaulted == live_spec {
@@ -301,24 +197,6 @@ where
         let same = |_: &K, _: &K| false;
         self.keep(api, Some(desired), same).await
     }
-}
-
-fn same_validating(a: &ValidatingWebhookConfiguration, b: &ValidatingWebhookConfiguration) -> bool {
-    a.webhooks == b.webhooks && labels_kept(a, b)
-}
-
-fn same_mutating(a: &MutatingWebhookConfiguration, b: &MutatingWebhookConfiguration) -> bool {
-    a.webhooks == b.webhooks && labels_kept(a, b)
-}
-
-/// Whether `live` still carries every label kubepam set.
-fn labels_kept<K: Resource>(live: &K, desired: &K) -> bool {
-    desired
-        .meta()
-        .labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| live.meta().labels.as_ref().and_then(|l| l.get(k)) == Some(v))
 }
 
 /// Applies the configurations until the task is dropped.
@@ -361,7 +239,16 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     loop {
         ticker.tick().await;
-        let (desired, generations) = desired_guard(&ctx, &endpoint, &operator, &previous);
+        let cached = ctx.policies.state();
+        let access_policies: Vec<&AccessPolicy> = cached.iter().map(|p| &**p).collect();
+        let control = ctx.control();
+        let (desired, generations) = desired_guard(
+            &access_policies,
+            control.as_deref(),
+            &endpoint,
+            &operator,
+            &previous,
+        );
         let guard_changed = guard.written.as_ref() != Some(&desired);
         let verify = last_verify.is_none_or(|t| t.elapsed() >= VERIFY_EVERY);
         if !guard_changed && !verify {
@@ -383,7 +270,7 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
                     info!(webhooks = hooks, "guard webhook updated");
                 }
                 previous = hooks_of(desired.as_ref());
-                GuardState::update(&ctx.guard, |s| {
+                update(&ctx.guard, |s| {
                     s.enforced = generations;
                     s.write_error = None;
                 });
@@ -447,7 +334,7 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
                 chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )
         });
-        GuardState::update(&ctx.guard, |s| {
+        update(&ctx.guard, |s| {
             if failed.is_some() {
                 s.write_error.clone_from(&failed);
             }
@@ -465,16 +352,6 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
             }
         });
     }
-}
-
-/// The guard's webhooks by name.
-fn hooks_of(config: Option<&ValidatingWebhookConfiguration>) -> BTreeMap<String, GuardHook> {
-    config
-        .and_then(|c| c.webhooks.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|w| (w.name.clone(), GuardHook::from_webhook(w)))
-        .collect()
 }
 
 /// A Warning Event on the control, a log line and the metric.

@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod control;
 pub mod drift;
 pub mod duration;
 pub mod grant;

@@ -10,9 +10,15 @@
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhookConfiguration,
 };
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
+
+use crate::api::{AccessPolicy, PrivilegedAccessControl};
+use crate::control::Enforced;
+use crate::lifecycle::PolicyView;
+use kube::ResourceExt as _;
 
 /// Name of the mutating and of the validating configuration.
 pub const NAME: &str = "kubepam";
@@ -454,6 +460,116 @@ pub fn certificate_names(endpoint: &Endpoint) -> Vec<String> {
         format!("{name}.{namespace}.svc"),
         format!("{name}.{namespace}.svc.cluster.local"),
     ]
+}
+
+/// The guard's webhooks for `policies`: one per Task policy that guards. A
+/// policy whose generation is not yet judged keeps, beside its new rules,
+/// whatever its webhook sent before (`previous`, by webhook name). Also
+/// returns the generation each policy's webhook holds.
+pub fn guard_hooks(
+    policies: &[&AccessPolicy],
+    previous: &BTreeMap<String, GuardHook>,
+) -> (Vec<GuardHook>, Enforced) {
+    let mut hooks = Vec::new();
+    let mut generations = BTreeMap::new();
+    for policy in policies {
+        let name = policy.name_any();
+        generations.insert(
+            name.clone(),
+            (
+                policy.metadata.uid.clone(),
+                policy.metadata.generation.unwrap_or(0),
+            ),
+        );
+        let scopes = crate::admission::guard::guarded_scopes(policy);
+        if scopes.is_empty() {
+            continue;
+        }
+        let rules = crate::admission::guard_rules(std::iter::once(*policy)).rules;
+        let namespaces = if scopes.iter().any(|(_, ns)| ns.is_empty()) {
+            Vec::new()
+        } else {
+            let mut all: Vec<String> = scopes
+                .iter()
+                .flat_map(|(_, ns)| ns.iter().cloned())
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        };
+        let mut hook = GuardHook {
+            name: GuardHook::name_for(&name),
+            rules,
+            namespaces,
+        };
+        let unjudged = matches!(
+            PolicyView::from_policy(Some(policy)),
+            PolicyView::Unjudged(_)
+        );
+        if unjudged && let Some(before) = previous.get(&hook.name) {
+            hook = hook.union(before);
+        }
+        if !hook.rules.is_empty() {
+            hooks.push(hook);
+        }
+    }
+    hooks.sort_by(|a, b| a.name.cmp(&b.name));
+    (hooks, generations)
+}
+
+/// The guard configuration that must exist now, if any, and the policy
+/// generations it holds: one webhook per Task policy that guards, while the
+/// control is enabled; kubepam and the control's system accounts exempt.
+pub fn desired_guard(
+    policies: &[&AccessPolicy],
+    control: Option<&PrivilegedAccessControl>,
+    endpoint: &Endpoint,
+    operator: &str,
+    previous: &BTreeMap<String, GuardHook>,
+) -> (Option<ValidatingWebhookConfiguration>, Enforced) {
+    let (hooks, generations) = guard_hooks(policies, previous);
+    let Some(control) = control.filter(|c| c.spec.enabled) else {
+        return (None, generations);
+    };
+    if hooks.is_empty() {
+        return (None, generations);
+    }
+    let mut exempt = control.spec.system_accounts.clone();
+    exempt.push(operator.to_owned());
+    (Some(guard(endpoint, &hooks, &exempt)), generations)
+}
+
+/// Whether a registered configuration is still what kubepam wrote.
+pub fn same_validating(
+    a: &ValidatingWebhookConfiguration,
+    b: &ValidatingWebhookConfiguration,
+) -> bool {
+    a.webhooks == b.webhooks && labels_kept(a, b)
+}
+
+/// Whether a registered configuration is still what kubepam wrote.
+pub fn same_mutating(a: &MutatingWebhookConfiguration, b: &MutatingWebhookConfiguration) -> bool {
+    a.webhooks == b.webhooks && labels_kept(a, b)
+}
+
+/// Whether `live` still carries every label kubepam set.
+pub fn labels_kept<K: kube::Resource>(live: &K, desired: &K) -> bool {
+    desired
+        .meta()
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| live.meta().labels.as_ref().and_then(|l| l.get(k)) == Some(v))
+}
+
+/// The guard's webhooks by name.
+pub fn hooks_of(config: Option<&ValidatingWebhookConfiguration>) -> BTreeMap<String, GuardHook> {
+    config
+        .and_then(|c| c.webhooks.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|w| (w.name.clone(), GuardHook::from_webhook(w)))
+        .collect()
 }
 
 #[cfg(test)]
