@@ -63,8 +63,8 @@ lint: ## rustfmt check and clippy with warnings as errors
 
 .PHONY: test
 test: controlplane testtools ## Run the whole test suite (unit, property, and real control-plane tests)
-	cargo test --locked --workspace --lib --bins --tests
-	@hack/check-test-processes.sh
+	@status=0; cargo test --locked --workspace --lib --bins --tests || status=$$?; \
+	  hack/check-test-processes.sh || status=1; exit $$status
 
 # The SMTP server the notification tests send to (aiosmtpd from PyPI), in a
 # virtualenv of its own under target/.

@@ -55,11 +55,19 @@ apiserver_ready() {
     "https://127.0.0.1:$(cat "$run/apiserver.port")/readyz" >/dev/null 2>&1
 }
 
+# Whether pid is still a process of this cluster (it names DIR on its command
+# line): a pid file left by a crash or a reboot may name someone else's now.
+ours() { # pid
+  [[ "$1" =~ ^[0-9]+$ ]] || return 1
+  local cmd; cmd="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmd" == *"$dir/"* || "$cmd" == *"$dir "* ]]
+}
+
 stop_pid() { # pidfile
   local f="$1"
   [[ -f "$f" ]] || return 0
   local pid; pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
+  if ours "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
@@ -292,7 +300,7 @@ down() {
   if [[ -f "$run/watchdog.pid" ]]; then
     local w; w="$(cat "$run/watchdog.pid")"
     rm -f "$run/watchdog.pid"
-    [[ "$w" != "$PPID" && "$w" != "$$" ]] && kill "$w" 2>/dev/null || true
+    [[ "$w" != "$PPID" && "$w" != "$$" ]] && ours "$w" && kill "$w" 2>/dev/null || true
   fi
   rm -f "$kubeconfig"
   log "stopped ($dir)"

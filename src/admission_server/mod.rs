@@ -387,6 +387,7 @@ fn caller_grants(ctx: &Shared, username: &str, now: chrono::DateTime<Utc>) -> Ve
         .with_kubepam_namespace(&ctx.namespace);
     ctx.requests_of(username)
         .iter()
+        .filter(|r| r.spec.requester.as_deref() == Some(username))
         .filter_map(|r| {
             let recorded = r.status.as_ref()?;
             // In force while Approved, and past its end for as long as its

@@ -278,39 +278,47 @@ pub fn generate(names: &[String]) -> Result<(String, String, String), Error> {
 /// How often certificate files are checked for a change.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
 
+/// The modification times of a certificate file and its key file.
+pub type FileTimes = (Option<SystemTime>, Option<SystemTime>);
+
+/// The modification times of `cert` and `key` now: read before the files are
+/// loaded, so a rotation between the two is seen as one.
+pub fn file_times(cert: &Path, key: &Path) -> FileTimes {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    (modified(cert), modified(key))
+}
+
 /// Reloads certificate files when they change (cert-manager rotates them in
 /// place), checking every `every`; new connections use the new certificate.
-/// Changes count from the call, not from when the returned future first runs.
-pub fn watch_files(
+/// `loaded` are the files' times when the serving certificate was read.
+pub async fn watch_files(
     config: RustlsConfig,
     cert: PathBuf,
     key: PathBuf,
+    loaded: FileTimes,
     every: Duration,
     auth: ClientAuth,
-) -> impl Future<Output = ()> + Send + 'static {
-    let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let mut last: (Option<SystemTime>, Option<SystemTime>) = (modified(&cert), modified(&key));
-    async move {
-        let mut ticker = tokio::time::interval(every);
-        loop {
-            ticker.tick().await;
-            let now = (modified(&cert), modified(&key));
-            if now == last {
-                continue;
+) {
+    let mut last = loaded;
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let now = file_times(&cert, &key);
+        if now == last {
+            continue;
+        }
+        let reloaded = match (read(&cert), read(&key)) {
+            (Ok(c), Ok(k)) => auth.server_config(&c, &k),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        match reloaded {
+            Ok(fresh) => {
+                config.reload_from_config(fresh.get_inner());
+                info!(cert = %cert.display(), "webhook certificate reloaded");
+                last = now;
             }
-            let reloaded = match (read(&cert), read(&key)) {
-                (Ok(c), Ok(k)) => auth.server_config(&c, &k),
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            };
-            match reloaded {
-                Ok(fresh) => {
-                    config.reload_from_config(fresh.get_inner());
-                    info!(cert = %cert.display(), "webhook certificate reloaded");
-                    last = now;
-                }
-                // Half-written files: try again at the next tick.
-                Err(error) => warn!(%error, "webhook certificate reload failed"),
-            }
+            // Half-written files: try again at the next tick.
+            Err(error) => warn!(%error, "webhook certificate reload failed"),
         }
     }
 }
@@ -337,6 +345,7 @@ mod tests {
         };
         let client_config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         let client = kube::Client::try_from(client_config).unwrap();
+        let loaded = file_times(&cert, &key);
         let serving = load(&source, &client, &ClientAuth::default())
             .await
             .unwrap();
@@ -345,6 +354,7 @@ mod tests {
             serving.config.clone(),
             cert.clone(),
             key.clone(),
+            loaded,
             Duration::from_millis(20),
             ClientAuth::default(),
         ));

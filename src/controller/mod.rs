@@ -236,19 +236,24 @@ async fn publish_event_on(
     }
 }
 
-/// Logs a failed reconcile and schedules the retry its error calls for.
-#[allow(clippy::needless_pass_by_value)] // the signature Controller::run requires
+/// Logs a failed reconcile of `kind` (the controller's name, as in the
+/// metrics) and schedules the retry its error calls for. A conflict is
+/// retried at once and does not count as a failure.
 fn error_policy<K: Resource<DynamicType = ()>>(
-    object: Arc<K>,
+    kind: &str,
+    object: &K,
     error: &Error,
-    ctx: Arc<Context>,
+    ctx: &Context,
 ) -> Action {
-    let kind = K::kind(&());
     let name = object.name_any();
-    let failures = ctx.failures.failed(&kind, &name);
+    let failures = if error.is_conflict() {
+        0
+    } else {
+        ctx.failures.failed(kind, &name)
+    };
     let after = retry::retry_after(error, failures);
     warn!(
-        %kind,
+        kind,
         %name,
         error = %error,
         source = ?std::error::Error::source(error),
@@ -324,7 +329,7 @@ async fn run_controller<K: Watched, Fut>(
                 let name = object.name_any();
                 measured(kind, name, ctx.clone(), reconcile(object, ctx))
             },
-            error_policy,
+            move |object, error, ctx| error_policy(kind, &*object, error, &ctx),
             ctx,
         )
         .for_each(|result| {

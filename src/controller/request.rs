@@ -197,22 +197,47 @@ async fn execute(
             Step::RemoveLasting { objects, since } => {
                 super::lasting::remove(ctx, &mut plan.status, &objects, since).await;
             }
-            Step::ReportLasting { objects } => {
-                super::lasting::report_places(ctx, request, &plan.status, &objects).await;
-            }
-            Step::ReportCollision { message } => report_collision(ctx, request, &message).await,
-            Step::Announce(transition) => {
-                announce(ctx, request, &plan.request_id, &transition).await;
-            }
-            Step::ReportUndeliverable(failed) => {
-                super::notify::report_undeliverable(ctx, request, &failed).await;
-            }
+            Step::ReportLasting { .. }
+            | Step::ReportCollision { .. }
+            | Step::ReportInvalidGrant { .. }
+            | Step::Announce(_)
+            | Step::ReportUndeliverable(_) => report(ctx, request, &plan, step).await,
         }
     }
     Ok(match plan.requeue_after {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// Carries out a step that only tells: Events, logs and metrics.
+async fn report(ctx: &Context, request: &ElevationRequest, plan: &Plan, step: Step) {
+    match step {
+        Step::ReportLasting { objects } => {
+            super::lasting::report_places(ctx, request, &plan.status, &objects).await;
+        }
+        Step::ReportCollision { message } => report_collision(ctx, request, &message).await,
+        Step::ReportInvalidGrant { message } => {
+            tracing::warn!(request = %request.name_any(), "{message}");
+            super::publish_event(
+                ctx,
+                request,
+                EventType::Warning,
+                reconcile::REASON_INVALID_GRANT,
+                "Grant",
+                &message,
+            )
+            .await;
+        }
+        Step::Announce(transition) => {
+            announce(ctx, request, &plan.request_id, &transition).await;
+        }
+        Step::ReportUndeliverable(failed) => {
+            super::notify::report_undeliverable(ctx, request, &failed).await;
+        }
+        // Writes are carried out by `execute`.
+        _ => {}
+    }
 }
 
 /// An object kubepam did not make holds a name the grant needs: a Warning
@@ -224,7 +249,7 @@ async fn report_collision(ctx: &Context, request: &ElevationRequest, message: &s
         ctx,
         request,
         EventType::Warning,
-        "NameCollision",
+        reconcile::REASON_NAME_COLLISION,
         "Grant",
         message,
     )

@@ -25,6 +25,8 @@ pub const CONFLICT_RETRY: Duration = Duration::from_millis(50);
 pub const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// The longest wait between tries of one object.
 pub const LONGEST_RETRY: Duration = Duration::from_secs(8);
+/// The most objects whose failures are counted at once.
+const TRACKED_LIMIT: usize = 10_000;
 /// How many times a write is tried on a fresh copy of the request after a conflict.
 pub const CONFLICT_ATTEMPTS: usize = 5;
 
@@ -49,6 +51,11 @@ impl Failures {
     /// Counts a failure of `kind` `name`; returns how many in a row.
     pub fn failed(&self, kind: &str, name: &str) -> u32 {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        // Objects deleted while failing are never seen again: bounded, the
+        // worst a reset costs is one short wait per object.
+        if counts.len() >= TRACKED_LIMIT {
+            counts.clear();
+        }
         let count = counts
             .entry((kind.to_owned(), name.to_owned()))
             .or_default();

@@ -162,6 +162,10 @@ async fn start_admission(
     ctx: &Arc<Context>,
     options: WebhookOptions,
 ) -> Result<Admission, admission_server::Error> {
+    let loaded = match &options.tls {
+        tls::Source::Files { cert, key, .. } => Some(tls::file_times(cert, key)),
+        tls::Source::Generated { .. } => None,
+    };
     let serving = tls::load(&options.tls, &ctx.client, &options.client_auth).await?;
     if !options.client_auth.required() {
         warn!(
@@ -198,6 +202,7 @@ async fn start_admission(
             serving.config.clone(),
             cert.clone(),
             key.clone(),
+            loaded.unwrap_or_default(),
             tls::RELOAD_CHECK,
             options.client_auth.clone(),
         ))),

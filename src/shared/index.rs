@@ -92,7 +92,13 @@ where
                 .map(|names| names.iter().cloned().collect())
                 .unwrap_or_default()
         };
-        names.iter().filter_map(|name| store.get(name)).collect()
+        // The store is written before the index: an object changed a moment
+        // ago may be listed under its old key. Only what matches now counts.
+        names
+            .iter()
+            .filter_map(|name| store.get(name))
+            .filter(|object| (self.key)(object).as_deref() == Some(key))
+            .collect()
     }
 
     /// An object was added or changed.

@@ -34,6 +34,13 @@ use crate::notify::plan as notifications;
 /// not make holds a name the grant needs, or the grant cannot be built from the spec).
 pub const CONDITION_GRANT_BLOCKED: &str = "GrantBlocked";
 
+/// `GrantBlocked` reason: an object kubepam did not make holds a name the grant needs.
+pub const REASON_NAME_COLLISION: &str = "NameCollision";
+/// `GrantBlocked` reason: the grant cannot be built from the request and its policy.
+pub const REASON_INVALID_GRANT: &str = "InvalidGrant";
+/// How often a request whose grant cannot be built is looked at again (quietly).
+pub const INVALID_GRANT_RECHECK: Duration = Duration::from_secs(30);
+
 /// How long a grant blocked by an object of someone else waits before it looks again (a change
 /// of any binding wakes it sooner).
 pub const COLLISION_RETRY: Duration = Duration::from_secs(30);
@@ -91,6 +98,8 @@ pub enum Step {
     ReportLasting { objects: Vec<usize> },
     /// Report a name collision (Warning Event, metric, log).
     ReportCollision { message: String },
+    /// Report a grant that cannot be built (Warning Event, log).
+    ReportInvalidGrant { message: String },
     /// Remove the cleanup finalizer.
     RemoveFinalizer,
     /// An Event, a log line and a metric for a transition.
@@ -271,20 +280,32 @@ fn steps_without_grant(
 }
 
 impl Plan {
-    /// The grant cannot be built from the spec: no write but a condition that says why, and
-    /// no retry until something changes (or the request's next deadline).
+    /// The grant cannot be built from the spec: no transition and no RBAC change, only a
+    /// condition that says why (reported when it is new). Not an error to retry: the request
+    /// is looked at again quietly after [`INVALID_GRANT_RECHECK`] (or at its next deadline,
+    /// if sooner), so it still expires when its time is up.
     fn cannot_build(mut self, error: &grant::Error, now: DateTime<Utc>) -> Plan {
+        let message = format!("the grant cannot be made: {error}");
+        let new = find_condition(&self.status.conditions, CONDITION_GRANT_BLOCKED)
+            .is_none_or(|c| c.reason != REASON_INVALID_GRANT || c.message != message);
         set_condition(
             &mut self.status.conditions,
             condition_true(
                 CONDITION_GRANT_BLOCKED,
-                "InvalidGrant",
-                format!("the grant cannot be made: {error}"),
+                REASON_INVALID_GRANT,
+                message.clone(),
                 now,
                 self.generation,
             ),
         );
         self.steps = vec![Step::WriteStatus];
+        if new {
+            self.steps.push(Step::ReportInvalidGrant { message });
+        }
+        self.requeue_after = Some(
+            self.requeue_after
+                .map_or(INVALID_GRANT_RECHECK, |at| at.min(INVALID_GRANT_RECHECK)),
+        );
         self
     }
 
@@ -315,13 +336,15 @@ impl Plan {
              who made it and delete it",
             collision.kind, collision.name
         );
-        let first = find_condition(&written.conditions, CONDITION_GRANT_BLOCKED).is_none();
+        // New unless the same collision was reported already.
+        let first = find_condition(&written.conditions, CONDITION_GRANT_BLOCKED)
+            .is_none_or(|c| c.reason != REASON_NAME_COLLISION || c.message != message);
         let mut status = written.clone();
         set_condition(
             &mut status.conditions,
             condition_true(
                 CONDITION_GRANT_BLOCKED,
-                "NameCollision",
+                REASON_NAME_COLLISION,
                 message.clone(),
                 now,
                 self.generation,

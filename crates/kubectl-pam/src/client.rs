@@ -138,7 +138,10 @@ where
                     WatchEvent::Deleted(_) => return Ok(None),
                     WatchEvent::Bookmark(_) => {}
                     // The version read has expired (410 Gone): read again.
-                    WatchEvent::Error(_) => break,
+                    WatchEvent::Error(status) if status.code == 410 => break,
+                    WatchEvent::Error(status) => {
+                        return Err(Self::map(kube::Error::Api(status.boxed())));
+                    }
                 }
             }
         }

@@ -301,12 +301,14 @@ fn the_transition_and_its_notifications_are_in_the_same_write() {
 }
 
 #[test]
-fn a_grant_that_cannot_be_built_says_why_and_waits() {
-    let policy = policy(TASK_MANUAL);
+fn a_grant_that_cannot_be_built_says_why_once_and_waits_quietly() {
+    // Only a hand-made object can get here (the CRD refuses such a
+    // namespace): an Auto policy whose scope names no namespace name.
+    let policy = policy(
+        "{type: Task, approvalType: Auto, scope: {namespaces: [Not_A_Namespace]}, task: {verbs: [delete], apiGroups: [''], resources: [pods]}}",
+    );
     let control = control(CONTROL);
-    let mut request = with_reviews(request(""), &[("bob", ReviewDecision::Approve)]);
-    request.spec.requester = Some(String::new());
-    let before = request.status.clone().unwrap_or_default();
+    let mut request = request("  namespace: Not_A_Namespace");
     let plan = plan(&observe(
         &request,
         Some(&policy),
@@ -314,14 +316,32 @@ fn a_grant_that_cannot_be_built_says_why_and_waits() {
         &[],
         at(10),
     ));
-    // A missing requester is denied by the state machine; an unbuildable
-    // grant is any other refusal of the builder. Either way no RBAC is made.
     assert!(position(&plan, is_apply).is_none(), "{plan:#?}");
-    if plan.status.phase == before.phase {
-        assert_eq!(plan.steps, vec![Step::WriteStatus]);
-        let blocked = find_condition(&plan.status.conditions, CONDITION_GRANT_BLOCKED).unwrap();
-        assert_eq!(blocked.reason, "InvalidGrant");
-    }
+    assert!(plan.transition.is_none(), "no transition is written");
+    assert_eq!(plan.steps.len(), 2, "{:?}", plan.steps);
+    assert_eq!(plan.steps[0], Step::WriteStatus);
+    assert!(matches!(plan.steps[1], Step::ReportInvalidGrant { .. }));
+    let blocked = find_condition(&plan.status.conditions, CONDITION_GRANT_BLOCKED).unwrap();
+    assert_eq!(blocked.reason, REASON_INVALID_GRANT);
+    assert!(
+        blocked.message.contains("Not_A_Namespace"),
+        "{}",
+        blocked.message
+    );
+    assert!(
+        plan.requeue_after
+            .is_some_and(|after| after <= INVALID_GRANT_RECHECK)
+    );
+    // Looked at again: said once.
+    request.status = Some(plan.status);
+    let again = super::plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(40),
+    ));
+    assert_eq!(again.steps, vec![Step::WriteStatus]);
 }
 
 #[test]
@@ -343,6 +363,12 @@ fn a_collision_blocks_the_grant_reports_once_and_looks_again() {
         uid: Some("someone-elses".into()),
     };
     let blocked = plan.after_collision(&plan.status, &found, at(10));
+    assert_eq!(
+        find_condition(&blocked.status.conditions, CONDITION_GRANT_BLOCKED)
+            .unwrap()
+            .reason,
+        REASON_NAME_COLLISION
+    );
     assert_eq!(blocked.requeue_after, Some(COLLISION_RETRY));
     assert_eq!(blocked.steps[0], Step::WriteStatus);
     assert!(matches!(blocked.steps[1], Step::ReportCollision { .. }));
