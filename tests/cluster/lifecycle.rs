@@ -15,7 +15,7 @@ use crate::pam::{
     may_delete_deployments, phase, request_id, review, standard_control, task_policy, wait_allowed,
     wait_may_delete_deployments, wait_phase,
 };
-use crate::support::{Identity, kubepam};
+use crate::support::{Identity, eventually, kubepam};
 
 const SOON: Duration = Duration::from_secs(15);
 
@@ -80,8 +80,18 @@ async fn seed_walkthrough_manual_task_policy() {
     review(&bob, &name, "bob", "Approve", "ok, go ahead")
         .await
         .unwrap();
-    let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    // The decision is recorded before the rights exist, and the objects
+    // made for them in a second write (the safety order).
+    let requests = Api::<ElevationRequest>::all(alice.clone());
+    let approved = eventually("the grant's objects are recorded", SOON, || async {
+        let request = requests.get(&name).await.ok()?;
+        let status = request.status.as_ref()?;
+        (!status.rbac_objects.is_empty()).then_some(request)
+    })
+    .await;
     let status = approved.status.clone().unwrap();
+    assert_eq!(status.phase, Some(Phase::Approved));
     assert_eq!(status.decided_by, vec!["bob".to_owned()]);
     let (decided, until) = (status.decided_at.unwrap(), status.granted_until.unwrap());
     assert_eq!(
