@@ -53,6 +53,20 @@ fn scaled(n: usize) -> usize {
     ((n as f64 * scale).round() as usize).max(1)
 }
 
+/// Whether the run has the sizes the targets are set for (memory grows with them).
+fn full_size() -> bool {
+    scaled(10_000) >= 10_000
+}
+
+/// A memory target, which holds for the full-size run only.
+fn memory_target(target: &str) -> String {
+    if full_size() {
+        target.to_owned()
+    } else {
+        format!("{target} with 10,000 requests (not judged at this scale)")
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
@@ -453,8 +467,8 @@ async fn main() {
     results.row(
         &format!("operator RSS with {total} ElevationRequests ({n} Pending), one replica"),
         format!("{current} MiB (peak {peak} MiB)"),
-        "≤ 64 MiB".to_owned(),
-        Some(current <= 64),
+        memory_target("≤ 64 MiB"),
+        full_size().then_some(current <= 64),
     );
     operator.terminate();
 
@@ -503,8 +517,8 @@ async fn failover(cluster: &support::TestCluster, admin: &Client, ns: &str, resu
     results.row(
         "RSS with the same requests, two replicas: leader / standby",
         format!("{leader} MiB / {standby} MiB"),
-        "leader ≤ 64 MiB".to_owned(),
-        Some(leader <= 64),
+        memory_target("leader ≤ 64 MiB"),
+        full_size().then_some(leader <= 64),
     );
     let requester = cluster
         .client_as_user("failover-user", &["developers"])
