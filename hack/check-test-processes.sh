@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fails when a process started by the test suites outlives them: every
-# control plane and kubepam the tests start names a file under
+# kube-apiserver, etcd and kubepam the tests start names a file under
 # target/test-clusters/ on its command line. A cluster's watchdog needs a few
 # seconds to stop it after its test binary exits, so survivors get a grace
 # period; what is still there after it is listed, killed, and fails the run.
@@ -9,14 +9,16 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 marker="$root/target/test-clusters/"
 grace="${1:-30}"
 
+# Only the programs the tests start (servers and operators): not the
+# watchdogs stopping them, nor someone's `tail -f` of a test log.
 survivors() {
-  local p cmd
+  local p cmd program
   for p in /proc/[0-9]*; do
-    [[ "${p#/proc/}" == "$$" ]] && continue
-    cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
-    # Servers and operators, not the watchdogs that are stopping them.
-    [[ "$cmd" == *"$marker"* && "$cmd" != bash\ -c* && "$cmd" != *cluster.sh\ down* ]] \
-      && echo "${p#/proc/}"
+    cmd="$( { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)" || continue
+    program="${cmd%% *}"
+    case "${program##*/}" in
+      kube-apiserver|etcd|kubepam) [[ "$cmd" == *"$marker"* ]] && echo "${p#/proc/}" ;;
+    esac
   done
   return 0
 }

@@ -59,7 +59,7 @@ apiserver_ready() {
 # line): a pid file left by a crash or a reboot may name someone else's now.
 ours() { # pid
   [[ "$1" =~ ^[0-9]+$ ]] || return 1
-  local cmd; cmd="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
+  local cmd; cmd="$( { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null)" || return 1
   [[ "$cmd" == *"$dir/"* || "$cmd" == *"$dir "* ]]
 }
 
@@ -265,7 +265,7 @@ up() {
 servers_of_dir() { # binary name
   local p cmd
   for p in /proc/[0-9]*; do
-    cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+    cmd="$( { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)" || continue
     [[ "$cmd" == *"/$1 "*"$dir/"* ]] && echo "${p#/proc/}"
   done
   return 0

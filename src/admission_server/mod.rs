@@ -385,9 +385,9 @@ fn caller_grants(ctx: &Shared, username: &str, now: chrono::DateTime<Utc>) -> Ve
     let policies = ctx.policies.state();
     let control = kubepam_core::lifecycle::ControlView::from_control(ctx.control().as_deref())
         .with_kubepam_namespace(&ctx.namespace);
+    // Only requests whose requester is `username` now (the index re-checks).
     ctx.requests_of(username)
         .iter()
-        .filter(|r| r.spec.requester.as_deref() == Some(username))
         .filter_map(|r| {
             let recorded = r.status.as_ref()?;
             // In force while Approved, and past its end for as long as its
