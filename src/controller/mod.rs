@@ -14,6 +14,7 @@
 
 mod control;
 mod drift;
+pub mod events;
 mod impersonation;
 mod lasting;
 mod notify;
@@ -31,7 +32,7 @@ use futures::{StreamExt, future};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -84,6 +85,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("failed to label ElevationRequest {name} as settled")]
+    Settle {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -95,6 +102,7 @@ impl Error {
             Error::ApplyRbac { .. } => "ApplyRbac",
             Error::DeleteRbac { .. } => "DeleteRbac",
             Error::Finalizer { .. } => "Finalizer",
+            Error::Settle { .. } => "Settle",
         }
     }
 }
@@ -104,7 +112,7 @@ impl Error {
 #[derive(Clone)]
 pub struct Context {
     pub shared: Arc<Shared>,
-    pub recorder: Recorder,
+    pub recorder: events::Events,
     /// Sends notifications and keeps each sink's health.
     pub notifier: Arc<Notifier>,
     /// What the registrar knows of the guard.
@@ -116,7 +124,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(shared: Arc<Shared>, recorder: Recorder, notifier: Notifier) -> Self {
+    pub fn new(shared: Arc<Shared>, recorder: events::Events, notifier: Notifier) -> Self {
         Self {
             shared,
             recorder,
@@ -148,7 +156,9 @@ impl Error {
     /// since it was read (409): read it again and decide again.
     pub fn is_conflict(&self) -> bool {
         match self {
-            Error::WriteStatus { source, .. } | Error::Finalizer { source, .. } => {
+            Error::WriteStatus { source, .. }
+            | Error::Finalizer { source, .. }
+            | Error::Settle { source, .. } => {
                 matches!(source, kube::Error::Api(status) if status.code == 409)
             }
             _ => false,

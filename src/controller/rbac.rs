@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use futures::future::try_join_all;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
@@ -56,36 +57,73 @@ pub struct Collision {
 /// (never applied over a name someone else holds), and one that exists is changed only when it
 /// is the one status recorded (its uid), or carries this request's ownership labels, with its
 /// uid as a precondition. A binding deleted or edited by hand (its labels too) is put back this
-/// way. Stops at the first object held by someone else.
+/// way. Stops at the first object held by someone else. `roles_done` is what
+/// [`apply_roles`] made in this reconcile already: those roles are not looked at again.
 pub async fn apply(
     client: &Client,
     stores: &RbacStores,
     desired: &DesiredRbac,
     request_id: &str,
     recorded: &[RbacObjectRef],
+    roles_done: Option<Applied>,
 ) -> Result<Result<Applied, Collision>, Error> {
-    let mut applied = Applied::default();
+    let applied = match roles_done {
+        Some(done) => done,
+        None => match apply_roles(client, stores, desired, request_id, recorded).await? {
+            Ok(done) => done,
+            Err(collision) => return Ok(Err(collision)),
+        },
+    };
+    apply_bindings(client, stores, desired, request_id, recorded, applied).await
+}
+
+/// The roles of [`apply`], all at once (they bind nobody, and none depends on another).
+pub async fn apply_roles(
+    client: &Client,
+    stores: &RbacStores,
+    desired: &DesiredRbac,
+    request_id: &str,
+    recorded: &[RbacObjectRef],
+) -> Result<Result<Applied, Collision>, Error> {
     let same_role =
         |a: &ClusterRole, b: &ClusterRole| a.labels() == b.labels() && a.rules == b.rules;
+    let api = Api::<ClusterRole>::all(client.clone());
+    let outcomes = try_join_all(desired.cluster_roles.iter().map(|role| {
+        let cached = stores.cluster_roles.get(&ObjectRef::from_obj(role));
+        let ours = Ownership {
+            request_id,
+            uid: recorded_uid(recorded, "ClusterRole", role),
+        };
+        let api = api.clone();
+        async move { ensure(api, role, cached.as_deref(), same_role, ours).await }
+    }))
+    .await?;
+    let mut applied = Applied::default();
+    for (outcome, role) in outcomes.into_iter().zip(&desired.cluster_roles) {
+        if let Err(collision) = applied.count(outcome, "ClusterRole", role) {
+            return Ok(Err(collision));
+        }
+    }
+    Ok(Ok(applied))
+}
+
+/// The bindings of [`apply`], all at once, once the roles they point at are known to be this
+/// request's (`applied`).
+async fn apply_bindings(
+    client: &Client,
+    stores: &RbacStores,
+    desired: &DesiredRbac,
+    request_id: &str,
+    recorded: &[RbacObjectRef],
+    mut applied: Applied,
+) -> Result<Result<Applied, Collision>, Error> {
     let same_cluster_binding = |a: &ClusterRoleBinding, b: &ClusterRoleBinding| {
         a.labels() == b.labels() && a.role_ref == b.role_ref && a.subjects == b.subjects
     };
     let same_role_binding = |a: &RoleBinding, b: &RoleBinding| {
         a.labels() == b.labels() && a.role_ref == b.role_ref && a.subjects == b.subjects
     };
-    for role in &desired.cluster_roles {
-        let api = Api::<ClusterRole>::all(client.clone());
-        let cached = stores.cluster_roles.get(&ObjectRef::from_obj(role));
-        let ours = Ownership {
-            request_id,
-            uid: recorded_uid(recorded, "ClusterRole", role),
-        };
-        let outcome = ensure(api, role, cached.as_deref(), same_role, ours).await?;
-        if let Err(collision) = applied.count(outcome, "ClusterRole", role) {
-            return Ok(Err(collision));
-        }
-    }
-    for binding in &desired.cluster_role_bindings {
+    let cluster_bindings = try_join_all(desired.cluster_role_bindings.iter().map(|binding| {
         let api = Api::<ClusterRoleBinding>::all(client.clone());
         let cached = stores
             .cluster_role_bindings
@@ -94,12 +132,9 @@ pub async fn apply(
             request_id,
             uid: recorded_uid(recorded, "ClusterRoleBinding", binding),
         };
-        let outcome = ensure(api, binding, cached.as_deref(), same_cluster_binding, ours).await?;
-        if let Err(collision) = applied.count(outcome, "ClusterRoleBinding", binding) {
-            return Ok(Err(collision));
-        }
-    }
-    for binding in &desired.role_bindings {
+        async move { ensure(api, binding, cached.as_deref(), same_cluster_binding, ours).await }
+    }));
+    let bindings = try_join_all(desired.role_bindings.iter().map(|binding| {
         let namespace = binding.namespace().unwrap_or_default();
         let api = Api::<RoleBinding>::namespaced(client.clone(), &namespace);
         let cached = stores.role_bindings.get(&ObjectRef::from_obj(binding));
@@ -107,7 +142,18 @@ pub async fn apply(
             request_id,
             uid: recorded_uid(recorded, "RoleBinding", binding),
         };
-        let outcome = ensure(api, binding, cached.as_deref(), same_role_binding, ours).await?;
+        async move { ensure(api, binding, cached.as_deref(), same_role_binding, ours).await }
+    }));
+    let (cluster_bindings, bindings) = futures::try_join!(cluster_bindings, bindings)?;
+    for (outcome, binding) in cluster_bindings
+        .into_iter()
+        .zip(&desired.cluster_role_bindings)
+    {
+        if let Err(collision) = applied.count(outcome, "ClusterRoleBinding", binding) {
+            return Ok(Err(collision));
+        }
+    }
+    for (outcome, binding) in bindings.into_iter().zip(&desired.role_bindings) {
         if let Err(collision) = applied.count(outcome, "RoleBinding", binding) {
             return Ok(Err(collision));
         }

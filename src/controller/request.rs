@@ -14,16 +14,17 @@ use chrono::Utc;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
+use kube::runtime::controller::Config;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::retry::on_fresh_request;
 use super::{Context, Error, rbac};
 use crate::shared::caches::Caches;
-use kubepam_core::api::{AccessPolicy, ElevationRequest, Phase};
+use kubepam_core::api::{AccessPolicy, ElevationRequest, ElevationRequestStatus, Phase};
 use kubepam_core::grant::{self, FINALIZER};
 use kubepam_core::lifecycle::{self, Transition};
 use kubepam_core::reconcile::{self, Keep, Observed, Plan, Step};
@@ -45,6 +46,7 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
     };
     let (rb, crb, cr) = (owner.clone(), owner.clone(), owner);
     Controller::for_shared_stream(caches.requests.everything(), caches.requests.store())
+        .with_config(Config::default().concurrency(CONCURRENCY))
         .watches_shared_stream(caches.policies.changes(), move |policy| {
             let name = policy.name_any();
             for_policy
@@ -68,6 +70,12 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
         })
         .watches_shared_stream(caches.cluster_roles.changes(), move |o| cr(o.labels()))
 }
+
+/// Requests reconciled at once. Bounded, so a leader that takes over ten
+/// thousand requests does not hold ten thousand reconciles (their reads,
+/// writes and buffers) in memory at the same time; enough that the API
+/// server, not the queue, sets the pace.
+const CONCURRENCY: u16 = 64;
 
 /// A request that is final and holds nothing: no change elsewhere can move it.
 fn is_closed(request: &ElevationRequest) -> bool {
@@ -117,97 +125,186 @@ async fn execute(
     mut plan: Plan,
     now: chrono::DateTime<Utc>,
 ) -> Result<Action, Error> {
-    let name = request.name_any();
-    let api: Api<ElevationRequest> = Api::all(ctx.client.clone());
-    // Each write returns the new resourceVersion, which guards the next one.
-    let mut version = request.resource_version();
-    let mut written = request.status.clone();
-    let mut applied = rbac::Applied::default();
-    let mut removed = 0;
-    let mut steps: VecDeque<Step> = plan.steps.drain(..).collect();
-    while let Some(step) = steps.pop_front() {
+    let steps: VecDeque<Step> = plan.steps.drain(..).collect();
+    let mut run = Execution {
+        ctx,
+        request,
+        api: Api::all(ctx.client.clone()),
+        now,
+        version: request.resource_version(),
+        written: request.status.clone(),
+        plan,
+        steps,
+        applied: rbac::Applied::default(),
+        roles_done: None,
+        removed: 0,
+    };
+    while let Some(step) = run.steps.pop_front() {
+        let (started, step_name) = (std::time::Instant::now(), step.name());
+        run.step(step).await?;
+        debug!(
+            request = %request.name_any(),
+            step = step_name,
+            micros = started.elapsed().as_micros(),
+            "step done"
+        );
+    }
+    Ok(match run.plan.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+/// One reconcile's steps being carried out, and what the earlier ones left for the later.
+struct Execution<'a> {
+    ctx: &'a Context,
+    request: &'a ElevationRequest,
+    api: Api<ElevationRequest>,
+    now: chrono::DateTime<Utc>,
+    /// The resourceVersion of the last write, which guards the next one.
+    version: Option<String>,
+    /// The status as last written.
+    written: Option<ElevationRequestStatus>,
+    plan: Plan,
+    steps: VecDeque<Step>,
+    applied: rbac::Applied,
+    /// What [`Step::PrepareRoles`] made.
+    roles_done: Option<rbac::Applied>,
+    removed: usize,
+}
+
+impl Execution<'_> {
+    async fn step(&mut self, step: Step) -> Result<(), Error> {
+        let (ctx, request) = (self.ctx, self.request);
         match step {
-            Step::AddFinalizer => version = set_finalizer(&api, request, version, true).await?,
-            Step::RemoveFinalizer => version = set_finalizer(&api, request, version, false).await?,
-            Step::WriteStatus => {
-                version = super::apply_status(
-                    &ctx.client,
-                    request,
-                    written.as_ref(),
-                    &plan.status,
-                    version,
-                )
-                .await?;
-                written = Some(plan.status.clone());
+            Step::AddFinalizer => {
+                self.version = set_finalizer(&self.api, request, self.version.take(), true).await?;
             }
+            Step::RemoveFinalizer => {
+                self.version =
+                    set_finalizer(&self.api, request, self.version.take(), false).await?;
+            }
+            Step::Settle => self.version = settle(&self.api, request, self.version.take()).await?,
+            Step::WriteStatus => self.write_status().await?,
+            Step::PrepareRoles(desired) => self.prepare_roles(&desired).await?,
             Step::ApplyRbac(desired) => {
-                match rbac::apply(
+                let outcome = rbac::apply(
                     &ctx.client,
                     &ctx.rbac,
                     &desired,
-                    &plan.request_id,
-                    &plan.recorded,
-                )
-                .await?
-                {
-                    Ok(made) => applied = made,
-                    Err(collision) => {
-                        let base = written.clone().unwrap_or_default();
-                        plan = plan.after_collision(&base, &collision.object, now);
-                        steps = plan.steps.drain(..).collect();
-                    }
-                }
-            }
-            Step::Prune(keep) => {
-                let keep = match keep {
-                    Keep::Nothing => &[][..],
-                    Keep::Applied => &applied.owned[..],
-                };
-                removed = rbac::prune(
-                    &ctx.client,
-                    &ctx.rbac,
-                    &plan.request_id,
-                    &plan.recorded,
-                    keep,
+                    &self.plan.request_id,
+                    &self.plan.recorded,
+                    self.roles_done.take(),
                 )
                 .await?;
-                if removed > 0 && keep.is_empty() {
-                    info!(request = %name, request_id = %plan.request_id, removed, "grant removed");
+                match outcome {
+                    Ok(made) => self.applied = made,
+                    Err(collision) => self.collided(&collision),
                 }
             }
-            Step::RecordApplied => plan.record_applied(&applied.owned),
+            Step::Prune(keep) => self.prune(keep).await?,
+            Step::RecordApplied => self.plan.record_applied(&self.applied.owned),
             Step::ReportRepair => {
                 let found = reconcile::repair_found(
-                    &plan.status,
-                    &plan.recorded,
-                    applied.missing,
-                    applied.changed,
-                    removed,
-                    now,
+                    &self.plan.status,
+                    &self.plan.recorded,
+                    self.applied.missing,
+                    self.applied.changed,
+                    self.removed,
+                    self.now,
                 );
                 if let Some(repair) = found {
                     report_repair(ctx, request, repair).await;
                 }
             }
             Step::ReportLeftovers => {
-                if removed > 0 {
-                    report_leftovers(ctx, request, removed).await;
+                if self.removed > 0 {
+                    report_leftovers(ctx, request, self.removed).await;
                 }
             }
             Step::RemoveLasting { objects, since } => {
-                super::lasting::remove(ctx, &mut plan.status, &objects, since).await;
+                super::lasting::remove(ctx, &mut self.plan.status, &objects, since).await;
             }
             Step::ReportLasting { .. }
             | Step::ReportCollision { .. }
             | Step::ReportInvalidGrant { .. }
             | Step::Announce(_)
-            | Step::ReportUndeliverable(_) => report(ctx, request, &plan, step).await,
+            | Step::ReportUndeliverable(_) => report(ctx, request, &self.plan, step).await,
         }
+        Ok(())
     }
-    Ok(match plan.requeue_after {
-        Some(after) => Action::requeue(after),
-        None => Action::await_change(),
-    })
+
+    async fn write_status(&mut self) -> Result<(), Error> {
+        self.version = super::apply_status(
+            &self.ctx.client,
+            self.request,
+            self.written.as_ref(),
+            &self.plan.status,
+            self.version.take(),
+        )
+        .await?;
+        self.written = Some(self.plan.status.clone());
+        Ok(())
+    }
+
+    /// The roles, at the same time as the status write the plan puts after them.
+    async fn prepare_roles(&mut self, desired: &grant::DesiredRbac) -> Result<(), Error> {
+        let ctx = self.ctx;
+        let write_status = matches!(self.steps.front(), Some(Step::WriteStatus));
+        if write_status {
+            self.steps.pop_front();
+        }
+        let (request_id, recorded) = (self.plan.request_id.clone(), self.plan.recorded.clone());
+        let roles = rbac::apply_roles(&ctx.client, &ctx.rbac, desired, &request_id, &recorded);
+        let status = async {
+            if write_status {
+                self.write_status().await
+            } else {
+                Ok(())
+            }
+        };
+        let (roles, status) = futures::join!(roles, status);
+        status?;
+        match roles? {
+            Ok(made) => self.roles_done = Some(made),
+            Err(collision) => self.collided(&collision),
+        }
+        Ok(())
+    }
+
+    /// An object kubepam did not make holds a name the grant needs: the rest of the plan
+    /// gives way to what the core says follows.
+    fn collided(&mut self, collision: &rbac::Collision) {
+        let base = self.written.clone().unwrap_or_default();
+        self.plan = self
+            .plan
+            .after_collision(&base, &collision.object, self.now);
+        self.steps = self.plan.steps.drain(..).collect();
+    }
+
+    async fn prune(&mut self, keep: Keep) -> Result<(), Error> {
+        let keep = match keep {
+            Keep::Nothing => &[][..],
+            Keep::Applied => &self.applied.owned[..],
+        };
+        self.removed = rbac::prune(
+            &self.ctx.client,
+            &self.ctx.rbac,
+            &self.plan.request_id,
+            &self.plan.recorded,
+            keep,
+        )
+        .await?;
+        if self.removed > 0 && keep.is_empty() {
+            info!(
+                request = %self.request.name_any(),
+                request_id = %self.plan.request_id,
+                removed = self.removed,
+                "grant removed"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Carries out a step that only tells: Events, logs and metrics.
@@ -332,6 +429,31 @@ async fn set_finalizer(
         // Deleted meanwhile: nothing left to hold.
         Err(kube::Error::Api(status)) if status.code == 404 && !present => Ok(None),
         Err(source) => Err(Error::Finalizer { name, source }),
+    }
+}
+
+/// Labels an ended request that has nothing left to do as settled, guarded by the
+/// resourceVersion read: the watch leaves it out from then on.
+async fn settle(
+    api: &Api<ElevationRequest>,
+    request: &ElevationRequest,
+    version: Option<String>,
+) -> Result<Option<String>, Error> {
+    let name = request.name_any();
+    let patch = json!({
+        "metadata": {
+            "labels": { reconcile::LABEL_SETTLED: "true" },
+            "resourceVersion": version,
+        }
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(written) => Ok(written.resource_version()),
+        // Deleted meanwhile: nothing left to watch.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(source) => Err(Error::Settle { name, source }),
     }
 }
 

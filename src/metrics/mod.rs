@@ -68,6 +68,15 @@ fn histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// Admission answers sit on every API call they cover: fine buckets below
+/// 10 ms, with a bound at 5 ms (the target for their 99th percentile).
+fn admission_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ])
+}
+
 /// Every metric kubepam exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -125,7 +134,7 @@ impl Default for Metrics {
             active_grants: Gauge::default(),
             admission_requests: Family::default(),
             admission_refusals: Family::default(),
-            admission_duration: Family::new_with_constructor(histogram),
+            admission_duration: Family::new_with_constructor(admission_histogram),
             guard_executions: Counter::default(),
             leader: Gauge::default(),
             drift_repairs: Family::default(),

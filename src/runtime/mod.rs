@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use tracing::{info, warn};
 
@@ -65,7 +65,7 @@ pub async fn run(
         controller: "kubepam".into(),
         instance: Some(options.instance.clone()),
     };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = crate::controller::events::Events::new(client.clone(), reporter);
     let shutdown: leader::Stop = futures::FutureExt::shared(Box::pin(shutdown) as _);
 
     let (caches, cache_tasks) = Caches::start(&client);

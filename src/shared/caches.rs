@@ -18,7 +18,7 @@ use tracing::warn;
 
 use super::index::Index;
 use kubepam_core::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl, RbacObjectRef};
-use kubepam_core::{grant, lifecycle};
+use kubepam_core::{grant, lifecycle, reconcile};
 
 /// A kind that can be watched, cached and reconciled.
 pub trait Watched:
@@ -248,9 +248,12 @@ impl Caches {
             cluster_role_bindings: Arc::new(Index::new(grant_request_id)),
             cluster_roles: Arc::new(Index::new(grant_request_id)),
         };
+        // Only requests that can still change: a settled one has ended and
+        // holds nothing, and there may be any number of them.
+        let unsettled = watcher::Config::default().labels(&reconcile::unsettled_selector());
         let (requests, updates) = watch(
             Api::all(client.clone()),
-            all(),
+            unsettled,
             vec![requests_by_requester.clone(), requests_by_id.clone()],
         );
         spawn(updates.boxed());

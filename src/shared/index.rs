@@ -3,7 +3,7 @@
 //! a scan of every object. The index holds names only; the objects are read
 //! from the cache's store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use kube::Resource;
@@ -28,8 +28,10 @@ struct Relisting<K: Resource<DynamicType = ()>> {
     next: Option<Entries<K>>,
 }
 
+/// Most keys name one object (a request id) or a few (a requester's requests), so each key's
+/// names are a plain list; names carry no uid or resourceVersion (the store has those).
 struct Entries<K: Resource<DynamicType = ()>> {
-    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
+    by_key: HashMap<String, Vec<ObjectRef<K>>>,
     key_of: HashMap<ObjectRef<K>, String>,
 }
 
@@ -47,7 +49,7 @@ impl<K: Resource<DynamicType = ()>> Entries<K> {
         if let Some(old) = self.key_of.remove(object)
             && let Some(names) = self.by_key.get_mut(&old)
         {
-            names.remove(object);
+            names.retain(|name| name != object);
             if names.is_empty() {
                 self.by_key.remove(&old);
             }
@@ -55,12 +57,15 @@ impl<K: Resource<DynamicType = ()>> Entries<K> {
     }
 
     fn insert(&mut self, object: ObjectRef<K>, key: Option<String>) {
+        if self.key_of.get(&object) == key.as_ref() {
+            return;
+        }
         self.remove(&object);
         if let Some(key) = key {
             self.by_key
                 .entry(key.clone())
-                .or_default()
-                .insert(object.clone());
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push(object.clone());
             self.key_of.insert(object, key);
         }
     }
@@ -85,12 +90,7 @@ where
     pub fn get(&self, key: &str, store: &Store<K>) -> Vec<std::sync::Arc<K>> {
         let names: Vec<ObjectRef<K>> = {
             let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state
-                .live
-                .by_key
-                .get(key)
-                .map(|names| names.iter().cloned().collect())
-                .unwrap_or_default()
+            state.live.by_key.get(key).cloned().unwrap_or_default()
         };
         // The store is written before the index: an object changed a moment
         // ago may be listed under its old key. Only what matches now counts.
@@ -105,13 +105,13 @@ where
     pub fn applied(&self, object: &K) {
         let key = (self.key)(object);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.live.insert(ObjectRef::from_obj(object), key);
+        state.live.insert(name_of(object), key);
     }
 
     /// An object was deleted.
     pub fn deleted(&self, object: &K) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.live.remove(&ObjectRef::from_obj(object));
+        state.live.remove(&name_of(object));
     }
 
     /// A relist begins: what it lists replaces everything at its end.
@@ -125,7 +125,7 @@ where
         let key = (self.key)(object);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(next) = state.next.as_mut() {
-            next.insert(ObjectRef::from_obj(object), key);
+            next.insert(name_of(object), key);
         }
     }
 
@@ -135,6 +135,16 @@ where
         if let Some(next) = state.next.take() {
             state.live = next;
         }
+    }
+}
+
+/// The object's name and namespace, nothing more: what a store lookup needs.
+fn name_of<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let meta = object.meta();
+    let name = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+    match meta.namespace.as_deref() {
+        Some(namespace) => name.within(namespace),
+        None => name,
     }
 }
 

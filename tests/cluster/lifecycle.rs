@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
+use chrono::SubsecRound;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kubepam_core::api::{ElevationRequest, Phase};
+use kubepam_core::reconcile::LABEL_SETTLED;
 use serde_json::json;
 
 use crate::pam::{
@@ -303,6 +307,130 @@ async fn auto_policy_approves_at_once() {
             .await
             .is_empty()
     );
+    delete_policy(&admin, &policy).await;
+    ns.delete().await;
+}
+
+/// A grant lasts its whole duration from the instant it was granted, to the
+/// millisecond: a 3 s grant asked for at T is in force at every look before
+/// T + 3 s, and its record says exactly 3 s from its decision.
+#[tokio::test]
+async fn a_grant_lasts_its_whole_duration_from_the_instant_it_was_granted() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("window").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Auto")).await;
+    let name = format!("{}-req", ns.name);
+    let asked = chrono::Utc::now();
+    create_request(&alice, &name, request_spec(&policy, &ns.name, "3s")).await;
+    let approved = wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    let status = approved.status.unwrap();
+    let (decided, until) = (status.decided_at.unwrap(), status.granted_until.unwrap());
+    assert!(
+        decided >= asked.trunc_subsecs(3),
+        "decided at {decided}, before the request was made at {asked}"
+    );
+    assert_eq!(until - decided, chrono::TimeDelta::seconds(3));
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
+    loop {
+        let allowed = may_delete_deployments(&admin, "alice", Some(&ns.name)).await;
+        let answered = chrono::Utc::now();
+        if !allowed {
+            assert!(
+                answered >= until,
+                "the grant ended before grantedUntil {until} (refused at {answered})"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        wait_phase(&alice, &name, Phase::Expired, SOON)
+            .await
+            .status
+            .unwrap()
+            .granted_until,
+        Some(until)
+    );
+    delete_policy(&admin, &policy).await;
+    ns.delete().await;
+}
+
+/// An ended request that holds nothing is labelled settled and leaves kubepam's
+/// watch; nobody may settle one that can still change, and a settled request
+/// is deleted without waiting for kubepam.
+#[tokio::test]
+async fn an_ended_request_is_settled_and_a_live_one_cannot_be() {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("settle").await;
+    let policy = format!("{}-policy", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Auto")).await;
+    let (live, short) = (format!("{}-live", ns.name), format!("{}-short", ns.name));
+    create_request(&alice, &live, request_spec(&policy, &ns.name, "1h")).await;
+    create_request(&alice, &short, request_spec(&policy, &ns.name, "1s")).await;
+    wait_phase(&alice, &live, Phase::Approved, SOON).await;
+
+    let settle = json!({ "metadata": { "labels": { LABEL_SETTLED: "true" } } });
+    for (who, what) in [
+        (&alice, "its requester"),
+        (&admin, "a cluster administrator"),
+    ] {
+        let result = Api::<ElevationRequest>::all(who.clone())
+            .patch(&live, &PatchParams::default(), &Patch::Merge(&settle))
+            .await;
+        assert!(
+            matches!(&result, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("has ended")),
+            "{what} settling an Approved request: {result:?}"
+        );
+    }
+
+    let ended = wait_phase(&alice, &short, Phase::Expired, SOON).await;
+    let api = Api::<ElevationRequest>::all(admin.clone());
+    let settled = crate::support::eventually(
+        "the ended request is settled",
+        Duration::from_secs(
+            kubepam_core::reconcile::SETTLE_AFTER
+                .num_seconds()
+                .unsigned_abs(),
+        ) + SOON,
+        || async {
+            let request = api.get(&short).await.ok()?;
+            request
+                .labels()
+                .contains_key(LABEL_SETTLED)
+                .then_some(request)
+        },
+    )
+    .await;
+    assert!(
+        settled.finalizers().is_empty(),
+        "{:?}",
+        settled.finalizers()
+    );
+    assert_eq!(settled.status, ended.status, "settling changes no record");
+    assert!(
+        grant_objects(&admin, &request_id(&settled))
+            .await
+            .is_empty()
+    );
+    // Out of kubepam's watch, deleted at once (no finalizer to wait for).
+    api.delete(&short, &DeleteParams::default()).await.unwrap();
+    assert!(api.get_opt(&short).await.unwrap().is_none());
+    assert!(
+        !api.get(&live)
+            .await
+            .unwrap()
+            .labels()
+            .contains_key(LABEL_SETTLED),
+        "a live request is never settled"
+    );
+    api.delete(&live, &DeleteParams::default()).await.unwrap();
     delete_policy(&admin, &policy).await;
     ns.delete().await;
 }

@@ -526,6 +526,25 @@ async fn identity_rules_hold_without_the_webhooks() {
             "{what} must be refused by the policy: {result:?}"
         );
     }
+    // Settled requests are out of kubepam's watch: a live one must never be
+    // labelled so, not by its requester and not by an administrator.
+    let settle = json!({ "metadata": { "labels": { "kubepam.io/settled": "true" } } });
+    for (who, what) in [
+        (&alice, "the requester"),
+        (&admin, "a cluster administrator"),
+    ] {
+        let result = Api::<ElevationRequest>::all(who.clone())
+            .patch(
+                "vap-req",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&settle),
+            )
+            .await;
+        assert!(
+            matches!(&result, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("kubepam.io/settled")),
+            "{what} settling a Pending request must be refused by the policy: {result:?}"
+        );
+    }
     let forged_status = json!({ "status": { "phase": "Approved" } });
     let result = Api::<ElevationRequest>::all(admin.clone())
         .patch_status(

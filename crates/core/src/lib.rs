@@ -22,5 +22,5 @@ pub mod policy_limit;
 pub mod privilege;
 pub mod reconcile;
 pub mod standing;
-mod util;
+pub mod util;
 pub mod webhook_configuration;

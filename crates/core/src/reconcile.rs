@@ -6,7 +6,9 @@
 //! - the cleanup finalizer exists before any RBAC object of the grant, so a
 //!   deleted request can never leave rights behind;
 //! - rights are added only after the status recording the decision that
-//!   grants them (with its notification outbox) is written;
+//!   grants them (with its notification outbox) is written; a generated role
+//!   binds nobody, so it is made while that status is written, and its
+//!   binding follows once both are done;
 //! - rights are taken away before the status says they are gone, and before
 //!   the finalizer is removed;
 //! - Events and logs about a transition come after the status recording it,
@@ -50,6 +52,27 @@ pub const COLLISION_RETRY: Duration = Duration::from_secs(30);
 /// been seen yet).
 pub const CACHE_LAG: TimeDelta = TimeDelta::seconds(5);
 
+/// Label kubepam puts on a request that has ended and has nothing left to do: no RBAC object,
+/// nothing made during the grant left to report, no notification owed. kubepam watches only
+/// requests without it, so its memory follows the requests that can still change, not every
+/// request ever made. Like every label under `kubepam.io/`, only kubepam may set it.
+pub const LABEL_SETTLED: &str = "kubepam.io/settled";
+
+/// How long after its last transition an ended request is settled: what an admission call
+/// already under way records late (a use, an object made during the grant) still finds it
+/// watched, and is handled.
+pub const SETTLE_AFTER: TimeDelta = TimeDelta::seconds(30);
+
+/// The label selector of the requests kubepam watches: those not settled.
+pub fn unsettled_selector() -> String {
+    format!("!{LABEL_SETTLED}")
+}
+
+/// Whether kubepam has settled the request (see [`LABEL_SETTLED`]).
+pub fn is_settled(request: &ElevationRequest) -> bool {
+    request.labels().contains_key(LABEL_SETTLED)
+}
+
 /// What a reconcile read, at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct Observed<'a> {
@@ -72,8 +95,15 @@ pub enum Step {
     /// Write [`Plan::status`] as it stands (server-side apply, guarded by the
     /// resourceVersion read).
     WriteStatus,
-    /// Make the grant's RBAC objects exist as wanted, over nothing but this
-    /// request's own objects. On a collision the executor carries out
+    /// Make the grant's generated ClusterRoles exist as wanted, carried out at the same time
+    /// as the [`Step::WriteStatus`] that follows it: a role binds nobody, so it may exist
+    /// before the decision is recorded, and the bindings that follow need not wait for it.
+    /// On a collision the executor carries out [`Plan::after_collision`] instead of the steps
+    /// that follow.
+    PrepareRoles(Box<DesiredRbac>),
+    /// Make the grant's RBAC objects exist as wanted (roles before the bindings that point at
+    /// them; those [`Step::PrepareRoles`] made are not looked at again), over nothing but
+    /// this request's own objects. On a collision the executor carries out
     /// [`Plan::after_collision`] instead of the steps that follow.
     ApplyRbac(Box<DesiredRbac>),
     /// Delete this request's RBAC objects but those `keep` names.
@@ -102,10 +132,37 @@ pub enum Step {
     ReportInvalidGrant { message: String },
     /// Remove the cleanup finalizer.
     RemoveFinalizer,
+    /// Label the request [`LABEL_SETTLED`] (guarded by the resourceVersion read): it has
+    /// ended and nothing is left to do, so kubepam stops watching it.
+    Settle,
     /// An Event, a log line and a metric for a transition.
     Announce(Transition),
     /// Events for notifications that could not even be planned for delivery.
     ReportUndeliverable(Vec<Notification>),
+}
+
+impl Step {
+    /// The step's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::AddFinalizer => "AddFinalizer",
+            Step::WriteStatus => "WriteStatus",
+            Step::PrepareRoles(_) => "PrepareRoles",
+            Step::ApplyRbac(_) => "ApplyRbac",
+            Step::Prune(_) => "Prune",
+            Step::RecordApplied => "RecordApplied",
+            Step::ReportRepair => "ReportRepair",
+            Step::ReportLeftovers => "ReportLeftovers",
+            Step::RemoveLasting { .. } => "RemoveLasting",
+            Step::ReportLasting { .. } => "ReportLasting",
+            Step::ReportCollision { .. } => "ReportCollision",
+            Step::ReportInvalidGrant { .. } => "ReportInvalidGrant",
+            Step::RemoveFinalizer => "RemoveFinalizer",
+            Step::Settle => "Settle",
+            Step::Announce(_) => "Announce",
+            Step::ReportUndeliverable(_) => "ReportUndeliverable",
+        }
+    }
 }
 
 /// What a prune keeps.
@@ -193,15 +250,23 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
 
     let mut steps;
     if desired.is_empty() {
-        steps = steps_without_grant(
+        let settle_in;
+        (steps, settle_in) = steps_without_grant(
             &mut status,
             &plan.recorded,
             observed,
             decision.transition.is_none(),
         );
+        plan.requeue_after = match (plan.requeue_after, settle_in) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     } else {
-        steps = Vec::from([
-            Step::AddFinalizer,
+        steps = vec![Step::AddFinalizer];
+        if !desired.cluster_roles.is_empty() {
+            steps.push(Step::PrepareRoles(Box::new(desired.clone())));
+        }
+        steps.extend([
             Step::WriteStatus,
             // Checked every time: a binding deleted or edited by hand comes back.
             Step::ApplyRbac(Box::new(desired)),
@@ -230,13 +295,15 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
 }
 
 /// The steps of a reconcile after which the request holds no RBAC object: what exists goes
-/// first, then the record; what the grant left behind is handled once it has ended.
+/// first, then the record; what the grant left behind is handled once it has ended. An ended
+/// request with nothing left to do is settled [`SETTLE_AFTER`] its last transition; until
+/// then, the second value says when to look again.
 fn steps_without_grant(
     status: &mut ElevationRequestStatus,
     recorded: &[RbacObjectRef],
     observed: &Observed<'_>,
     no_transition: bool,
-) -> Vec<Step> {
+) -> (Vec<Step>, Option<Duration>) {
     let mut steps = Vec::new();
     remove_condition(&mut status.conditions, CONDITION_GRANT_BLOCKED);
     // Also when nothing is recorded: an object may have been made by
@@ -270,13 +337,32 @@ fn steps_without_grant(
         }
     }
     steps.push(Step::WriteStatus);
-    if !fresh.is_empty() {
+    let reported_now = !fresh.is_empty();
+    if reported_now {
         steps.push(Step::ReportLasting { objects: fresh });
     }
+    let mut settle_in = None;
     if finished {
         steps.push(Step::RemoveFinalizer);
+        let holds_nothing = recorded.is_empty() && observed.cached.is_empty() && !reported_now;
+        let owes_nothing = crate::notify::outbox::backlog(&status.notifications) == 0;
+        if holds_nothing && owes_nothing && !is_settled(observed.request) {
+            let last_change = status
+                .history
+                .iter()
+                .map(|entry| entry.time)
+                .chain(status.decided_at)
+                .max()
+                .unwrap_or(observed.now);
+            let due = last_change + SETTLE_AFTER;
+            if observed.now >= due {
+                steps.push(Step::Settle);
+            } else {
+                settle_in = (due - observed.now).to_std().ok();
+            }
+        }
     }
-    steps
+    (steps, settle_in)
 }
 
 impl Plan {

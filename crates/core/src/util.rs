@@ -22,6 +22,12 @@ pub(crate) fn uuid_from_name(kind: &str, name: &str) -> Uuid {
     )
 }
 
+/// A time as people read it: RFC 3339 in whole seconds, UTC (`2026-12-01T09:00:00Z`).
+/// Status keeps milliseconds; messages and terminals do not need them.
+pub fn time_for_people(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -408,7 +408,7 @@ fn outcome(request: &ElevationRequest, output: Option<Output>) -> Result<u8, Err
             .map(|u| {
                 format!(
                     ", granted until {} ({})",
-                    u.to_rfc3339(),
+                    kubepam_core::util::time_for_people(u),
                     render::relative(u, Utc::now())
                 )
             })

@@ -312,7 +312,13 @@ pub fn describe_request(r: &ElevationRequest, now: DateTime<Utc>) -> String {
     let when = |t: Option<DateTime<Utc>>| {
         t.map_or_else(
             || "<none>".to_owned(),
-            |t| format!("{} ({})", relative(t, now), t.to_rfc3339()),
+            |t| {
+                format!(
+                    "{} ({})",
+                    relative(t, now),
+                    kubepam_core::util::time_for_people(t)
+                )
+            },
         )
     };
     let mut fields: Vec<(&str, String)> = vec![

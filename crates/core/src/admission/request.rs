@@ -136,6 +136,24 @@ pub fn metadata_change(
     new: &ElevationRequest,
     operator: &str,
 ) -> Verdict {
+    // Not even kubepam or an administrator may settle a request that can still
+    // change: kubepam stops watching what is settled, and a grant it no longer
+    // watches would never end.
+    let settles =
+        crate::reconcile::is_settled(new) && !old.is_some_and(crate::reconcile::is_settled);
+    let phase = new.status.as_ref().and_then(|s| s.phase);
+    if settles && !phase.is_some_and(Phase::is_final) {
+        return deny(
+            Reason::MetadataReserved,
+            format!(
+                "the label {} marks a request that has ended and holds nothing, and only kubepam \
+                 sets it; ElevationRequest {} is {}: remove the label",
+                crate::reconcile::LABEL_SETTLED,
+                new.metadata.name.as_deref().unwrap_or(""),
+                phase.map_or("new", Phase::as_str),
+            ),
+        );
+    }
     let privileged = (!operator.is_empty() && caller.username == operator)
         || caller.in_group(ADMIN_GROUP)
         || caller.username == GARBAGE_COLLECTOR;

@@ -1070,6 +1070,77 @@ fn metadata_is_written_only_by_whom_it_belongs_to() {
     }
 }
 
+/// The settled label takes a request out of kubepam's watch: nobody, not kubepam nor a
+/// cluster administrator, may put it on a request that can still change.
+#[test]
+fn only_an_ended_request_may_be_settled() {
+    let validate = |req: &AdmissionRequest<DynamicObject>| {
+        admit_elevation_request(
+            req,
+            Pass::Validating,
+            |_| None::<AccessPolicy>,
+            None,
+            OPERATOR,
+        )
+    };
+    let plain = json!({"name": "r1", "finalizers": [crate::grant::FINALIZER]});
+    let settled = json!({"name": "r1", "finalizers": [crate::grant::FINALIZER],
+        "labels": {"kubepam.io/settled": "true"}});
+    let with_phase = |metadata: &Value, phase: &str| {
+        let mut object = with_metadata(metadata.clone());
+        object["status"]["phase"] = json!(phase);
+        object
+    };
+    for phase in ["Pending", "Approved"] {
+        for (who, gs) in [
+            ("alice", &[][..]),
+            (OPERATOR, &[][..]),
+            ("root", &["system:masters"][..]),
+        ] {
+            let req = er_request(
+                "UPDATE",
+                who,
+                gs,
+                with_phase(&settled, phase),
+                with_phase(&plain, phase),
+            );
+            let verdict = validate(&req);
+            assert_eq!(
+                verdict.refusal().map(|r| r.reason),
+                Some(Reason::MetadataReserved),
+                "{who} settling a {phase} request: {verdict:?}"
+            );
+            assert!(verdict.message().unwrap().contains("has ended"));
+        }
+    }
+    // kubepam settles an ended request; the requester may not (the label is kubepam's).
+    for (who, allowed) in [(OPERATOR, true), ("alice", false)] {
+        let req = er_request(
+            "UPDATE",
+            who,
+            &[],
+            with_phase(&settled, "Expired"),
+            with_phase(&plain, "Expired"),
+        );
+        let verdict = validate(&req);
+        assert_eq!(verdict == Verdict::Allow, allowed, "{who}: {verdict:?}");
+    }
+    // Nobody creates a request settled.
+    let req = er_request(
+        "CREATE",
+        "root",
+        &["system:masters"],
+        with_metadata(settled),
+        Value::Null,
+    );
+    let verdict = validate(&req);
+    assert_eq!(
+        verdict.refusal().map(|r| r.reason),
+        Some(Reason::MetadataReserved),
+        "{verdict:?}"
+    );
+}
+
 trait PipeJson {
     fn pipe_json(self) -> Value;
 }

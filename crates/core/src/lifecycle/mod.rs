@@ -19,6 +19,7 @@ mod props;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use crate::util::time_for_people;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
@@ -144,7 +145,9 @@ pub fn decide(
     let mut step = Step {
         request,
         now,
-        stamp: now.trunc_subsecs(0),
+        // Milliseconds: a grant lasts its duration from the instant it was
+        // decided, not from the start of that second.
+        stamp: now.trunc_subsecs(3),
         generation: request.metadata.generation,
         status,
         from,
@@ -400,7 +403,7 @@ impl Step<'_> {
         });
         self.status.deadline = Some(expires_at);
         if self.now >= expires_at {
-            let message = format!("no decision before {}", expires_at.to_rfc3339());
+            let message = format!("no decision before {}", time_for_people(expires_at));
             return self.final_state(
                 Phase::Expired,
                 ACTOR_KUBEPAM,
@@ -703,7 +706,7 @@ impl Step<'_> {
         }
         self.status.deadline = Some(granted_until);
         if self.now >= granted_until {
-            let message = format!("the grant ended at {}", granted_until.to_rfc3339());
+            let message = format!("the grant ended at {}", time_for_people(granted_until));
             return self.final_state(
                 Phase::Expired,
                 ACTOR_KUBEPAM,

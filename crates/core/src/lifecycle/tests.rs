@@ -723,12 +723,21 @@ fn history_is_capped_at_50() {
 }
 
 #[test]
-fn sub_second_now_is_stamped_in_whole_seconds() {
+fn a_grant_lasts_its_duration_to_the_millisecond() {
     let p = policy(TASK_AUTO);
-    let now = at(10) + TimeDelta::milliseconds(700);
+    // Microseconds below the millisecond are dropped, never rounded up.
+    let now = at(10) + TimeDelta::microseconds(700_999);
     let d = decide(&request(""), &PolicyView::Accepted(&p), &enabled(), now);
-    assert_eq!(d.status.decided_at, Some(at(10)));
-    assert_eq!(d.status.granted_until, Some(at(10 + 4 * H)));
+    let decided = at(10) + TimeDelta::milliseconds(700);
+    assert_eq!(d.status.decided_at, Some(decided));
+    assert_eq!(
+        d.status.granted_until,
+        Some(decided + TimeDelta::hours(4)),
+        "a 4h grant decided at .700 ends at .700, not at the whole second before"
+    );
+    // Status keeps the milliseconds through JSON.
+    let json = serde_json::to_value(&d.status).unwrap();
+    assert_eq!(json["grantedUntil"], "2025-01-01T12:00:10.700Z");
 }
 
 /// Forged reports (from callers not proven to be the API server) never push a real use out.

@@ -99,7 +99,7 @@ pub fn grant_ending(
     if now < at || now >= until {
         return Vec::new();
     }
-    let until = until.to_rfc3339();
+    let until = crate::util::time_for_people(until);
     let created = Created {
         event: NotificationEvent::GrantEnding,
         actor: Some(crate::lifecycle::ACTOR_KUBEPAM.to_owned()),

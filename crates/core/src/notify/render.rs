@@ -189,8 +189,12 @@ impl Facts {
                 .clone()
                 .unwrap_or_else(|| default_duration.to_owned()),
             reason: request.spec.reason.clone(),
-            expires_at: status.and_then(|s| s.expires_at).map(|t| t.to_rfc3339()),
-            granted_until: status.and_then(|s| s.granted_until).map(|t| t.to_rfc3339()),
+            expires_at: status
+                .and_then(|s| s.expires_at)
+                .map(crate::util::time_for_people),
+            granted_until: status
+                .and_then(|s| s.granted_until)
+                .map(crate::util::time_for_people),
         }
     }
 

@@ -543,7 +543,7 @@ fn grant_ending_owes_nothing_before_its_time_and_nothing_once_recorded() {
         assert_eq!(n.actor.as_deref(), Some(ACTOR_KUBEPAM));
         assert_eq!(
             n.message.as_deref(),
-            Some("the grant ends at 2025-01-01T10:00:00+00:00")
+            Some("the grant ends at 2025-01-01T10:00:00Z")
         );
         assert_eq!((n.state, n.next_attempt_at), (Pending, Some(at(due))));
     }
@@ -835,7 +835,7 @@ fn a_submitted_message_names_the_request_and_gives_the_exact_commands() {
     assert_eq!(row(&m.text, "Reason:"), "INC-42 stuck pod");
     assert_eq!(
         row(&m.text, "Expires:"),
-        "2025-01-02T08:00:00+00:00 if nobody decides"
+        "2025-01-02T08:00:00Z if nobody decides"
     );
     let lines: Vec<&str> = m.text.lines().map(str::trim).collect();
     assert!(
@@ -935,7 +935,7 @@ fn a_decision_message_says_who_decided() {
         "{}",
         m.text
     );
-    assert_eq!(row(&m.text, "Until:"), "2025-01-01T10:00:00+00:00");
+    assert_eq!(row(&m.text, "Until:"), "2025-01-01T10:00:00Z");
 }
 
 #[test]

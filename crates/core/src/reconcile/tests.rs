@@ -103,6 +103,13 @@ fn an_approval_adds_the_finalizer_then_records_then_grants_then_announces() {
         plan.steps
     );
     assert!(recorded < announced, "{:?}", plan.steps);
+    // The Task's generated role binds nobody: it is made while the decision is written.
+    let roles = position(&plan, |s| matches!(s, Step::PrepareRoles(_))).unwrap();
+    assert!(
+        finalizer < roles && roles + 1 == recorded,
+        "{:?}",
+        plan.steps
+    );
     // What status may say the grant holds is recorded only after the apply made it.
     let recorded_objects = position(&plan, |s| *s == Step::RecordApplied).unwrap();
     assert!(granted < recorded_objects);
@@ -157,6 +164,108 @@ fn expiry_at_the_deadline_prunes_and_ends() {
     ));
     assert_eq!(plan.status.phase, Some(Phase::Expired));
     assert_eq!(plan.steps.first(), Some(&Step::Prune(Keep::Nothing)));
+}
+
+/// An ended request that holds nothing and owes nothing is labelled settled
+/// [`SETTLE_AFTER`] its last transition, and not before: until then the plan
+/// says when to look again.
+#[test]
+fn an_ended_request_is_settled_once_nothing_is_left_to_do() {
+    let (request, policy, control) = approved();
+    let until = request.status.as_ref().unwrap().granted_until.unwrap();
+    let cached = request.status.as_ref().unwrap().rbac_objects.clone();
+    let ended = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &cached,
+        until,
+    ));
+    assert_eq!(ended.status.phase, Some(Phase::Expired));
+    assert!(
+        !ended.steps.contains(&Step::Settle),
+        "it still held objects"
+    );
+    let mut request = request;
+    request.status = Some(ended.status.clone());
+    request.status.as_mut().unwrap().rbac_objects.clear();
+
+    let soon = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        until + TimeDelta::seconds(1),
+    ));
+    assert!(!soon.steps.contains(&Step::Settle));
+    assert_eq!(
+        soon.requeue_after,
+        (SETTLE_AFTER - TimeDelta::seconds(1)).to_std().ok(),
+        "looks again when it is due"
+    );
+
+    let due = until + SETTLE_AFTER;
+    let settled = plan(&observe(&request, Some(&policy), Some(&control), &[], due));
+    assert_eq!(settled.steps.last(), Some(&Step::Settle), "{settled:#?}");
+    assert_eq!(settled.requeue_after, None);
+
+    // Objects still labelled as its grant go first; settled on a later pass.
+    let left = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &cached,
+        due,
+    ));
+    assert!(!left.steps.contains(&Step::Settle));
+
+    // A notification still owed keeps it watched (the delivery controller needs it).
+    let mut owing = request.clone();
+    owing.status.as_mut().unwrap().notifications.push(
+        serde_json::from_value(serde_json::json!({
+            "id": "expired.requester.mail", "event": "Expired", "audience": "Requester",
+            "recipient": "alice", "sink": "mail", "createdAt": "2025-01-01T00:00:00Z",
+            "state": "Pending",
+        }))
+        .unwrap(),
+    );
+    let owes = plan(&observe(&owing, Some(&policy), Some(&control), &[], due));
+    assert!(!owes.steps.contains(&Step::Settle));
+
+    // Settled already (an administrator may take the label off: then it is settled again).
+    request
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(LABEL_SETTLED.into(), "true".into());
+    let again = plan(&observe(&request, Some(&policy), Some(&control), &[], due));
+    assert!(!again.steps.contains(&Step::Settle));
+}
+
+/// Requests that can still change are never settled, whatever the time.
+#[test]
+fn pending_and_approved_requests_are_never_settled() {
+    let (request, policy, control) = approved();
+    let cached = request.status.as_ref().unwrap().rbac_objects.clone();
+    let live = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &cached,
+        at(20) + SETTLE_AFTER,
+    ));
+    assert_eq!(live.status.phase, Some(Phase::Approved));
+    assert!(!live.steps.contains(&Step::Settle));
+    let pending = crate::lifecycle::tests::request("");
+    let waiting = plan(&observe(
+        &pending,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(1) + SETTLE_AFTER,
+    ));
+    assert_eq!(waiting.status.phase, Some(Phase::Pending));
+    assert!(!waiting.steps.contains(&Step::Settle));
 }
 
 #[test]
@@ -454,6 +563,12 @@ proptest! {
             prop_assert!(first(&|s| *s == Step::WriteStatus).is_some_and(|w| w < apply));
             prop_assert!(!plan.steps.contains(&Step::RemoveFinalizer));
         }
+        if let Some(roles) = first(&|s| matches!(s, Step::PrepareRoles(_))) {
+            // Only with the finalizer in place, and carried out beside the status write.
+            prop_assert!(first(&|s| *s == Step::AddFinalizer).is_some_and(|f| f < roles));
+            prop_assert_eq!(plan.steps.get(roles + 1), Some(&Step::WriteStatus));
+            prop_assert!(first(&is_apply).is_some_and(|apply| roles < apply));
+        }
         if let Some(release) = first(&|s| *s == Step::RemoveFinalizer) {
             prop_assert!(first(&|s| *s == Step::Prune(Keep::Nothing)).is_none_or(|p| p < release));
             prop_assert!(first(&is_apply).is_none());
@@ -463,6 +578,13 @@ proptest! {
         }
         if let Some(announce) = first(&is_announce) {
             prop_assert!(first(&|s| *s == Step::WriteStatus).is_some_and(|w| w < announce));
+        }
+        if let Some(settle) = first(&|s| *s == Step::Settle) {
+            // Only an ended request that holds and owes nothing leaves the watch, last.
+            prop_assert!(plan.status.phase.is_some_and(Phase::is_final));
+            prop_assert!(plan.status.rbac_objects.is_empty() && cached.is_empty());
+            prop_assert!(first(&|s| matches!(s, Step::Prune(_))).is_none());
+            prop_assert_eq!(settle, plan.steps.len() - 1);
         }
     }
 }
