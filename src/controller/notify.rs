@@ -111,20 +111,30 @@ impl Notifier {
 /// added).
 pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
     let requests = caches.requests.store();
-    Controller::for_shared_stream(caches.requests.everything(), caches.requests.store())
+    // Only what may owe a notification: a leader that takes over ten thousand
+    // Pending requests with nothing to send does not queue them here.
+    let owing = futures::StreamExt::filter(caches.requests.everything(), |request| {
+        futures::future::ready(may_owe(request))
+    });
+    Controller::for_shared_stream(owing, caches.requests.store())
         .with_config(Config::default().concurrency(CONCURRENCY))
         .watches_shared_stream(caches.controls.changes(), move |_| {
             requests
                 .state()
                 .into_iter()
-                .filter(|r| {
-                    r.status.as_ref().is_some_and(|s| {
-                        s.phase == Some(Phase::Approved) || outbox::backlog(&s.notifications) > 0
-                    })
-                })
+                .filter(|r| may_owe(r))
                 .map(|r| ObjectRef::from_obj(&*r))
                 .collect::<Vec<_>>()
         })
+}
+
+/// Whether a request may owe a notification: one is waiting in its outbox, or its grant is in
+/// force (a grant-ending notice may come due).
+fn may_owe(request: &ElevationRequest) -> bool {
+    request
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == Some(Phase::Approved) || outbox::backlog(&s.notifications) > 0)
 }
 
 pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Result<Action, Error> {

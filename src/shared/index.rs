@@ -4,15 +4,21 @@
 //! from the cache's store.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, PoisonError};
 
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 /// Names of cached objects of kind `K` by one key of theirs.
+///
+/// Held compactly, as there is an entry for every cached object: keys by their hash (a
+/// lookup re-checks the key of what it finds, so two keys that share a hash are told
+/// apart), names without uid or resourceVersion (the store has those).
 pub struct Index<K: Resource<DynamicType = ()>> {
     key: fn(&K) -> Option<String>,
-    state: Mutex<Relisting<K>>,
+    hasher: RandomState,
+    state: Mutex<Relisting>,
 }
 
 impl<K: Resource<DynamicType = ()>> std::fmt::Debug for Index<K> {
@@ -21,31 +27,47 @@ impl<K: Resource<DynamicType = ()>> std::fmt::Debug for Index<K> {
     }
 }
 
-/// The entries in use, and those a relist is gathering to replace them
-/// (the store swaps its contents at the end of a relist too).
-struct Relisting<K: Resource<DynamicType = ()>> {
-    live: Entries<K>,
-    next: Option<Entries<K>>,
+/// An object's namespace (if any) and name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Name {
+    namespace: Option<Box<str>>,
+    name: Box<str>,
 }
 
-/// Most keys name one object (a request id) or a few (a requester's requests), so each key's
-/// names are a plain list; names carry no uid or resourceVersion (the store has those).
-struct Entries<K: Resource<DynamicType = ()>> {
-    by_key: HashMap<String, Vec<ObjectRef<K>>>,
-    key_of: HashMap<ObjectRef<K>, String>,
-}
-
-impl<K: Resource<DynamicType = ()>> Default for Entries<K> {
-    fn default() -> Self {
+impl Name {
+    fn of(meta: &kube::core::ObjectMeta) -> Self {
         Self {
-            by_key: HashMap::new(),
-            key_of: HashMap::new(),
+            namespace: meta.namespace.as_deref().map(Box::from),
+            name: Box::from(meta.name.as_deref().unwrap_or_default()),
+        }
+    }
+
+    fn reference<K: Resource<DynamicType = ()>>(&self) -> ObjectRef<K> {
+        let reference = ObjectRef::new(&self.name);
+        match &self.namespace {
+            Some(namespace) => reference.within(namespace),
+            None => reference,
         }
     }
 }
 
-impl<K: Resource<DynamicType = ()>> Entries<K> {
-    fn remove(&mut self, object: &ObjectRef<K>) {
+/// The entries in use, and those a relist is gathering to replace them
+/// (the store swaps its contents at the end of a relist too).
+struct Relisting {
+    live: Entries,
+    next: Option<Entries>,
+}
+
+/// Most keys name one object (a request id) or a few (a requester's requests), so each key's
+/// names are a plain list.
+#[derive(Default)]
+struct Entries {
+    by_key: HashMap<u64, Vec<Name>>,
+    key_of: HashMap<Name, u64>,
+}
+
+impl Entries {
+    fn remove(&mut self, object: &Name) {
         if let Some(old) = self.key_of.remove(object)
             && let Some(names) = self.by_key.get_mut(&old)
         {
@@ -56,14 +78,14 @@ impl<K: Resource<DynamicType = ()>> Entries<K> {
         }
     }
 
-    fn insert(&mut self, object: ObjectRef<K>, key: Option<String>) {
+    fn insert(&mut self, object: Name, key: Option<u64>) {
         if self.key_of.get(&object) == key.as_ref() {
             return;
         }
         self.remove(&object);
         if let Some(key) = key {
             self.by_key
-                .entry(key.clone())
+                .entry(key)
                 .or_insert_with(|| Vec::with_capacity(1))
                 .push(object.clone());
             self.key_of.insert(object, key);
@@ -79,6 +101,7 @@ where
     pub fn new(key: fn(&K) -> Option<String>) -> Self {
         Self {
             key,
+            hasher: RandomState::new(),
             state: Mutex::new(Relisting {
                 live: Entries::default(),
                 next: None,
@@ -86,32 +109,38 @@ where
         }
     }
 
+    fn hashed_key(&self, object: &K) -> Option<u64> {
+        (self.key)(object).map(|key| self.hasher.hash_one(key))
+    }
+
     /// The cached objects whose key is `key`.
     pub fn get(&self, key: &str, store: &Store<K>) -> Vec<std::sync::Arc<K>> {
-        let names: Vec<ObjectRef<K>> = {
+        let names: Vec<Name> = {
             let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.live.by_key.get(key).cloned().unwrap_or_default()
+            let hashed = self.hasher.hash_one(key);
+            state.live.by_key.get(&hashed).cloned().unwrap_or_default()
         };
         // The store is written before the index: an object changed a moment
-        // ago may be listed under its old key. Only what matches now counts.
+        // ago may be listed under its old key. Only what matches now counts
+        // (and a key that shares the hash never does).
         names
             .iter()
-            .filter_map(|name| store.get(name))
+            .filter_map(|name| store.get(&name.reference()))
             .filter(|object| (self.key)(object).as_deref() == Some(key))
             .collect()
     }
 
     /// An object was added or changed.
     pub fn applied(&self, object: &K) {
-        let key = (self.key)(object);
+        let key = self.hashed_key(object);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.live.insert(name_of(object), key);
+        state.live.insert(Name::of(object.meta()), key);
     }
 
     /// An object was deleted.
     pub fn deleted(&self, object: &K) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.live.remove(&name_of(object));
+        state.live.remove(&Name::of(object.meta()));
     }
 
     /// A relist begins: what it lists replaces everything at its end.
@@ -122,10 +151,10 @@ where
 
     /// An object of the relist.
     pub fn relisted(&self, object: &K) {
-        let key = (self.key)(object);
+        let key = self.hashed_key(object);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(next) = state.next.as_mut() {
-            next.insert(name_of(object), key);
+            next.insert(Name::of(object.meta()), key);
         }
     }
 
@@ -135,16 +164,6 @@ where
         if let Some(next) = state.next.take() {
             state.live = next;
         }
-    }
-}
-
-/// The object's name and namespace, nothing more: what a store lookup needs.
-fn name_of<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
-    let meta = object.meta();
-    let name = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
-    match meta.namespace.as_deref() {
-        Some(namespace) => name.within(namespace),
-        None => name,
     }
 }
 

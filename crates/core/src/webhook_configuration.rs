@@ -172,7 +172,10 @@ fn labels() -> Value {
     json!({ "app.kubernetes.io/managed-by": "kubepam", "app.kubernetes.io/name": "kubepam" })
 }
 
-/// Sets `spec.requester` on create. Fails closed: without kubepam, no request
+/// Sets `spec.requester` on create and checks the new request: the one kubepam
+/// webhook a create passes through. Should a later webhook change the request,
+/// this one runs again (`IfNeeded`), and `kubepam-identity` checks the
+/// requester after every mutation. Fails closed: without kubepam, no request
 /// can be made in anyone's name.
 pub fn mutating(endpoint: &Endpoint) -> MutatingWebhookConfiguration {
     from_json(json!({
@@ -190,7 +193,7 @@ pub fn mutating(endpoint: &Endpoint) -> MutatingWebhookConfiguration {
             "matchPolicy": "Equivalent",
             "namespaceSelector": {},
             "objectSelector": {},
-            "reinvocationPolicy": "Never",
+            "reinvocationPolicy": "IfNeeded",
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 5,
@@ -262,9 +265,10 @@ pub fn validating(
             {
                 "name": "reviews.kubepam.io",
                 "clientConfig": endpoint.client_config(PATH_VALIDATE_REQUESTS),
+                // Updates only: a create is checked by the mutating webhook.
                 "rules": [{
                     "apiGroups": ["kubepam.io"], "apiVersions": ["*"],
-                    "operations": ["CREATE", "UPDATE"], "resources": ["elevationrequests"], "scope": "*",
+                    "operations": ["UPDATE"], "resources": ["elevationrequests"], "scope": "*",
                 }],
                 "failurePolicy": "Fail",
                 "matchPolicy": "Equivalent",

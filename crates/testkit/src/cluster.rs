@@ -399,6 +399,8 @@ impl TestCluster {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig_path)
             .args(&spec.args)
+            // As manifests/deployment.yaml sets it.
+            .env("MALLOC_ARENA_MAX", "2")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--context",
