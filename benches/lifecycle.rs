@@ -40,9 +40,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::{StreamExt, stream};
+use kube::ResourceExt;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
-use kubepam_core::api::{ElevationRequest, Phase};
+use kubepam_core::api::{ElevationRequest, ElevationRequestStatus, Phase};
 use serde_json::json;
 
 use pam::{allowed, create_policy, review, standard_control, wait_phase};
@@ -304,6 +305,24 @@ async fn unsettled(admin: &Client) -> usize {
         .unwrap()
         .items
         .len()
+}
+
+/// How many live (unsettled) requests named `{prefix}…` have a status that `wanted` accepts.
+async fn count_live(
+    admin: &Client,
+    prefix: &str,
+    wanted: impl Fn(&ElevationRequestStatus) -> bool,
+) -> usize {
+    let live = ListParams::default().labels(&kubepam_core::reconcile::unsettled_selector());
+    Api::<ElevationRequest>::all(admin.clone())
+        .list(&live)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|r| r.name_any().starts_with(prefix))
+        .filter(|r| r.status.as_ref().is_some_and(&wanted))
+        .count()
 }
 
 /// The `/metrics` text of a replica.
@@ -851,30 +870,16 @@ async fn throughput(
     let requester = cluster.client_as_user("tp-user", &["developers"]).await;
     let start = Instant::now();
     let created = create_many(&requester, "tp", n, 50, "bench-auto", ns, "2m").await;
-    let api = Api::<ElevationRequest>::all(admin.clone());
+    let granted =
+        |s: &ElevationRequestStatus| s.phase == Some(Phase::Approved) && !s.rbac_objects.is_empty();
     loop {
-        let list = api.list(&ListParams::default()).await.unwrap();
-        let granted = list
-            .items
-            .iter()
-            .filter(|r| {
-                r.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with("tp-"))
-            })
-            .filter(|r| {
-                r.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == Some(Phase::Approved) && !s.rbac_objects.is_empty())
-            })
-            .count();
-        if granted == n {
+        let done = count_live(admin, "tp-", granted).await;
+        if done == n {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(600),
-            "only {granted}/{n} granted"
+            "only {done}/{n} granted"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -946,28 +951,7 @@ async fn pending(
     let n = scaled(10_000);
     let requester = cluster.client_as_user("rss-user", &["developers"]).await;
     create_many(&requester, "rss", n, 50, "bench-manual", ns, "1h").await;
-    let api = Api::<ElevationRequest>::all(admin.clone());
-    let live = ListParams::default().labels(&kubepam_core::reconcile::unsettled_selector());
-    loop {
-        let list = api.list(&live).await.unwrap();
-        let waiting = list
-            .items
-            .iter()
-            .filter(|r| {
-                r.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with("rss-"))
-            })
-            .filter(|r| {
-                r.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == Some(Phase::Pending))
-            })
-            .count();
-        if waiting == n {
-            break;
-        }
+    while count_live(admin, "rss-", |s| s.phase == Some(Phase::Pending)).await < n {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let cached = unsettled(admin).await;

@@ -418,14 +418,9 @@ async fn set_finalizer(
         finalizers.retain(|f| f != FINALIZER);
     }
     let name = request.name_any();
-    let patch = json!({
-        "metadata": { "finalizers": finalizers, "resourceVersion": version }
-    });
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(written) => Ok(written.resource_version()),
+    let finalizers = json!({ "finalizers": finalizers });
+    match patch_metadata(api, &name, version, finalizers).await {
+        Ok(version) => Ok(version),
         // Deleted meanwhile: nothing left to hold.
         Err(kube::Error::Api(status)) if status.code == 404 && !present => Ok(None),
         Err(source) => Err(Error::Finalizer { name, source }),
@@ -440,21 +435,29 @@ async fn settle(
     version: Option<String>,
 ) -> Result<Option<String>, Error> {
     let name = request.name_any();
-    let patch = json!({
-        "metadata": {
-            "labels": { reconcile::LABEL_SETTLED: "true" },
-            "resourceVersion": version,
-        }
-    });
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(written) => Ok(written.resource_version()),
+    let label = json!({ "labels": { reconcile::LABEL_SETTLED: "true" } });
+    match patch_metadata(api, &name, version, label).await {
+        Ok(version) => Ok(version),
         // Deleted meanwhile: nothing left to watch.
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(source) => Err(Error::Settle { name, source }),
     }
+}
+
+/// A merge patch of the request's `metadata`, refused (409) if the request changed since
+/// `version` was read; returns the new resourceVersion.
+async fn patch_metadata(
+    api: &Api<ElevationRequest>,
+    name: &str,
+    version: Option<String>,
+    mut metadata: serde_json::Value,
+) -> Result<Option<String>, kube::Error> {
+    metadata["resourceVersion"] = json!(version);
+    let patch = json!({ "metadata": metadata });
+    let written = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(written.resource_version())
 }
 
 /// An Event and a log line for every transition. A failure to publish the
