@@ -26,7 +26,7 @@ use crate::shared::{Shared, read_named_roles};
 use kubepam_core::admission::{
     self, Caller, GuardOperation, GuardVerdict, Pass, PolicyFacts, Reason, Refusal, Verdict,
 };
-use kubepam_core::api::AccessPolicy;
+use kubepam_core::api::{AccessPolicy, ElevationRequest};
 use kubepam_core::privilege::NamedRoles;
 use kubepam_core::webhook_configuration::{
     PATH_GUARD, PATH_MUTATE_REQUESTS, PATH_PERSISTENCE, PATH_VALIDATE_POLICIES,
@@ -188,15 +188,36 @@ fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
         let verdict = admission::admit_elevation_request(
             request,
             pass,
-            |name| state.ctx.policies.get(&ObjectRef::new(name)),
+            &CachedLookup(&state.ctx),
             control.as_deref(),
             &state.operator,
             &state.ctx.namespace,
+            Utc::now(),
         );
         log_denial("ElevationRequest", request, &verdict);
         observe(state, webhook, start, verdict.refusal());
         admission::respond(request, verdict)
     })
+}
+
+/// Policies and requests, read from the caches.
+struct CachedLookup<'a>(&'a Shared);
+
+impl admission::RequestLookup for CachedLookup<'_> {
+    type Policy = Arc<AccessPolicy>;
+    type Request = Arc<ElevationRequest>;
+
+    fn policy(&self, name: &str) -> Option<Arc<AccessPolicy>> {
+        self.0.policies.get(&ObjectRef::new(name))
+    }
+
+    fn request(&self, name: &str) -> Option<Arc<ElevationRequest>> {
+        self.0.requests.get(&ObjectRef::new(name))
+    }
+
+    fn requests_of(&self, requester: &str) -> Vec<Arc<ElevationRequest>> {
+        self.0.requests_of(requester)
+    }
 }
 
 async fn mutate_requests(State(state): State<AppState>, body: Bytes) -> Response {

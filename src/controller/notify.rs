@@ -148,7 +148,7 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
         return Ok(Action::await_change());
     }
     // Most changes of a request owe nothing: decided without a copy.
-    let ending = plan::grant_ending(&request, config, Utc::now());
+    let ending = plan::notices(&request, config, Utc::now());
     if ending.is_empty() && due_entries(&request).is_empty() {
         return Ok(next_look(&request, config));
     }
@@ -161,7 +161,7 @@ pub async fn reconcile(request: Arc<ElevationRequest>, ctx: Arc<Context>) -> Res
     if !ending.is_empty() {
         // Planned again on each copy written: a fresh one may have ended.
         current = record(&ctx, current, |request| {
-            let owed = plan::grant_ending(request, config, Utc::now());
+            let owed = plan::notices(request, config, Utc::now());
             if let Some(status) = request.status.as_mut() {
                 plan::enqueue(&mut status.notifications, owed);
             }
@@ -212,7 +212,7 @@ fn next_look(request: &ElevationRequest, config: &Notifications) -> Action {
         .unwrap_or_default();
     let next = [
         outbox::next_due(outbox),
-        plan::grant_ending_at(request, config),
+        plan::next_notice_at(request, config),
     ]
     .into_iter()
     .flatten()

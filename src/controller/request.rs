@@ -45,6 +45,24 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
             .map(|request| ObjectRef::from_obj(&**request))
     };
     let (rb, crb, cr) = (owner.clone(), owner.clone(), owner);
+    // An extension follows the grant it continues (revoked or released, it ends too).
+    let (for_extensions, by_requester) = (
+        caches.requests.store(),
+        caches.requests_by_requester.clone(),
+    );
+    let extensions_of = move |changed: Arc<ElevationRequest>| {
+        let name = changed.name_any();
+        changed
+            .spec
+            .requester
+            .as_deref()
+            .map(|requester| by_requester.get(requester, &for_extensions))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.spec.extends.as_deref() == Some(name.as_str()) && !is_closed(r))
+            .map(|r| ObjectRef::from_obj(&*r))
+            .collect::<Vec<_>>()
+    };
     Controller::for_shared_stream(caches.requests.everything(), caches.requests.store())
         .with_config(Config::default().concurrency(CONCURRENCY))
         .watches_shared_stream(caches.policies.changes(), move |policy| {
@@ -69,6 +87,7 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
             crb(o.labels())
         })
         .watches_shared_stream(caches.cluster_roles.changes(), move |o| cr(o.labels()))
+        .watches_shared_stream(caches.requests.changes(), extensions_of)
 }
 
 /// Requests reconciled at once. Bounded, so a leader that takes over ten
@@ -106,12 +125,28 @@ async fn reconcile_once(request: &ElevationRequest, ctx: &Context) -> Result<Act
     };
     let control = ctx.control();
     let cached = ctx.rbac.objects_of(&lifecycle::request_id(request));
+    // Only an object name may reach a lookup (the request is denied for anything else).
+    let extended = request
+        .spec
+        .extends
+        .as_deref()
+        .filter(|name| grant::is_object_name(name))
+        .and_then(|name| ctx.requests.get(&ObjectRef::new(name)));
+    let siblings = request
+        .spec
+        .requester
+        .as_deref()
+        .map(|requester| ctx.requests_of(requester))
+        .unwrap_or_default();
+    let siblings: Vec<&ElevationRequest> = siblings.iter().map(|r| &**r).collect();
     let plan = reconcile::plan(&Observed {
         request,
         policy: policy.as_deref(),
         control: control.as_deref(),
         kubepam_namespace: &ctx.namespace,
         cached: &cached,
+        extended: extended.as_deref(),
+        siblings: &siblings,
         now,
     });
     execute(ctx, request, plan, now).await

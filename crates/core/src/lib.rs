@@ -15,6 +15,7 @@ pub mod drift;
 pub mod duration;
 pub mod grant;
 pub mod impersonation;
+pub mod justification;
 pub mod lifecycle;
 pub mod notify;
 pub mod persistence;

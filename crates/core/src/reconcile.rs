@@ -29,7 +29,7 @@ use crate::api::{
     same_objects, set_condition,
 };
 use crate::grant::{self, DesiredRbac};
-use crate::lifecycle::{self, ControlView, PolicyView, Transition};
+use crate::lifecycle::{self, ControlView, OpenCounts, PolicyView, Related, Transition};
 use crate::notify::plan as notifications;
 
 /// Condition type: present while the grant cannot be made, with why (an object kubepam did
@@ -83,6 +83,10 @@ pub struct Observed<'a> {
     pub kubepam_namespace: &'a str,
     /// The RBAC objects cached with this request's id label.
     pub cached: &'a [RbacObjectRef],
+    /// The request named by `spec.extends`, when there is one and it exists.
+    pub extended: Option<&'a ElevationRequest>,
+    /// The requester's other requests (the quotas, the extensions of this one).
+    pub siblings: &'a [&'a ElevationRequest],
     /// The one clock reading of this reconcile.
     pub now: DateTime<Utc>,
 }
@@ -192,6 +196,30 @@ pub struct Plan {
 }
 
 /// Plans the reconcile of `observed.request`.
+/// What the decision needs of the requester's other requests.
+fn related<'a>(observed: &Observed<'a>) -> Related<'a> {
+    let request = observed.request;
+    let name = request.metadata.name.as_deref();
+    let first_sight = request.status.as_ref().and_then(|s| s.phase).is_none();
+    Related {
+        extended: observed.extended,
+        extended_by: observed
+            .siblings
+            .iter()
+            .copied()
+            .filter(|s| name.is_some() && s.spec.extends.as_deref() == name)
+            .find(|s| s.status.as_ref().and_then(|st| st.phase) == Some(Phase::Approved)),
+        open_before: first_sight.then(|| {
+            OpenCounts::of(
+                observed.siblings.iter().copied(),
+                request.spec.requester.as_deref().unwrap_or_default(),
+                &request.spec.policy,
+                Some(request),
+            )
+        }),
+    }
+}
+
 pub fn plan(observed: &Observed<'_>) -> Plan {
     let request = observed.request;
     let request_id = lifecycle::request_id(request);
@@ -214,11 +242,12 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         return plan;
     }
 
-    let decision = lifecycle::decide(
+    let decision = lifecycle::decide_with(
         request,
         &PolicyView::from_policy(observed.policy),
         &ControlView::from_control(observed.control)
             .with_kubepam_namespace(observed.kubepam_namespace),
+        &related(observed),
         observed.now,
     );
     plan.requeue_after = decision.requeue_after;

@@ -213,7 +213,7 @@ pub fn guard<'p, 'r>(
         .collect();
     let covering = mine
         .iter()
-        .filter(|r| request_covers(r, op, &policies, &control, now))
+        .filter(|r| request_covers(r, op, &policies, &control, &mine, now))
         .filter_map(|r| r.metadata.name.as_deref())
         .min();
     match (covering, control.is_enabled()) {
@@ -291,6 +291,7 @@ fn request_covers(
     op: &GuardOperation<'_>,
     policies: &[&AccessPolicy],
     control: &ControlView,
+    mine: &[&ElevationRequest],
     now: DateTime<Utc>,
 ) -> bool {
     let Some(status) = &request.status else {
@@ -307,7 +308,11 @@ fn request_covers(
         .copied()
         .find(|p| p.metadata.name.as_deref() == Some(request.spec.policy.as_str()));
     let view = PolicyView::from_policy(policy);
-    let decision = lifecycle::decide(request, &view, control, now);
+    let related = lifecycle::Related {
+        extended: lifecycle::extended_among(request, mine.iter().copied()),
+        ..lifecycle::Related::default()
+    };
+    let decision = lifecycle::decide_with(request, &view, control, &related, now);
     decision.status.phase == Some(Phase::Approved)
         && decision.grant.is_some_and(|scope| {
             op.verbs()

@@ -24,6 +24,8 @@ pub mod review;
 mod props;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod time_rules;
 
 use k8s_openapi::api::authentication::v1::UserInfo;
 
@@ -31,10 +33,12 @@ pub use guard::{
     GuardOperation, GuardRules, GuardVerdict, UnguardedVerb, execution, guard, guard_rules,
 };
 pub use policy::{PolicyFacts, policy_create, policy_update, policy_warnings};
-pub use request::{metadata_change, request_create, request_create_validate, request_update};
+pub use request::{
+    metadata_change, request_create, request_create_validate, request_fits_policy, request_update,
+};
 pub use review::{
-    Error, Pass, admit_access_policy, admit_elevation_request, decode, invalid, parse_review,
-    respond, respond_guard, response_bytes,
+    Error, Pass, RequestLookup, admit_access_policy, admit_elevation_request, decode, invalid,
+    parse_review, respond, respond_guard, response_bytes,
 };
 
 /// The authenticated user making the API call, as the API server reports it.
@@ -121,11 +125,23 @@ pub enum Reason {
     /// A call through a grant would make access that outlives it (a binding, a long token, a
     /// certificate, a webhook), and the grant's policy does not say `allowPersistence: true`.
     PersistentAccess,
+    /// A Release review by anyone but the requester.
+    ReleaseNotYours,
+    /// A Release while the request is not Approved.
+    NothingToRelease,
+    /// A new request's reason does not match its policy's `reasonPattern`.
+    ReasonMismatch,
+    /// The requester already holds as many open requests as a quota allows.
+    QuotaExceeded,
+    /// A new request's `spec.startAt` is too far ahead, or its window has passed.
+    InvalidSchedule,
+    /// A new request extends a request that is not the caller's own Approved grant under the same policy and namespace, or beyond the policy's extension limits.
+    InvalidExtension,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 31] = [
         Self::NoUsername,
         Self::ForgedRequester,
         Self::RequesterNotSet,
@@ -151,6 +167,12 @@ impl Reason {
         Self::GrantsPrivilegeEscalation,
         Self::KubepamNamespace,
         Self::PersistentAccess,
+        Self::ReleaseNotYours,
+        Self::NothingToRelease,
+        Self::ReasonMismatch,
+        Self::QuotaExceeded,
+        Self::InvalidSchedule,
+        Self::InvalidExtension,
     ];
 
     /// The code, e.g. `ForgedRequester`.
@@ -181,6 +203,12 @@ impl Reason {
             Self::GrantsPrivilegeEscalation => "GrantsPrivilegeEscalation",
             Self::KubepamNamespace => "KubepamNamespace",
             Self::PersistentAccess => "PersistentAccess",
+            Self::ReleaseNotYours => "ReleaseNotYours",
+            Self::NothingToRelease => "NothingToRelease",
+            Self::ReasonMismatch => "ReasonMismatch",
+            Self::QuotaExceeded => "QuotaExceeded",
+            Self::InvalidSchedule => "InvalidSchedule",
+            Self::InvalidExtension => "InvalidExtension",
         }
     }
 }

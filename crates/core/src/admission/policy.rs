@@ -145,6 +145,27 @@ fn display_name(policy: &AccessPolicy) -> &str {
         .unwrap_or("(unnamed)")
 }
 
+/// What is wrong with the reason pattern and the time limits, if anything.
+fn time_rules_problem(spec: &AccessPolicySpec) -> Option<String> {
+    if let Some(pattern) = &spec.reason_pattern
+        && let Err(problem) = crate::justification::compile(pattern)
+    {
+        return Some(problem);
+    }
+    [
+        ("maxScheduleAhead", spec.max_schedule_ahead.as_ref()),
+        (
+            "extension.maxTotal",
+            spec.extension.as_ref().and_then(|e| e.max_total.as_ref()),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(field, value)| match value.map(|v| duration::parse(v)) {
+        Some(Err(e)) => Some(format!("{field}: {e}")),
+        _ => None,
+    })
+}
+
 /// The first thing wrong with a policy spec, as a sentence that says how to fix it.
 fn spec_problem(spec: &AccessPolicySpec) -> Option<String> {
     let has_role = spec.role.is_some();
@@ -177,6 +198,9 @@ fn spec_problem(spec: &AccessPolicySpec) -> Option<String> {
                 );
             }
         }
+    }
+    if let Some(problem) = time_rules_problem(spec) {
+        return Some(problem);
     }
     if spec.role.as_deref().is_some_and(|r| r.trim().is_empty()) {
         return Some("role must name a ClusterRole".to_owned());

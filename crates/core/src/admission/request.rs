@@ -18,6 +18,7 @@ use crate::api::{
 };
 use crate::duration;
 use crate::lifecycle::ControlView;
+use chrono::{DateTime, Utc};
 
 const NO_USERNAME: &str = "the API server sent no username for this call, so kubepam cannot tell who you are; call as an authenticated user";
 
@@ -55,6 +56,59 @@ pub fn request_create(caller: &Caller<'_>, request: &ElevationRequest) -> Verdic
     } else {
         Verdict::Patch(Patch(operations))
     }
+}
+
+/// Check a new request against its policy and the requester's other requests: the reason
+/// pattern, the booked window, the extension and the quotas. It runs the controller's own
+/// decision on the request as if it had just arrived, so admission and the controller apply
+/// one rule set; only refusals a requester can fix by writing the request differently are
+/// given here (a missing or unaccepted policy is left to the controller, as before).
+pub fn request_fits_policy<'r>(
+    caller: &Caller<'_>,
+    request: &ElevationRequest,
+    policy: Option<&AccessPolicy>,
+    control: Option<&PrivilegedAccessControl>,
+    extended: Option<&'r ElevationRequest>,
+    mine: impl IntoIterator<Item = &'r ElevationRequest>,
+    now: DateTime<Utc>,
+) -> Verdict {
+    use crate::lifecycle::{OpenCounts, PolicyView, Related, decide_with, reason};
+    let Some(policy) = policy.filter(|p| p.metadata.deletion_timestamp.is_none()) else {
+        return Verdict::Allow;
+    };
+    let mut probe = request.clone();
+    probe.spec.requester = Some(caller.username.to_owned());
+    probe.status = None;
+    probe.metadata.creation_timestamp = None;
+    let related = Related {
+        extended,
+        extended_by: None,
+        open_before: Some(OpenCounts::of(
+            mine,
+            caller.username,
+            &request.spec.policy,
+            None,
+        )),
+    };
+    // Judged as accepted: whether it is, is the controller's to say.
+    let view = PolicyView::Accepted(policy);
+    let control = ControlView::from_control(control);
+    let decision = decide_with(&probe, &view, &control, &related, now);
+    let Some(transition) = decision.transition.filter(|t| t.to.is_final()) else {
+        return Verdict::Allow;
+    };
+    let code = match transition.reason.as_str() {
+        reason::REASON_MISMATCH => Reason::ReasonMismatch,
+        reason::QUOTA_EXCEEDED => Reason::QuotaExceeded,
+        reason::SCHEDULE_TOO_FAR_AHEAD | reason::WINDOW_PASSED => Reason::InvalidSchedule,
+        reason::EXTENDED_NOT_FOUND
+        | reason::NOT_EXTENDABLE
+        | reason::EXTENDED_GRANT_ENDED
+        | reason::EXTENSION_LIMIT_EXCEEDED => Reason::InvalidExtension,
+        reason::INVALID_POLICY => Reason::InvalidPolicy,
+        _ => return Verdict::Allow,
+    };
+    deny(code, transition.message)
 }
 
 /// Validating check of a new request, after mutation: like [`request_create`], but an absent
@@ -271,8 +325,16 @@ pub fn request_update(
             ),
         );
     }
+    let phase = old.status.as_ref().and_then(|s| s.phase);
+    let new_review = new.spec.reviews.get(caller.username);
+    let is_requester = old.spec.requester.as_deref() == Some(caller.username);
+    let releases =
+        |r: Option<&crate::api::Review>| r.is_some_and(|r| r.decision == ReviewDecision::Release);
+    if releases(new_review) || releases(old.spec.reviews.get(caller.username)) {
+        return release_fits(name, caller, old, phase, releases(new_review));
+    }
     let group = approver_group(old, policy, control);
-    if old.spec.requester.as_deref() == Some(caller.username) {
+    if is_requester {
         let who = match &group {
             Ok(g) => format!("a member of group {g}"),
             Err(_) => "a member of its approver group".to_owned(),
@@ -281,7 +343,8 @@ pub fn request_update(
             Reason::SelfReview,
             format!(
                 "you ({}) requested ElevationRequest {name}, and nobody can review their own \
-             request; {who} must review it",
+             request; {who} must review it (to end your own grant early, write decision Release: \
+             kubectl pam release {name})",
                 caller.username
             ),
         );
@@ -300,9 +363,54 @@ pub fn request_update(
             ),
         );
     }
-    let phase = old.status.as_ref().and_then(|s| s.phase);
-    let new_review = new.spec.reviews.get(caller.username);
     fits_phase(name, phase, new_review.map(|r| r.decision))
+}
+
+/// Whether the caller may write (`adds`) or change away from a `Release` review: only the
+/// requester, only while the grant is Approved (booked or open), and never take it back.
+fn release_fits(
+    name: &str,
+    caller: &Caller<'_>,
+    old: &ElevationRequest,
+    phase: Option<Phase>,
+    adds: bool,
+) -> Verdict {
+    let requester = old.spec.requester.as_deref().unwrap_or("unknown");
+    if requester != caller.username {
+        return deny(
+            Reason::ReleaseNotYours,
+            format!(
+                "only the requester ({requester}) may release ElevationRequest {name}; you ({}) \
+                 may end it as an approver with decision Revoke",
+                caller.username
+            ),
+        );
+    }
+    match phase {
+        Some(p) if p.is_final() => deny(
+            Reason::PhaseFinal,
+            format!(
+                "ElevationRequest {name} is {p}, which is final: its reviews are part of the \
+                 record and cannot change"
+            ),
+        ),
+        _ if !adds => deny(
+            Reason::PhaseFinal,
+            format!(
+                "you released ElevationRequest {name}, and a release cannot be taken back; \
+                 request access again if you need it"
+            ),
+        ),
+        Some(Phase::Approved) => Verdict::Allow,
+        _ => deny(
+            Reason::NothingToRelease,
+            format!(
+                "ElevationRequest {name} is {}, so there is no grant to release; delete it to \
+                 withdraw the request (kubectl delete elevationrequest {name})",
+                phase.map_or("new", Phase::as_str)
+            ),
+        ),
+    }
 }
 
 /// The first spec field other than `reviews` that differs, by its YAML name.
@@ -317,6 +425,10 @@ fn changed_field(old: &ElevationRequestSpec, new: &ElevationRequestSpec) -> Opti
         Some("duration")
     } else if old.requester != new.requester {
         Some("requester")
+    } else if old.start_at != new.start_at {
+        Some("startAt")
+    } else if old.extends != new.extends {
+        Some("extends")
     } else {
         None
     }
@@ -404,6 +516,10 @@ fn fits_phase(name: &str, phase: Option<Phase>, decision: Option<ReviewDecision>
                 "ElevationRequest {name} is Pending, so there is no approval to revoke; use decision \
              Deny to refuse it"
             ),
+        ),
+        (_, Some(ReviewDecision::Release)) => deny(
+            Reason::ReleaseNotYours,
+            format!("only the requester may release ElevationRequest {name}"),
         ),
         (Some(Phase::Approved), _) => deny(
             Reason::AlreadyApproved,

@@ -13,9 +13,12 @@ use serde::de::DeserializeOwned;
 
 use super::guard::GuardVerdict;
 use super::policy::{PolicyFacts, policy_create, policy_update};
-use super::request::{metadata_change, request_create, request_create_validate, request_update};
+use super::request::{
+    metadata_change, request_create, request_create_validate, request_fits_policy, request_update,
+};
 use super::{Caller, Reason, Refusal, Verdict, deny};
 use crate::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl};
+use chrono::{DateTime, Utc};
 
 /// Audit annotation naming the ElevationRequest that allowed a guarded operation (the API
 /// server prefixes it with the webhook's name).
@@ -212,30 +215,79 @@ pub enum Pass {
     Validating,
 }
 
+/// What the request rules read from kubepam's caches.
+pub trait RequestLookup {
+    /// An AccessPolicy as the cache holds it.
+    type Policy: Borrow<AccessPolicy>;
+    /// An ElevationRequest as the cache holds it.
+    type Request: Borrow<ElevationRequest>;
+    /// The AccessPolicy of this name.
+    fn policy(&self, name: &str) -> Option<Self::Policy>;
+    /// The ElevationRequest of this name.
+    fn request(&self, name: &str) -> Option<Self::Request>;
+    /// The requests whose `spec.requester` is `requester`.
+    fn requests_of(&self, requester: &str) -> Vec<Self::Request>;
+}
+
+/// A policy lookup alone: no other request is known.
+impl<F, P> RequestLookup for F
+where
+    F: Fn(&str) -> Option<P>,
+    P: Borrow<AccessPolicy>,
+{
+    type Policy = P;
+    type Request = ElevationRequest;
+    fn policy(&self, name: &str) -> Option<P> {
+        self(name)
+    }
+    fn request(&self, _: &str) -> Option<ElevationRequest> {
+        None
+    }
+    fn requests_of(&self, _: &str) -> Vec<ElevationRequest> {
+        Vec::new()
+    }
+}
+
 /// Decide an admission request for an `ElevationRequest` (CREATE or UPDATE; other operations
-/// are allowed). `policy` looks up an AccessPolicy by name; `control` is the `default`
+/// are allowed). `lookup` reads policies and requests; `control` is the `default`
 /// PrivilegedAccessControl. An object that does not decode is refused with the reason.
-pub fn admit_elevation_request<P>(
+pub fn admit_elevation_request(
     req: &AdmissionRequest<DynamicObject>,
     pass: Pass,
-    policy: impl FnOnce(&str) -> Option<P>,
+    lookup: &impl RequestLookup,
     control: Option<&PrivilegedAccessControl>,
     operator: &str,
     kubepam_namespace: &str,
-) -> Verdict
-where
-    P: Borrow<AccessPolicy>,
-{
+    now: DateTime<Utc>,
+) -> Verdict {
     let caller = Caller::from_user_info(&req.user_info);
     match req.operation {
         Operation::Create => match decode::<ElevationRequest>(req, false) {
             Ok(new) => match metadata_change(&caller, None, &new, operator) {
-                Verdict::Allow => {
-                    outside_kubepam(&new, kubepam_namespace).unwrap_or_else(|| match pass {
+                Verdict::Allow => outside_kubepam(&new, kubepam_namespace).unwrap_or_else(|| {
+                    let verdict = match pass {
                         Pass::Mutating => request_create(&caller, &new),
                         Pass::Validating => request_create_validate(&caller, &new),
-                    })
-                }
+                    };
+                    if !verdict.is_allowed() {
+                        return verdict;
+                    }
+                    let policy = lookup.policy(&new.spec.policy);
+                    let extended = new.spec.extends.as_deref().and_then(|n| lookup.request(n));
+                    let mine = lookup.requests_of(caller.username);
+                    match request_fits_policy(
+                        &caller,
+                        &new,
+                        policy.as_ref().map(Borrow::borrow),
+                        control,
+                        extended.as_ref().map(Borrow::borrow),
+                        mine.iter().map(Borrow::borrow),
+                        now,
+                    ) {
+                        Verdict::Allow => verdict,
+                        refused => refused,
+                    }
+                }),
                 refused => refused,
             },
             Err(e) => e.refusal(),
@@ -250,7 +302,7 @@ where
             {
                 return refused;
             }
-            let policy = policy(&old.spec.policy);
+            let policy = lookup.policy(&old.spec.policy);
             request_update(
                 &caller,
                 &old,

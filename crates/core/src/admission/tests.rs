@@ -37,11 +37,19 @@ pub(super) const KUBEPAM_NAMESPACE: &str = "kubepam-system";
 pub(super) fn admit_elevation_request<P: std::borrow::Borrow<AccessPolicy>>(
     req: &AdmissionRequest<DynamicObject>,
     pass: Pass,
-    policy: impl FnOnce(&str) -> Option<P>,
+    policy: impl Fn(&str) -> Option<P>,
     control: Option<&PrivilegedAccessControl>,
     operator: &str,
 ) -> Verdict {
-    super::admit_elevation_request(req, pass, policy, control, operator, KUBEPAM_NAMESPACE)
+    super::admit_elevation_request(
+        req,
+        pass,
+        &policy,
+        control,
+        operator,
+        KUBEPAM_NAMESPACE,
+        now(),
+    )
 }
 
 pub(super) fn now() -> DateTime<Utc> {
@@ -53,12 +61,12 @@ pub(super) fn groups(gs: &[&str]) -> Vec<String> {
 }
 
 #[track_caller]
-fn accepts(v: &Verdict) {
+pub(super) fn accepts(v: &Verdict) {
     assert!(v.is_allowed(), "expected to be admitted, got {v:?}");
 }
 
 #[track_caller]
-fn rejects(v: &Verdict, reason: Reason, needle: &str) {
+pub(super) fn rejects(v: &Verdict, reason: Reason, needle: &str) {
     match v {
         Verdict::Deny(Refusal { reason: r, message }) => {
             assert_eq!(*r, reason, "reason of {message:?}");
@@ -82,11 +90,11 @@ pub(super) fn er(spec: Value, status: Value) -> ElevationRequest {
     .unwrap()
 }
 
-fn base_spec() -> Value {
+pub(super) fn base_spec() -> Value {
     json!({"policy": "prod-delete", "namespace": "prod", "reason": "INC-1", "requester": "alice"})
 }
 
-fn with_reviews(reviews: Value) -> Value {
+pub(super) fn with_reviews(reviews: Value) -> Value {
     let mut s = base_spec();
     s["reviews"] = reviews;
     s
@@ -139,7 +147,7 @@ pub(super) fn control(enabled: bool, system_accounts: &[&str]) -> PrivilegedAcce
     .unwrap()
 }
 
-fn caller<'a>(username: &'a str, groups: &'a [String]) -> Caller<'a> {
+pub(super) fn caller<'a>(username: &'a str, groups: &'a [String]) -> Caller<'a> {
     Caller { username, groups }
 }
 
@@ -240,11 +248,11 @@ fn create_with_bad_duration_or_no_username_is_refused() {
 
 // ---------------------------------------------------------------- ElevationRequest UPDATE
 
-fn pending() -> Value {
+pub(super) fn pending() -> Value {
     json!({"phase": "Pending", "approverGroup": "approvers"})
 }
 
-fn update(who: &str, gs: &[&str], old: (Value, Value), new_spec: Value) -> Verdict {
+pub(super) fn update(who: &str, gs: &[&str], old: (Value, Value), new_spec: Value) -> Verdict {
     let gs = groups(gs);
     let old = er(old.0, old.1);
     let mut new = old.clone();
@@ -1617,19 +1625,19 @@ fn envelope_validates_an_update_with_the_policy_looked_up() {
         json!({"type": "Role", "role": "admin", "approvalType": "Manual", "approverGroup": "pol"}),
         true,
     );
-    let mut asked = None;
+    let asked = std::cell::RefCell::new(None);
     let v = admit_elevation_request(
         &req,
         Pass::Validating,
         |name| {
-            asked = Some(name.to_owned());
+            *asked.borrow_mut() = Some(name.to_owned());
             Some(&p)
         },
         None,
         OPERATOR,
     );
     assert_eq!(v, Verdict::Allow);
-    assert_eq!(asked.as_deref(), Some("prod-delete"));
+    assert_eq!(asked.borrow().as_deref(), Some("prod-delete"));
     let denied = respond(&req, deny(Reason::NotAnApprover, "no"));
     assert!(!denied.allowed);
     assert_eq!(denied.result.message, "no");
@@ -2089,6 +2097,57 @@ fn each_refusal_path_yields_its_reason() {
                 now(),
             )),
             Reason::NoGrant,
+        ),
+        (
+            "a release by an approver",
+            code(update(
+                "bob",
+                &["approvers"],
+                (
+                    base_spec(),
+                    json!({"phase": "Approved", "approverGroup": "approvers"}),
+                ),
+                with_reviews(json!({"bob": {"decision": "Release"}})),
+            )),
+            Reason::ReleaseNotYours,
+        ),
+        (
+            "a release while pending",
+            code(update(
+                "alice",
+                &[],
+                (base_spec(), pending()),
+                with_reviews(json!({"alice": {"decision": "Release"}})),
+            )),
+            Reason::NothingToRelease,
+        ),
+        (
+            "a reason without a ticket",
+            code(super::time_rules::fits("fix", json!({}), None)),
+            Reason::ReasonMismatch,
+        ),
+        (
+            "one request too many",
+            code(super::time_rules::over_quota()),
+            Reason::QuotaExceeded,
+        ),
+        (
+            "a window booked too far ahead",
+            code(super::time_rules::fits(
+                "INC-1",
+                json!({"startAt": "2025-06-30T12:00:00Z"}),
+                None,
+            )),
+            Reason::InvalidSchedule,
+        ),
+        (
+            "an extension of a request that does not exist",
+            code(super::time_rules::fits(
+                "INC-1",
+                json!({"extends": "gone"}),
+                None,
+            )),
+            Reason::InvalidExtension,
         ),
     ];
     for (scenario, got, want) in &table {

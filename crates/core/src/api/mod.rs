@@ -115,6 +115,7 @@ mod tests {
                 "Requester",
                 "Policy",
                 "Namespace",
+                "Starts",
                 "Expires",
                 "Age"
             ]

@@ -9,7 +9,9 @@
 //! States (DESIGN §3.1): `Pending → {Approved, Denied, Expired}`, `Approved → {Expired,
 //! Revoked}`; `Denied`, `Expired` and `Revoked` are final.
 
+mod related;
 pub mod scope;
+mod timing;
 mod views;
 
 #[cfg(test)]
@@ -18,9 +20,12 @@ mod deadline_props;
 mod props;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod time_tests;
 
 use crate::util::time_for_people;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use kube::ResourceExt;
@@ -32,6 +37,9 @@ use crate::api::{
 };
 use crate::duration;
 
+pub use related::{OpenCounts, Related, extended_among};
+use timing::Window;
+pub use timing::quota_refusal;
 pub use views::{ControlSettings, ControlView, PolicyView, default_duration, default_request_ttl};
 
 /// The actor recorded when kubepam itself makes a transition.
@@ -42,6 +50,11 @@ pub const CONDITION_APPROVED: &str = "Approved";
 pub const CONDITION_REVIEWS_IGNORED: &str = "ReviewsIgnored";
 /// Condition type: present while the active grant is narrower than the approval.
 pub const CONDITION_GRANT_NARROWED: &str = "GrantNarrowed";
+/// Condition type: `True` while an approved booked window has not opened yet, `False` once it
+/// opened.
+pub const CONDITION_SCHEDULED: &str = "Scheduled";
+/// Condition type: `True` once the requester released their grant.
+pub const CONDITION_RELEASED: &str = "Released";
 /// How soon to look again while the policy has not been judged yet.
 pub const UNJUDGED_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -93,6 +106,31 @@ pub mod reason {
     pub const KUBEPAM_NAMESPACE: &str = "KubepamNamespace";
     /// The status lacks what an Approved request must record: fail closed.
     pub const GRANT_RECORD_MISSING: &str = "GrantRecordMissing";
+    /// The reason does not match the policy's `reasonPattern`.
+    pub const REASON_MISMATCH: &str = "ReasonMismatch";
+    /// `spec.startAt` is further ahead than the policy's `maxScheduleAhead`.
+    pub const SCHEDULE_TOO_FAR_AHEAD: &str = "ScheduleTooFarAhead";
+    /// The booked window ended before anyone decided.
+    pub const WINDOW_PASSED: &str = "WindowPassed";
+    /// Approved, waiting for the booked window to open.
+    pub const WINDOW_BOOKED: &str = "WindowBooked";
+    /// The booked window opened.
+    pub const WINDOW_OPENED: &str = "WindowOpened";
+    /// The request named by `spec.extends` does not exist.
+    pub const EXTENDED_NOT_FOUND: &str = "ExtendedRequestNotFound";
+    /// The request named by `spec.extends` is another person's, or for another policy or
+    /// namespace.
+    pub const NOT_EXTENDABLE: &str = "NotExtendable";
+    /// The grant an extension continues ended before the extension was approved.
+    pub const EXTENDED_GRANT_ENDED: &str = "ExtendedGrantEnded";
+    /// The grant an extension continued was revoked or released.
+    pub const EXTENDED_GRANT_REVOKED: &str = "ExtendedGrantRevoked";
+    /// The policy's `extension` limits (number, total time) are reached.
+    pub const EXTENSION_LIMIT_EXCEEDED: &str = "ExtensionLimitExceeded";
+    /// The requester already holds as many open requests as a quota allows.
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    /// The requester ended their own grant ("I'm done").
+    pub const RELEASED_BY_REQUESTER: &str = "ReleasedByRequester";
 }
 
 /// A change of phase, to be announced as an Event and in notifications.
@@ -124,12 +162,24 @@ pub struct Decision {
     pub requeue_after: Option<std::time::Duration>,
 }
 
-/// Decide the desired state of `request` at `now`. Pure and idempotent: applying the returned
-/// status and deciding again with the same inputs yields no transition and the same status.
+/// Decide the desired state of `request` at `now`, knowing nothing of the requester's other
+/// requests (see [`decide_with`]).
 pub fn decide(
     request: &ElevationRequest,
     policy: &PolicyView<'_>,
     control: &ControlView,
+    now: DateTime<Utc>,
+) -> Decision {
+    decide_with(request, policy, control, &Related::default(), now)
+}
+
+/// Decide the desired state of `request` at `now`. Pure and idempotent: applying the returned
+/// status and deciding again with the same inputs yields no transition and the same status.
+pub fn decide_with(
+    request: &ElevationRequest,
+    policy: &PolicyView<'_>,
+    control: &ControlView,
+    related: &Related<'_>,
     now: DateTime<Utc>,
 ) -> Decision {
     let status = request.status.clone().unwrap_or_default();
@@ -152,6 +202,7 @@ pub fn decide(
         status,
         from,
         transition: None,
+        related,
     };
     step.status.observed_generation = request.metadata.generation;
     let (grant, requeue_after) = match from {
@@ -230,6 +281,7 @@ struct Step<'a> {
     status: ElevationRequestStatus,
     from: Option<Phase>,
     transition: Option<Transition>,
+    related: &'a Related<'a>,
 }
 
 /// What a step of the decision leaves in force: the grant to hold, and when to look again.
@@ -241,7 +293,7 @@ struct Valid<'p> {
     policy: &'p AccessPolicy,
     policy_name: String,
     snapshot: GrantScope,
-    grant_duration: TimeDelta,
+    window: Window,
 }
 
 impl Step<'_> {
@@ -296,6 +348,19 @@ impl Step<'_> {
         };
         if to.is_final() {
             remove_condition(&mut self.status.conditions, CONDITION_GRANT_NARROWED);
+            self.status.starts_at = None;
+            if let Some(c) = self
+                .status
+                .conditions
+                .iter_mut()
+                .find(|c| c.type_ == CONDITION_SCHEDULED && c.status == "True")
+            {
+                // Never opened: the record says so rather than dropping the booking.
+                "False".clone_into(&mut c.status);
+                reason.clone_into(&mut c.reason);
+                "the booked window never opened".clone_into(&mut c.message);
+                c.last_transition_time = crate::api::to_k8s_time(self.stamp);
+            }
         }
         self.transition = Some(Transition {
             from: self.from,
@@ -364,14 +429,48 @@ impl Step<'_> {
                 .map_or(self.stamp, from_k8s_time)
         });
         if self.status.expires_at.is_none() {
-            self.status.expires_at = submitted
-                .checked_add_signed(control.request_ttl())
-                .or(Some(submitted));
+            self.status.expires_at = Some(self.expiry_from(submitted, control));
         }
         let actor = self.requester().unwrap_or("unknown").to_owned();
-        let message = format!("requested access under policy {}", self.request.spec.policy);
+        let message = self.submission_message();
         let comment = Some(self.request.spec.reason.clone());
         self.enter(Phase::Pending, &actor, reason::SUBMITTED, message, comment);
+    }
+
+    /// What the submission says, for the history, the Event and the approvers' notification.
+    fn submission_message(&self) -> String {
+        let spec = &self.request.spec;
+        let policy = &spec.policy;
+        let how_long = spec
+            .duration
+            .as_deref()
+            .map_or_else(String::new, |d| format!(" for {d}"));
+        if let Some(extended) = &spec.extends {
+            let running = self
+                .related
+                .extended
+                .and_then(|o| o.status.as_ref())
+                .and_then(|s| s.granted_from.or(s.decided_at))
+                .map_or_else(String::new, |from| {
+                    let ran = (self.stamp - from).max(TimeDelta::zero());
+                    format!(
+                        " (it has run {} since {})",
+                        duration::format(TimeDelta::seconds(ran.num_seconds().max(1))),
+                        time_for_people(from)
+                    )
+                });
+            return format!(
+                "requested an extension{how_long} of ElevationRequest {extended}{running} under \
+                 policy {policy}"
+            );
+        }
+        match spec.start_at {
+            Some(start) => format!(
+                "requested access under policy {policy}{how_long} from {}",
+                time_for_people(start)
+            ),
+            None => format!("requested access under policy {policy}"),
+        }
     }
 
     fn resolve_approval(&mut self, policy: &AccessPolicy, control: &ControlView) {
@@ -380,8 +479,16 @@ impl Step<'_> {
             .approver_group
             .clone()
             .or_else(|| control.settings().map(|s| s.default_approver_group.clone()));
-        self.status.approval_type = Some(spec.approval_type);
-        self.status.required_approvals = match spec.approval_type {
+        let approval_type = if self.request.spec.extends.is_some() {
+            spec.extension
+                .as_ref()
+                .and_then(|e| e.approval_type)
+                .unwrap_or(spec.approval_type)
+        } else {
+            spec.approval_type
+        };
+        self.status.approval_type = Some(approval_type);
+        self.status.required_approvals = match approval_type {
             ApprovalType::Manual => Some(spec.required_approvals.unwrap_or(1).max(1)),
             ApprovalType::Auto => None,
         };
@@ -396,28 +503,44 @@ impl Step<'_> {
         }
         // A hand-edited status may have lost its deadline: rebuild it from submission.
         let submitted = self.status.submitted_at.unwrap_or(self.stamp);
-        let expires_at = *self.status.expires_at.get_or_insert_with(|| {
-            submitted
-                .checked_add_signed(control.request_ttl())
-                .unwrap_or(submitted)
-        });
+        let expires_at = if let Some(e) = self.status.expires_at {
+            e
+        } else {
+            let e = self.expiry_from(submitted, control);
+            self.status.expires_at = Some(e);
+            e
+        };
         self.status.deadline = Some(expires_at);
+        self.status.starts_at = self.request.spec.start_at.filter(|s| *s > self.now);
         if self.now >= expires_at {
-            let message = format!("no decision before {}", time_for_people(expires_at));
-            return self.final_state(
-                Phase::Expired,
-                ACTOR_KUBEPAM,
-                reason::REQUEST_TTL_EXCEEDED,
-                message,
-                None,
-            );
+            let booked_end = self.booked_end(control);
+            let (why, message) = if booked_end.is_some_and(|end| end <= expires_at) {
+                (
+                    reason::WINDOW_PASSED,
+                    format!(
+                        "the booked window ended at {} before anyone decided",
+                        time_for_people(expires_at)
+                    ),
+                )
+            } else {
+                (
+                    reason::REQUEST_TTL_EXCEEDED,
+                    format!("no decision before {}", time_for_people(expires_at)),
+                )
+            };
+            return self.final_state(Phase::Expired, ACTOR_KUBEPAM, why, message, None);
+        }
+        if self.from.is_none()
+            && let Some(outcome) = self.over_quota(policy, control)
+        {
+            return outcome;
         }
         let Valid {
             requester,
             policy: accepted,
             policy_name,
             snapshot,
-            grant_duration,
+            window,
         } = match self.validate(policy, control) {
             Ok(v) => v,
             Err(outcome) => return outcome,
@@ -465,7 +588,7 @@ impl Step<'_> {
             policy: accepted,
             policy_name,
             snapshot,
-            grant_duration,
+            window,
         })
     }
 
@@ -476,15 +599,19 @@ impl Step<'_> {
             policy: accepted,
             policy_name,
             snapshot,
-            grant_duration,
+            window,
         } = valid;
         let reviews = &self.request.spec.reviews;
-        match accepted.spec.approval_type {
+        match self
+            .status
+            .approval_type
+            .unwrap_or(accepted.spec.approval_type)
+        {
             ApprovalType::Auto => {
                 let message = format!("approved automatically by policy {policy_name}");
                 self.approve(
                     snapshot,
-                    grant_duration,
+                    &window,
                     vec![ACTOR_KUBEPAM.to_owned()],
                     reason::AUTO_APPROVED,
                     message,
@@ -502,7 +629,7 @@ impl Step<'_> {
                     let message = format!("approved by {}", names.join(", "));
                     self.approve(
                         snapshot,
-                        grant_duration,
+                        &window,
                         names,
                         reason::MANUAL_APPROVAL,
                         message,
@@ -618,7 +745,6 @@ impl Step<'_> {
             PolicyView::Accepted(p) => *p,
         };
         let policy_name = accepted.metadata.name.clone().unwrap_or_default();
-        let snapshot = self.grant_snapshot(&policy_name, accepted, control)?;
         let grant_duration = match &self.request.spec.duration {
             None => control.default_duration(),
             Some(d) => match duration::parse(d) {
@@ -648,42 +774,64 @@ impl Step<'_> {
                 }
             }
         }
+        match crate::justification::check(&policy_name, &accepted.spec, &self.request.spec.reason) {
+            Ok(()) => {}
+            Err(crate::justification::Refusal::BadPattern(message)) => {
+                return Err(self.deny(reason::INVALID_POLICY, message));
+            }
+            Err(crate::justification::Refusal::Mismatch(message)) => {
+                return Err(self.deny(reason::REASON_MISMATCH, message));
+            }
+        }
+        let window = self.window(&policy_name, accepted, grant_duration)?;
+        let snapshot = self.grant_snapshot(&policy_name, accepted, control)?;
         Ok(Valid {
             requester,
             policy: accepted,
             policy_name,
             snapshot,
-            grant_duration,
+            window,
         })
     }
 
     fn approve(
         &mut self,
         snapshot: GrantScope,
-        grant_duration: TimeDelta,
+        window: &Window,
         decided_by: Vec<String>,
         reason: &str,
-        message: String,
+        mut message: String,
         comment: Option<String>,
     ) -> Effect {
-        let until_time = self
-            .stamp
-            .checked_add_signed(grant_duration)
-            .unwrap_or(self.stamp);
+        let (opens, until_time) = window.bounds(self.stamp);
         self.status.decided_at = Some(self.stamp);
+        self.status.granted_from = Some(opens);
         self.status.granted_until = Some(until_time);
         self.status.grant = Some(snapshot.clone());
+        if let Window::Continues { record, .. } = window {
+            let _ = write!(
+                message,
+                "; continues the grant of ElevationRequest {} (ending {}) until {}",
+                record.extends,
+                time_for_people(record.continues_from),
+                time_for_people(until_time)
+            );
+            self.status.extension = Some(record.clone());
+        }
         let actor = decided_by.join(", ");
         self.status.decided_by = decided_by;
         self.enter(Phase::Approved, &actor, reason, message, comment);
         if self.now >= until_time {
             return (None, Some(std::time::Duration::ZERO));
         }
+        if self.now < opens {
+            return self.wait_for_window(opens);
+        }
         (Some(snapshot), Some(until(until_time, self.now)))
     }
 
     fn approved(&mut self, policy: &PolicyView<'_>) -> Effect {
-        let (Some(snapshot), Some(mut granted_until)) =
+        let (Some(snapshot), Some(granted_until)) =
             (self.status.grant.clone(), self.status.granted_until)
         else {
             return self.final_state(
@@ -695,25 +843,13 @@ impl Step<'_> {
                 None,
             );
         };
-        // A policy whose maxDuration shrank shortens the grant; nothing lengthens it.
-        if let (Some(p), Some(decided_at)) = (policy.policy(), self.status.decided_at)
-            && let Some(Ok(max)) = p.spec.max_duration.as_deref().map(duration::parse)
-            && let Some(end) = decided_at.checked_add_signed(max)
-            && end < granted_until
-        {
-            granted_until = end;
-            self.status.granted_until = Some(end);
-        }
+        let granted_until = self.shortened_end(policy, granted_until);
         self.status.deadline = Some(granted_until);
         if self.now >= granted_until {
-            let message = format!("the grant ended at {}", time_for_people(granted_until));
-            return self.final_state(
-                Phase::Expired,
-                ACTOR_KUBEPAM,
-                reason::GRANT_DURATION_ENDED,
-                message,
-                None,
-            );
+            return self.grant_ended(granted_until);
+        }
+        if let Some(outcome) = self.ended_early() {
+            return outcome;
         }
         let revokers = reviewers(
             &self.request.spec.reviews,
@@ -766,6 +902,18 @@ impl Step<'_> {
                 None,
             );
         };
+        // Only a window that opens after its approval waits: a replica whose clock is a
+        // little behind the one that approved must not take a grant away.
+        let booked = self
+            .status
+            .granted_from
+            .filter(|opens| self.status.decided_at.is_some_and(|d| d < *opens));
+        if let Some(opens) = booked.filter(|o| self.now < *o) {
+            return self.wait_for_window(opens);
+        }
+        if let Some(opened) = self.status.granted_from {
+            self.note_window_open(opened);
+        }
         if grant == snapshot {
             remove_condition(&mut self.status.conditions, CONDITION_GRANT_NARROWED);
         } else {
@@ -792,7 +940,17 @@ impl Step<'_> {
             return;
         }
         let requester = self.request.spec.requester.as_deref();
-        match requester.filter(|r| self.request.spec.reviews.contains_key(*r)) {
+        // The requester's own Release of an approved grant is theirs to write; any other
+        // review of theirs is not.
+        let approved = self.status.phase == Some(Phase::Approved);
+        let ignored = |r: &&str| {
+            self.request
+                .spec
+                .reviews
+                .get(*r)
+                .is_some_and(|review| !(approved && review.decision == ReviewDecision::Release))
+        };
+        match requester.filter(ignored) {
             Some(r) => set_condition(
                 &mut self.status.conditions,
                 condition_true(

@@ -79,6 +79,8 @@ pub struct ControlSettings {
     pub default_duration: TimeDelta,
     /// How long a request may stay Pending.
     pub request_ttl: TimeDelta,
+    /// The most Pending requests one person may have at once (`maxPendingPerRequester`).
+    pub max_pending_per_requester: Option<u32>,
     /// Why a setting fell back to its default, one sentence each.
     pub problems: Vec<String>,
     /// kubepam's own namespace, which no grant may reach (not a field of the control: the
@@ -125,6 +127,7 @@ impl ControlSettings {
             system_accounts: spec.system_accounts.clone(),
             default_duration,
             request_ttl,
+            max_pending_per_requester: spec.max_pending_per_requester,
             problems,
             kubepam_namespace: None,
         }

@@ -28,6 +28,11 @@ pub fn for_transition(
         }
         (_, Phase::Approved) => (NotificationEvent::Approved, asked_approvers, true),
         (_, Phase::Denied) => (NotificationEvent::Denied, asked_approvers, true),
+        (_, Phase::Revoked)
+            if transition.reason == crate::lifecycle::reason::RELEASED_BY_REQUESTER =>
+        {
+            (NotificationEvent::Released, true, true)
+        }
         (_, Phase::Revoked) => (NotificationEvent::Revoked, true, true),
         (Some(Phase::Approved), Phase::Expired) => (NotificationEvent::Ended, false, true),
         (_, Phase::Expired) => (NotificationEvent::Expired, asked_approvers, true),
@@ -107,6 +112,77 @@ pub fn grant_ending(
         at: now,
     };
     to_requester(request, config, &created)
+}
+
+/// When the requester is to be told that their booked window opened, while that is still
+/// owed: when the window opens (only for a window that opened after its approval), and not
+/// once the notice is recorded.
+pub fn window_opens_at(
+    request: &ElevationRequest,
+    config: &Notifications,
+) -> Option<DateTime<Utc>> {
+    let status = request.status.as_ref()?;
+    let recorded = status
+        .notifications
+        .iter()
+        .any(|n| n.event == NotificationEvent::WindowOpened);
+    if status.phase != Some(Phase::Approved) || config.requester_routes.is_empty() || recorded {
+        return None;
+    }
+    let opens = status.granted_from?;
+    (opens > status.decided_at?).then_some(opens)
+}
+
+/// The window-opened notifications owed at `now`: none before the window opens, none after
+/// the grant ended, and none once they are recorded.
+pub fn window_opened(
+    request: &ElevationRequest,
+    config: &Notifications,
+    now: DateTime<Utc>,
+) -> Vec<Notification> {
+    let Some(opens) = window_opens_at(request, config) else {
+        return Vec::new();
+    };
+    let Some(until) = request.status.as_ref().and_then(|s| s.granted_until) else {
+        return Vec::new();
+    };
+    if now < opens || now >= until {
+        return Vec::new();
+    }
+    let created = Created {
+        event: NotificationEvent::WindowOpened,
+        actor: Some(crate::lifecycle::ACTOR_KUBEPAM.to_owned()),
+        message: Some(format!(
+            "the booked window opened at {}; the grant ends at {}",
+            crate::util::time_for_people(opens),
+            crate::util::time_for_people(until)
+        )),
+        at: now,
+    };
+    to_requester(request, config, &created)
+}
+
+/// Every notice owed at `now` that no transition announces: the booked window opened, the
+/// grant ends soon.
+pub fn notices(
+    request: &ElevationRequest,
+    config: &Notifications,
+    now: DateTime<Utc>,
+) -> Vec<Notification> {
+    let mut owed = window_opened(request, config, now);
+    owed.extend(grant_ending(request, config, now));
+    owed
+}
+
+/// When the next of [`notices`] falls due.
+pub fn next_notice_at(request: &ElevationRequest, config: &Notifications) -> Option<DateTime<Utc>> {
+    [
+        window_opens_at(request, config),
+        grant_ending_at(request, config),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
 }
 
 /// The configured notice period, when it parses (the CRD schema checks its form).

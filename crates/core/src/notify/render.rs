@@ -213,12 +213,17 @@ impl Facts {
                     rows.push(("Expires:", format!("{at} if nobody decides")));
                 }
             }
-            NotificationEvent::Approved | NotificationEvent::GrantEnding => {
+            NotificationEvent::Approved
+            | NotificationEvent::GrantEnding
+            | NotificationEvent::WindowOpened => {
                 if let Some(until) = &self.granted_until {
                     rows.push(("Until:", until.clone()));
                 }
             }
-            NotificationEvent::Denied | NotificationEvent::Revoked | NotificationEvent::Ended => {}
+            NotificationEvent::Denied
+            | NotificationEvent::Revoked
+            | NotificationEvent::Ended
+            | NotificationEvent::Released => {}
         }
         rows
     }
@@ -239,6 +244,12 @@ fn subject(name: &str, facts: &Facts, entry: &Notification) -> String {
         }
         NotificationEvent::Ended => format!("[kubepam] {name} ended: access of {who} is over"),
         NotificationEvent::GrantEnding => format!("[kubepam] {name}: access of {who} ends soon"),
+        NotificationEvent::Released => {
+            format!("[kubepam] {name} released: {who} ended their access early")
+        }
+        NotificationEvent::WindowOpened => {
+            format!("[kubepam] {name}: the booked access of {who} is open")
+        }
     }
 }
 
@@ -257,5 +268,7 @@ fn opening(facts: &Facts, entry: &Notification) -> String {
         }
         NotificationEvent::Ended => format!("The access of {who} has ended."),
         NotificationEvent::GrantEnding => format!("The access of {who} ends soon."),
+        NotificationEvent::Released => format!("{who} ended their own access early."),
+        NotificationEvent::WindowOpened => format!("The booked access of {who} is now open."),
     }
 }

@@ -1343,3 +1343,61 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The requester's release and the booked window
+
+#[test]
+fn a_release_tells_the_approvers_and_the_requester_as_a_release() {
+    let t = Transition {
+        reason: crate::lifecycle::reason::RELEASED_BY_REQUESTER.to_owned(),
+        actor: "alice".to_owned(),
+        ..transition(Some(Phase::Approved), Phase::Revoked)
+    };
+    let owed = plan::for_transition(
+        &request(""),
+        &status_in(Phase::Revoked),
+        &t,
+        &config(CONFIG),
+        at(60),
+    );
+    let expected: Vec<_> = to_sre_leads().into_iter().chain(to_alice()).collect();
+    assert_eq!(routed(&owed, NotificationEvent::Released), expected);
+}
+
+/// Alice's request, approved at `at(decided)` for a window from `at(opens)` to `at(until)`.
+fn booked(decided: i64, opens: i64, until: i64) -> ElevationRequest {
+    request(&format!(
+        "status: {{phase: Approved, requestId: {REQUEST_ID}, approverGroup: sre-leads, decidedAt: '{}', grantedFrom: '{}', grantedUntil: '{}'}}",
+        at(decided).to_rfc3339(),
+        at(opens).to_rfc3339(),
+        at(until).to_rfc3339()
+    ))
+}
+
+#[test]
+fn the_requester_is_told_once_when_a_booked_window_opens() {
+    let c = config(CONFIG);
+    let r = booked(0, 2 * H, 3 * H);
+    assert_eq!(plan::window_opens_at(&r, &c), Some(at(2 * H)));
+    assert_eq!(plan::next_notice_at(&r, &c), Some(at(2 * H)));
+    assert_eq!(plan::window_opened(&r, &c, at(2 * H - 1)), []);
+    let owed = plan::window_opened(&r, &c, at(2 * H));
+    assert_eq!(routed(&owed, NotificationEvent::WindowOpened), to_alice());
+    assert!(owed[0].message.as_deref().unwrap().contains("opened"));
+    // Recorded: owed no more.
+    let mut r = r;
+    plan::enqueue(&mut r.status.as_mut().unwrap().notifications, owed);
+    assert_eq!(plan::window_opened(&r, &c, at(2 * H + 60)), []);
+    // After the grant ended, too late to say it opened.
+    assert_eq!(
+        plan::window_opened(&booked(0, 2 * H, 3 * H), &c, at(3 * H)),
+        []
+    );
+}
+
+#[test]
+fn a_grant_that_opened_at_its_approval_owes_no_window_notice() {
+    let r = booked(60, 60, 3 * H);
+    assert_eq!(plan::window_opens_at(&r, &config(CONFIG)), None);
+}

@@ -20,6 +20,8 @@ fn observe<'a>(
         control,
         kubepam_namespace: "kubepam-system",
         cached,
+        extended: None,
+        siblings: &[],
         now,
     }
 }
@@ -72,7 +74,7 @@ fn granted_objects(request: &ElevationRequest, policy: &AccessPolicy) -> Vec<Rba
             Step::ApplyRbac(desired) => Some(desired.object_refs()),
             _ => None,
         })
-        .expect("a grant")
+        .unwrap_or_else(|| panic!("a grant: {:?} {:?}", plan.steps, plan.status))
 }
 
 #[test]

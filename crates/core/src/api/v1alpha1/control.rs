@@ -76,6 +76,12 @@ pub struct PrivilegedAccessControlSpec {
     /// they are also removed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_persistence: bool,
+    /// The most Pending requests one person may have at once, across all policies; no limit
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("maxPendingPerRequester must be at least 1, or be left out for no limit"))]
+    #[schemars(extend("format" = "int32"))]
+    pub max_pending_per_requester: Option<u32>,
     /// Mail and webhook notifications to approver groups and requesters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notifications: Option<Notifications>,

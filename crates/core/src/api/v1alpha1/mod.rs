@@ -19,10 +19,11 @@ pub use notifications::{
     PayloadFormat, RequesterRoute, SecretKeyRef, Sink, SmtpSecurity, SmtpSink, WebhookSink,
 };
 pub use policy::{
-    AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, GuardedScope, Scope,
+    AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, ExtensionPolicy,
+    GuardedScope, Scope,
 };
 pub use request::{
     EXECUTION_LIMIT, ElevationRequest, ElevationRequestSpec, ElevationRequestStatus, Execution,
-    HISTORY_LIMIT, HistoryEntry, LASTING_LIMIT, LastingObject, NOTIFICATION_LIMIT, Phase,
-    RbacObjectRef, Review, ReviewDecision, same_objects,
+    ExtensionRecord, HISTORY_LIMIT, HistoryEntry, LASTING_LIMIT, LastingObject, NOTIFICATION_LIMIT,
+    Phase, RbacObjectRef, Review, ReviewDecision, same_objects,
 };

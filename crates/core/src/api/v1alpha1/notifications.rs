@@ -200,6 +200,10 @@ pub enum NotificationEvent {
     Ended,
     /// The grant ends soon (to the requester).
     GrantEnding,
+    /// The requester ended their own grant early (to the approvers and the requester).
+    Released,
+    /// A booked window opened and the grant is in force (to the requester).
+    WindowOpened,
 }
 
 impl NotificationEvent {
@@ -213,6 +217,8 @@ impl NotificationEvent {
             Self::Expired => "Expired",
             Self::Ended => "Ended",
             Self::GrantEnding => "GrantEnding",
+            Self::Released => "Released",
+            Self::WindowOpened => "WindowOpened",
         }
     }
 }

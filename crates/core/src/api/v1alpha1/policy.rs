@@ -73,6 +73,35 @@ pub struct AccessPolicySpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+[hms])+$')").message("maxDuration must be a number followed by s, m or h, e.g. 90s, 30m, 8h or 1h30m"))]
     pub max_duration: Option<String>,
+    /// A regular expression the request's reason must match, e.g. `^(INC|CHG)-[0-9]+` for a
+    /// ticket number (searched anywhere unless anchored; RE2 syntax). A request whose reason
+    /// does not match is refused at creation, with `reasonHint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub reason_pattern: Option<String>,
+    /// What the reason must contain, in words, shown when a reason does not match
+    /// `reasonPattern`, e.g. `an incident or change number, e.g. INC-1234`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("reasonHint must be one line of text without control characters"))]
+    pub reason_hint: Option<String>,
+    /// How far ahead of its submission a request may book its window (`spec.startAt`), e.g.
+    /// `168h`; no limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[hms])+$')").message("maxScheduleAhead must be a number followed by s, m or h, e.g. 24h or 168h"))]
+    pub max_schedule_ahead: Option<String>,
+    /// How grants of this policy may be extended (`spec.extends`); extensions are approved like
+    /// any request of the policy, without limits, when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<ExtensionPolicy>,
+    /// The most requests of this policy one person may hold open (Pending plus Approved) at
+    /// once; no limit when absent. Extensions do not count: `extension.maxExtensions` bounds
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("maxOpenPerRequester must be at least 1, or be left out for no limit"))]
+    #[schemars(extend("format" = "int32"))]
+    pub max_open_per_requester: Option<u32>,
     /// For `Manual` approval: how many distinct approvers must approve (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("requiredApprovals must be at least 1"))]
@@ -95,6 +124,26 @@ pub struct AccessPolicySpec {
     /// Refused without it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_persistence: bool,
+}
+
+/// How grants of a policy may be extended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionPolicy {
+    /// How an extension is approved; the policy's `approvalType` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_type: Option<ApprovalType>,
+    /// The most extensions of one grant (an extension of an extension counts again); 0 allows
+    /// none. No limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_extensions: Option<u32>,
+    /// The longest a grant may last with all its extensions, from its first opening to the end
+    /// of its last extension, e.g. `12h`. No limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[hms])+$')").message("maxTotal must be a number followed by s, m or h, e.g. 12h"))]
+    pub max_total: Option<String>,
 }
 
 /// Namespaces a policy is limited to.

@@ -35,6 +35,7 @@ pub const EXECUTION_LIMIT: usize = 20;
     printcolumn = r#"{"name":"Requester","type":"string","jsonPath":".spec.requester"}"#,
     printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policy"}"#,
     printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.namespace"}"#,
+    printcolumn = r#"{"name":"Starts","type":"string","description":"when a booked window opens, while it has not","jsonPath":".status.startsAt"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","description":"grantedUntil while Approved, expiresAt while Pending","jsonPath":".status.deadline"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -42,8 +43,12 @@ pub const EXECUTION_LIMIT: usize = 20;
 // optional field being added or removed after creation.
 #[x_kube(validation = Rule::new(
     "has(self.namespace) == has(oldSelf.namespace) && has(self.duration) == has(oldSelf.duration) \
-     && has(self.requester) == has(oldSelf.requester)"
+     && has(self.requester) == has(oldSelf.requester) && has(self.startAt) == has(oldSelf.startAt) \
+     && has(self.extends) == has(oldSelf.extends)"
 ).message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+#[x_kube(validation = Rule::new("!has(self.startAt) || !has(self.extends)").message(
+    "an extension starts where the grant it extends ends: leave out startAt when setting extends"
+))]
 #[serde(rename_all = "camelCase")]
 pub struct ElevationRequestSpec {
     /// The name of the AccessPolicy whose rights are requested.
@@ -78,6 +83,21 @@ pub struct ElevationRequestSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
     #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("requester must be a username without control characters (newlines, tabs)"))]
     pub requester: Option<String>,
+    /// When the access should start, in RFC 3339 (e.g. `2026-12-01T09:00:00Z`): a booked
+    /// window from `startAt` to `startAt` plus the duration. Approval may come before it; the
+    /// grant exists only inside the window (from the approval, if that is later). Now when
+    /// absent. The policy's `maxScheduleAhead` caps how far ahead it may be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    pub start_at: Option<DateTime<Utc>>,
+    /// The name of your own Approved ElevationRequest whose grant this one continues (same
+    /// policy and namespace). Once approved, the grant runs on from the old end for `duration`
+    /// with no gap (`kubectl pam extend NAME --by 2h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("extends must be the name of your own Approved ElevationRequest (kubectl get elevationrequests)"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    pub extends: Option<String>,
     /// Decisions keyed by reviewer username; each approver writes only their own entry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
@@ -89,7 +109,8 @@ pub struct ElevationRequestSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Review {
-    /// `Approve`, `Deny`, or `Revoke` (ends an approved grant early).
+    /// `Approve`, `Deny`, `Revoke` (ends an approved grant early), or `Release` (the
+    /// requester's own, under their own username: "I'm done", ends their grant at once).
     pub decision: ReviewDecision,
     /// Free text recorded in the request's history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +127,20 @@ pub enum ReviewDecision {
     Deny,
     /// Withdraw an approval that is in force.
     Revoke,
+    /// The requester ends their own grant early; nobody else may use it.
+    Release,
+}
+
+impl ReviewDecision {
+    /// The name as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "Approve",
+            Self::Deny => "Deny",
+            Self::Revoke => "Revoke",
+            Self::Release => "Release",
+        }
+    }
 }
 
 /// The state of a request.
@@ -182,9 +217,18 @@ pub struct ElevationRequestStatus {
     /// Who decided: the approvers, the denier or revoker, or `kubepam`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decided_by: Vec<String>,
+    /// When the grant opens: the approval, or the booked window's start if that is later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_from: Option<DateTime<Utc>>,
     /// When the grant ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted_until: Option<DateTime<Utc>>,
+    /// When a booked window (`spec.startAt`) opens, while it has not yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<DateTime<Utc>>,
+    /// For an extension: the chain it continues, as recorded at approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<ExtensionRecord>,
     /// What the approval covered; the grant never goes beyond it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<GrantScope>,
@@ -218,6 +262,21 @@ pub struct ElevationRequestStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// Where an extension sits in its chain of grants.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionRecord {
+    /// The request it extends.
+    pub extends: String,
+    /// 1 for the first extension of a grant, 2 for an extension of that, and so on.
+    #[schemars(extend("format" = "int32"))]
+    pub number: u32,
+    /// When the first grant of the chain opened: the total time runs from here.
+    pub chain_start: DateTime<Utc>,
+    /// When the grant it extends ends (this one's access continues from there).
+    pub continues_from: DateTime<Utc>,
 }
 
 /// A reference to an RBAC object made for a grant.
