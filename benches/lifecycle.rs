@@ -5,6 +5,8 @@
 //!   notifications and with a webhook sink that takes 2 s to answer, beside the floor (a
 //!   RoleBinding written directly);
 //! - expiry lag: grantedUntil -> SubjectAccessReview refuses;
+//! - booked windows: startAt -> SubjectAccessReview allows; and refusals across the boundary
+//!   of a grant and its extension;
 //! - what kubepam's webhooks cost a create, and the throughput of Auto requests to granted;
 //! - RSS of the leader of two replicas with 100,000 ended requests, and with 10,000 Pending;
 //! - admission latency under load, from kubepam's own histogram;
@@ -15,7 +17,7 @@
 //! `target/bench/lifecycle.md`.
 //!
 //! Sizes can be lowered for a quick look: `KUBEPAM_BENCH_SCALE=0.1 make bench`; parts can be
-//! chosen with `KUBEPAM_BENCH_ONLY=latency,expiry,throughput,ended,pending,admission,failover`.
+//! chosen with `KUBEPAM_BENCH_ONLY=latency,expiry,schedule,throughput,ended,pending,admission,failover`.
 //! `KUBEPAM_BENCH_HEAPTRACK=DIR` records a heap profile (heaptrack) of the replica that takes
 //! over with the Pending requests, written to `DIR/leader.zst` when it stops.
 
@@ -604,6 +606,10 @@ async fn main() {
     if runs("expiry") {
         expiry(cluster, &admin, &ns, &mut results).await;
     }
+    if runs("schedule") {
+        schedule(cluster, &admin, &ns, &mut results).await;
+        extension_boundaries(cluster, &admin, &ns, &mut results).await;
+    }
     if runs("throughput") {
         throughput(cluster, &admin, &ns, &operator, &mut results).await;
     }
@@ -815,6 +821,123 @@ async fn expiry(cluster: &support::TestCluster, admin: &Client, ns: &str, result
         format!("{exact}/{}", windows.len()),
         "all".to_owned(),
         Some(exact == windows.len()),
+    );
+}
+
+/// Booked windows, 20 at a time: from `startAt` until a SubjectAccessReview allows, and
+/// whether any allowed before it (the same method as the expiry lag).
+async fn schedule(cluster: &support::TestCluster, admin: &Client, ns: &str, results: &mut Results) {
+    let n = scaled(100);
+    let outcomes: Vec<(Duration, bool)> = stream::iter(0..n)
+        .map(|i| {
+            let admin = admin.clone();
+            async move {
+                let (name, user) = (format!("book-{i}"), format!("book-user-{i}"));
+                let requester = cluster.client_as_user(&user, &["developers"]).await;
+                let start = Utc::now() + chrono::TimeDelta::seconds(3);
+                let request: ElevationRequest = serde_json::from_value(json!({
+                    "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+                    "metadata": { "name": name },
+                    "spec": { "policy": "bench-auto", "namespace": ns, "reason": "benchmark",
+                              "duration": "10s", "startAt": start.to_rfc3339() },
+                }))
+                .unwrap();
+                Api::<ElevationRequest>::all(requester)
+                    .create(&PostParams::default(), &request)
+                    .await
+                    .unwrap();
+                wait_phase(&admin, &name, Phase::Approved, WAIT).await;
+                // Polled before the start too: any allow there is a grant opened early.
+                let mut early = false;
+                loop {
+                    let asked = Utc::now();
+                    let may =
+                        allowed(&admin, &user, "delete", "apps", "deployments", Some(ns)).await;
+                    if may {
+                        early |= asked < start;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                ((Utc::now() - start).to_std().unwrap_or_default(), early)
+            }
+        })
+        .buffer_unordered(20)
+        .collect()
+        .await;
+    let early = outcomes.iter().filter(|(_, e)| *e).count();
+    let lags = outcomes.into_iter().map(|(lag, _)| lag).collect();
+    results.latency(
+        "booked window lag (`startAt` → SubjectAccessReview allows), 20 at a time",
+        lags,
+        Bound {
+            p50: None,
+            p99: Some(Duration::from_secs(1)),
+        },
+    );
+    results.row(
+        "booked windows allowed before their start",
+        format!("{early}/{n}"),
+        "0".to_owned(),
+        Some(early == 0),
+    );
+}
+
+/// Grants of 3 s, each extended by 3 s as soon as it is approved; SubjectAccessReviews polled
+/// from 300 ms before the old end to 700 ms after it, 10 grants at a time.
+async fn extension_boundaries(
+    cluster: &support::TestCluster,
+    admin: &Client,
+    ns: &str,
+    results: &mut Results,
+) {
+    let n = scaled(50);
+    let outcomes: Vec<(usize, usize)> = stream::iter(0..n)
+        .map(|i| {
+            let admin = admin.clone();
+            async move {
+                let (name, user) = (format!("ext-{i}"), format!("ext-user-{i}"));
+                let requester = cluster.client_as_user(&user, &["developers"]).await;
+                create(&requester, &name, "bench-auto", ns, "3s").await;
+                let approved = wait_phase(&admin, &name, Phase::Approved, WAIT).await;
+                let old_end = approved.status.unwrap().granted_until.unwrap();
+                let extension: ElevationRequest = serde_json::from_value(json!({
+                    "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+                    "metadata": { "name": format!("{name}-more") },
+                    "spec": { "policy": "bench-auto", "namespace": ns, "reason": "benchmark",
+                              "duration": "3s", "extends": name },
+                }))
+                .unwrap();
+                Api::<ElevationRequest>::all(requester)
+                    .create(&PostParams::default(), &extension)
+                    .await
+                    .unwrap();
+                wait_phase(&admin, &format!("{name}-more"), Phase::Approved, WAIT).await;
+                let from = old_end - chrono::TimeDelta::milliseconds(300);
+                let wait = (from - Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(wait).await;
+                let (mut asked, mut refused) = (0, 0);
+                while Utc::now() < old_end + chrono::TimeDelta::milliseconds(700) {
+                    asked += 1;
+                    if !allowed(&admin, &user, "delete", "apps", "deployments", Some(ns)).await {
+                        refused += 1;
+                    }
+                }
+                (asked, refused)
+            }
+        })
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    let asked: usize = outcomes.iter().map(|(a, _)| a).sum();
+    let refused: usize = outcomes.iter().map(|(_, r)| r).sum();
+    results.row(
+        &format!(
+            "SubjectAccessReviews refused across {n} grant → extension boundaries ({asked} asked)"
+        ),
+        refused.to_string(),
+        "0".to_owned(),
+        Some(refused == 0),
     );
 }
 

@@ -13,4 +13,5 @@ use kubepam_testkit::pam;
 mod plugin;
 mod security;
 mod smoke;
+mod time;
 use kubepam_testkit::cluster as support;

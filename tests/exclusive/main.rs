@@ -8,6 +8,7 @@
 use kubepam_testkit::cluster as support;
 use kubepam_testkit::pam;
 
+use chrono::SubsecRound;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -460,6 +461,105 @@ async fn restarted_operator_catches_up_on_missed_deadlines() {
     ns.delete().await;
 }
 
+/// A booked window is a timestamp in status, not a timer in memory: an operator restarted
+/// between the approval and the start still opens the grant on time, and not before.
+#[tokio::test]
+async fn a_booked_window_opens_on_time_across_an_operator_restart() {
+    let (mut guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let ns = cluster.namespace("booked-restart").await;
+    create_policy(&admin, "auto-delete", task_policy(&ns.name, "Auto")).await;
+    let start = (chrono::Utc::now() + chrono::TimeDelta::seconds(10)).trunc_subsecs(0);
+    let mut spec = request_spec("auto-delete", &ns.name, "5s");
+    spec["startAt"] = json!(start.to_rfc3339());
+    create_request(&alice, "booked", spec).await;
+    wait_phase(&alice, "booked", Phase::Approved, SOON).await;
+    assert!(!pam::may_delete_deployments(&admin, "alice", Some(&ns.name)).await);
+
+    let crashed = guard.take().unwrap();
+    let instance = crashed.instance.clone();
+    crashed.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    *guard = Some(cluster.spawn_operator_with(&support::OperatorSpec {
+        instance: Some(instance),
+        ..Default::default()
+    }));
+    assert!(
+        chrono::Utc::now() < start,
+        "the restart must come before the window opens"
+    );
+    let opened = loop {
+        let asked = chrono::Utc::now();
+        if pam::may_delete_deployments(&admin, "alice", Some(&ns.name)).await {
+            assert!(
+                asked >= start,
+                "allowed at {asked}, before the start {start}"
+            );
+            break asked;
+        }
+        assert!(
+            asked < start + chrono::TimeDelta::seconds(2),
+            "the window opened at {start}, and at {asked} access is still refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "booked window opened {} ms after its start, across a restart",
+        (opened - start).num_milliseconds()
+    );
+    wait_phase(&alice, "booked", Phase::Expired, SOON).await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
+    let _ = Api::<ElevationRequest>::all(admin.clone())
+        .delete("booked", &DeleteParams::default())
+        .await;
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
+/// The control's per-person cap on Pending requests holds across policies, and says the
+/// count and the limit.
+#[tokio::test]
+async fn the_controls_pending_quota_refuses_one_request_too_many() {
+    let (_guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    apply_control(
+        &admin,
+        json!({ "enabled": true, "defaultApproverGroup": "pam-approvers",
+                "maxPendingPerRequester": 2 }),
+    )
+    .await;
+    let ns = cluster.namespace("pending-quota").await;
+    create_policy(&admin, "manual-a", task_policy(&ns.name, "Manual")).await;
+    create_policy(&admin, "manual-b", task_policy(&ns.name, "Manual")).await;
+    create_request(&alice, "quota-1", request_spec("manual-a", &ns.name, "1h")).await;
+    create_request(&alice, "quota-2", request_spec("manual-b", &ns.name, "1h")).await;
+    wait_phase(&alice, "quota-2", Phase::Pending, SOON).await;
+    let third: ElevationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+        "metadata": { "name": "quota-3" },
+        "spec": request_spec("manual-a", &ns.name, "1h"),
+    }))
+    .unwrap();
+    let result = Api::<ElevationRequest>::all(alice.clone())
+        .create(&PostParams::default(), &third)
+        .await;
+    assert!(
+        matches!(&result, Err(kube::Error::Api(s)) if s.code == 403
+            && s.message.contains("2 Pending request(s)") && s.message.contains("allows 2")),
+        "a third Pending request must be refused: {result:?}"
+    );
+    for name in ["quota-1", "quota-2"] {
+        let _ = Api::<ElevationRequest>::all(admin.clone())
+            .delete(name, &DeleteParams::default())
+            .await;
+    }
+    standard_control(&admin).await;
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
 /// The identity rules also live in the API server (ValidatingAdmissionPolicy):
 /// with kubepam down and its webhooks removed, nobody can forge a requester
 /// or someone else's review, the requester cannot approve, and nobody but
@@ -526,6 +626,12 @@ async fn identity_rules_hold_without_the_webhooks() {
             "{what} must be refused by the policy: {result:?}"
         );
     }
+    // Only the requester may release: not an approver, even with the webhooks gone.
+    let result = pam::review(&bob, "vap-req", "bob", "Release", "x").await;
+    assert!(
+        matches!(&result, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("only the requester may release")),
+        "an approver's Release must be refused by the policy: {result:?}"
+    );
     // Settled requests are out of kubepam's watch: a live one must never be
     // labelled so, not by its requester and not by an administrator.
     let settle = json!({ "metadata": { "labels": { "kubepam.io/settled": "true" } } });

@@ -405,8 +405,8 @@ fn release_fits(
         _ => deny(
             Reason::NothingToRelease,
             format!(
-                "ElevationRequest {name} is {}, so there is no grant to release; delete it to \
-                 withdraw the request (kubectl delete elevationrequest {name})",
+                "ElevationRequest {name} is {}, so there is no grant to release; a request \
+                 nobody decides expires by itself (status.expiresAt), or an approver may deny it",
                 phase.map_or("new", Phase::as_str)
             ),
         ),

@@ -341,7 +341,7 @@ fn a_release_needs_a_grant_and_cannot_be_taken_back() {
             with_reviews(json!({"alice": {"decision": "Release"}})),
         ),
         Reason::NothingToRelease,
-        "kubectl delete elevationrequest r1",
+        "no grant to release",
     );
     rejects(
         &update(

@@ -28,15 +28,15 @@ pub fn quota_refusal(
     if let Some(cap) = policy_cap.filter(|cap| open.same_policy >= *cap) {
         return Some(format!(
             "you already hold {} open request(s) under policy {policy} (Pending or Approved), and \
-             it allows {cap} at once; release one you no longer need (kubectl pam release NAME) \
-             or wait for one to end",
+             it allows {cap} at once; release an Approved one you no longer need (kubectl pam \
+             release NAME), or wait until one is decided or ends",
             open.same_policy
         ));
     }
     if let Some(cap) = pending_cap.filter(|cap| open.pending >= *cap) {
         return Some(format!(
             "you already have {} Pending request(s), and the PrivilegedAccessControl allows {cap} \
-             per person; wait for a decision, or delete one you no longer need",
+             per person; wait until one is decided (or expires)",
             open.pending
         ));
     }
