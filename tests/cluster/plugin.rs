@@ -727,3 +727,362 @@ async fn kubectl_runs_the_plugin_from_path() {
         "{completion}"
     );
 }
+
+/// The value of `KEY:` in `kubectl pam status` output.
+fn field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map_or_else(|| panic!("no {key}: in\n{status}"), str::trim)
+}
+
+/// A Task policy to delete Deployments in `namespace`, through the plugin with `extra` flags.
+fn create_policy_with(cluster: &TestCluster, policy: &str, namespace: &str, extra: &[&str]) {
+    let mut args = vec![
+        "policy",
+        "create",
+        policy,
+        "-n",
+        namespace,
+        "--task",
+        "delete deployments.apps",
+    ];
+    args.extend(extra);
+    let out = pam(cluster, Identity::Admin, &args).ok();
+    assert_eq!(out, format!("accesspolicy.kubepam.io/{policy} created\n"));
+}
+
+/// A verified reason, a booked window that `--wait` does not wait for, and the requester
+/// ending their own grant early while nobody else may.
+#[tokio::test]
+async fn plugin_books_a_window_and_the_requester_releases_a_grant() {
+    let cluster = ready().await;
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("plugin-time").await;
+    let policy = format!("{}-delete", ns.name);
+    create_policy_with(
+        cluster,
+        &policy,
+        &ns.name,
+        &[
+            "--approval",
+            "Auto",
+            "--reason-pattern",
+            "^INC-[0-9]+",
+            "--reason-hint",
+            "an incident number, e.g. INC-1234",
+            "--max-schedule-ahead",
+            "24h",
+        ],
+    );
+    let judged = wait_policy_judged(&admin, &policy).await;
+    assert_eq!(accepted(&judged).0, "True");
+    assert_eq!(judged.spec.reason_pattern.as_deref(), Some("^INC-[0-9]+"));
+    assert_eq!(judged.spec.max_schedule_ahead.as_deref(), Some("24h"));
+
+    // Admission refuses at creation, in its own words.
+    let unverified = pam(
+        cluster,
+        Identity::Alice,
+        &["request", &policy, "--reason", "fix it", "--start-in", "1h"],
+    );
+    assert_eq!(unverified.code, 1, "{unverified:#?}");
+    assert!(
+        unverified.stderr.starts_with("Error from server (")
+            && unverified
+                .stderr
+                .contains("an incident number, e.g. INC-1234"),
+        "{unverified:#?}"
+    );
+    let too_far = pam(
+        cluster,
+        Identity::Alice,
+        &["request", &policy, "--reason", "INC-1", "--start-in", "48h"],
+    );
+    assert_eq!(too_far.code, 1, "{too_far:#?}");
+    assert!(
+        too_far.stderr.starts_with("Error from server (")
+            && too_far.stderr.contains("books windows at most"),
+        "{too_far:#?}"
+    );
+
+    // A window two hours ahead: approved at once, and --wait ends with the approval.
+    let booked = pam(
+        cluster,
+        Identity::Alice,
+        &[
+            "request",
+            &policy,
+            "--reason",
+            "INC-2: planned restart",
+            "--start-in",
+            "2h",
+            "--duration",
+            "30m",
+            "--wait",
+            "--timeout",
+            "1m",
+        ],
+    )
+    .ok();
+    let booked_name = created_name(&booked);
+    assert!(
+        booked.contains("Approved by kubepam, opens ") && booked.contains(", granted until "),
+        "{booked}"
+    );
+    let alice = cluster.client(Identity::Alice).await;
+    let approved = wait_phase(&alice, &booked_name, Phase::Approved, SOON).await;
+    let start = approved.spec.start_at.expect("spec.startAt");
+    let from_now = start - chrono::Utc::now();
+    assert!(
+        from_now > chrono::TimeDelta::minutes(115) && from_now <= chrono::TimeDelta::hours(2),
+        "startAt {start} is about 2h from now"
+    );
+    let status = pam(cluster, Identity::Alice, &["status", &booked_name]).ok();
+    assert!(field(&status, "Start at").starts_with("in 1"), "{status}");
+    assert!(
+        field(&status, "Window").starts_with("booked: opens in 1"),
+        "{status}"
+    );
+    assert!(
+        field(&status, "Granted from").starts_with("in 1"),
+        "{status}"
+    );
+    let listed = pam(cluster, Identity::Alice, &["list", "--mine"]).ok();
+    assert!(
+        listed.lines().next().unwrap().contains(" STARTS "),
+        "{listed}"
+    );
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&booked_name))
+        .unwrap_or_else(|| panic!("{booked_name} in {listed}"));
+    assert!(row.contains("   in 1"), "{row}");
+
+    // A grant in force now.
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &[
+            "request",
+            &policy,
+            "--reason",
+            "INC-3: now",
+            "--duration",
+            "30m",
+        ],
+    )
+    .ok();
+    let name = created_name(&out);
+    wait_phase(&alice, &name, Phase::Approved, SOON).await;
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
+
+    // Nobody else may release it: the API server's refusal, verbatim.
+    let not_bobs = pam(
+        cluster,
+        Identity::Bob,
+        &["release", &name, "-m", "mine now"],
+    );
+    assert_eq!(not_bobs.code, 1, "{not_bobs:#?}");
+    assert!(
+        not_bobs
+            .stderr
+            .starts_with("Error from server (Forbidden): "),
+        "{not_bobs:#?}"
+    );
+    assert!(
+        not_bobs.stderr.contains("only the requester"),
+        "{not_bobs:#?}"
+    );
+
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &["release", &name, "-m", "INC-3 fixed"],
+    )
+    .ok();
+    assert!(
+        out.starts_with(&format!(
+            "elevationrequest.kubepam.io/{name} released by alice"
+        )),
+        "{out}"
+    );
+    let released = wait_phase(&alice, &name, Phase::Revoked, SOON).await;
+    assert_eq!(
+        released.spec.reviews["alice"].decision,
+        kubepam_core::api::ReviewDecision::Release
+    );
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
+    let status = pam(cluster, Identity::Alice, &["status", &name]).ok();
+    assert_eq!(field(&status, "Status"), "Revoked", "{status}");
+    let release = field(&status, "Released");
+    assert!(
+        release.starts_with("by alice ") && release.ends_with(": INC-3 fixed"),
+        "{status}"
+    );
+
+    // A booked window no longer needed is released before it opens.
+    pam(cluster, Identity::Alice, &["release", &booked_name]).ok();
+    wait_phase(&alice, &booked_name, Phase::Revoked, SOON).await;
+    let status = pam(cluster, Identity::Alice, &["status", &booked_name]).ok();
+    assert!(
+        field(&status, "Window").starts_with("never opened"),
+        "{status}"
+    );
+
+    pam(cluster, Identity::Admin, &["policy", "delete", &policy]).ok();
+    ns.delete().await;
+}
+
+/// `extend` continues a grant with a new request that names it; the approvers decide it, and
+/// `status` shows the chain from both ends.
+#[tokio::test]
+async fn plugin_extends_a_grant_and_shows_the_chain() {
+    let cluster = ready().await;
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("plugin-extend").await;
+    let policy = format!("{}-delete", ns.name);
+    // Grants come at once; extensions need an approver.
+    create_policy_with(
+        cluster,
+        &policy,
+        &ns.name,
+        &[
+            "--approval",
+            "Auto",
+            "--extension-approval",
+            "Manual",
+            "--max-extensions",
+            "2",
+            "--max-extension-total",
+            "4h",
+        ],
+    );
+    let judged = wait_policy_judged(&admin, &policy).await;
+    let extension = judged.spec.extension.expect("spec.extension");
+    assert_eq!(
+        extension.approval_type,
+        Some(kubepam_core::api::ApprovalType::Manual)
+    );
+    assert_eq!(
+        (extension.max_extensions, extension.max_total.as_deref()),
+        (Some(2), Some("4h"))
+    );
+
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &["request", &policy, "--reason", "INC-5", "--duration", "30m"],
+    )
+    .ok();
+    let first = created_name(&out);
+    let alice = cluster.client(Identity::Alice).await;
+    wait_phase(&alice, &first, Phase::Approved, SOON).await;
+
+    // What the plugin can see will not work, it says before asking.
+    let missing = pam(
+        cluster,
+        Identity::Alice,
+        &[
+            "extend",
+            "no-such-request",
+            "--by",
+            "1h",
+            "--reason",
+            "INC-5",
+        ],
+    );
+    assert_eq!(missing.code, 1, "{missing:#?}");
+    assert!(
+        missing
+            .stderr
+            .contains("ElevationRequest \"no-such-request\" not found"),
+        "{missing:#?}"
+    );
+    let not_bobs = pam(
+        cluster,
+        Identity::Bob,
+        &["extend", &first, "--by", "1h", "--reason", "INC-5"],
+    );
+    assert_eq!(not_bobs.code, 1, "{not_bobs:#?}");
+    assert!(
+        not_bobs.stderr.contains(&format!(
+            "cannot extend ElevationRequest {first}: it is alice's request"
+        )),
+        "{not_bobs:#?}"
+    );
+
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &[
+            "extend",
+            &first,
+            "--by",
+            "1h",
+            "--reason",
+            "INC-5: the rollout needs longer",
+        ],
+    )
+    .ok();
+    let second = created_name(&out);
+    assert!(
+        second.starts_with(&format!("{policy}-")),
+        "named like any request: {out}"
+    );
+    assert!(out.contains(&format!("extends {first} by 1h")), "{out}");
+    let pending = wait_phase(&alice, &second, Phase::Pending, SOON).await;
+    assert_eq!(pending.spec.extends.as_deref(), Some(first.as_str()));
+    assert_eq!(pending.spec.policy, policy);
+    assert_eq!(pending.spec.namespace.as_deref(), Some(ns.name.as_str()));
+    assert_eq!(pending.spec.duration.as_deref(), Some("1h"));
+    assert_eq!(pending.spec.requester.as_deref(), Some("alice"));
+    let early = pam(
+        cluster,
+        Identity::Alice,
+        &["extend", &second, "--by", "1h", "--reason", "INC-5"],
+    );
+    assert_eq!(early.code, 1, "{early:#?}");
+    assert!(early.stderr.contains("not approved yet"), "{early:#?}");
+
+    pam(cluster, Identity::Bob, &["approve", &second, "-m", "ok"]).ok();
+    let approved = wait_phase(&alice, &second, Phase::Approved, SOON).await;
+    let record = approved
+        .status
+        .as_ref()
+        .and_then(|s| s.extension.clone())
+        .expect("status.extension");
+    assert_eq!(
+        (record.extends.as_str(), record.number),
+        (first.as_str(), 1)
+    );
+
+    let status = pam(cluster, Identity::Alice, &["status", &second]).ok();
+    assert!(
+        field(&status, "Extends").starts_with(&format!("{first} (extension 1 of a grant")),
+        "{status}"
+    );
+    // Its grant runs from the approval to an hour past the first one's end: no booked window.
+    assert!(!status.contains("\nWindow:"), "{status}");
+    assert!(
+        field(&status, "Granted until").starts_with("in 8"),
+        "{status}"
+    );
+    let status = pam(cluster, Identity::Alice, &["status", &first]).ok();
+    assert_eq!(
+        field(&status, "Extended by"),
+        format!("{second} (Approved)"),
+        "{status}"
+    );
+    let wide = pam(cluster, Identity::Alice, &["list", "--mine", "-o", "wide"]).ok();
+    let row = wide
+        .lines()
+        .find(|l| l.starts_with(&second))
+        .unwrap_or_else(|| panic!("{second} in {wide}"));
+    assert!(row.contains(&format!("   {first}   ")), "{row}");
+
+    pam(cluster, Identity::Admin, &["policy", "delete", &policy]).ok();
+    ns.delete().await;
+}

@@ -214,7 +214,9 @@ pub fn can_i(query: &Query, facts: &Facts<'_>) -> Answer {
         .filter_map(|r| {
             let status = r.status.as_ref()?;
             let until = status.granted_until?;
-            let active = status.phase == Some(Phase::Approved) && until > facts.now;
+            // A booked window that has not opened grants nothing yet.
+            let opened = status.granted_from.is_none_or(|from| from <= facts.now);
+            let active = status.phase == Some(Phase::Approved) && opened && until > facts.now;
             let covers = status.grant.as_ref().is_some_and(|scope| {
                 grant::covers(scope, &op)
                     || (scope.policy_type != PolicyType::Task
@@ -450,6 +452,26 @@ status:
             true,
         );
         assert!(theirs.grants.is_empty() && !theirs.allowed);
+    }
+
+    #[test]
+    fn a_booked_window_that_has_not_opened_grants_nothing_yet() {
+        let mut booked = approved("alice");
+        let status = booked.status.as_mut().unwrap();
+        status.granted_from = Some(now() + chrono::TimeDelta::minutes(10));
+        let answer = ask(
+            &query("delete", "deployments.apps", Some("prod")),
+            std::slice::from_ref(&booked),
+            true,
+        );
+        assert!(answer.grants.is_empty(), "{answer:?}");
+        booked.status.as_mut().unwrap().granted_from = Some(now());
+        let answer = ask(
+            &query("delete", "deployments.apps", Some("prod")),
+            &[booked],
+            true,
+        );
+        assert_eq!(answer.grants.len(), 1, "{answer:?}");
     }
 
     #[test]

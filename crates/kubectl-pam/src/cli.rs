@@ -23,7 +23,10 @@ use kubepam_core::api::{ApprovalType, Phase, ReviewDecision};
   kubectl pam request prod-delete-deployments --reason 'INC-1234: stuck canary' --duration 30m --wait
   # As an approver: what waits for me, and approve it
   kubectl pam list --to-review
-  kubectl pam approve prod-delete-deployments-x7k2p -m 'ok'"
+  kubectl pam approve prod-delete-deployments-x7k2p -m 'ok'
+  # Need longer, or done early
+  kubectl pam extend prod-delete-deployments-x7k2p --by 1h --reason 'INC-1234: rollout still running'
+  kubectl pam release prod-delete-deployments-x7k2p -m 'done'"
 )]
 pub struct Cli {
     /// How to reach the cluster, as kubectl's own flags.
@@ -71,7 +74,9 @@ pub enum Command {
     #[command(after_help = "Examples:
   kubectl pam enable --approver-group pam-approvers --system-account system:serviceaccount:ci:deployer
   # re-enable with the settings kept from before
-  kubectl pam enable")]
+  kubectl pam enable
+  # nobody may have more than 3 requests waiting for a decision
+  kubectl pam enable --max-pending-per-requester 3")]
     Enable(Enable),
     /// Turn it off; policies, requests and history are kept (Disable-ElevatedAccessControl).
     #[command(after_help = "Examples:
@@ -90,9 +95,21 @@ pub enum Command {
     #[command(after_help = "Examples:
   kubectl pam request prod-delete-deployments --reason 'INC-1234: stuck canary' --duration 30m
   # follow it until someone decides, and exit non-zero unless it is approved
-  kubectl pam request prod-delete-deployments -n prod --reason 'INC-1234' --wait --timeout 1h")]
+  kubectl pam request prod-delete-deployments -n prod --reason 'INC-1234' --wait --timeout 1h
+  # book a window: from 09:00 UTC on 1 December, for 2 hours (approval may come before it)
+  kubectl pam request prod-delete-deployments --reason 'CHG-77: release' --start-at 2026-12-01T09:00:00Z --duration 2h
+  # book it for two hours from now; --wait ends once it is approved, not when it opens
+  kubectl pam request prod-delete-deployments --reason 'CHG-78' --start-in 2h --duration 1h --wait")]
     Request(Request),
-    /// Show one request (Get-ElevatedAccessRequest).
+    /// Continue your Approved grant with a new request under the same policy and namespace;
+    /// once approved, access runs on from the old end with no gap.
+    #[command(after_help = "Examples:
+  kubectl pam extend prod-delete-deployments-x7k2p --by 1h --reason 'INC-1234: rollout still running'
+  # wait for the extension's decision, and exit non-zero unless it is approved
+  kubectl pam extend prod-delete-deployments-x7k2p --by 30m --reason 'INC-1234' --wait --timeout 15m")]
+    Extend(Extend),
+    /// Show one request (Get-ElevatedAccessRequest): its decision, its window, the grants it
+    /// extends or that extend it, and its release.
     #[command(after_help = "Examples:
   kubectl pam status prod-delete-deployments-x7k2p
   kubectl pam status 0b7c8e2a-1f9e-4c57-9f6c-8a1d2b3c4d5e -o json")]
@@ -116,6 +133,12 @@ pub enum Command {
     #[command(after_help = "Examples:
   kubectl pam revoke prod-delete-deployments-x7k2p -m 'done'")]
     Revoke(Review),
+    /// End your own grant early ("I'm done"): only the requester may, while it is Approved.
+    #[command(after_help = "Examples:
+  kubectl pam release prod-delete-deployments-x7k2p -m 'INC-1234 fixed, done'
+  # a booked window that is no longer needed
+  kubectl pam release prod-delete-deployments-b4q9z")]
+    Release(Review),
     /// Which policy covers an operation, and whether you hold a grant for it.
     #[command(
         name = "can-i",
@@ -161,6 +184,9 @@ pub struct Enable {
     /// How long a request may wait for a decision, e.g. 24h.
     #[arg(long)]
     pub request_ttl: Option<String>,
+    /// The most Pending requests one person may have at once, across all policies.
+    #[arg(long, value_name = "COUNT")]
+    pub max_pending_per_requester: Option<u32>,
 }
 
 /// `policy ...`.
@@ -171,8 +197,14 @@ pub enum PolicyCommand {
   kubectl pam policy create prod-delete-deployments --task 'delete deployments.apps' -n prod --approval Manual
   kubectl pam policy create prod-exec --task 'create pods/exec' -n prod -n staging --approval Auto --max-duration 1h
   kubectl pam policy create cluster-admin --role cluster-admin --approval Manual --required-approvals 2
-  kubectl pam policy create operators --roles view,edit --approval Manual --approver-group ops-approvers")]
-    Create(PolicyCreate),
+  kubectl pam policy create operators --roles view,edit --approval Manual --approver-group ops-approvers
+  # every reason must carry a ticket number
+  kubectl pam policy create prod-admin --role admin -n prod --approval Manual --reason-pattern '^(INC|CHG)-[0-9]+' --reason-hint 'a ticket, e.g. INC-1234'
+  # windows booked at most a week ahead, and one open request per person
+  kubectl pam policy create prod-admin --role admin -n prod --approval Manual --max-schedule-ahead 168h --max-open-per-requester 1
+  # extensions approved at once, at most 2 of them, 8h in all
+  kubectl pam policy create prod-exec --task 'create pods/exec' -n prod --approval Manual --extension-approval Auto --max-extensions 2 --max-extension-total 8h")]
+    Create(Box<PolicyCreate>),
     /// List AccessPolicies.
     #[command(after_help = "Examples:
   kubectl pam policy list
@@ -243,6 +275,29 @@ pub struct PolicyCreate {
     /// it (RBAC bindings, long tokens, certificates, webhooks); refused without it.
     #[arg(long)]
     pub allow_persistence: bool,
+    /// A regular expression every request's reason must match, e.g. '^(INC|CHG)-[0-9]+'
+    /// (searched anywhere unless anchored).
+    #[arg(long, value_name = "REGEX")]
+    pub reason_pattern: Option<String>,
+    /// What the reason must give, in words, shown when a reason does not match.
+    #[arg(long, requires = "reason_pattern", value_name = "TEXT")]
+    pub reason_hint: Option<String>,
+    /// How far ahead a request may book its window (--start-at), e.g. 168h.
+    #[arg(long, value_name = "DURATION")]
+    pub max_schedule_ahead: Option<String>,
+    /// The most requests of this policy one person may hold open (Pending or Approved) at once;
+    /// extensions do not count.
+    #[arg(long, value_name = "COUNT")]
+    pub max_open_per_requester: Option<u32>,
+    /// How extensions (kubectl pam extend) are approved: Manual or Auto (default: as --approval).
+    #[arg(long, value_enum, ignore_case = true)]
+    pub extension_approval: Option<Approval>,
+    /// The most extensions of one grant (0 allows none).
+    #[arg(long, value_name = "COUNT")]
+    pub max_extensions: Option<u32>,
+    /// The longest a grant may last with all its extensions, from its first opening, e.g. 8h.
+    #[arg(long, value_name = "DURATION")]
+    pub max_extension_total: Option<String>,
 }
 
 /// `request`.
@@ -260,6 +315,31 @@ pub struct Request {
     #[arg(long)]
     pub name: Option<String>,
     /// Follow the request until it is decided; exit non-zero unless it is approved.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long, e.g. 10m (default: wait until decided).
+    #[arg(long, requires = "wait")]
+    pub timeout: Option<String>,
+    /// Book the window to start at this time, in RFC 3339, e.g. 2026-12-01T09:00:00Z.
+    #[arg(long, value_name = "TIME", conflicts_with = "start_in")]
+    pub start_at: Option<String>,
+    /// Book the window to start this long from now, e.g. 2h.
+    #[arg(long, value_name = "DURATION")]
+    pub start_in: Option<String>,
+}
+
+/// `extend`.
+#[derive(Debug, Args)]
+pub struct Extend {
+    /// Your Approved request to continue (name or request id).
+    pub name: String,
+    /// How much longer, e.g. 30m or 2h: the new request's duration.
+    #[arg(long, value_name = "DURATION")]
+    pub by: String,
+    /// Why you need longer (recorded for audit).
+    #[arg(long)]
+    pub reason: String,
+    /// Follow the extension until it is decided; exit non-zero unless it is approved.
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this long, e.g. 10m (default: wait until decided).
@@ -316,7 +396,7 @@ pub struct List {
     pub to_review: bool,
 }
 
-/// `approve`, `deny`, `revoke`.
+/// `approve`, `deny`, `revoke`, `release`.
 #[derive(Debug, Args)]
 pub struct Review {
     /// The request's name or request id.
@@ -327,12 +407,13 @@ pub struct Review {
 }
 
 impl Command {
-    /// The review decision of `approve`, `deny` and `revoke`.
+    /// The review decision of `approve`, `deny`, `revoke` and `release`.
     pub fn decision(&self) -> Option<ReviewDecision> {
         match self {
             Self::Approve(_) => Some(ReviewDecision::Approve),
             Self::Deny(_) => Some(ReviewDecision::Deny),
             Self::Revoke(_) => Some(ReviewDecision::Revoke),
+            Self::Release(_) => Some(ReviewDecision::Release),
             _ => None,
         }
     }
@@ -476,6 +557,200 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kubectl-pam").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_request_books_its_window_at_a_time_or_after_a_while() {
+        let cli = parse(&[
+            "request",
+            "p",
+            "--reason",
+            "r",
+            "--start-at",
+            "2026-12-01T09:00:00Z",
+        ])
+        .unwrap();
+        let Command::Request(request) = cli.command else {
+            panic!("request")
+        };
+        assert_eq!(request.start_at.as_deref(), Some("2026-12-01T09:00:00Z"));
+        assert_eq!(request.start_in, None);
+        let cli = parse(&[
+            "request",
+            "p",
+            "--reason",
+            "r",
+            "--start-in",
+            "2h",
+            "--wait",
+        ])
+        .unwrap();
+        let Command::Request(request) = cli.command else {
+            panic!("request")
+        };
+        assert_eq!(request.start_in.as_deref(), Some("2h"));
+        assert!(request.wait);
+        let both = parse(&[
+            "request",
+            "p",
+            "--reason",
+            "r",
+            "--start-at",
+            "2026-12-01T09:00:00Z",
+            "--start-in",
+            "2h",
+        ])
+        .unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn extend_names_the_grant_how_much_longer_and_why() {
+        let cli = parse(&[
+            "extend",
+            "r1",
+            "--by",
+            "2h",
+            "--reason",
+            "INC-1",
+            "--wait",
+            "--timeout",
+            "5m",
+        ])
+        .unwrap();
+        let Command::Extend(extend) = cli.command else {
+            panic!("extend")
+        };
+        assert_eq!(
+            (
+                extend.name.as_str(),
+                extend.by.as_str(),
+                extend.reason.as_str()
+            ),
+            ("r1", "2h", "INC-1")
+        );
+        assert!(extend.wait);
+        assert_eq!(extend.timeout.as_deref(), Some("5m"));
+        for missing in [
+            &["extend", "r1", "--reason", "INC-1"][..],
+            &["extend", "r1", "--by", "2h"],
+            &["extend", "--by", "2h", "--reason", "INC-1"],
+        ] {
+            assert_eq!(
+                parse(missing).unwrap_err().kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{missing:?}"
+            );
+        }
+        assert!(
+            parse(&[
+                "extend",
+                "r1",
+                "--by",
+                "2h",
+                "--reason",
+                "x",
+                "--timeout",
+                "1m"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn release_is_the_requesters_review() {
+        let cli = parse(&["release", "r1", "-m", "done"]).unwrap();
+        assert_eq!(cli.command.decision(), Some(ReviewDecision::Release));
+        let Command::Release(review) = &cli.command else {
+            panic!("release")
+        };
+        assert_eq!(
+            (review.name.as_str(), review.comment.as_deref()),
+            ("r1", Some("done"))
+        );
+        let cli = parse(&["release", "r1"]).unwrap();
+        let Command::Release(review) = &cli.command else {
+            panic!("release")
+        };
+        assert_eq!(review.comment, None);
+    }
+
+    #[test]
+    fn policy_create_takes_the_time_and_justification_rules() {
+        let cli = parse(&[
+            "policy",
+            "create",
+            "p",
+            "--role",
+            "admin",
+            "--approval",
+            "Manual",
+            "--reason-pattern",
+            "^INC-[0-9]+",
+            "--reason-hint",
+            "a ticket",
+            "--max-schedule-ahead",
+            "168h",
+            "--max-open-per-requester",
+            "1",
+            "--extension-approval",
+            "auto",
+            "--max-extensions",
+            "0",
+            "--max-extension-total",
+            "8h",
+        ])
+        .unwrap();
+        let Command::Policy(PolicyCommand::Create(create)) = cli.command else {
+            panic!("policy create")
+        };
+        assert_eq!(create.reason_pattern.as_deref(), Some("^INC-[0-9]+"));
+        assert_eq!(create.reason_hint.as_deref(), Some("a ticket"));
+        assert_eq!(create.max_schedule_ahead.as_deref(), Some("168h"));
+        assert_eq!(create.max_open_per_requester, Some(1));
+        assert_eq!(create.extension_approval, Some(Approval::Auto));
+        assert_eq!(create.max_extensions, Some(0));
+        assert_eq!(create.max_extension_total.as_deref(), Some("8h"));
+        // A hint explains a pattern; alone it would explain nothing.
+        let hint_alone = parse(&[
+            "policy",
+            "create",
+            "p",
+            "--role",
+            "admin",
+            "--approval",
+            "Manual",
+            "--reason-hint",
+            "a ticket",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            hint_alone.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        assert!(
+            parse(&[
+                "policy",
+                "create",
+                "p",
+                "--role",
+                "admin",
+                "--approval",
+                "Manual",
+                "--max-extensions",
+                "-1",
+            ])
+            .is_err()
+        );
+        let cli = parse(&["enable", "--max-pending-per-requester", "3"]).unwrap();
+        let Command::Enable(enable) = cli.command else {
+            panic!("enable")
+        };
+        assert_eq!(enable.max_pending_per_requester, Some(3));
     }
 
     proptest! {

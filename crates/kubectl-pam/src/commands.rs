@@ -99,9 +99,13 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
             policy_delete(&client, &target.name, output).await
         }
         Command::Request(args) => request(&client, args, one_namespace()?, output).await,
+        Command::Extend(args) => extend(&client, args, one_namespace()?, output).await,
         Command::Status(target) => status(&client, &target.name, output).await,
         Command::List(args) => list(&client, args, output).await,
-        Command::Approve(review) | Command::Deny(review) | Command::Revoke(review) => {
+        Command::Approve(review)
+        | Command::Deny(review)
+        | Command::Revoke(review)
+        | Command::Release(review) => {
             let decision = cli.command.decision().unwrap_or(ReviewDecision::Approve);
             decide(&client, review, decision, output).await
         }
@@ -125,6 +129,7 @@ async fn enable(client: &Client, args: &cli::Enable, output: Option<Output>) -> 
             system_accounts: args.system_accounts.clone(),
             default_duration: args.default_duration.clone(),
             request_ttl: args.request_ttl.clone(),
+            max_pending_per_requester: args.max_pending_per_requester,
         },
     )?;
     let control = match plan {
@@ -185,6 +190,13 @@ async fn policy_create(
         allow_impersonation: args.allow_impersonation,
         allow_privilege_escalation: args.allow_privilege_escalation,
         allow_persistence: args.allow_persistence,
+        reason_pattern: args.reason_pattern.clone(),
+        reason_hint: args.reason_hint.clone(),
+        max_schedule_ahead: args.max_schedule_ahead.clone(),
+        max_open_per_requester: args.max_open_per_requester,
+        extension_approval: args.extension_approval.map(Into::into),
+        max_extensions: args.max_extensions,
+        max_extension_total: args.max_extension_total.clone(),
     })?;
     let created = Kind::<AccessPolicy>::new(client).create(&policy).await?;
     print_object(
@@ -320,18 +332,26 @@ async fn policy_delete(client: &Client, what: &str, output: Option<Output>) -> R
     Ok(exit::OK)
 }
 
+/// `--timeout`, parsed.
+fn wait_timeout(timeout: Option<&str>) -> Result<Option<chrono::TimeDelta>, Error> {
+    Ok(timeout
+        .map(duration::parse)
+        .transpose()
+        .map_err(objects::Error::from)?)
+}
+
 async fn request(
     client: &Client,
     args: &cli::Request,
     namespace: Option<String>,
     output: Option<Output>,
 ) -> Result<u8, Error> {
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(duration::parse)
-        .transpose()
-        .map_err(objects::Error::from)?;
+    let timeout = wait_timeout(args.timeout.as_deref())?;
+    let start_at = objects::start_time(
+        args.start_at.as_deref(),
+        args.start_in.as_deref(),
+        Utc::now(),
+    )?;
     let policy = Kind::<AccessPolicy>::new(client)
         .get_opt(&args.policy)
         .await?
@@ -347,22 +367,79 @@ async fn request(
         reason: args.reason.clone(),
         duration: args.duration.clone(),
         namespace,
+        start_at,
+        extends: None,
     })?;
-    let requests = Kind::<ElevationRequest>::new(client);
-    let created = requests.create(&request).await?;
-    let name = created.metadata.name.clone().unwrap_or_default();
+    let created = Kind::<ElevationRequest>::new(client)
+        .create(&request)
+        .await?;
+    let line = format!("{} created", render::object_name(&created));
     if !args.wait {
-        print_object(
-            &created,
-            output,
-            &format!("{} created", render::object_name(&created)),
-        )?;
+        print_object(&created, output, &line)?;
         return Ok(exit::OK);
     }
+    wait_for_decision(client, &created, &line, timeout, output).await
+}
+
+/// `extend NAME`: a new request under NAME's policy and namespace that continues its grant.
+/// The plugin refuses what it can see will not work (not the caller's, not Approved); the API
+/// server's admission has the last word.
+async fn extend(
+    client: &Client,
+    args: &cli::Extend,
+    namespace: Option<String>,
+    output: Option<Output>,
+) -> Result<u8, Error> {
+    let timeout = wait_timeout(args.timeout.as_deref())?;
+    let requests = Kind::<ElevationRequest>::new(client);
+    let extended = find_request(&requests, &args.name).await?;
+    let name = extended.metadata.name.clone().unwrap_or_default();
+    let me = whoami(client).await?;
+    if let Some(why) = select::why_not_extendable(&extended, &me.username) {
+        return Err(Error::NotExtendable { name, why });
+    }
+    if let Some(given) = namespace.filter(|n| Some(n) != extended.spec.namespace.as_ref()) {
+        return Err(Error::Usage(format!(
+            "an extension keeps the namespace of the grant it continues ({}), not {given}: \
+             leave out --namespace",
+            extended.spec.namespace.as_deref().unwrap_or("cluster-wide")
+        )));
+    }
+    let request = objects::build_request(&objects::RequestArgs {
+        policy: extended.spec.policy.clone(),
+        name: None,
+        reason: args.reason.clone(),
+        duration: Some(args.by.clone()),
+        namespace: extended.spec.namespace.clone(),
+        start_at: None,
+        extends: Some(name.clone()),
+    })?;
+    let created = requests.create(&request).await?;
+    let line = format!(
+        "{} created: extends {name} by {}",
+        render::object_name(&created),
+        args.by
+    );
+    if !args.wait {
+        print_object(&created, output, &line)?;
+        return Ok(exit::OK);
+    }
+    wait_for_decision(client, &created, &line, timeout, output).await
+}
+
+/// `--wait`: follow a new request until it leaves Pending. Approved counts at once, even while
+/// a booked window has not opened.
+async fn wait_for_decision(
+    client: &Client,
+    created: &ElevationRequest,
+    line: &str,
+    timeout: Option<chrono::TimeDelta>,
+    output: Option<Output>,
+) -> Result<u8, Error> {
+    let name = created.metadata.name.clone().unwrap_or_default();
     if output.is_none() || output == Some(Output::Wide) {
         println(&format!(
-            "{} created; waiting for a decision (Ctrl-C stops waiting, not the request)",
-            render::object_name(&created)
+            "{line}; waiting for a decision (Ctrl-C stops waiting, not the request)"
         ))?;
     }
     let decided = |r: &ElevationRequest| {
@@ -371,6 +448,7 @@ async fn request(
             .and_then(|s| s.phase)
             .is_some_and(|p| p != Phase::Pending)
     };
+    let requests = Kind::<ElevationRequest>::new(client);
     let watch = requests.wait_until(&name, decided);
     let result = match timeout {
         Some(t) => tokio::time::timeout(t.to_std().unwrap_or_default(), watch)
@@ -391,6 +469,10 @@ fn outcome(request: &ElevationRequest, output: Option<Output>) -> Result<u8, Err
     let status = request.status.clone().unwrap_or_default();
     let name = request.metadata.name.clone().unwrap_or_default();
     let phase = status.phase.map_or("unknown", |p| p.as_str());
+    if status.phase == Some(Phase::Approved) {
+        print_object(request, output, &render::approved_line(request, Utc::now()))?;
+        return Ok(exit::OK);
+    }
     let by = if status.decided_by.is_empty() {
         String::new()
     } else {
@@ -402,25 +484,6 @@ fn outcome(request: &ElevationRequest, output: Option<Output>) -> Result<u8, Err
         .and_then(|h| h.comment.clone())
         .map(|c| format!(": {c}"))
         .unwrap_or_default();
-    if status.phase == Some(Phase::Approved) {
-        let until = status
-            .granted_until
-            .map(|u| {
-                format!(
-                    ", granted until {} ({})",
-                    kubepam_core::util::time_for_people(u),
-                    render::relative(u, Utc::now())
-                )
-            })
-            .unwrap_or_default();
-        let line = format!(
-            "{} {}{by}{until}",
-            render::object_name(request),
-            render::phase_cell(status.phase)
-        );
-        print_object(request, output, &line)?;
-        return Ok(exit::OK);
-    }
     if matches!(output, Some(Output::Json | Output::Yaml | Output::Name)) {
         print_object(request, output, "")?;
     }
@@ -450,7 +513,8 @@ async fn find_request(
 }
 
 async fn status(client: &Client, what: &str, output: Option<Output>) -> Result<u8, Error> {
-    let request = find_request(&Kind::new(client), what).await?;
+    let requests = Kind::<ElevationRequest>::new(client);
+    let request = find_request(&requests, what).await?;
     match output {
         Some(o @ (Output::Json | Output::Yaml)) => {
             print(&render::serialize(&request, o).map_err(Error::Output)?)?;
@@ -461,7 +525,17 @@ async fn status(client: &Client, what: &str, output: Option<Output>) -> Result<u
             Utc::now(),
             true,
         ))?,
-        Some(Output::Table) | None => print(&render::describe_request(&request, Utc::now()))?,
+        Some(Output::Table) | None => {
+            // The extensions only add a line: a caller who may not list requests still sees
+            // the request itself.
+            let name = request.metadata.name.as_deref().unwrap_or_default();
+            let extensions = requests
+                .list()
+                .await
+                .map(|all| select::extensions_of(&all, name))
+                .unwrap_or_default();
+            print(&render::describe_request(&request, &extensions, Utc::now()))?;
+        }
     }
     Ok(exit::OK)
 }
@@ -512,6 +586,7 @@ async fn decide(
         ReviewDecision::Approve => "approved",
         ReviewDecision::Deny => "denied",
         ReviewDecision::Revoke => "revoked",
+        ReviewDecision::Release => "released",
     };
     let line = format!(
         "{} {verb} by {} (kubepam updates its status in a moment: kubectl pam status {})",

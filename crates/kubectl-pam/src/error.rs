@@ -75,6 +75,14 @@ pub enum Error {
         /// Who decided and why, when known.
         detail: String,
     },
+    /// `extend` of a request that is not the caller's, or has no grant to continue.
+    #[error("cannot extend ElevationRequest {name}: {why}")]
+    NotExtendable {
+        /// The request named.
+        name: String,
+        /// Why, and what to do instead.
+        why: String,
+    },
     /// `--wait` ran out of time.
     #[error(
         "timed out after {0} waiting for a decision; the request stays Pending (kubectl pam status NAME)"

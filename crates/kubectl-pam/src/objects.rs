@@ -3,17 +3,18 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, SubsecRound, Utc};
 use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 
 use super::task;
 use kubepam_core::api::{
     AccessPolicy, AccessPolicySpec, ApprovalType, CONTROL_NAME, ElevationRequest,
-    ElevationRequestSpec, PolicyType, PrivilegedAccessControl, PrivilegedAccessControlSpec,
-    ReviewDecision, Scope,
+    ElevationRequestSpec, ExtensionPolicy, PolicyType, PrivilegedAccessControl,
+    PrivilegedAccessControlSpec, ReviewDecision, Scope,
 };
-use kubepam_core::duration;
 use kubepam_core::lifecycle::scope::{self, ScopeError};
+use kubepam_core::{duration, justification};
 
 /// Why an object could not be built from the command line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +46,18 @@ pub enum Error {
     /// The request does not fit its policy's scope.
     #[error(transparent)]
     Scope(#[from] ScopeError),
+    /// A count flag that must be at least 1, e.g. `--max-open-per-requester 0`.
+    #[error("{0} must be at least 1, or be left out for no limit")]
+    ZeroLimit(&'static str),
+    /// `--reason-pattern` that is not a regular expression.
+    #[error("--reason-pattern: {0}")]
+    ReasonPattern(String),
+    /// `--start-at` that is not an RFC 3339 time.
+    #[error(
+        "invalid --start-at {0:?}: write a time in RFC 3339 with its offset, e.g. \
+         2026-12-01T09:00:00Z or 2026-12-01T10:00:00+01:00"
+    )]
+    StartAt(String),
 }
 
 /// What `enable` does: create the control, or change the fields given on an existing one.
@@ -67,6 +80,8 @@ pub struct EnableArgs {
     pub default_duration: Option<String>,
     /// `--request-ttl`.
     pub request_ttl: Option<String>,
+    /// `--max-pending-per-requester`.
+    pub max_pending_per_requester: Option<u32>,
 }
 
 /// Plan `enable` (Enable-ElevatedAccessControl) against the control as it is now.
@@ -87,6 +102,9 @@ pub fn enable_plan(
     {
         duration::parse(d)?;
     }
+    if args.max_pending_per_requester == Some(0) {
+        return Err(Error::ZeroLimit("--max-pending-per-requester"));
+    }
     if existing.is_none() {
         let group = args
             .approver_group
@@ -105,6 +123,7 @@ pub fn enable_plan(
                 request_ttl: args.request_ttl.clone(),
                 remove_foreign_bindings: false,
                 remove_persistence: false,
+                max_pending_per_requester: args.max_pending_per_requester,
                 notifications: None,
             },
             status: None,
@@ -124,6 +143,9 @@ pub fn enable_plan(
     }
     if let Some(d) = &args.request_ttl {
         spec.insert("requestTTL".into(), json!(d));
+    }
+    if let Some(n) = args.max_pending_per_requester {
+        spec.insert("maxPendingPerRequester".into(), json!(n));
     }
     Ok(EnablePlan::Patch(json!({ "spec": spec })))
 }
@@ -160,6 +182,32 @@ pub struct PolicyArgs {
     pub allow_privilege_escalation: bool,
     /// `--allow-persistence`.
     pub allow_persistence: bool,
+    /// `--reason-pattern`.
+    pub reason_pattern: Option<String>,
+    /// `--reason-hint`.
+    pub reason_hint: Option<String>,
+    /// `--max-schedule-ahead`.
+    pub max_schedule_ahead: Option<String>,
+    /// `--max-open-per-requester`.
+    pub max_open_per_requester: Option<u32>,
+    /// `--extension-approval`.
+    pub extension_approval: Option<ApprovalType>,
+    /// `--max-extensions`.
+    pub max_extensions: Option<u32>,
+    /// `--max-extension-total`.
+    pub max_extension_total: Option<String>,
+}
+
+/// The policy's `extension` block: present when any of its flags is given.
+fn extension_policy(args: &PolicyArgs) -> Option<ExtensionPolicy> {
+    let given = args.extension_approval.is_some()
+        || args.max_extensions.is_some()
+        || args.max_extension_total.is_some();
+    given.then(|| ExtensionPolicy {
+        approval_type: args.extension_approval,
+        max_extensions: args.max_extensions,
+        max_total: args.max_extension_total.clone(),
+    })
 }
 
 /// Build the AccessPolicy of `policy create` (New-ElevatedAccessApprovalPolicy).
@@ -181,11 +229,27 @@ pub fn build_policy(args: &PolicyArgs) -> Result<AccessPolicy, Error> {
         }
         _ => return Err(Error::WhatToGrant),
     };
-    if let Some(d) = &args.max_duration {
+    for d in [
+        &args.max_duration,
+        &args.max_schedule_ahead,
+        &args.max_extension_total,
+    ]
+    .into_iter()
+    .flatten()
+    {
         duration::parse(d)?;
     }
     if args.required_approvals == Some(0) {
         return Err(Error::NoApprovals);
+    }
+    if args.max_open_per_requester == Some(0) {
+        return Err(Error::ZeroLimit("--max-open-per-requester"));
+    }
+    if let Some(pattern) = &args.reason_pattern {
+        if pattern.is_empty() {
+            return Err(Error::Empty("--reason-pattern"));
+        }
+        justification::compile(pattern).map_err(Error::ReasonPattern)?;
     }
     if args
         .approver_group
@@ -211,6 +275,11 @@ pub fn build_policy(args: &PolicyArgs) -> Result<AccessPolicy, Error> {
             approval_type: args.approval,
             approver_group: args.approver_group.clone(),
             max_duration: args.max_duration.clone(),
+            reason_pattern: args.reason_pattern.clone(),
+            reason_hint: args.reason_hint.clone(),
+            max_schedule_ahead: args.max_schedule_ahead.clone(),
+            extension: extension_policy(args),
+            max_open_per_requester: args.max_open_per_requester,
             required_approvals: args.required_approvals,
             allow_impersonation: args.allow_impersonation,
             allow_privilege_escalation: args.allow_privilege_escalation,
@@ -259,6 +328,35 @@ pub struct RequestArgs {
     pub duration: Option<String>,
     /// `-n/--namespace`.
     pub namespace: Option<String>,
+    /// `--start-at` / `--start-in`, resolved: the booked window's start.
+    pub start_at: Option<DateTime<Utc>>,
+    /// `extend NAME`: the request whose grant this one continues.
+    pub extends: Option<String>,
+}
+
+/// When a booked window starts: `--start-at` as written (an RFC 3339 time, in UTC), or
+/// `--start-in` from `now` in whole seconds; `None` for "as soon as approved".
+pub fn start_time(
+    start_at: Option<&str>,
+    start_in: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    if let Some(at) = start_at {
+        let at =
+            DateTime::parse_from_rfc3339(at.trim()).map_err(|_| Error::StartAt(at.to_owned()))?;
+        return Ok(Some(at.with_timezone(&Utc)));
+    }
+    match start_in {
+        None => Ok(None),
+        Some(d) => {
+            let delta = duration::parse(d)?;
+            let start = now
+                .trunc_subsecs(0)
+                .checked_add_signed(delta)
+                .ok_or_else(|| duration::Error::TooLong(d.to_owned()))?;
+            Ok(Some(start))
+        }
+    }
 }
 
 /// The namespace a request should name under `policy`: the one given, or the policy's only
@@ -303,6 +401,8 @@ pub fn build_request(args: &RequestArgs) -> Result<ElevationRequest, Error> {
             reason: args.reason.clone(),
             duration: args.duration.clone(),
             requester: None,
+            start_at: args.start_at,
+            extends: args.extends.clone(),
             reviews: BTreeMap::new(),
         },
         status: None,
@@ -313,12 +413,9 @@ pub fn build_request(args: &RequestArgs) -> Result<ElevationRequest, Error> {
 /// `{"spec":{"reviews":{"<me>":{"decision":"Approve","comment":"ok"}}}}`.
 /// Without a comment, `comment` is `null` so that an earlier comment of the same reviewer
 /// (say, on their approval) is not carried over onto a later revoke by the merge.
+/// The requester's `Release` is the same patch under their own name.
 pub fn review_patch(reviewer: &str, decision: ReviewDecision, comment: Option<&str>) -> Value {
-    let decision = match decision {
-        ReviewDecision::Approve => "Approve",
-        ReviewDecision::Deny => "Deny",
-        ReviewDecision::Revoke => "Revoke",
-    };
+    let decision = decision.as_str();
     json!({ "spec": { "reviews": { reviewer: { "decision": decision, "comment": comment } } } })
 }
 
@@ -341,7 +438,18 @@ mod tests {
             allow_impersonation: false,
             allow_privilege_escalation: false,
             allow_persistence: false,
+            reason_pattern: None,
+            reason_hint: None,
+            max_schedule_ahead: None,
+            max_open_per_requester: None,
+            extension_approval: None,
+            max_extensions: None,
+            max_extension_total: None,
         }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
     #[test]
@@ -464,6 +572,187 @@ spec:
     }
 
     #[test]
+    fn a_policy_carries_its_reason_schedule_quota_and_extension_rules() {
+        let args = PolicyArgs {
+            reason_pattern: Some("^(INC|CHG)-[0-9]+".into()),
+            reason_hint: Some("a ticket, e.g. INC-1234".into()),
+            max_schedule_ahead: Some("168h".into()),
+            max_open_per_requester: Some(1),
+            extension_approval: Some(ApprovalType::Auto),
+            max_extensions: Some(0),
+            max_extension_total: Some("8h".into()),
+            ..seed_policy_args()
+        };
+        let yaml: AccessPolicy = serde_yaml_ng::from_str(
+            "apiVersion: kubepam.io/v1alpha1
+kind: AccessPolicy
+metadata: { name: prod-delete-deployments }
+spec:
+  type: Task
+  task: { verbs: [delete], apiGroups: [apps], resources: [deployments] }
+  scope: { namespaces: [prod] }
+  approvalType: Manual
+  reasonPattern: '^(INC|CHG)-[0-9]+'
+  reasonHint: 'a ticket, e.g. INC-1234'
+  maxScheduleAhead: 168h
+  maxOpenPerRequester: 1
+  extension: { approvalType: Auto, maxExtensions: 0, maxTotal: 8h }
+",
+        )
+        .unwrap();
+        assert_eq!(build_policy(&args).unwrap(), yaml);
+        // One extension flag is enough for the block; none leaves it out.
+        let only_total = PolicyArgs {
+            max_extension_total: Some("8h".into()),
+            ..seed_policy_args()
+        };
+        assert_eq!(
+            build_policy(&only_total).unwrap().spec.extension,
+            Some(ExtensionPolicy {
+                max_total: Some("8h".into()),
+                ..ExtensionPolicy::default()
+            })
+        );
+        assert_eq!(
+            build_policy(&seed_policy_args()).unwrap().spec.extension,
+            None
+        );
+    }
+
+    #[test]
+    fn the_new_policy_rules_are_checked_before_they_are_sent() {
+        let bad = |args: PolicyArgs| build_policy(&args).unwrap_err();
+        assert_eq!(
+            bad(PolicyArgs {
+                max_open_per_requester: Some(0),
+                ..seed_policy_args()
+            }),
+            Error::ZeroLimit("--max-open-per-requester")
+        );
+        let pattern = bad(PolicyArgs {
+            reason_pattern: Some("(INC".into()),
+            ..seed_policy_args()
+        });
+        assert!(
+            matches!(&pattern, Error::ReasonPattern(m) if m.contains("not a valid regular expression")),
+            "{pattern}"
+        );
+        assert!(pattern.to_string().starts_with("--reason-pattern: "));
+        assert_eq!(
+            bad(PolicyArgs {
+                reason_pattern: Some(String::new()),
+                ..seed_policy_args()
+            }),
+            Error::Empty("--reason-pattern")
+        );
+        for (ahead, total) in [(Some("a week"), None), (None, Some("0h"))] {
+            let err = bad(PolicyArgs {
+                max_schedule_ahead: ahead.map(Into::into),
+                max_extension_total: total.map(Into::into),
+                ..seed_policy_args()
+            });
+            assert!(matches!(err, Error::Duration(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn enable_sets_the_pending_quota_on_create_and_patch() {
+        let args = EnableArgs {
+            approver_group: Some("pam-approvers".into()),
+            max_pending_per_requester: Some(3),
+            ..EnableArgs::default()
+        };
+        let EnablePlan::Create(control) = enable_plan(None, &args).unwrap() else {
+            panic!("no control yet: create it");
+        };
+        assert_eq!(control.spec.max_pending_per_requester, Some(3));
+        let only_quota = EnableArgs {
+            max_pending_per_requester: Some(3),
+            ..EnableArgs::default()
+        };
+        assert_eq!(
+            enable_plan(Some(&control), &only_quota).unwrap(),
+            EnablePlan::Patch(json!({ "spec": { "enabled": true, "maxPendingPerRequester": 3 } }))
+        );
+        let zero = EnableArgs {
+            max_pending_per_requester: Some(0),
+            ..EnableArgs::default()
+        };
+        assert_eq!(
+            enable_plan(Some(&control), &zero),
+            Err(Error::ZeroLimit("--max-pending-per-requester"))
+        );
+    }
+
+    #[test]
+    fn a_window_starts_at_a_time_or_after_a_while() {
+        let now = at("2026-11-30T08:15:42.5Z");
+        assert_eq!(start_time(None, None, now), Ok(None));
+        assert_eq!(
+            start_time(Some("2026-12-01T09:00:00Z"), None, now),
+            Ok(Some(at("2026-12-01T09:00:00Z")))
+        );
+        // An offset is kept as the moment it names, in UTC.
+        assert_eq!(
+            start_time(Some("2026-12-01T10:00:00+01:00"), None, now),
+            Ok(Some(at("2026-12-01T09:00:00Z")))
+        );
+        // From now, in whole seconds.
+        assert_eq!(
+            start_time(None, Some("2h"), now),
+            Ok(Some(at("2026-11-30T10:15:42Z")))
+        );
+        for bad in [
+            "tomorrow",
+            "2026-12-01",
+            "2026-12-01 09:00",
+            "2026-12-01T09:00:00",
+        ] {
+            let err = start_time(Some(bad), None, now).unwrap_err();
+            assert_eq!(err, Error::StartAt(bad.to_owned()));
+            assert!(err.to_string().contains("2026-12-01T09:00:00Z"), "{err}");
+        }
+        assert!(matches!(
+            start_time(None, Some("2 hours"), now),
+            Err(Error::Duration(_))
+        ));
+    }
+
+    #[test]
+    fn a_booked_request_and_an_extension_carry_start_at_and_extends() {
+        let booked = build_request(&RequestArgs {
+            policy: "prod-delete-deployments".into(),
+            reason: "CHG-77".into(),
+            duration: Some("2h".into()),
+            namespace: Some("prod".into()),
+            start_at: Some(at("2026-12-01T09:00:00Z")),
+            ..RequestArgs::default()
+        })
+        .unwrap();
+        let spec = serde_json::to_value(&booked.spec).unwrap();
+        assert_eq!(spec["startAt"], "2026-12-01T09:00:00Z");
+        assert!(spec.get("extends").is_none());
+        let extension = build_request(&RequestArgs {
+            policy: "prod-delete-deployments".into(),
+            reason: "INC-1234: still rolling out".into(),
+            duration: Some("1h".into()),
+            namespace: Some("prod".into()),
+            extends: Some("prod-delete-deployments-x7k2p".into()),
+            ..RequestArgs::default()
+        })
+        .unwrap();
+        // Named like any request: after the policy, by the server.
+        assert_eq!(
+            extension.metadata.generate_name.as_deref(),
+            Some("prod-delete-deployments-")
+        );
+        let spec = serde_json::to_value(&extension.spec).unwrap();
+        assert_eq!(spec["extends"], "prod-delete-deployments-x7k2p");
+        assert_eq!(spec["duration"], "1h");
+        assert!(spec.get("startAt").is_none());
+    }
+
+    #[test]
     fn the_review_patch_is_what_the_readme_shows() {
         assert_eq!(
             review_patch("bob", ReviewDecision::Approve, Some("ok")),
@@ -472,6 +761,11 @@ spec:
         assert_eq!(
             review_patch("carol", ReviewDecision::Revoke, None),
             json!({"spec":{"reviews":{"carol":{"decision":"Revoke","comment":null}}}})
+        );
+        // The requester's release: their own entry, like any review.
+        assert_eq!(
+            review_patch("alice", ReviewDecision::Release, Some("done")),
+            json!({"spec":{"reviews":{"alice":{"decision":"Release","comment":"done"}}}})
         );
     }
 

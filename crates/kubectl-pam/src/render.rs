@@ -12,9 +12,11 @@ use serde::Serialize;
 
 use super::task::format_task;
 use kubepam_core::api::{
-    AccessPolicy, CONDITION_ACCEPTED, ElevationRequest, Phase, PolicyType, ReviewDecision,
-    find_condition, from_k8s_time,
+    AccessPolicy, CONDITION_ACCEPTED, ElevationRequest, ElevationRequestStatus, Phase, PolicyType,
+    ReviewDecision, find_condition, from_k8s_time,
 };
+use kubepam_core::lifecycle::{CONDITION_RELEASED, CONDITION_SCHEDULED, reason};
+use kubepam_core::util::time_for_people;
 
 /// How `-o` asked for output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -171,7 +173,8 @@ fn created(meta: &kube::api::ObjectMeta) -> Option<DateTime<Utc>> {
     meta.creation_timestamp.as_ref().map(from_k8s_time)
 }
 
-/// The table of `list` (the CRD's printer columns; `wide` adds id, approvers, deciders, reason).
+/// The table of `list` (the CRD's printer columns; `wide` adds id, approvers, deciders, the
+/// request extended, and the reason).
 pub fn requests_table(requests: &[ElevationRequest], now: DateTime<Utc>, wide: bool) -> String {
     let mut header = vec![
         "NAME",
@@ -179,11 +182,12 @@ pub fn requests_table(requests: &[ElevationRequest], now: DateTime<Utc>, wide: b
         "REQUESTER",
         "POLICY",
         "NAMESPACE",
+        "STARTS",
         "EXPIRES",
         "AGE",
     ];
     if wide {
-        header.extend(["REQUEST-ID", "APPROVERS", "DECIDED-BY", "REASON"]);
+        header.extend(["REQUEST-ID", "APPROVERS", "DECIDED-BY", "EXTENDS", "REASON"]);
     }
     let rows: Vec<Vec<String>> = requests
         .iter()
@@ -199,6 +203,9 @@ pub fn requests_table(requests: &[ElevationRequest], now: DateTime<Utc>, wide: b
                 or_none(r.spec.requester.as_deref()),
                 r.spec.policy.clone(),
                 or_none(r.spec.namespace.as_deref()),
+                status
+                    .and_then(|s| s.starts_at)
+                    .map_or_else(|| "<none>".to_owned(), |t| relative(t, now)),
                 deadline.map_or_else(|| "<none>".to_owned(), |d| relative(d, now)),
                 age(created(&r.metadata), now),
             ];
@@ -208,6 +215,7 @@ pub fn requests_table(requests: &[ElevationRequest], now: DateTime<Utc>, wide: b
                     or_none(status.and_then(|s| s.request_id.as_deref())),
                     or_none(status.and_then(|s| s.approver_group.as_deref())),
                     or_none(Some(&decided_by)),
+                    or_none(r.spec.extends.as_deref()),
                     r.spec.reason.clone(),
                 ]);
             }
@@ -303,24 +311,147 @@ fn decision_cell(decision: ReviewDecision) -> String {
         ReviewDecision::Approve => paint(AnsiColor::Green.on_default(), "Approve"),
         ReviewDecision::Deny => paint(AnsiColor::Red.on_default(), "Deny"),
         ReviewDecision::Revoke => paint(AnsiColor::Red.on_default(), "Revoke"),
+        ReviewDecision::Release => paint(AnsiColor::Cyan.on_default(), "Release"),
     }
 }
 
-/// `status NAME`: one request the way `kubectl describe` shows an object.
-pub fn describe_request(r: &ElevationRequest, now: DateTime<Utc>) -> String {
-    let status = r.status.clone().unwrap_or_default();
-    let when = |t: Option<DateTime<Utc>>| {
-        t.map_or_else(
-            || "<none>".to_owned(),
-            |t| {
+/// A moment for `status`: `in 28m (2025-01-01T12:28:00Z)`.
+fn when(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    t.map_or_else(
+        || "<none>".to_owned(),
+        |t| format!("{} ({})", relative(t, now), time_for_people(t)),
+    )
+}
+
+/// The window of a booked request (`spec.startAt`): when it opens or opened, or that it never
+/// did; `None` for a request that opens at its approval.
+fn window_line(
+    r: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let booked = r.spec.start_at?;
+    let opens = status.granted_from.unwrap_or(booked);
+    let scheduled = find_condition(&status.conditions, CONDITION_SCHEDULED);
+    let never_opened = scheduled
+        .is_some_and(|c| c.status == "False" && c.reason != reason::WINDOW_OPENED)
+        || status.granted_from.is_none();
+    let text = match status.phase {
+        Some(Phase::Approved) if opens > now => format!("booked: opens {}", when(Some(opens), now)),
+        Some(Phase::Approved) => format!("opened {}", when(Some(opens), now)),
+        Some(p) if p.is_final() && never_opened => {
+            format!("never opened (booked for {})", when(Some(opens), now))
+        }
+        Some(p) if p.is_final() => format!("opened {}", when(Some(opens), now)),
+        _ if opens > now => format!(
+            "booked: opens {} once approved (at the approval, if that comes later)",
+            when(Some(opens), now)
+        ),
+        _ => format!(
+            "booked from {}: opens at the approval",
+            when(Some(opens), now)
+        ),
+    };
+    Some(text)
+}
+
+/// Which grant an extension continues, and where it sits in its chain.
+fn extends_line(
+    r: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let extends = r.spec.extends.as_deref()?;
+    Some(match &status.extension {
+        Some(record) => format!(
+            "{extends} (extension {} of a grant first opened {}; continues from {})",
+            record.number,
+            when(Some(record.chain_start), now),
+            when(Some(record.continues_from), now)
+        ),
+        None if status.phase.is_none_or(|p| p == Phase::Pending) => {
+            format!("{extends} (continues its grant once approved)")
+        }
+        None => extends.to_owned(),
+    })
+}
+
+/// Who released the grant and when: the requester's `Release` review, and the `Released`
+/// condition once kubepam has ended the grant.
+fn release_line(
+    r: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let requester = r.spec.requester.as_deref()?;
+    let review = r
+        .spec
+        .reviews
+        .get(requester)
+        .filter(|review| review.decision == ReviewDecision::Release)?;
+    let at = find_condition(&status.conditions, CONDITION_RELEASED)
+        .filter(|c| c.status == "True")
+        .map_or_else(
+            || "; kubepam ends the grant in a moment".to_owned(),
+            |c| {
                 format!(
-                    "{} ({})",
-                    relative(t, now),
-                    kubepam_core::util::time_for_people(t)
+                    " {}",
+                    when(Some(from_k8s_time(&c.last_transition_time)), now)
                 )
             },
-        )
-    };
+        );
+    let comment = review
+        .comment
+        .as_deref()
+        .map(|c| format!(": {c}"))
+        .unwrap_or_default();
+    Some(format!("by {requester}{at}{comment}"))
+}
+
+/// The grant's part of `status`: when it opens and ends, the requests that extend it, and its
+/// release.
+fn grant_fields(
+    r: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    extended_by: &[ElevationRequest],
+    now: DateTime<Utc>,
+) -> Vec<(&'static str, String)> {
+    let mut fields = Vec::new();
+    if status.granted_from.is_some() {
+        fields.push(("Granted from", when(status.granted_from, now)));
+    }
+    if status.granted_until.is_some() {
+        fields.push(("Granted until", when(status.granted_until, now)));
+    }
+    if !extended_by.is_empty() {
+        let names: Vec<String> = extended_by
+            .iter()
+            .map(|e| {
+                let phase = e.status.as_ref().and_then(|s| s.phase);
+                format!(
+                    "{} ({})",
+                    or_none(e.metadata.name.as_deref()),
+                    phase.map_or("new", Phase::as_str)
+                )
+            })
+            .collect();
+        fields.push(("Extended by", names.join(", ")));
+    }
+    if let Some(released) = release_line(r, status, now) {
+        fields.push(("Released", released));
+    }
+    fields
+}
+
+/// `status NAME`: one request the way `kubectl describe` shows an object, with the requests
+/// that extend it (`extended_by`, oldest first).
+pub fn describe_request(
+    r: &ElevationRequest,
+    extended_by: &[ElevationRequest],
+    now: DateTime<Utc>,
+) -> String {
+    let status = r.status.clone().unwrap_or_default();
+    let when = |t: Option<DateTime<Utc>>| when(t, now);
     let mut fields: Vec<(&str, String)> = vec![
         ("Name", or_none(r.metadata.name.as_deref())),
         ("Request ID", or_none(status.request_id.as_deref())),
@@ -331,6 +462,15 @@ pub fn describe_request(r: &ElevationRequest, now: DateTime<Utc>) -> String {
         ("Reason", r.spec.reason.clone()),
         ("Duration", or_none(r.spec.duration.as_deref())),
     ];
+    if let Some(start) = r.spec.start_at {
+        fields.push(("Start at", when(Some(start))));
+    }
+    if let Some(window) = window_line(r, &status, now) {
+        fields.push(("Window", window));
+    }
+    if let Some(extends) = extends_line(r, &status, now) {
+        fields.push(("Extends", extends));
+    }
     let approvers = match (&status.approver_group, status.approval_type) {
         (Some(g), Some(t)) => format!(
             "{g} ({}, {} approval(s) needed)",
@@ -353,9 +493,7 @@ pub fn describe_request(r: &ElevationRequest, now: DateTime<Utc>) -> String {
         };
         fields.push(("Decided", format!("{}{by}", when(status.decided_at))));
     }
-    if status.granted_until.is_some() {
-        fields.push(("Granted until", when(status.granted_until)));
-    }
+    fields.extend(grant_fields(r, &status, extended_by, now));
     fields.push(("Executions", status.execution_count.to_string()));
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
     let mut out = String::new();
@@ -395,6 +533,43 @@ pub fn describe_request(r: &ElevationRequest, now: DateTime<Utc>) -> String {
         out.push_str(&table(&["  WHEN", "ACTION", "ACTOR", "COMMENT"], &rows));
     }
     out
+}
+
+/// The line `request --wait` and `extend --wait` end with once Approved: who approved, when a
+/// booked window opens (if it has not yet), and until when the grant holds.
+pub fn approved_line(r: &ElevationRequest, now: DateTime<Utc>) -> String {
+    let status = r.status.clone().unwrap_or_default();
+    let by = if status.decided_by.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", status.decided_by.join(", "))
+    };
+    let opens = status
+        .granted_from
+        .filter(|from| *from > now)
+        .map(|from| {
+            format!(
+                ", opens {} ({})",
+                time_for_people(from),
+                relative(from, now)
+            )
+        })
+        .unwrap_or_default();
+    let until = status
+        .granted_until
+        .map(|u| {
+            format!(
+                ", granted until {} ({})",
+                time_for_people(u),
+                relative(u, now)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{} {}{by}{opens}{until}",
+        object_name(r),
+        phase_cell(status.phase)
+    )
 }
 
 /// `kind.group/name`, as `kubectl get -o name` prints it.
@@ -492,6 +667,14 @@ mod tests {
         assert_eq!(lines[2], "longer-name   <none>     y");
     }
 
+    /// The value of `key:` in a description.
+    fn field<'a>(described: &'a str, key: &str) -> Option<&'a str> {
+        described
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+
     fn request(yaml: &str) -> ElevationRequest {
         serde_yaml_ng::from_str(yaml).unwrap()
     }
@@ -539,13 +722,14 @@ status:
                 "alice",
                 "prod-delete-deployments",
                 "prod",
+                "<none>",
                 "in 28m",
                 "5m"
             ]
         );
         let wide = strip(&requests_table(std::slice::from_ref(&r), now, true));
         assert!(wide.contains("0b7c") && wide.contains("INC-1234"));
-        let described = strip(&describe_request(&r, now));
+        let described = strip(&describe_request(&r, &[], now));
         assert!(
             described.contains("Status:        Approved\n"),
             "{described}"
@@ -554,6 +738,189 @@ status:
         assert!(described.contains("by bob"));
         assert!(described.contains("Granted until: in 28m"));
         assert!(described.contains("bob: ok"));
+    }
+
+    #[test]
+    fn a_booked_window_shows_when_it_opens_in_the_row_and_the_description() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let booked = crate::fixtures::alice_request(
+            "alice-booked",
+            "{ startAt: '2025-01-01T14:00:00Z' }",
+            "{ phase: Approved, decidedAt: '2025-01-01T11:58:00Z', decidedBy: [kubepam],
+               grantedFrom: '2025-01-01T14:00:00Z', grantedUntil: '2025-01-01T16:00:00Z',
+               startsAt: '2025-01-01T14:00:00Z', deadline: '2025-01-01T16:00:00Z',
+               conditions: [{ type: Scheduled, status: 'True', reason: WindowBooked, message: m,
+                              lastTransitionTime: '2025-01-01T11:58:00Z' }] }",
+        );
+        let out = strip(&requests_table(std::slice::from_ref(&booked), now, false));
+        assert!(out.lines().next().unwrap().contains("STARTS"), "{out}");
+        let row = out.lines().nth(1).unwrap();
+        let cells: Vec<&str> = row
+            .split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells[4..7], ["prod", "in 120m", "in 4h"], "{row}");
+        let described = strip(&describe_request(&booked, &[], now));
+        for (key, value) in [
+            ("Start at", "in 120m (2025-01-01T14:00:00Z)"),
+            ("Window", "booked: opens in 120m (2025-01-01T14:00:00Z)"),
+            ("Granted from", "in 120m (2025-01-01T14:00:00Z)"),
+            ("Granted until", "in 4h (2025-01-01T16:00:00Z)"),
+        ] {
+            assert_eq!(field(&described, key), Some(value), "{described}");
+        }
+        // `--wait` ends here, before the window: it says when the grant opens.
+        let line = strip(&approved_line(&booked, now));
+        assert_eq!(
+            line,
+            "elevationrequest.kubepam.io/alice-booked Approved by kubepam, opens \
+             2025-01-01T14:00:00Z (in 120m), granted until 2025-01-01T16:00:00Z (in 4h)"
+        );
+        // Once open, and once ended without opening.
+        let later = now + TimeDelta::hours(3);
+        let mut open = booked.clone();
+        let status = open.status.as_mut().unwrap();
+        status.starts_at = None;
+        status.conditions[0].status = "False".into();
+        status.conditions[0].reason = "WindowOpened".into();
+        let described = strip(&describe_request(&open, &[], later));
+        assert!(
+            field(&described, "Window") == Some("opened 60m ago (2025-01-01T14:00:00Z)"),
+            "{described}"
+        );
+        assert!(!strip(&approved_line(&open, later)).contains("opens"));
+        let mut never = booked.clone();
+        let status = never.status.as_mut().unwrap();
+        status.phase = Some(Phase::Revoked);
+        status.conditions[0].status = "False".into();
+        status.conditions[0].reason = "ReleasedByRequester".into();
+        let described = strip(&describe_request(&never, &[], now));
+        assert!(
+            field(&described, "Window")
+                == Some("never opened (booked for in 120m (2025-01-01T14:00:00Z))"),
+            "{described}"
+        );
+        // Pending: it opens at its start if approved by then.
+        let pending = crate::fixtures::alice_request(
+            "alice-booked",
+            "{ startAt: '2025-01-01T14:00:00Z' }",
+            "{ phase: Pending, startsAt: '2025-01-01T14:00:00Z' }",
+        );
+        let described = strip(&describe_request(&pending, &[], now));
+        assert!(
+            field(&described, "Window").is_some_and(
+                |w| w.starts_with("booked: opens in 120m (2025-01-01T14:00:00Z) once approved")
+            ),
+            "{described}"
+        );
+        let late = describe_request(&pending, &[], now + TimeDelta::hours(3));
+        assert_eq!(
+            field(&strip(&late), "Window"),
+            Some("booked from 60m ago (2025-01-01T14:00:00Z): opens at the approval")
+        );
+        // A request without a window has no such lines.
+        let plain = crate::fixtures::alice_request("plain", "{}", "{ phase: Pending }");
+        let described = strip(&describe_request(&plain, &[], now));
+        assert!(
+            !described.contains("Window") && !described.contains("Start at"),
+            "{described}"
+        );
+    }
+
+    #[test]
+    fn an_extension_chain_shows_from_both_ends() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let first = crate::fixtures::alice_request(
+            "alice-first",
+            "{}",
+            "{ phase: Approved, grantedFrom: '2025-01-01T11:00:00Z', grantedUntil: '2025-01-01T12:30:00Z' }",
+        );
+        let extension = crate::fixtures::alice_request(
+            "alice-more",
+            "{ extends: alice-first, duration: 1h }",
+            "{ phase: Approved, grantedFrom: '2025-01-01T12:30:00Z', grantedUntil: '2025-01-01T13:30:00Z',
+               extension: { extends: alice-first, number: 1, chainStart: '2025-01-01T11:00:00Z',
+                            continuesFrom: '2025-01-01T12:30:00Z' } }",
+        );
+        let waiting = crate::fixtures::alice_request(
+            "alice-even-more",
+            "{ extends: alice-first }",
+            "{ phase: Pending }",
+        );
+        let described = strip(&describe_request(&extension, &[], now));
+        assert_eq!(
+            field(&described, "Extends"),
+            Some(
+                "alice-first (extension 1 of a grant first opened 60m ago \
+                 (2025-01-01T11:00:00Z); continues from in 30m (2025-01-01T12:30:00Z))"
+            ),
+            "{described}"
+        );
+        // Its grant opens at the approval: no booked window.
+        assert_eq!(field(&described, "Window"), None, "{described}");
+        let described = strip(&describe_request(&waiting, &[], now));
+        assert!(
+            field(&described, "Extends") == Some("alice-first (continues its grant once approved)"),
+            "{described}"
+        );
+        let described = strip(&describe_request(
+            &first,
+            &[extension.clone(), waiting],
+            now,
+        ));
+        assert!(
+            field(&described, "Extended by")
+                == Some("alice-more (Approved), alice-even-more (Pending)"),
+            "{described}"
+        );
+        let wide = strip(&requests_table(std::slice::from_ref(&extension), now, true));
+        assert!(wide.lines().next().unwrap().contains("EXTENDS"), "{wide}");
+        assert!(
+            wide.lines().nth(1).unwrap().contains("alice-first"),
+            "{wide}"
+        );
+    }
+
+    #[test]
+    fn a_release_says_who_and_when() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let released = crate::fixtures::alice_request(
+            "alice-done",
+            "{ reviews: { bob: { decision: Approve }, alice: { decision: Release, comment: 'all done' } } }",
+            "{ phase: Revoked,
+               conditions: [{ type: Released, status: 'True', reason: ReleasedByRequester,
+                              message: alice ended the grant early,
+                              lastTransitionTime: '2025-01-01T11:58:00Z' }],
+               history: [{ time: '2025-01-01T11:58:00Z', actor: alice, action: Revoked, comment: 'all done' }] }",
+        );
+        let described = strip(&describe_request(&released, &[], now));
+        assert!(
+            field(&described, "Released")
+                == Some("by alice 2m ago (2025-01-01T11:58:00Z): all done"),
+            "{described}"
+        );
+        assert!(
+            described
+                .lines()
+                .any(|l| l.split_whitespace().eq(["alice", "Release", "all", "done"])),
+            "{described}"
+        );
+        // Written, not yet acted on.
+        let mut asked = released.clone();
+        asked.status.as_mut().unwrap().phase = Some(Phase::Approved);
+        asked.status.as_mut().unwrap().conditions.clear();
+        let described = strip(&describe_request(&asked, &[], now));
+        assert!(
+            field(&described, "Released")
+                == Some("by alice; kubepam ends the grant in a moment: all done"),
+            "{described}"
+        );
+        // Someone else's Release is no release (admission refuses it anyway).
+        let mut other = asked;
+        let review = other.spec.reviews.remove("alice").unwrap();
+        other.spec.reviews.insert("carol".into(), review);
+        assert!(!strip(&describe_request(&other, &[], now)).contains("Released:"));
     }
 
     #[test]

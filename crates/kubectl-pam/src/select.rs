@@ -69,6 +69,42 @@ pub fn filter_requests(
     requests
 }
 
+/// Why `me` cannot extend `r`, or `None` when the plugin sees no reason (admission has the
+/// last word): only the requester may extend, and only a grant that is Approved.
+pub fn why_not_extendable(r: &ElevationRequest, me: &str) -> Option<String> {
+    let requester = r.spec.requester.as_deref().unwrap_or("unknown");
+    if requester != me {
+        return Some(format!(
+            "it is {requester}'s request, and only the requester may extend a grant; ask for \
+             your own with kubectl pam request {}",
+            r.spec.policy
+        ));
+    }
+    match r.status.as_ref().and_then(|s| s.phase) {
+        Some(Phase::Approved) => None,
+        None | Some(Phase::Pending) => Some(
+            "it is not approved yet, so there is no grant to extend; ask for a longer \
+             --duration in a new request, or wait for its decision"
+                .to_owned(),
+        ),
+        Some(phase) => Some(format!(
+            "it is {phase}, so there is no grant to extend; request access anew: kubectl pam \
+             request {} --reason '...'",
+            r.spec.policy
+        )),
+    }
+}
+
+/// The requests that extend the one named `name` (`spec.extends`), oldest first.
+pub fn extensions_of(requests: &[ElevationRequest], name: &str) -> Vec<ElevationRequest> {
+    let found = requests
+        .iter()
+        .filter(|r| r.spec.extends.as_deref() == Some(name))
+        .cloned()
+        .collect();
+    filter_requests(found, &Filter::default(), None)
+}
+
 /// The object named `what`, else the one whose seed id is `what` (ids compare
 /// case-insensitively, as UUIDs may be typed either way).
 fn find_by_name_or_id<'a, K: kube::Resource>(
@@ -188,6 +224,50 @@ status: {{ phase: {phase}, requestId: ID-{name}, approverGroup: pam-approvers }}
         assert!(find_request(&all, "c").is_none());
         assert!(looks_like_id("0b7c8e2a-1f9e-4c57-9f6c-8a1d2b3c4d5e"));
         assert!(!looks_like_id("alice-prod-cleanup"));
+    }
+
+    #[test]
+    fn only_my_approved_grant_can_be_extended() {
+        use crate::fixtures::alice_request;
+        let approved = alice_request("x", "{}", "{ phase: Approved }");
+        assert_eq!(why_not_extendable(&approved, "alice"), None);
+        let theirs = why_not_extendable(&approved, "bob").unwrap();
+        assert!(theirs.contains("it is alice's request"), "{theirs}");
+        assert!(
+            theirs.contains("kubectl pam request prod-delete-deployments"),
+            "{theirs}"
+        );
+        for status in ["{}", "{ phase: Pending }"] {
+            let pending = alice_request("x", "{}", status);
+            let why = why_not_extendable(&pending, "alice").unwrap();
+            assert!(why.contains("not approved yet"), "{why}");
+        }
+        for phase in ["Denied", "Expired", "Revoked"] {
+            let ended = alice_request("x", "{}", &format!("{{ phase: {phase} }}"));
+            let why = why_not_extendable(&ended, "alice").unwrap();
+            assert!(
+                why.starts_with(&format!("it is {phase}, so there is no grant")),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn extensions_are_the_requests_that_name_it() {
+        use crate::fixtures::alice_request;
+        // Oldest first; these were made in the same second, so by name.
+        let all = vec![
+            alice_request("x-2", "{ extends: x }", "{ phase: Pending }"),
+            alice_request("x", "{}", "{ phase: Approved }"),
+            alice_request("x-1", "{ extends: x }", "{ phase: Approved }"),
+            alice_request("y-1", "{ extends: y }", "{}"),
+        ];
+        let names: Vec<_> = extensions_of(&all, "x")
+            .into_iter()
+            .filter_map(|r| r.metadata.name)
+            .collect();
+        assert_eq!(names, ["x-1", "x-2"]);
+        assert!(extensions_of(&all, "x-1").is_empty());
     }
 
     proptest! {
