@@ -847,8 +847,14 @@ async fn schedule(cluster: &support::TestCluster, admin: &Client, ns: &str, resu
                     .await
                     .unwrap();
                 wait_phase(&admin, &name, Phase::Approved, WAIT).await;
-                // Polled before the start too: any allow there is a grant opened early.
-                let mut early = false;
+                let mut early =
+                    allowed(&admin, &user, "delete", "apps", "deployments", Some(ns)).await;
+                // Polled from just before the start (polling all along would load the API
+                // server the lag is measured on): any allow there is a grant opened early.
+                let wait = (start - chrono::TimeDelta::milliseconds(100) - Utc::now())
+                    .to_std()
+                    .unwrap_or_default();
+                tokio::time::sleep(wait).await;
                 loop {
                     let asked = Utc::now();
                     let may =
@@ -883,7 +889,7 @@ async fn schedule(cluster: &support::TestCluster, admin: &Client, ns: &str, resu
     );
 }
 
-/// Grants of 3 s, each extended by 3 s as soon as it is approved; SubjectAccessReviews polled
+/// Grants of 8 s, each extended by 3 s as soon as it is approved; SubjectAccessReviews polled
 /// from 300 ms before the old end to 700 ms after it, 10 grants at a time.
 async fn extension_boundaries(
     cluster: &support::TestCluster,
@@ -898,7 +904,7 @@ async fn extension_boundaries(
             async move {
                 let (name, user) = (format!("ext-{i}"), format!("ext-user-{i}"));
                 let requester = cluster.client_as_user(&user, &["developers"]).await;
-                create(&requester, &name, "bench-auto", ns, "3s").await;
+                create(&requester, &name, "bench-auto", ns, "8s").await;
                 let approved = wait_phase(&admin, &name, Phase::Approved, WAIT).await;
                 let old_end = approved.status.unwrap().granted_until.unwrap();
                 let extension: ElevationRequest = serde_json::from_value(json!({

@@ -875,3 +875,109 @@ async fn mail_is_sent_over_starttls_and_tls() {
     }
     drop(guard);
 }
+
+/// Time notices, end to end: a booked window opening reaches the requester; a release reaches
+/// the approvers and the requester; an extension's submission tells the approvers what it
+/// extends and how long that grant has run.
+#[tokio::test]
+async fn booked_windows_releases_and_extensions_are_told() {
+    let (guard, cluster) = support::exclusive_operator().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    let ns = cluster.namespace("notify-time").await;
+    let hook = HookReceiver::start(free_port(), Duration::ZERO).await;
+    control_with(
+        &admin,
+        json!({
+            "sinks": [ { "name": "hook", "webhook": { "url": hook.url() } } ],
+            "approverRoutes": [ { "group": "pam-approvers", "sink": "hook" } ],
+            "requesterRoutes": [ { "sink": "hook" } ],
+        }),
+        "1h",
+    )
+    .await;
+    create_policy(&admin, "notify-time", task_policy(&ns.name, "Manual")).await;
+    let spec = |extra: Value| {
+        let mut spec = json!({ "policy": "notify-time", "namespace": ns.name,
+                               "reason": "CHG-12 planned work", "duration": "1h" });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        spec
+    };
+    let start = chrono::Utc::now() + chrono::TimeDelta::seconds(5);
+    create_request(
+        &alice,
+        "time-booked",
+        spec(json!({ "startAt": start.to_rfc3339(), "duration": "4s" })),
+    )
+    .await;
+    create_request(&alice, "time-released", spec(json!({}))).await;
+    create_request(&alice, "time-base", spec(json!({}))).await;
+    for name in ["time-booked", "time-released", "time-base"] {
+        wait_phase(&admin, name, Phase::Pending, SOON).await;
+        review(&bob, name, "bob", "Approve", "ok").await.unwrap();
+        wait_phase(&admin, name, Phase::Approved, SOON).await;
+    }
+    review(&alice, "time-released", "alice", "Release", "done early")
+        .await
+        .unwrap();
+    wait_phase(&admin, "time-released", Phase::Revoked, SOON).await;
+    create_request(
+        &alice,
+        "time-more",
+        spec(json!({ "extends": "time-base", "duration": "30m" })),
+    )
+    .await;
+    wait_phase(&admin, "time-more", Phase::Pending, SOON).await;
+
+    let told = |name: &'static str, event: &'static str, audience: &'static str| {
+        let hook = &hook;
+        move || async move {
+            hook.received().into_iter().find(|h| {
+                h.body["request"]["name"] == name
+                    && h.body["event"] == event
+                    && h.body["audience"] == audience
+            })
+        }
+    };
+    let opened = eventually(
+        "the requester told the booked window opened",
+        SOON,
+        told("time-booked", "WindowOpened", "Requester"),
+    )
+    .await;
+    let received_at = chrono::Utc::now();
+    assert!(received_at >= start, "told of the opening before it opened");
+    assert_eq!(opened.body["recipient"], "alice");
+    for audience in ["Approvers", "Requester"] {
+        let released = eventually(
+            &format!("the release told to the {audience}"),
+            SOON,
+            told("time-released", "Released", audience),
+        )
+        .await;
+        assert_eq!(released.body["actor"], "alice");
+    }
+    let submitted = eventually(
+        "the approvers told of the extension",
+        SOON,
+        told("time-more", "Submitted", "Approvers"),
+    )
+    .await;
+    let message = submitted.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("extension")
+            && message.contains("time-base")
+            && message.contains("it has run"),
+        "{message}"
+    );
+    for name in ["time-booked", "time-released", "time-base", "time-more"] {
+        let _ = Api::<ElevationRequest>::all(admin.clone())
+            .delete(name, &kube::api::DeleteParams::default())
+            .await;
+    }
+    ns.delete().await;
+    drop(guard);
+}

@@ -12,6 +12,10 @@ use crate::api::AccessPolicySpec;
 /// enough that a policy cannot make kubepam build a huge automaton.
 const PATTERN_SIZE_LIMIT: usize = 256 * 1024;
 
+/// How much of a refused reason a refusal quotes: admission sees the reason before the schema
+/// bounds its length.
+const SHOWN: usize = 100;
+
 /// Compile a `reasonPattern`, or say what is wrong with it.
 pub fn compile(pattern: &str) -> Result<Regex, String> {
     RegexBuilder::new(pattern)
@@ -57,9 +61,15 @@ pub fn check(policy_name: &str, spec: &AccessPolicySpec, reason: &str) -> Result
         || format!("text matching {pattern}"),
         |hint| format!("{hint} (pattern {pattern})"),
     );
+    let shown: String = reason.chars().take(SHOWN).collect();
+    let more = if reason.chars().count() > SHOWN {
+        "…"
+    } else {
+        ""
+    };
     Err(Refusal::Mismatch(format!(
-        "AccessPolicy {policy_name} requires the reason to give {expected}; the reason {reason:?} \
-         does not"
+        "AccessPolicy {policy_name} requires the reason to give {expected}; the reason \
+         {shown:?}{more} does not"
     )))
 }
 

@@ -152,6 +152,9 @@ fn time_rules_problem(spec: &AccessPolicySpec) -> Option<String> {
     {
         return Some(problem);
     }
+    if let Some(problem) = crate::lifecycle::unbounded_auto_extensions(spec) {
+        return Some(problem);
+    }
     [
         ("maxScheduleAhead", spec.max_schedule_ahead.as_ref()),
         (

@@ -393,3 +393,32 @@ fn start_at_and_extends_cannot_change_after_creation() {
         "spec.extends",
     );
 }
+
+#[test]
+fn auto_extensions_of_a_manual_policy_need_a_total_limit() {
+    // Without maxTotal one approval would grow without end: refused, even with
+    // maxExtensions (it bounds how many, not how long).
+    for extension in [
+        json!({"approvalType": "Auto"}),
+        json!({"approvalType": "Auto", "maxExtensions": 1}),
+    ] {
+        let unbounded = policy(
+            "p",
+            json!({"type": "Role", "role": "view", "approvalType": "Manual",
+                   "extension": extension}),
+            false,
+        );
+        rejects(
+            &policy_update(&unbounded),
+            Reason::InvalidPolicy,
+            "needs extension.maxTotal",
+        );
+    }
+    let bounded = policy(
+        "p",
+        json!({"type": "Role", "role": "view", "approvalType": "Manual",
+               "extension": {"approvalType": "Auto", "maxTotal": "12h"}}),
+        false,
+    );
+    accepts(&policy_update(&bounded));
+}

@@ -39,7 +39,7 @@ use crate::duration;
 
 pub use related::{OpenCounts, Related, extended_among};
 use timing::Window;
-pub use timing::quota_refusal;
+pub use timing::{quota_refusal, unbounded_auto_extensions};
 pub use views::{ControlSettings, ControlView, PolicyView, default_duration, default_request_ttl};
 
 /// The actor recorded when kubepam itself makes a transition.
@@ -848,9 +848,8 @@ impl Step<'_> {
         if self.now >= granted_until {
             return self.grant_ended(granted_until);
         }
-        if let Some(outcome) = self.ended_early() {
-            return outcome;
-        }
+        // An approver's Revoke is recorded as theirs even when the requester released at
+        // the same moment.
         let revokers = reviewers(
             &self.request.spec.reviews,
             self.requester(),
@@ -868,6 +867,9 @@ impl Step<'_> {
                 message,
                 comment,
             );
+        }
+        if let Some(outcome) = self.ended_early() {
+            return outcome;
         }
         let current = match policy {
             PolicyView::Missing => {

@@ -56,36 +56,32 @@ fn created(request: &ElevationRequest) -> (Option<DateTime<Utc>>, &str) {
 
 impl OpenCounts {
     /// Count `requester`'s open requests among `others` under `policy`. With `before`, only
-    /// those created before it (and never itself) count: the requests it competes with for a
-    /// place under the quota.
+    /// those that came before it (and never itself) count: the requests it competes with for
+    /// a place under the quota. A chain of a grant and its extensions counts once: an open
+    /// extension counts only when the grant it continues is no longer open.
     pub fn of<'r>(
         others: impl IntoIterator<Item = &'r ElevationRequest>,
         requester: &str,
         policy: &str,
         before: Option<&ElevationRequest>,
     ) -> Self {
+        let open: Vec<&ElevationRequest> = others
+            .into_iter()
+            .filter(|o| o.spec.requester.as_deref() == Some(requester) && is_open(o))
+            .filter(|o| before.is_none_or(|this| came_before(o, this)))
+            .collect();
+        let is_open_name = |name: &str| {
+            open.iter()
+                .any(|o| o.metadata.name.as_deref() == Some(name))
+        };
         let mut counts = Self::default();
-        for other in others {
-            if other.spec.requester.as_deref() != Some(requester) || !is_open(other) {
-                continue;
-            }
-            if let Some(this) = before {
-                let (this_time, this_name) = created(this);
-                let (time, name) = created(other);
-                if name == this_name {
-                    continue;
-                }
-                let earlier = match (time, this_time) {
-                    (Some(t), Some(u)) => (t, name) < (u, this_name),
-                    (Some(_), None) => true,
-                    (None, Some(_)) => false,
-                    (None, None) => name < this_name,
-                };
-                if !earlier {
-                    continue;
-                }
-            }
-            if other.spec.policy == policy && other.spec.extends.is_none() {
+        for other in &open {
+            let heads_a_chain = other
+                .spec
+                .extends
+                .as_deref()
+                .is_none_or(|e| !is_open_name(e));
+            if other.spec.policy == policy && heads_a_chain {
                 counts.same_policy += 1;
             }
             if is_pending(other) {
@@ -93,6 +89,26 @@ impl OpenCounts {
             }
         }
         counts
+    }
+}
+
+/// Whether `other` came before `this`: kubepam has already seen it (it has a phase, and this
+/// one, at its first sight, has none), or it was created earlier (creation time, which the
+/// API server keeps to the second, then name).
+fn came_before(other: &ElevationRequest, this: &ElevationRequest) -> bool {
+    let (this_time, this_name) = created(this);
+    let (time, name) = created(other);
+    if name == this_name {
+        return false;
+    }
+    if other.status.as_ref().and_then(|s| s.phase).is_some() {
+        return true;
+    }
+    match (time, this_time) {
+        (Some(t), Some(u)) => (t, name) < (u, this_name),
+        (Some(_), None) => true,
+        (None, Some(_)) => false,
+        (None, None) => name < this_name,
     }
 }
 

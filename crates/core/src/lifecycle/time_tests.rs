@@ -274,7 +274,7 @@ fn an_approved_extension_continues_the_grant_from_its_end_with_no_gap() {
 
 #[test]
 fn an_extension_may_be_approved_differently_from_the_policy() {
-    let manual_auto_ext = "{type: Task, approvalType: Manual, approverGroup: sre-leads, extension: {approvalType: Auto}, task: {verbs: [delete], apiGroups: [''], resources: [pods]}}";
+    let manual_auto_ext = "{type: Task, approvalType: Manual, approverGroup: sre-leads, extension: {approvalType: Auto, maxTotal: 12h}, task: {verbs: [delete], apiGroups: [''], resources: [pods]}}";
     let (original, ext, p) = grant_and_extension(manual_auto_ext);
     let related = extending(&original);
     let d = step(&ext, &p, &related, at(1800));
@@ -442,4 +442,86 @@ proptest! {
             prop_assert_ne!(phase(&later_original), Some(Phase::Revoked), "outlived a revocation");
         }
     }
+}
+
+#[test]
+fn an_extension_ends_when_the_grant_it_continues_is_cut_short() {
+    let (original, ext, p) = grant_and_extension(AUTO);
+    let ext = apply(
+        ext.clone(),
+        &step(&ext, &p, &extending(&original), at(1800)),
+    );
+    // The policy's maxDuration shrank to 30m: the original now ends before the extension's
+    // continuation point.
+    let mut cut = original.clone();
+    cut.status.as_mut().unwrap().granted_until = Some(at(1800));
+    let d = step(&ext, &p, &extending(&cut), at(1801));
+    assert_eq!(d.status.phase, Some(Phase::Revoked));
+    assert_eq!(d.transition.unwrap().reason, reason::EXTENDED_GRANT_REVOKED);
+}
+
+#[test]
+fn an_approvers_revoke_is_recorded_as_theirs_beside_a_release() {
+    let (r, p) = approved_auto();
+    let r = with_reviews(
+        r,
+        &[
+            ("alice", ReviewDecision::Release),
+            ("bob", ReviewDecision::Revoke),
+        ],
+    );
+    let d = step(&r, &p, &none(), at(60));
+    assert_eq!(d.transition.unwrap().reason, reason::REVOKED_BY_APPROVER);
+}
+
+#[test]
+fn a_manual_policy_with_unbounded_auto_extensions_extends_nothing() {
+    let p = accepted(
+        "{type: Task, approvalType: Manual, extension: {approvalType: Auto}, task: {verbs: [delete], apiGroups: [''], resources: [pods]}}",
+    );
+    let original = with_reviews(
+        request("  duration: 1h"),
+        &[("bob", ReviewDecision::Approve)],
+    );
+    let original = apply(original.clone(), &step(&original, &p, &none(), at(0)));
+    let mut ext = request("  extends: fix-prod\n  duration: 876000h");
+    ext.metadata.name = Some("forever".into());
+    let d = step(&ext, &p, &extending(&original), at(60));
+    assert_eq!(d.status.phase, Some(Phase::Denied));
+    assert_eq!(d.grant, None);
+}
+
+fn named(name: &str, extra: &str, status: Option<&str>) -> ElevationRequest {
+    let mut r = request(extra);
+    r.metadata.name = Some(name.into());
+    if let Some(phase) = status {
+        r.status = serde_yaml_ng::from_str(&format!("phase: {phase}")).unwrap();
+    }
+    r
+}
+
+#[test]
+fn a_chain_of_a_grant_and_its_extensions_counts_once_toward_the_quota() {
+    let a = named("a", "", Some("Approved"));
+    let b = named("b", "  extends: a", Some("Approved"));
+    let counts = OpenCounts::of([&a, &b], "alice", "delete-pods", None);
+    assert_eq!(counts.same_policy, 1);
+    // The grant it continued ended: the extension now holds the place.
+    let a_ended = named("a", "", Some("Expired"));
+    let counts = OpenCounts::of([&a_ended, &b], "alice", "delete-pods", None);
+    assert_eq!(counts.same_policy, 1);
+}
+
+#[test]
+fn a_request_kubepam_has_already_seen_came_before_one_it_sees_for_the_first_time() {
+    // Created in the same second, the new one's name sorts first; the seen one still counts.
+    let seen = named("zz-1", "", Some("Pending"));
+    let new = named("aa-1", "", None);
+    let counts = OpenCounts::of([&seen, &new], "alice", "delete-pods", Some(&new));
+    assert_eq!(counts.same_policy, 1);
+    // Two seen by nobody yet: creation order decides, and exactly one waits on the other.
+    let other = named("zz-1", "", None);
+    let first = OpenCounts::of([&other], "alice", "delete-pods", Some(&new)).same_policy;
+    let second = OpenCounts::of([&new], "alice", "delete-pods", Some(&other)).same_policy;
+    assert_eq!(first + second, 1);
 }

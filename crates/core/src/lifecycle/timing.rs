@@ -83,6 +83,21 @@ impl Window {
     }
 }
 
+/// Why a policy's extension rules would let one approval grow without end: extensions
+/// approved automatically under a policy whose first requests need an approver, with no
+/// `extension.maxTotal`.
+pub fn unbounded_auto_extensions(spec: &crate::api::AccessPolicySpec) -> Option<String> {
+    let extension = spec.extension.as_ref()?;
+    (extension.approval_type == Some(crate::api::ApprovalType::Auto)
+        && spec.approval_type == crate::api::ApprovalType::Manual
+        && extension.max_total.is_none())
+    .then(|| {
+        "extension.approvalType Auto on a Manual policy needs extension.maxTotal (e.g. 12h): \
+         without it one approval could be extended without end, with nobody deciding"
+            .to_owned()
+    })
+}
+
 impl Step<'_> {
     /// When an undecided request expires: `requestTTL` after submission, or when its booked
     /// window ends if that comes first.
@@ -137,6 +152,15 @@ impl Step<'_> {
         accepted: &AccessPolicy,
         length: TimeDelta,
     ) -> Result<Window, Effect> {
+        if self.request.spec.start_at.is_some() && self.request.spec.extends.is_some() {
+            // The CRD refuses this; never let a booked window skip the extension rules.
+            return Err(self.deny(
+                reason::EXTENSION_LIMIT_EXCEEDED,
+                "an extension starts where the grant it extends ends: leave out startAt when \
+                 setting extends"
+                    .to_owned(),
+            ));
+        }
         if let Some(start) = self.request.spec.start_at {
             let submitted = self.status.submitted_at.unwrap_or(self.stamp);
             if let Some(max) = &accepted.spec.max_schedule_ahead {
@@ -168,6 +192,12 @@ impl Step<'_> {
         };
         let (record, not_before) = self.extension_of(&extended_name, policy_name)?;
         let limits = accepted.spec.extension.clone().unwrap_or_default();
+        if let Some(problem) = unbounded_auto_extensions(&accepted.spec) {
+            return Err(self.deny(
+                reason::INVALID_POLICY,
+                format!("policy {policy_name}: {problem}"),
+            ));
+        }
         if let Some(max) = limits.max_extensions.filter(|max| record.number > *max) {
             let message = if max == 0 {
                 format!("policy {policy_name} allows no extensions; request access anew")
@@ -406,10 +436,16 @@ impl Step<'_> {
             ));
         }
         if let (Some(record), Some(extended)) = (&self.status.extension, self.related.extended)
-            && extended.status.as_ref().and_then(|s| s.phase) == Some(Phase::Revoked)
+            && let Some(status) = extended.status.as_ref()
+            && (status.phase == Some(Phase::Revoked)
+                || status
+                    .granted_until
+                    .is_some_and(|end| end < record.continues_from))
         {
+            // Revoked, released, or cut short (its policy's maxDuration shrank): an extension
+            // never carries on what its grant no longer holds.
             let message = format!(
-                "the grant it continues, ElevationRequest {}, was revoked or released",
+                "the grant it continues, ElevationRequest {}, was revoked, released or cut short",
                 record.extends
             );
             return Some(self.final_state(

@@ -78,6 +78,7 @@ pub struct AccessPolicySpec {
     /// does not match is refused at creation, with `reasonHint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("reasonPattern must be one line without control characters; write \\n or \\t to match them"))]
     pub reason_pattern: Option<String>,
     /// What the reason must contain, in words, shown when a reason does not match
     /// `reasonPattern`, e.g. `an incident or change number, e.g. INC-1234`.
