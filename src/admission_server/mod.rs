@@ -177,7 +177,37 @@ fn log_denial(kind: &str, request: &AdmissionRequest<DynamicObject>, verdict: &V
     }
 }
 
-fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
+/// The request a new extension names, read from the API server: the cache may not show yet
+/// that it was approved a moment ago (its requester may extend it as soon as they see that).
+async fn extended_request(state: &AppState, body: &[u8]) -> Option<Arc<ElevationRequest>> {
+    let request = admission::parse_review(body).ok()?;
+    if request.operation != Operation::Create {
+        return None;
+    }
+    let new: ElevationRequest = admission::decode(&request, false).ok()?;
+    // Only an object name may reach a URL.
+    let name = new
+        .spec
+        .extends
+        .filter(|name| kubepam_core::grant::is_object_name(name))?;
+    match Api::<ElevationRequest>::all(state.ctx.client.clone())
+        .get_opt(&name)
+        .await
+    {
+        Ok(found) => found.map(Arc::new),
+        Err(error) => {
+            warn!(%error, extends = %name, "reading the extended request; using the cache");
+            state.ctx.requests.get(&ObjectRef::new(&name))
+        }
+    }
+}
+
+fn admit_request(
+    state: &AppState,
+    body: &[u8],
+    pass: Pass,
+    extended: Option<Arc<ElevationRequest>>,
+) -> Response {
     let start = std::time::Instant::now();
     let webhook = match pass {
         Pass::Mutating => "requester",
@@ -188,7 +218,10 @@ fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
         let verdict = admission::admit_elevation_request(
             request,
             pass,
-            &CachedLookup(&state.ctx),
+            &CachedLookup {
+                shared: &state.ctx,
+                extended,
+            },
             control.as_deref(),
             &state.operator,
             &state.ctx.namespace,
@@ -200,32 +233,40 @@ fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
     })
 }
 
-/// Policies and requests, read from the caches.
-struct CachedLookup<'a>(&'a Shared);
+/// Policies and requests, read from the caches; the extended request as read just now.
+struct CachedLookup<'a> {
+    shared: &'a Shared,
+    extended: Option<Arc<ElevationRequest>>,
+}
 
 impl admission::RequestLookup for CachedLookup<'_> {
     type Policy = Arc<AccessPolicy>;
     type Request = Arc<ElevationRequest>;
 
     fn policy(&self, name: &str) -> Option<Arc<AccessPolicy>> {
-        self.0.policies.get(&ObjectRef::new(name))
+        self.shared.policies.get(&ObjectRef::new(name))
     }
 
     fn request(&self, name: &str) -> Option<Arc<ElevationRequest>> {
-        self.0.requests.get(&ObjectRef::new(name))
+        match &self.extended {
+            Some(fresh) if fresh.metadata.name.as_deref() == Some(name) => Some(fresh.clone()),
+            _ => self.shared.requests.get(&ObjectRef::new(name)),
+        }
     }
 
     fn requests_of(&self, requester: &str) -> Vec<Arc<ElevationRequest>> {
-        self.0.requests_of(requester)
+        self.shared.requests_of(requester)
     }
 }
 
 async fn mutate_requests(State(state): State<AppState>, body: Bytes) -> Response {
-    admit_request(&state, &body, Pass::Mutating)
+    let extended = extended_request(&state, &body).await;
+    admit_request(&state, &body, Pass::Mutating, extended)
 }
 
 async fn validate_requests(State(state): State<AppState>, body: Bytes) -> Response {
-    admit_request(&state, &body, Pass::Validating)
+    let extended = extended_request(&state, &body).await;
+    admit_request(&state, &body, Pass::Validating, extended)
 }
 
 async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Response {

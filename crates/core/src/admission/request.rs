@@ -73,6 +73,20 @@ pub fn request_fits_policy<'r>(
     now: DateTime<Utc>,
 ) -> Verdict {
     use crate::lifecycle::{OpenCounts, PolicyView, Related, decide_with, reason};
+    if let (Some(name), Some(extended)) = (&request.spec.extends, extended)
+        && matches!(
+            extended.status.as_ref().and_then(|s| s.phase),
+            None | Some(crate::api::Phase::Pending)
+        )
+    {
+        return deny(
+            Reason::InvalidExtension,
+            format!(
+                "ElevationRequest {name} is not approved yet; extend it once it is (kubectl pam \
+                 status {name})"
+            ),
+        );
+    }
     let Some(policy) = policy.filter(|p| p.metadata.deletion_timestamp.is_none()) else {
         return Verdict::Allow;
     };

@@ -189,7 +189,7 @@ fn an_extension_of_an_ended_or_pending_grant_is_refused() {
     rejects(
         &fits("INC-1", json!({"extends": "waiting"}), Some(&waiting)),
         Reason::InvalidExtension,
-        "request access anew",
+        "not approved yet",
     );
 }
 

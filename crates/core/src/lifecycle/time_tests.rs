@@ -525,3 +525,21 @@ fn a_request_kubepam_has_already_seen_came_before_one_it_sees_for_the_first_time
     let second = OpenCounts::of([&new], "alice", "delete-pods", Some(&other)).same_policy;
     assert_eq!(first + second, 1);
 }
+
+#[test]
+fn an_extension_of_a_grant_not_yet_seen_approved_waits_instead_of_ending() {
+    // The cache can show the grant it extends as Pending a moment after its approval.
+    let p = accepted(AUTO);
+    let pending = request("  duration: 1h");
+    let pending = apply(
+        pending.clone(),
+        &step(&pending, &accepted(TASK_MANUAL), &none(), at(0)),
+    );
+    assert_eq!(pending.status.as_ref().unwrap().phase, Some(Phase::Pending));
+    let mut ext = request("  extends: fix-prod\n  duration: 2h");
+    ext.metadata.name = Some("more".into());
+    let d = step(&ext, &p, &extending(&pending), at(10));
+    assert_eq!(d.status.phase, Some(Phase::Pending));
+    assert_eq!(d.grant, None);
+    assert_eq!(d.requeue_after, Some(UNJUDGED_RETRY));
+}

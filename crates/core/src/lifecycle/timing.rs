@@ -273,6 +273,18 @@ impl Step<'_> {
             );
             return Err(self.deny(reason::NOT_EXTENDABLE, message));
         }
+        let extended_phase = extended.status.as_ref().and_then(|s| s.phase);
+        if matches!(extended_phase, None | Some(Phase::Pending)) {
+            // Not decided yet (or decided a moment ago and not seen yet): wait for it.
+            let message = format!(
+                "waiting for ElevationRequest {extended_name}, which this extends, to be approved"
+            );
+            return Err(self.wait(
+                reason::AWAITING_APPROVAL,
+                message,
+                Some(super::UNJUDGED_RETRY),
+            ));
+        }
         let in_force = extended.status.as_ref().and_then(|s| {
             s.granted_until
                 .filter(|until| s.phase == Some(Phase::Approved) && self.now < *until)
