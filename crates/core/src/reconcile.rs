@@ -292,11 +292,16 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         };
     } else {
         steps = vec![Step::AddFinalizer];
-        if !desired.cluster_roles.is_empty() {
-            steps.push(Step::PrepareRoles(Box::new(desired.clone())));
+        // A decision is recorded before the rights it grants. A grant already decided (a
+        // booked window opening, a check of a grant in force) goes straight to its rights,
+        // and one status write after them records the rest.
+        if decision.transition.is_some() {
+            if !desired.cluster_roles.is_empty() {
+                steps.push(Step::PrepareRoles(Box::new(desired.clone())));
+            }
+            steps.push(Step::WriteStatus);
         }
         steps.extend([
-            Step::WriteStatus,
             // Checked every time: a binding deleted or edited by hand comes back.
             Step::ApplyRbac(Box::new(desired)),
             Step::Prune(Keep::Applied),
