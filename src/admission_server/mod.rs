@@ -190,13 +190,16 @@ async fn extended_request(state: &AppState, body: &[u8]) -> Option<Arc<Elevation
         .spec
         .extends
         .filter(|name| kubepam_core::grant::is_object_name(name))?;
-    match Api::<ElevationRequest>::all(state.ctx.client.clone())
-        .get_opt(&name)
-        .await
-    {
-        Ok(found) => found.map(Arc::new),
-        Err(error) => {
+    // Bounded well inside the webhook's timeout: a slow read falls back to the cache.
+    let api = Api::<ElevationRequest>::all(state.ctx.client.clone());
+    match tokio::time::timeout(std::time::Duration::from_secs(2), api.get_opt(&name)).await {
+        Ok(Ok(found)) => found.map(Arc::new),
+        Ok(Err(error)) => {
             warn!(%error, extends = %name, "reading the extended request; using the cache");
+            state.ctx.requests.get(&ObjectRef::new(&name))
+        }
+        Err(_) => {
+            warn!(extends = %name, "reading the extended request timed out; using the cache");
             state.ctx.requests.get(&ObjectRef::new(&name))
         }
     }

@@ -413,3 +413,38 @@ async fn the_request_beyond_the_policy_quota_is_refused_with_the_count_and_the_l
     .await;
     ns.delete().await;
 }
+
+/// `kubectl explain` documents every new field, from the CRDs as installed.
+#[tokio::test]
+async fn kubectl_explain_documents_every_new_field() {
+    let cluster = kubepam();
+    for (field, words) in [
+        ("elevationrequests.spec.startAt", "booked window"),
+        ("elevationrequests.spec.extends", "continues"),
+        ("elevationrequests.spec.reviews.decision", "Release"),
+        ("elevationrequests.status.grantedFrom", "opens"),
+        ("elevationrequests.status.startsAt", "booked window"),
+        ("elevationrequests.status.extension", "chain"),
+        ("accesspolicies.spec.reasonPattern", "regular expression"),
+        ("accesspolicies.spec.reasonHint", "reasonPattern"),
+        ("accesspolicies.spec.maxScheduleAhead", "startAt"),
+        ("accesspolicies.spec.extension.maxTotal", "extensions"),
+        ("accesspolicies.spec.maxOpenPerRequester", "open"),
+        (
+            "privilegedaccesscontrols.spec.maxPendingPerRequester",
+            "Pending",
+        ),
+    ] {
+        let out = cluster.kubectl(Identity::Alice, &["explain", field]);
+        // Descriptions wrap: compare with single spaces.
+        let text = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            out.status.success() && text.contains(words),
+            "kubectl explain {field} must describe it ({words:?}):\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
