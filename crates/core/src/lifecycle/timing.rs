@@ -256,8 +256,8 @@ impl Step<'_> {
     ) -> Result<(ExtensionRecord, DateTime<Utc>), Effect> {
         let Some(extended) = self.related.extended else {
             let message = format!(
-                "ElevationRequest {extended_name} (spec.extends) does not exist; extend one of \
-                 your Approved requests (kubectl pam list)"
+                "ElevationRequest {extended_name} (spec.extends) does not exist, or ended and \
+                 was settled long ago; extend one of your Approved requests (kubectl pam list)"
             );
             return Err(self.deny(reason::EXTENDED_NOT_FOUND, message));
         };
