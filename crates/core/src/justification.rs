@@ -118,6 +118,17 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_reason_is_quoted_only_in_part() {
+        let s = spec(Some("^INC-[0-9]+"), None);
+        let huge = "x".repeat(2_000_000);
+        let Err(Refusal::Mismatch(message)) = check("p", &s, &huge) else {
+            panic!("no ticket in it")
+        };
+        assert!(message.len() < 400, "{} bytes", message.len());
+        assert!(message.contains('…'));
+    }
+
+    #[test]
     fn a_bad_pattern_is_named_with_what_to_write() {
         let e = compile("(INC").unwrap_err();
         assert!(e.contains("not a valid regular expression"), "{e}");
