@@ -264,7 +264,8 @@ impl Execution<'_> {
             | Step::ReportCollision { .. }
             | Step::ReportInvalidGrant { .. }
             | Step::Announce(_)
-            | Step::ReportUndeliverable(_) => report(ctx, request, &self.plan, step).await,
+            | Step::ReportUndeliverable(_)
+            | Step::ReportWindowOpened(_) => report(ctx, request, &self.plan, step).await,
         }
         Ok(())
     }
@@ -366,6 +367,18 @@ async fn report(ctx: &Context, request: &ElevationRequest, plan: &Plan, step: St
         }
         Step::ReportUndeliverable(failed) => {
             super::notify::report_undeliverable(ctx, request, &failed).await;
+        }
+        Step::ReportWindowOpened(message) => {
+            info!(request = %request.name_any(), request_id = %plan.request_id, "{message}");
+            super::publish_event(
+                ctx,
+                request,
+                EventType::Normal,
+                lifecycle::reason::WINDOW_OPENED,
+                "Open",
+                &message,
+            )
+            .await;
         }
         // Writes are carried out by `execute`.
         _ => {}

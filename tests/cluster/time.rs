@@ -12,8 +12,8 @@ use kubepam_core::lifecycle::{CONDITION_RELEASED, CONDITION_SCHEDULED, reason};
 use serde_json::{Value, json};
 
 use crate::pam::{
-    create_policy, create_request, may_delete_deployments, review, standard_control, task_policy,
-    wait_may_delete_deployments, wait_phase,
+    create_policy, create_request, events_for, may_delete_deployments, review, standard_control,
+    task_policy, wait_may_delete_deployments, wait_phase,
 };
 use crate::support::{Identity, TestNamespace, eventually, kubepam};
 
@@ -115,6 +115,13 @@ async fn a_booked_window_opens_at_its_start_and_closes_at_its_end() {
     assert_eq!(status.starts_at, None);
     let scheduled = find_condition(&status.conditions, CONDITION_SCHEDULED).unwrap();
     assert_eq!(scheduled.reason, reason::WINDOW_OPENED);
+    eventually("an Event says the window opened", SOON, || async {
+        events_for(&admin, &name)
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason::WINDOW_OPENED))
+    })
+    .await;
     wait_phase(&alice, &name, Phase::Expired, SOON).await;
     wait_may_delete_deployments(&admin, "alice", Some(&ns.name), false).await;
     ns.delete().await;

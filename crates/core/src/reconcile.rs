@@ -143,6 +143,9 @@ pub enum Step {
     Announce(Transition),
     /// Events for notifications that could not even be planned for delivery.
     ReportUndeliverable(Vec<Notification>),
+    /// A Normal Event and a log line: a booked window opened (the phase stays Approved, so
+    /// no transition says it), after the status that records it.
+    ReportWindowOpened(String),
 }
 
 impl Step {
@@ -165,6 +168,7 @@ impl Step {
             Step::Settle => "Settle",
             Step::Announce(_) => "Announce",
             Step::ReportUndeliverable(_) => "ReportUndeliverable",
+            Step::ReportWindowOpened(_) => "ReportWindowOpened",
         }
     }
 }
@@ -196,6 +200,30 @@ pub struct Plan {
 }
 
 /// Plans the reconcile of `observed.request`.
+/// The message of a booked window that opened in this reconcile: `Scheduled` went from True
+/// to False with reason `WindowOpened`.
+fn window_opened(
+    before: Option<&ElevationRequestStatus>,
+    after: &ElevationRequestStatus,
+) -> Option<String> {
+    let scheduled = |s: &ElevationRequestStatus| {
+        find_condition(&s.conditions, lifecycle::CONDITION_SCHEDULED).cloned()
+    };
+    let was_waiting = before
+        .and_then(scheduled)
+        .is_some_and(|c| c.status == "True");
+    let now = scheduled(after)?;
+    (was_waiting && now.status == "False" && now.reason == lifecycle::reason::WINDOW_OPENED).then(
+        || {
+            let until = after
+                .granted_until
+                .map(|u| format!("; access until {}", crate::util::time_for_people(u)))
+                .unwrap_or_default();
+            format!("{}{until}", now.message)
+        },
+    )
+}
+
 /// What the decision needs of the requester's other requests.
 fn related<'a>(observed: &Observed<'a>) -> Related<'a> {
     let request = observed.request;
@@ -314,6 +342,9 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     }
     if let Some(transition) = &decision.transition {
         steps.push(Step::Announce(transition.clone()));
+    }
+    if let Some(message) = window_opened(request.status.as_ref(), &status) {
+        steps.push(Step::ReportWindowOpened(message));
     }
     let failed: Vec<Notification> = owed
         .into_iter()

@@ -592,3 +592,64 @@ proptest! {
         }
     }
 }
+
+/// A booked window opening is said once, after the status that records it and the rights.
+#[test]
+fn a_booked_window_opening_is_reported_once_after_its_record() {
+    let policy = policy(TASK_MANUAL);
+    let control = control(CONTROL);
+    let request = request(&format!(
+        "  startAt: '{}'\n  duration: 1h",
+        at(7200).to_rfc3339()
+    ));
+    let request = with_reviews(request, &[("bob", ReviewDecision::Approve)]);
+    let approved = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(60),
+    ));
+    assert!(
+        !approved
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::ReportWindowOpened(_)))
+    );
+    assert!(
+        !approved.steps.iter().any(is_apply),
+        "nothing before the window"
+    );
+    let mut request = request;
+    request.status = Some(approved.status);
+    let opening = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(7200),
+    ));
+    let said = position(&opening, |s| matches!(s, Step::ReportWindowOpened(_)))
+        .expect("the opening is reported");
+    let recorded = opening
+        .steps
+        .iter()
+        .rposition(|s| *s == Step::WriteStatus)
+        .unwrap();
+    let applied = position(&opening, is_apply).unwrap();
+    assert!(applied < recorded && recorded < said, "{:?}", opening.steps);
+    request.status = Some(opening.status);
+    let again = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(7300),
+    ));
+    assert!(
+        !again
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::ReportWindowOpened(_)))
+    );
+}
