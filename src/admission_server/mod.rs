@@ -179,61 +179,60 @@ fn log_denial(kind: &str, request: &AdmissionRequest<DynamicObject>, verdict: &V
 
 /// The request a new extension names, read from the API server: the cache may not show yet
 /// that it was approved a moment ago (its requester may extend it as soon as they see that).
-async fn extended_request(state: &AppState, body: &[u8]) -> Option<Arc<ElevationRequest>> {
-    let request = admission::parse_review(body).ok()?;
+/// Only `spec.extends` of a CREATE is read here; the rules decode the whole object.
+async fn extended_request(
+    state: &AppState,
+    request: &AdmissionRequest<DynamicObject>,
+) -> Option<Arc<ElevationRequest>> {
     if request.operation != Operation::Create {
         return None;
     }
-    let new: ElevationRequest = admission::decode(&request, false).ok()?;
+    let spec = request.object.as_ref()?.data.get("spec")?;
     // Only an object name may reach a URL.
-    let name = new
-        .spec
-        .extends
+    let name = spec
+        .get("extends")?
+        .as_str()
         .filter(|name| kubepam_core::grant::is_object_name(name))?;
     // Bounded well inside the webhook's timeout: a slow read falls back to the cache.
     let api = Api::<ElevationRequest>::all(state.ctx.client.clone());
-    match tokio::time::timeout(std::time::Duration::from_secs(2), api.get_opt(&name)).await {
-        Ok(Ok(found)) => found.map(Arc::new),
+    let read = tokio::time::timeout(std::time::Duration::from_secs(2), api.get_opt(name)).await;
+    match read {
+        Ok(Ok(found)) => return found.map(Arc::new),
         Ok(Err(error)) => {
             warn!(%error, extends = %name, "reading the extended request; using the cache");
-            state.ctx.requests.get(&ObjectRef::new(&name))
         }
-        Err(_) => {
-            warn!(extends = %name, "reading the extended request timed out; using the cache");
-            state.ctx.requests.get(&ObjectRef::new(&name))
-        }
+        Err(_) => warn!(extends = %name, "reading the extended request timed out; using the cache"),
     }
+    state.ctx.requests.get(&ObjectRef::new(name))
 }
 
-fn admit_request(
-    state: &AppState,
-    body: &[u8],
-    pass: Pass,
-    extended: Option<Arc<ElevationRequest>>,
-) -> Response {
+async fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
     let start = std::time::Instant::now();
     let webhook = match pass {
         Pass::Mutating => "requester",
         Pass::Validating => "reviews",
     };
-    with_request(state, webhook, body, |request| {
-        let control = state.ctx.control();
-        let verdict = admission::admit_elevation_request(
-            request,
-            pass,
-            &CachedLookup {
-                shared: &state.ctx,
-                extended,
-            },
-            control.as_deref(),
-            &state.operator,
-            &state.ctx.namespace,
-            Utc::now(),
-        );
-        log_denial("ElevationRequest", request, &verdict);
-        observe(state, webhook, start, verdict.refusal());
-        admission::respond(request, verdict)
-    })
+    let request = match admission::parse_review(body) {
+        Ok(request) => request,
+        Err(error) => return malformed(state, webhook, &error),
+    };
+    let extended = extended_request(state, &request).await;
+    let control = state.ctx.control();
+    let verdict = admission::admit_elevation_request(
+        &request,
+        pass,
+        &CachedLookup {
+            shared: &state.ctx,
+            extended,
+        },
+        control.as_deref(),
+        &state.operator,
+        &state.ctx.namespace,
+        Utc::now(),
+    );
+    log_denial("ElevationRequest", &request, &verdict);
+    observe(state, webhook, start, verdict.refusal());
+    reply(admission::respond(&request, verdict))
 }
 
 /// Policies and requests, read from the caches; the extended request as read just now.
@@ -263,13 +262,11 @@ impl admission::RequestLookup for CachedLookup<'_> {
 }
 
 async fn mutate_requests(State(state): State<AppState>, body: Bytes) -> Response {
-    let extended = extended_request(&state, &body).await;
-    admit_request(&state, &body, Pass::Mutating, extended)
+    admit_request(&state, &body, Pass::Mutating).await
 }
 
 async fn validate_requests(State(state): State<AppState>, body: Bytes) -> Response {
-    let extended = extended_request(&state, &body).await;
-    admit_request(&state, &body, Pass::Validating, extended)
+    admit_request(&state, &body, Pass::Validating).await
 }
 
 async fn validate_policies(State(state): State<AppState>, body: Bytes) -> Response {

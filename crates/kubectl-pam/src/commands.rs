@@ -499,7 +499,10 @@ async fn find_request(
     requests: &Kind<ElevationRequest>,
     what: &str,
 ) -> Result<ElevationRequest, Error> {
-    if let Some(r) = requests.get_opt(what).await? {
+    // Only an object name may reach a URL: `x/status` or `x?y` would name something else.
+    if kubepam_core::grant::is_object_name(what)
+        && let Some(r) = requests.get_opt(what).await?
+    {
         return Ok(r);
     }
     let all = requests.list().await?;
@@ -569,7 +572,12 @@ async fn decide(
     let me = whoami(client).await?;
     let patch = objects::review_patch(&me.username, decision, args.comment.as_deref());
     let requests = Kind::<ElevationRequest>::new(client);
-    let patched = if let Some(r) = requests.merge_patch(&args.name, &patch).await? {
+    let by_name = if kubepam_core::grant::is_object_name(&args.name) {
+        requests.merge_patch(&args.name, &patch).await?
+    } else {
+        None
+    };
+    let patched = if let Some(r) = by_name {
         r
     } else {
         // Not a name: perhaps the seed's request id.

@@ -904,13 +904,7 @@ impl Step<'_> {
                 None,
             );
         };
-        // Only a window that opens after its approval waits: a replica whose clock is a
-        // little behind the one that approved must not take a grant away.
-        let booked = self
-            .status
-            .granted_from
-            .filter(|opens| self.status.decided_at.is_some_and(|d| d < *opens));
-        if let Some(opens) = booked.filter(|o| self.now < *o) {
+        if let Some(opens) = self.status.booked_opening().filter(|o| self.now < *o) {
             return self.wait_for_window(opens);
         }
         if let Some(opened) = self.status.granted_from {

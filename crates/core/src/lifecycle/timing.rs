@@ -43,6 +43,11 @@ pub fn quota_refusal(
     None
 }
 
+/// A span in whole seconds, for people (`duration::format` takes whole seconds).
+fn whole(span: TimeDelta) -> String {
+    duration::format(TimeDelta::seconds(span.num_seconds().max(0)))
+}
+
 /// When an approval's grant holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Window {
@@ -170,7 +175,7 @@ impl Step<'_> {
                             "startAt {} is {} after the request was submitted, and policy \
                              {policy_name} books windows at most {} ahead; choose a start before {}",
                             time_for_people(start),
-                            duration::format(TimeDelta::seconds((start - submitted).num_seconds())),
+                            whole(start - submitted),
                             duration::format(max),
                             time_for_people(submitted + max),
                         );
@@ -224,9 +229,9 @@ impl Step<'_> {
                         let message = format!(
                             "with this extension the grant would last {} in all, and policy \
                              {policy_name} allows at most {}; extend by at most {}",
-                            duration::format(TimeDelta::seconds(total.num_seconds())),
+                            whole(total),
                             duration::format(max),
-                            duration::format(TimeDelta::seconds(left.num_seconds().max(0))),
+                            whole(left),
                         );
                         return Err(self.deny(reason::EXTENSION_LIMIT_EXCEEDED, message));
                     }

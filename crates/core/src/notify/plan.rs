@@ -129,8 +129,7 @@ pub fn window_opens_at(
     if status.phase != Some(Phase::Approved) || config.requester_routes.is_empty() || recorded {
         return None;
     }
-    let opens = status.granted_from?;
-    (opens > status.decided_at?).then_some(opens)
+    status.booked_opening()
 }
 
 /// The window-opened notifications owed at `now`: none before the window opens, none after

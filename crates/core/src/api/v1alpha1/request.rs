@@ -264,6 +264,16 @@ pub struct ElevationRequestStatus {
     pub observed_generation: Option<i64>,
 }
 
+impl ElevationRequestStatus {
+    /// When a booked window opens, for a grant approved before its window: `grantedFrom` when
+    /// it is after `decidedAt`. A grant that opened at its approval has none, so a replica whose
+    /// clock is a little behind the one that approved never takes it for one still to open.
+    pub fn booked_opening(&self) -> Option<DateTime<Utc>> {
+        let opens = self.granted_from?;
+        (opens > self.decided_at?).then_some(opens)
+    }
+}
+
 /// Where an extension sits in its chain of grants.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
