@@ -297,6 +297,8 @@ mod tests {
             max_schedule_ahead: None,
             extension: None,
             max_open_per_requester: None,
+            break_glass: None,
+            escalation: Vec::new(),
             allow_impersonation: false,
             allow_privilege_escalation: false,
             allow_persistence: false,

@@ -595,6 +595,8 @@ async fn decide(
         ReviewDecision::Deny => "denied",
         ReviewDecision::Revoke => "revoked",
         ReviewDecision::Release => "released",
+        ReviewDecision::Confirm => "confirmed",
+        ReviewDecision::Reject => "rejected",
     };
     let line = format!(
         "{} {verb} by {} (kubepam updates its status in a moment: kubectl pam status {})",

@@ -312,6 +312,8 @@ fn decision_cell(decision: ReviewDecision) -> String {
         ReviewDecision::Deny => paint(AnsiColor::Red.on_default(), "Deny"),
         ReviewDecision::Revoke => paint(AnsiColor::Red.on_default(), "Revoke"),
         ReviewDecision::Release => paint(AnsiColor::Cyan.on_default(), "Release"),
+        ReviewDecision::Confirm => paint(AnsiColor::Green.on_default(), "Confirm"),
+        ReviewDecision::Reject => paint(AnsiColor::Red.on_default(), "Reject"),
     }
 }
 

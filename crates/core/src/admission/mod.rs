@@ -137,11 +137,21 @@ pub enum Reason {
     InvalidSchedule,
     /// A new request extends a request that is not the caller's own Approved grant under the same policy and namespace, or beyond the policy's extension limits.
     InvalidExtension,
+    /// A Confirm or Reject on a request that is not an emergency request.
+    NotAnEmergency,
+    /// An emergency request under a policy without `breakGlass`, or beyond its `maxDuration`.
+    EmergencyNotAllowed,
+    /// An emergency request by someone outside the policy's `breakGlass.groups`.
+    NotBreakGlass,
+    /// A Confirm or Reject before kubepam recorded the emergency grant.
+    NothingToReview,
+    /// A Confirm or Reject of an emergency grant that was already reviewed.
+    AlreadyReviewed,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 31] = [
+    pub const ALL: [Self; 36] = [
         Self::NoUsername,
         Self::ForgedRequester,
         Self::RequesterNotSet,
@@ -173,6 +183,11 @@ impl Reason {
         Self::QuotaExceeded,
         Self::InvalidSchedule,
         Self::InvalidExtension,
+        Self::NotAnEmergency,
+        Self::EmergencyNotAllowed,
+        Self::NotBreakGlass,
+        Self::NothingToReview,
+        Self::AlreadyReviewed,
     ];
 
     /// The code, e.g. `ForgedRequester`.
@@ -209,6 +224,11 @@ impl Reason {
             Self::QuotaExceeded => "QuotaExceeded",
             Self::InvalidSchedule => "InvalidSchedule",
             Self::InvalidExtension => "InvalidExtension",
+            Self::NotAnEmergency => "NotAnEmergency",
+            Self::EmergencyNotAllowed => "EmergencyNotAllowed",
+            Self::NotBreakGlass => "NotBreakGlass",
+            Self::NothingToReview => "NothingToReview",
+            Self::AlreadyReviewed => "AlreadyReviewed",
         }
     }
 }

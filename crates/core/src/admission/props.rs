@@ -545,6 +545,8 @@ fn arbitrary_spec() -> impl Strategy<Value = crate::api::AccessPolicySpec> {
                     max_schedule_ahead: None,
                     extension: None,
                     max_open_per_requester: None,
+                    break_glass: None,
+                    escalation: Vec::new(),
                     allow_impersonation: false,
                     allow_privilege_escalation: false,
                     allow_persistence: false,

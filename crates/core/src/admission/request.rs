@@ -535,6 +535,14 @@ fn fits_phase(name: &str, phase: Option<Phase>, decision: Option<ReviewDecision>
             Reason::ReleaseNotYours,
             format!("only the requester may release ElevationRequest {name}"),
         ),
+        (_, Some(ReviewDecision::Confirm | ReviewDecision::Reject)) => deny(
+            Reason::NotAnEmergency,
+            format!(
+                "ElevationRequest {name} is not an emergency request: Confirm and Reject review \
+                 emergency access afterwards; decide an ordinary request with Approve or Deny \
+                 (Pending), or end its grant with Revoke (Approved)"
+            ),
+        ),
         (Some(Phase::Approved), _) => deny(
             Reason::AlreadyApproved,
             format!(

@@ -25,7 +25,7 @@ pub fn message(
     let name = request.metadata.name.clone().unwrap_or_default();
     let facts = Facts::of(request, default_duration);
     let subject = subject(&name, &facts, entry);
-    let mut lines = vec![opening(&facts, entry), String::new()];
+    let mut lines = vec![opening(&name, &facts, entry), String::new()];
     for (label, value) in facts.table(&name, entry.event) {
         lines.push(format!("{label:<12} {value}"));
     }
@@ -208,14 +208,17 @@ impl Facts {
             ("Reason:", self.reason.clone()),
         ];
         match event {
-            NotificationEvent::Submitted | NotificationEvent::Expired => {
+            NotificationEvent::Submitted
+            | NotificationEvent::Expired
+            | NotificationEvent::Escalated => {
                 if let Some(at) = &self.expires_at {
                     rows.push(("Expires:", format!("{at} if nobody decides")));
                 }
             }
             NotificationEvent::Approved
             | NotificationEvent::GrantEnding
-            | NotificationEvent::WindowOpened => {
+            | NotificationEvent::WindowOpened
+            | NotificationEvent::Emergency => {
                 if let Some(until) = &self.granted_until {
                     rows.push(("Until:", until.clone()));
                 }
@@ -223,7 +226,8 @@ impl Facts {
             NotificationEvent::Denied
             | NotificationEvent::Revoked
             | NotificationEvent::Ended
-            | NotificationEvent::Released => {}
+            | NotificationEvent::Released
+            | NotificationEvent::ReviewOverdue => {}
         }
         rows
     }
@@ -250,10 +254,19 @@ fn subject(name: &str, facts: &Facts, entry: &Notification) -> String {
         NotificationEvent::WindowOpened => {
             format!("[kubepam] {name}: the booked access of {who} is open")
         }
+        NotificationEvent::Emergency => {
+            format!("[kubepam] EMERGENCY access by {who} ({name}): review needed")
+        }
+        NotificationEvent::Escalated => {
+            format!("[kubepam] {who} has waited for approval ({name}): your group may now decide")
+        }
+        NotificationEvent::ReviewOverdue => {
+            format!("[kubepam] {name}: the review of emergency access by {who} is overdue")
+        }
     }
 }
 
-fn opening(facts: &Facts, entry: &Notification) -> String {
+fn opening(name: &str, facts: &Facts, entry: &Notification) -> String {
     let who = &facts.requester;
     let by = entry.actor.as_deref().unwrap_or("kubepam");
     match entry.event {
@@ -270,5 +283,17 @@ fn opening(facts: &Facts, entry: &Notification) -> String {
         NotificationEvent::GrantEnding => format!("The access of {who} ends soon."),
         NotificationEvent::Released => format!("{who} ended their own access early."),
         NotificationEvent::WindowOpened => format!("The booked access of {who} is now open."),
+        NotificationEvent::Emergency => format!(
+            "{who} took emergency access under break glass, without an approver. Review it: \
+             kubectl pam confirm {name} -m COMMENT, or kubectl pam reject {name} -m COMMENT."
+        ),
+        NotificationEvent::Escalated => format!(
+            "{who} asks for privileged access and nobody has decided yet; your group may now \
+             decide too."
+        ),
+        NotificationEvent::ReviewOverdue => format!(
+            "The emergency access {who} took is still not reviewed. Review it: \
+             kubectl pam confirm {name} -m COMMENT, or kubectl pam reject {name} -m COMMENT."
+        ),
     }
 }

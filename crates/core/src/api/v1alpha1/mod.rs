@@ -19,8 +19,8 @@ pub use notifications::{
     PayloadFormat, RequesterRoute, SecretKeyRef, Sink, SmtpSecurity, SmtpSink, WebhookSink,
 };
 pub use policy::{
-    AccessPolicy, AccessPolicySpec, AccessPolicyStatus, CONDITION_ACCEPTED, ExtensionPolicy,
-    GuardedScope, Scope,
+    AccessPolicy, AccessPolicySpec, AccessPolicyStatus, BreakGlass, CONDITION_ACCEPTED,
+    EscalationStep, ExtensionPolicy, GuardedScope, Scope,
 };
 pub use request::{
     EXECUTION_LIMIT, ElevationRequest, ElevationRequestSpec, ElevationRequestStatus, Execution,

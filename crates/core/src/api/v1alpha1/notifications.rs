@@ -204,6 +204,12 @@ pub enum NotificationEvent {
     Released,
     /// A booked window opened and the grant is in force (to the requester).
     WindowOpened,
+    /// Emergency access was taken under break glass and awaits review (to the approvers).
+    Emergency,
+    /// Nobody decided in time: an escalation group may now decide (to that group).
+    Escalated,
+    /// An emergency grant's review is overdue (to the approvers).
+    ReviewOverdue,
 }
 
 impl NotificationEvent {
@@ -219,6 +225,9 @@ impl NotificationEvent {
             Self::GrantEnding => "GrantEnding",
             Self::Released => "Released",
             Self::WindowOpened => "WindowOpened",
+            Self::Emergency => "Emergency",
+            Self::Escalated => "Escalated",
+            Self::ReviewOverdue => "ReviewOverdue",
         }
     }
 }

@@ -35,7 +35,8 @@ pub const CONDITION_ACCEPTED: &str = "Accepted";
 #[x_kube(
     validation = Rule::new("self.type != 'Task' || (has(self.task) && !has(self.role) && (!has(self.roles) || size(self.roles) == 0))").message("type Task needs task (verbs, apiGroups, resources) and neither role nor roles"),
     validation = Rule::new("self.type != 'Role' || (has(self.role) && !has(self.task) && (!has(self.roles) || size(self.roles) == 0))").message("type Role needs role (the name of a ClusterRole) and neither task nor roles"),
-    validation = Rule::new("self.type != 'RoleGroup' || (has(self.roles) && size(self.roles) > 0 && !has(self.task) && !has(self.role))").message("type RoleGroup needs a non-empty roles list (ClusterRole names) and neither task nor role")
+    validation = Rule::new("self.type != 'RoleGroup' || (has(self.roles) && size(self.roles) > 0 && !has(self.task) && !has(self.role))").message("type RoleGroup needs a non-empty roles list (ClusterRole names) and neither task nor role"),
+    validation = Rule::new("self.approvalType == 'Manual' || !has(self.escalation) || size(self.escalation) == 0").message("escalation applies to approvalType Manual only: an Auto policy approves at once, so nobody is waited for")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AccessPolicySpec {
@@ -103,6 +104,16 @@ pub struct AccessPolicySpec {
     #[x_kube(validation = Rule::new("self >= 1").message("maxOpenPerRequester must be at least 1, or be left out for no limit"))]
     #[schemars(extend("format" = "int32"))]
     pub max_open_per_requester: Option<u32>,
+    /// Emergency access ("break glass"): members of these groups may file a request with
+    /// `spec.emergency: true`, approved at once without an approver and reviewed afterwards.
+    /// Refused when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlass>,
+    /// For `Manual` approval: further groups that may also decide when nobody has decided for
+    /// a while, each from `after` past submission (in order of `after`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub escalation: Vec<EscalationStep>,
     /// For `Manual` approval: how many distinct approvers must approve (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("requiredApprovals must be at least 1"))]
@@ -125,6 +136,41 @@ pub struct AccessPolicySpec {
     /// Refused without it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_persistence: bool,
+}
+
+/// Who may use emergency access under a policy, and for how long.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakGlass {
+    /// The Kubernetes groups whose members may file an emergency request (e.g. `oncall`).
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(g, g.trim() != '' && !g.matches('[[:cntrl:]]'))").message("breakGlass.groups must name Kubernetes groups, without control characters (newlines, tabs)"))]
+    pub groups: Vec<String>,
+    /// The longest an emergency grant may last, e.g. `1h`; a request without a duration gets
+    /// this or the control's `defaultDuration`, whichever is shorter.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[hms])+$')").message("breakGlass.maxDuration must be a number followed by s, m or h, e.g. 30m or 1h"))]
+    pub max_duration: String,
+    /// How soon after the grant an approver must confirm or reject it (default `24h`); past
+    /// that, the request says `ReviewOverdue` and the approvers are reminded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[hms])+$')").message("breakGlass.reviewWithin must be a number followed by s, m or h, e.g. 24h"))]
+    pub review_within: Option<String>,
+}
+
+/// One step of escalation: a further group that may decide once a request has waited `after`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationStep {
+    /// How long after submission the step opens, e.g. `30m`.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[hms])+$')").message("escalation[].after must be a number followed by s, m or h, e.g. 30m"))]
+    pub after: String,
+    /// The Kubernetes group whose members may also decide from then on, and are notified.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.trim() != '' && !self.matches('[[:cntrl:]]')").message("escalation[].approverGroup must name a Kubernetes group, without control characters (newlines, tabs)"))]
+    pub approver_group: String,
 }
 
 /// How grants of a policy may be extended.

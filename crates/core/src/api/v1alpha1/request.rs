@@ -44,10 +44,16 @@ pub const EXECUTION_LIMIT: usize = 20;
 #[x_kube(validation = Rule::new(
     "has(self.namespace) == has(oldSelf.namespace) && has(self.duration) == has(oldSelf.duration) \
      && has(self.requester) == has(oldSelf.requester) && has(self.startAt) == has(oldSelf.startAt) \
-     && has(self.extends) == has(oldSelf.extends)"
+     && has(self.extends) == has(oldSelf.extends) \
+     && (has(self.emergency) && self.emergency) == (has(oldSelf.emergency) && oldSelf.emergency)"
 ).message("spec is immutable except reviews; create a new ElevationRequest instead"))]
 #[x_kube(validation = Rule::new("!has(self.startAt) || !has(self.extends)").message(
     "an extension starts where the grant it extends ends: leave out startAt when setting extends"
+))]
+#[x_kube(validation = Rule::new(
+    "!has(self.emergency) || !self.emergency || (!has(self.startAt) && !has(self.extends))"
+).message(
+    "an emergency request is for access now: leave out startAt and extends (file a new emergency request when it ends)"
 ))]
 #[serde(rename_all = "camelCase")]
 pub struct ElevationRequestSpec {
@@ -98,6 +104,13 @@ pub struct ElevationRequestSpec {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("extends must be the name of your own Approved ElevationRequest (kubectl get elevationrequests)"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
     pub extends: Option<String>,
+    /// Break glass: access now, without an approver, for a member of the policy's
+    /// `breakGlass.groups`. It is approved at once, loudly (a Warning Event and notifications to
+    /// the approvers), lasts at most `breakGlass.maxDuration`, and an approver must confirm or
+    /// reject it afterwards (`kubectl pam confirm|reject NAME`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    pub emergency: bool,
     /// Decisions keyed by reviewer username; each approver writes only their own entry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
@@ -109,8 +122,10 @@ pub struct ElevationRequestSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Review {
-    /// `Approve`, `Deny`, `Revoke` (ends an approved grant early), or `Release` (the
-    /// requester's own, under their own username: "I'm done", ends their grant at once).
+    /// `Approve`, `Deny`, `Revoke` (ends an approved grant early), `Release` (the requester's
+    /// own, under their own username: "I'm done", ends their grant at once), or, for an
+    /// emergency request, the review afterwards: `Confirm` (it was justified) or `Reject` (it was
+    /// not; an active grant ends at once).
     pub decision: ReviewDecision,
     /// Free text recorded in the request's history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,6 +144,11 @@ pub enum ReviewDecision {
     Revoke,
     /// The requester ends their own grant early; nobody else may use it.
     Release,
+    /// An approver's review of an emergency grant: it was justified.
+    Confirm,
+    /// An approver's review of an emergency grant: it was not justified; an active grant ends
+    /// at once.
+    Reject,
 }
 
 impl ReviewDecision {
@@ -139,6 +159,8 @@ impl ReviewDecision {
             Self::Deny => "Deny",
             Self::Revoke => "Revoke",
             Self::Release => "Release",
+            Self::Confirm => "Confirm",
+            Self::Reject => "Reject",
         }
     }
 }
@@ -195,6 +217,17 @@ pub struct ElevationRequestStatus {
     /// The group whose members may decide (the policy's, else the control's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver_group: Option<String>,
+    /// The groups whose members may decide now: the approver group, and each escalation
+    /// group whose step has opened. Anyone RBAC allows the verb `approve` on
+    /// `accesspolicies/<policy>` may decide too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approver_groups: Vec<String>,
+    /// When the next escalation step opens, while the request waits for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalates_at: Option<DateTime<Utc>>,
+    /// For an emergency grant: when its review (`Confirm` or `Reject`) is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_due_at: Option<DateTime<Utc>>,
     /// `Manual` or `Auto`, from the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_type: Option<ApprovalType>,
@@ -397,7 +430,7 @@ pub struct HistoryEntry {
     pub time: DateTime<Utc>,
     /// Who caused it: a username, several joined by commas, or `kubepam`.
     pub actor: String,
-    /// The phase entered.
+    /// The phase entered, or `Confirmed` / `Rejected` for the review of an emergency grant.
     pub action: String,
     /// The reviewer's comment, or why kubepam made the transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
