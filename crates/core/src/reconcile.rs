@@ -146,6 +146,23 @@ pub enum Step {
     /// A Normal Event and a log line: a booked window opened (the phase stays Approved, so
     /// no transition says it), after the status that records it.
     ReportWindowOpened(String),
+    /// An Event and a log line for a change of routing that no transition says, after the
+    /// status that records it: an escalation step opened, an emergency grant's review was
+    /// recorded or became overdue.
+    ReportRouting(RoutingChange),
+}
+
+/// A change of who may decide, or of an emergency grant's review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingChange {
+    /// A Warning Event (else Normal).
+    pub warning: bool,
+    /// The Event's reason, e.g. `EscalationStepOpened`.
+    pub reason: String,
+    /// The Event's action, e.g. `Escalate`.
+    pub action: &'static str,
+    /// A sentence for people.
+    pub message: String,
 }
 
 impl Step {
@@ -169,6 +186,7 @@ impl Step {
             Step::Announce(_) => "Announce",
             Step::ReportUndeliverable(_) => "ReportUndeliverable",
             Step::ReportWindowOpened(_) => "ReportWindowOpened",
+            Step::ReportRouting(_) => "ReportRouting",
         }
     }
 }
@@ -222,6 +240,54 @@ fn window_opened(
             format!("{}{until}", now.message)
         },
     )
+}
+
+/// What changed in routing between the status read and the one written, that no transition
+/// announces.
+fn routing_changes(
+    before: Option<&ElevationRequestStatus>,
+    after: &ElevationRequestStatus,
+    transition: Option<&Transition>,
+) -> Vec<RoutingChange> {
+    let mut changes = Vec::new();
+    let had: &[String] = before.map_or(&[], |b| b.approver_groups.as_slice());
+    let opened: Vec<&str> = after
+        .approver_groups
+        .iter()
+        .skip(1)
+        .filter(|g| !had.contains(g))
+        .map(String::as_str)
+        .collect();
+    if !opened.is_empty() {
+        changes.push(RoutingChange {
+            warning: false,
+            reason: lifecycle::reason::ESCALATION_STEP_OPENED.to_owned(),
+            action: "Escalate",
+            message: format!(
+                "nobody has decided yet: group(s) {} may now decide too",
+                opened.join(", ")
+            ),
+        });
+    }
+    let review = |s: &ElevationRequestStatus| {
+        find_condition(&s.conditions, lifecycle::CONDITION_REVIEW_REQUIRED)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let was = before.and_then(review);
+    if let Some((status, why, message)) = review(after)
+        && was.as_ref().is_some_and(|(s, r, _)| (s, r) != (&status, &why))
+        // A rejection that ended the grant is announced by its transition.
+        && transition.is_none_or(|t| t.reason != why)
+    {
+        let warning = why != lifecycle::reason::EMERGENCY_CONFIRMED;
+        changes.push(RoutingChange {
+            warning,
+            reason: why,
+            action: "Review",
+            message,
+        });
+    }
+    changes
 }
 
 /// What the decision needs of the requester's other requests.
@@ -302,7 +368,15 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         .collect();
     // Recorded in the same write as the transition: neither can be lost
     // without the other. The delivery controller sends them.
-    let owed = owed_notifications(request, &status, &decision, observed);
+    let mut owed = owed_notifications(request, &status, &decision, observed);
+    if let Some(config) = observed.control.and_then(|c| c.spec.notifications.as_ref()) {
+        owed.extend(notifications::for_routing(
+            request.status.as_ref(),
+            &status,
+            config,
+            observed.now,
+        ));
+    }
     notifications::enqueue(&mut status.notifications, owed.clone());
 
     let mut steps;
@@ -346,6 +420,15 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     if let Some(message) = window_opened(request.status.as_ref(), &status) {
         steps.push(Step::ReportWindowOpened(message));
     }
+    steps.extend(
+        routing_changes(
+            request.status.as_ref(),
+            &status,
+            decision.transition.as_ref(),
+        )
+        .into_iter()
+        .map(Step::ReportRouting),
+    );
     let failed: Vec<Notification> = owed
         .into_iter()
         .filter(|n| n.state == DeliveryState::Failed)
@@ -410,7 +493,8 @@ fn steps_without_grant(
     if finished {
         steps.push(Step::RemoveFinalizer);
         let holds_nothing = recorded.is_empty() && observed.cached.is_empty() && !reported_now;
-        let owes_nothing = crate::notify::outbox::backlog(&status.notifications) == 0;
+        let owes_nothing = crate::notify::outbox::backlog(&status.notifications) == 0
+            && !lifecycle::review_pending(status);
         if holds_nothing && owes_nothing && !is_settled(observed.request) {
             let last_change = status
                 .history
