@@ -244,8 +244,8 @@ async fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
 }
 
 /// Whether RBAC allows the caller of `request` the verb `approve` on the AccessPolicy
-/// `policy` (the CertificateSigningRequest signer model), asked of the API server with
-/// SubjectAccessReviews carrying the caller's whole identity. A caller RBAC allows every verb
+/// `policy` (the `CertificateSigningRequest` signer model), asked of the API server with
+/// `SubjectAccessReview`s carrying the caller's whole identity. A caller RBAC allows every verb
 /// (a wildcard, as cluster-admin holds) is not an approver: standing admin rights never
 /// approve. Bounded well inside the webhook's timeout; an error or a timeout is a no (the
 /// caller is told how to check).

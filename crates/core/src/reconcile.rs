@@ -290,6 +290,33 @@ fn routing_changes(
     changes
 }
 
+/// The reports after the writes: what changed without a transition to say it, and the
+/// notifications that could not even be planned for delivery.
+fn reports(
+    request: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    transition: Option<&Transition>,
+    owed: Vec<Notification>,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(message) = window_opened(request.status.as_ref(), status) {
+        steps.push(Step::ReportWindowOpened(message));
+    }
+    steps.extend(
+        routing_changes(request.status.as_ref(), status, transition)
+            .into_iter()
+            .map(Step::ReportRouting),
+    );
+    let failed: Vec<Notification> = owed
+        .into_iter()
+        .filter(|n| n.state == DeliveryState::Failed)
+        .collect();
+    if !failed.is_empty() {
+        steps.push(Step::ReportUndeliverable(failed));
+    }
+    steps
+}
+
 /// What the decision needs of the requester's other requests.
 fn related<'a>(observed: &Observed<'a>) -> Related<'a> {
     let request = observed.request;
@@ -368,15 +395,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         .collect();
     // Recorded in the same write as the transition: neither can be lost
     // without the other. The delivery controller sends them.
-    let mut owed = owed_notifications(request, &status, &decision, observed);
-    if let Some(config) = observed.control.and_then(|c| c.spec.notifications.as_ref()) {
-        owed.extend(notifications::for_routing(
-            request.status.as_ref(),
-            &status,
-            config,
-            observed.now,
-        ));
-    }
+    let owed = owed_notifications(request, &status, &decision, observed);
     notifications::enqueue(&mut status.notifications, owed.clone());
 
     let mut steps;
@@ -417,25 +436,12 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     if let Some(transition) = &decision.transition {
         steps.push(Step::Announce(transition.clone()));
     }
-    if let Some(message) = window_opened(request.status.as_ref(), &status) {
-        steps.push(Step::ReportWindowOpened(message));
-    }
-    steps.extend(
-        routing_changes(
-            request.status.as_ref(),
-            &status,
-            decision.transition.as_ref(),
-        )
-        .into_iter()
-        .map(Step::ReportRouting),
-    );
-    let failed: Vec<Notification> = owed
-        .into_iter()
-        .filter(|n| n.state == DeliveryState::Failed)
-        .collect();
-    if !failed.is_empty() {
-        steps.push(Step::ReportUndeliverable(failed));
-    }
+    steps.extend(reports(
+        request,
+        &status,
+        decision.transition.as_ref(),
+        owed,
+    ));
     plan.status = status;
     plan.steps = steps;
     plan.transition = decision.transition;
@@ -656,20 +662,30 @@ pub fn repair_found(
     (restored > 0 || extra > 0).then_some(Repair { restored, extra })
 }
 
-/// The notifications a transition owes under the control's settings.
+/// The notifications a transition, and a change of routing, owe under the control's
+/// settings.
 fn owed_notifications(
     request: &ElevationRequest,
     status: &ElevationRequestStatus,
     decision: &lifecycle::Decision,
     observed: &Observed<'_>,
 ) -> Vec<Notification> {
-    let (Some(transition), Some(config)) = (
-        &decision.transition,
-        observed.control.and_then(|c| c.spec.notifications.as_ref()),
-    ) else {
+    let Some(config) = observed.control.and_then(|c| c.spec.notifications.as_ref()) else {
         return Vec::new();
     };
-    notifications::for_transition(request, status, transition, config, observed.now)
+    let mut owed = match &decision.transition {
+        Some(transition) => {
+            notifications::for_transition(request, status, transition, config, observed.now)
+        }
+        None => Vec::new(),
+    };
+    owed.extend(notifications::for_routing(
+        request.status.as_ref(),
+        status,
+        config,
+        observed.now,
+    ));
+    owed
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub struct Caller<'a> {
     /// `userInfo.groups`.
     pub groups: &'a [String],
     /// Whether RBAC allows the caller the verb `approve` on the AccessPolicy of the request
-    /// being reviewed (a SubjectAccessReview the transport made): such a caller may decide it
+    /// being reviewed (a `SubjectAccessReview` the transport made): such a caller may decide it
     /// as if in its approver groups.
     pub approves_by_rbac: bool,
 }

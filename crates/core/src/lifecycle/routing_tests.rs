@@ -233,7 +233,7 @@ fn escalation_widens_who_may_decide_step_by_step() {
 #[test]
 fn an_auto_policy_or_an_emergency_never_escalates() {
     let steps = "escalation: [{after: 1s, approverGroup: ops-leads}], ";
-    let p = policy(&BREAK_GLASS.replacen("{", &format!("{{{steps}"), 1));
+    let p = policy(&BREAK_GLASS.replacen('{', &format!("{{{steps}"), 1));
     let r = request("  emergency: true\n");
     let d = decide(&r, &PolicyView::Accepted(&p), &enabled(), at(10));
     assert_eq!(d.status.approver_groups, vec!["sre-leads".to_owned()]);
