@@ -696,6 +696,213 @@ async fn identity_rules_hold_without_the_webhooks() {
     ns.delete().await;
 }
 
+/// Approval routing with kubepam down and its webhooks removed: the admission policies alone
+/// refuse a reviewer outside the groups and unbound by RBAC, a Confirm of an ordinary request,
+/// and an emergency request by someone outside breakGlass.groups; they let an approver bound by
+/// RBAC through.
+#[tokio::test]
+async fn routing_rules_hold_without_the_webhooks() {
+    let (mut guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let bob = cluster.client(Identity::Bob).await;
+    let dave = cluster.client(Identity::Dave).await;
+    let ns = cluster.namespace("routing-vap").await;
+    let mut spec = task_policy(&ns.name, "Manual");
+    spec["approverGroup"] = json!("release-managers");
+    spec["breakGlass"] = json!({ "groups": ["oncall"], "maxDuration": "1h" });
+    create_policy(&admin, "routed", spec).await;
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": "routed-approver" },
+        "rules": [{ "apiGroups": ["kubepam.io"], "resources": ["accesspolicies"],
+                    "resourceNames": ["routed"], "verbs": ["approve"] }],
+    }))
+    .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "routed-approver" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "routed-approver" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "rita" }],
+    }))
+    .unwrap();
+    let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone());
+    let bindings = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(admin.clone());
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let rita = cluster.client_as_user("rita", &["auditors"]).await;
+    create_request(
+        &alice,
+        "routed-req",
+        json!({ "policy": "routed", "namespace": ns.name, "reason": "CHG-5" }),
+    )
+    .await;
+    wait_phase(&alice, "routed-req", Phase::Pending, SOON).await;
+
+    let stopped = guard.take().unwrap();
+    let instance = stopped.instance.clone();
+    stopped.kill();
+    let as_kubepam = cluster.client(Identity::Operator).await;
+    let webhooks = Api::<ValidatingWebhookConfiguration>::all(as_kubepam.clone());
+    for name in ["kubepam", "kubepam-guard"] {
+        let _ = webhooks.delete(name, &DeleteParams::default()).await;
+    }
+    let _ = Api::<MutatingWebhookConfiguration>::all(as_kubepam.clone())
+        .delete("kubepam", &DeleteParams::default())
+        .await;
+    // The policy alone: dave is in no approver group and unbound.
+    let message = eventually("the policy alone refuses dave", SOON, || async {
+        match pam::review(&dave, "routed-req", "dave", "Approve", "x").await {
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("kubepam-identity") => {
+                Some(s.message)
+            }
+            other => {
+                println!("dave's review: {other:?}");
+                None
+            }
+        }
+    })
+    .await;
+    assert!(message.contains("release-managers"), "{message}");
+    assert!(message.contains("accesspolicies/routed"), "{message}");
+    // Nor does cluster-admin's wildcard make an approver.
+    let result = pam::review(&admin, "routed-req", "admin", "Approve", "x").await;
+    assert!(
+        matches!(&result, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("kubepam-identity")),
+        "a wildcard must not approve: {result:?}"
+    );
+    // A Confirm is for emergency grants only.
+    let result = pam::review(&bob, "routed-req", "rita", "Confirm", "x").await;
+    assert!(
+        matches!(&result, Err(kube::Error::Api(s)) if s.code == 403),
+        "{result:?}"
+    );
+    let result = pam::review(&rita, "routed-req", "rita", "Confirm", "x").await;
+    assert!(
+        matches!(&result, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("not an emergency request")),
+        "a Confirm of an ordinary request must be refused by the policy: {result:?}"
+    );
+    // Break glass is for breakGlass.groups only.
+    let emergency: ElevationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+        "metadata": { "name": "routed-glass" },
+        "spec": { "policy": "routed", "namespace": ns.name, "reason": "INC-1", "emergency": true },
+    }))
+    .unwrap();
+    let result = Api::<ElevationRequest>::all(alice.clone())
+        .create(&PostParams::default(), &emergency)
+        .await;
+    assert!(
+        matches!(&result, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("kubepam-break-glass") && s.message.contains("oncall")),
+        "an emergency request by a developer must be refused by the policy: {result:?}"
+    );
+    // rita, bound to approve on this policy's name, is let through.
+    pam::review(&rita, "routed-req", "rita", "Approve", "release window")
+        .await
+        .unwrap();
+
+    *guard = Some(cluster.spawn_operator_with(&support::OperatorSpec {
+        instance: Some(instance),
+        ..Default::default()
+    }));
+    let approved = wait_phase(&alice, "routed-req", Phase::Approved, SOON).await;
+    assert_eq!(approved.status.unwrap().decided_by, vec!["rita".to_owned()]);
+    eventually("kubepam registers its webhooks again", SOON, || async {
+        webhooks.get_opt("kubepam").await.ok()?.map(|_| ())
+    })
+    .await;
+    let _ = Api::<ElevationRequest>::all(admin.clone())
+        .delete("routed-req", &DeleteParams::default())
+        .await;
+    let _ = bindings
+        .delete("routed-approver", &DeleteParams::default())
+        .await;
+    let _ = roles
+        .delete("routed-approver", &DeleteParams::default())
+        .await;
+    remove_all_policies(&admin).await;
+    ns.delete().await;
+}
+
+/// An escalation step that falls while kubepam is down opens once it is back: not skipped,
+/// and told once (one Event, one delivery to the new group).
+#[tokio::test]
+async fn an_escalation_step_opens_once_across_an_operator_restart() {
+    let (mut guard, cluster) = exclusive().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let ns = cluster.namespace("escalate-restart").await;
+    let hook =
+        kubepam_testkit::receivers::HookReceiver::start(support::free_port(), Duration::ZERO).await;
+    apply_control(
+        &admin,
+        json!({
+            "enabled": true,
+            "defaultApproverGroup": "pam-approvers",
+            "notifications": {
+                "sinks": [ { "name": "hook", "webhook": { "url": hook.url() } } ],
+                "approverRoutes": [ { "group": "ops-approvers", "sink": "hook" } ],
+            },
+        }),
+    )
+    .await;
+    let mut spec = task_policy(&ns.name, "Manual");
+    spec["escalation"] = json!([{ "after": "6s", "approverGroup": "ops-approvers" }]);
+    create_policy(&admin, "escalating", spec).await;
+    create_request(
+        &alice,
+        "escalate-req",
+        json!({ "policy": "escalating", "namespace": ns.name, "reason": "CHG-6" }),
+    )
+    .await;
+    let pending = wait_phase(&alice, "escalate-req", Phase::Pending, SOON).await;
+    let opens = pending.status.unwrap().escalates_at.unwrap();
+
+    let crashed = guard.take().unwrap();
+    let instance = crashed.instance.clone();
+    crashed.kill();
+    let wait = (opens - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_secs(2)).await;
+    *guard = Some(cluster.spawn_operator_with(&support::OperatorSpec {
+        instance: Some(instance),
+        ..Default::default()
+    }));
+    let requests = Api::<ElevationRequest>::all(admin.clone());
+    eventually("the step opened after the restart", SOON, || async {
+        let r = requests.get("escalate-req").await.ok()?;
+        (r.status?.approver_groups.len() == 2).then_some(())
+    })
+    .await;
+    let told = || {
+        hook.received()
+            .into_iter()
+            .filter(|h| {
+                h.body["request"]["name"] == "escalate-req" && h.body["event"] == "Escalated"
+            })
+            .count()
+    };
+    eventually("ops-approvers told", SOON, || async {
+        (told() > 0).then_some(())
+    })
+    .await;
+    // Anything repeated would show by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(told(), 1, "told once");
+    let events = pam::events_for(&admin, "escalate-req").await;
+    let opened = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("EscalationStepOpened"))
+        .count();
+    assert_eq!(opened, 1, "{events:#?}");
+    let _ = requests
+        .delete("escalate-req", &DeleteParams::default())
+        .await;
+    remove_all_policies(&admin).await;
+    standard_control(&admin).await;
+    ns.delete().await;
+}
+
 /// Two replicas. The leader is killed (SIGKILL) while requests come and go;
 /// the standby takes over within 15 s, every request is granted exactly once
 /// and taken back, deadlines that fall after the takeover are met on time,

@@ -597,6 +597,18 @@ mod tests {
             ["kubepam-identity", "kubepam-status", "kubepam-break-glass"]
         );
         assert_eq!(bindings.len(), 3);
+        // kubepam may keep each (its RBAC names them), and only kubepam may change them.
+        let rbac = include_str!("../../../manifests/rbac.yaml");
+        let kept = include_str!("../../../manifests/static-admission/kubepam.yaml");
+        for policy in &policies {
+            let name = policy.metadata.name.as_deref().unwrap_or_default();
+            let quoted = format!("\"{name}\"");
+            assert!(
+                rbac.lines().any(|l| l.contains("resourceNames") && l.contains(&quoted)),
+                "manifests/rbac.yaml lets kubepam keep {name}"
+            );
+            assert!(kept.contains(&format!("'{name}'")), "the static policy guards {name}");
+        }
         assert!(
             policies
                 .iter()
@@ -739,4 +751,10 @@ mod tests {
         );
         assert!(condition.contains("'system:apiserver'"), "{condition}");
     }
+}
+#[cfg(test)]
+#[test]
+fn dump_policies_tmp() {
+    let (p, b) = admission_policies();
+    std::fs::write("/tmp/vap.json", serde_json::to_string_pretty(&(p, b)).unwrap()).unwrap();
 }
