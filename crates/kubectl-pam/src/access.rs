@@ -233,10 +233,7 @@ pub fn can_i(query: &Query, facts: &Facts<'_>) -> Answer {
         })
         .collect();
     grants.sort_by(|a, b| a.request.cmp(&b.request));
-    let caller = Caller {
-        username: &facts.me.username,
-        groups: &facts.me.groups,
-    };
+    let caller = Caller::new(&facts.me.username, &facts.me.groups);
     let (guard_allowed, guard_text) = match query.admission() {
         None => (
             None,

@@ -23,6 +23,8 @@ pub mod review;
 #[cfg(test)]
 mod props;
 #[cfg(test)]
+mod routing_rules;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod time_rules;
@@ -37,8 +39,8 @@ pub use request::{
     metadata_change, request_create, request_create_validate, request_fits_policy, request_update,
 };
 pub use review::{
-    Error, Pass, RequestLookup, admit_access_policy, admit_elevation_request, decode, invalid,
-    parse_review, respond, respond_guard, response_bytes,
+    Error, Pass, RequestLookup, admit_access_policy, admit_elevation_request,
+    approval_right_needed, decode, invalid, parse_review, respond, respond_guard, response_bytes,
 };
 
 /// The authenticated user making the API call, as the API server reports it.
@@ -48,6 +50,10 @@ pub struct Caller<'a> {
     pub username: &'a str,
     /// `userInfo.groups`.
     pub groups: &'a [String],
+    /// Whether RBAC allows the caller the verb `approve` on the AccessPolicy of the request
+    /// being reviewed (a SubjectAccessReview the transport made): such a caller may decide it
+    /// as if in its approver groups.
+    pub approves_by_rbac: bool,
 }
 
 impl<'a> Caller<'a> {
@@ -56,6 +62,16 @@ impl<'a> Caller<'a> {
         Self {
             username: user.username.as_deref().unwrap_or(""),
             groups: user.groups.as_deref().unwrap_or(&[]),
+            approves_by_rbac: false,
+        }
+    }
+
+    /// A caller with no RBAC approval right.
+    pub fn new(username: &'a str, groups: &'a [String]) -> Self {
+        Self {
+            username,
+            groups,
+            approves_by_rbac: false,
         }
     }
 

@@ -63,7 +63,7 @@ proptest! {
         new.spec.reviews = new_reviews;
         let gs = if in_group { groups(&["approvers"]) } else { groups(&["devs"]) };
         let p = policy("p", json!({"type": "Role", "role": "admin", "approvalType": "Manual", "approverGroup": "approvers"}), true);
-        let caller = Caller { username: who, groups: &gs };
+        let caller = Caller::new(who, &gs);
         let verdict = request_update(&caller, &old, &new, Some(&p), None);
         let changed = changed_review_keys(&old.spec, &new.spec);
         if verdict.is_allowed() && !changed.is_empty() {
@@ -295,7 +295,7 @@ proptest! {
         requests in requests(),
     ) {
         let gs = groups(&["system:masters"]);
-        let caller = Caller { username: who, groups: &gs };
+        let caller = Caller::new(who, &gs);
         let accounts: &[&str] = if system { &["alice"] } else { &[] };
         let control = control(enabled, accounts);
         let g = op.as_guard();

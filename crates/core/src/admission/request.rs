@@ -90,6 +90,9 @@ pub fn request_fits_policy<'r>(
     let Some(policy) = policy.filter(|p| p.metadata.deletion_timestamp.is_none()) else {
         return Verdict::Allow;
     };
+    if let refused @ Verdict::Deny(_) = emergency_fits(caller, request, policy) {
+        return refused;
+    }
     let mut probe = request.clone();
     probe.spec.requester = Some(caller.username.to_owned());
     probe.status = None;
@@ -120,9 +123,51 @@ pub fn request_fits_policy<'r>(
         | reason::EXTENDED_GRANT_ENDED
         | reason::EXTENSION_LIMIT_EXCEEDED => Reason::InvalidExtension,
         reason::INVALID_POLICY => Reason::InvalidPolicy,
+        reason::EMERGENCY_NOT_ALLOWED | reason::EMERGENCY_DURATION_EXCEEDED => {
+            Reason::EmergencyNotAllowed
+        }
         _ => return Verdict::Allow,
     };
     deny(code, transition.message)
+}
+
+/// Whether the caller may break the glass under `policy`: only a member of its
+/// `breakGlass.groups` (the controller cannot see groups, so this is checked here and by the
+/// admission policy `kubepam-break-glass`).
+fn emergency_fits(
+    caller: &Caller<'_>,
+    request: &ElevationRequest,
+    policy: &AccessPolicy,
+) -> Verdict {
+    if !request.spec.emergency {
+        return Verdict::Allow;
+    }
+    let name = &request.spec.policy;
+    let ordinary = match &policy.spec.approver_group {
+        Some(group) => format!(
+            "file an ordinary request (without emergency) and ask group {group} to approve it"
+        ),
+        None => "file an ordinary request (without emergency) and ask an approver to approve it"
+            .to_owned(),
+    };
+    let Some(break_glass) = &policy.spec.break_glass else {
+        return deny(
+            Reason::EmergencyNotAllowed,
+            format!("policy {name} allows no emergency access (it has no breakGlass); {ordinary}"),
+        );
+    };
+    if break_glass.groups.iter().any(|g| caller.in_group(g)) {
+        return Verdict::Allow;
+    }
+    deny(
+        Reason::NotBreakGlass,
+        format!(
+            "only members of group(s) {} may request emergency access under policy {name}, and \
+             you ({}) are not one; {ordinary}",
+            break_glass.groups.join(", "),
+            caller.username
+        ),
+    )
 }
 
 /// Validating check of a new request, after mutation: like [`request_create`], but an absent
@@ -363,21 +408,95 @@ pub fn request_update(
             ),
         );
     }
-    let group = match group {
-        Ok(g) => g,
+    let groups = match group {
+        Ok(base) => deciding_groups(old, base),
+        // RBAC's answer does not depend on the group.
+        Err(_) if caller.approves_by_rbac => Vec::new(),
         Err(v) => return v,
     };
-    if !caller.in_group(&group) {
+    if !caller.approves_by_rbac && !groups.iter().any(|g| caller.in_group(g)) {
+        let policy = &old.spec.policy;
+        let members = match groups.as_slice() {
+            [one] => format!("members of group {one}"),
+            many => format!("members of groups {}", many.join(", ")),
+        };
         return deny(
             Reason::NotAnApprover,
             format!(
-                "only members of group {group} may review ElevationRequest {name}, and you ({}) are \
-             not one; ask a member of {group} to review it",
+                "only {members} may review ElevationRequest {name}, or whoever RBAC allows the \
+                 verb approve on accesspolicies/{policy} (kubectl auth can-i approve \
+                 accesspolicies/{policy}); you ({}) are neither, so ask one of them to review it",
                 caller.username
             ),
         );
     }
+    let verdict = |r: Option<&crate::api::Review>| {
+        r.is_some_and(|r| matches!(r.decision, ReviewDecision::Confirm | ReviewDecision::Reject))
+    };
+    if verdict(new_review) {
+        return review_fits(name, old);
+    }
+    if verdict(old.spec.reviews.get(caller.username))
+        && new_review.map(|r| r.decision) != Some(ReviewDecision::Revoke)
+    {
+        return deny(
+            Reason::AlreadyReviewed,
+            format!(
+                "your review of the emergency access of ElevationRequest {name} is part of the \
+                 record: it can only give way to Revoke, which ends the grant"
+            ),
+        );
+    }
     fits_phase(name, phase, new_review.map(|r| r.decision))
+}
+
+/// The groups whose members may decide now: those the operator recorded (the approver group
+/// and each escalation group whose step opened), else the approver group alone.
+fn deciding_groups(old: &ElevationRequest, base: String) -> Vec<String> {
+    match old.status.as_ref().map(|s| &s.approver_groups) {
+        Some(recorded) if !recorded.is_empty() => recorded.clone(),
+        _ => vec![base],
+    }
+}
+
+/// Whether a `Confirm` or `Reject` fits: only on an emergency request whose grant kubepam
+/// recorded and that waits for its review.
+fn review_fits(name: &str, old: &ElevationRequest) -> Verdict {
+    if !old.spec.emergency {
+        return deny(
+            Reason::NotAnEmergency,
+            format!(
+                "ElevationRequest {name} is not an emergency request: Confirm and Reject review \
+                 emergency access afterwards; decide an ordinary request with Approve or Deny \
+                 (Pending), or end its grant with Revoke (Approved)"
+            ),
+        );
+    }
+    let status = old.status.clone().unwrap_or_default();
+    if crate::lifecycle::review_pending(&status) {
+        return Verdict::Allow;
+    }
+    match crate::api::find_condition(
+        &status.conditions,
+        crate::lifecycle::CONDITION_REVIEW_REQUIRED,
+    ) {
+        Some(done) => deny(
+            Reason::AlreadyReviewed,
+            format!(
+                "the emergency access of ElevationRequest {name} was already reviewed ({}); the \
+                 verdict is part of the record",
+                done.message
+            ),
+        ),
+        None => deny(
+            Reason::NothingToReview,
+            format!(
+                "kubepam has not recorded an emergency grant for ElevationRequest {name} (it is \
+                 {}); review it once it is Approved",
+                status.phase.map_or("new", Phase::as_str)
+            ),
+        ),
+    }
 }
 
 /// Whether the caller may write (`adds`) or change away from a `Release` review: only the

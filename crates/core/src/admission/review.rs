@@ -227,6 +227,12 @@ pub trait RequestLookup {
     fn request(&self, name: &str) -> Option<Self::Request>;
     /// The requests whose `spec.requester` is `requester`.
     fn requests_of(&self, requester: &str) -> Vec<Self::Request>;
+    /// Whether RBAC allows the caller of this review the verb `approve` on the AccessPolicy
+    /// `policy` (as a SubjectAccessReview answered; `false` when it was not asked or failed).
+    fn approves_by_rbac(&self, policy: &str) -> bool {
+        let _ = policy;
+        false
+    }
 }
 
 /// A policy lookup alone: no other request is known.
@@ -246,6 +252,38 @@ where
     fn requests_of(&self, _: &str) -> Vec<ElevationRequest> {
         Vec::new()
     }
+}
+
+/// The AccessPolicy whose `approve` right the caller of an UPDATE would need, when only RBAC
+/// can let them write their review: they change their own review of someone else's request
+/// and are in none of its recorded approver groups. The transport asks the API server
+/// (a SubjectAccessReview) only then.
+pub fn approval_right_needed(req: &AdmissionRequest<DynamicObject>) -> Option<String> {
+    if req.operation != Operation::Update {
+        return None;
+    }
+    let old: ElevationRequest = decode(req, true).ok()?;
+    let new: ElevationRequest = decode(req, false).ok()?;
+    let caller = Caller::from_user_info(&req.user_info);
+    let own_review_changed =
+        old.spec.reviews.get(caller.username) != new.spec.reviews.get(caller.username);
+    let requester = old.spec.requester.as_deref() == Some(caller.username);
+    if caller.username.is_empty() || !own_review_changed || requester {
+        return None;
+    }
+    let status = old.status.as_ref();
+    let recorded: Vec<&String> = status
+        .map(|s| {
+            s.approver_groups
+                .iter()
+                .chain(s.approver_group.iter())
+                .collect()
+        })
+        .unwrap_or_default();
+    if recorded.iter().any(|g| caller.in_group(g)) {
+        return None;
+    }
+    crate::grant::is_object_name(&old.spec.policy).then(|| old.spec.policy.clone())
 }
 
 /// Decide an admission request for an `ElevationRequest` (CREATE or UPDATE; other operations
@@ -302,6 +340,10 @@ pub fn admit_elevation_request(
             {
                 return refused;
             }
+            let caller = Caller {
+                approves_by_rbac: lookup.approves_by_rbac(&old.spec.policy),
+                ..caller
+            };
             let policy = lookup.policy(&old.spec.policy);
             request_update(
                 &caller,

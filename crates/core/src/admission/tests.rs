@@ -148,7 +148,7 @@ pub(super) fn control(enabled: bool, system_accounts: &[&str]) -> PrivilegedAcce
 }
 
 pub(super) fn caller<'a>(username: &'a str, groups: &'a [String]) -> Caller<'a> {
-    Caller { username, groups }
+    Caller::new(username, groups)
 }
 
 // ---------------------------------------------------------------- ElevationRequest CREATE
@@ -2149,7 +2149,14 @@ fn each_refusal_path_yields_its_reason() {
             )),
             Reason::InvalidExtension,
         ),
-    ];
+    ]
+    .into_iter()
+    .chain(
+        super::routing_rules::refusal_scenarios()
+            .into_iter()
+            .map(|(scenario, verdict, want)| (scenario, code(verdict), want)),
+    )
+    .collect::<Vec<_>>();
     for (scenario, got, want) in &table {
         assert_eq!(*got, Some(*want), "{scenario}");
     }

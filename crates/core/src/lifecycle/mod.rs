@@ -10,6 +10,7 @@
 //! Revoked}`; `Denied`, `Expired` and `Revoked` are final.
 
 mod related;
+mod routing;
 pub mod scope;
 mod timing;
 mod views;
@@ -18,6 +19,8 @@ mod views;
 mod deadline_props;
 #[cfg(test)]
 mod props;
+#[cfg(test)]
+mod routing_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
@@ -38,6 +41,9 @@ use crate::api::{
 use crate::duration;
 
 pub use related::{OpenCounts, Related, extended_among};
+pub use routing::{
+    DEFAULT_REVIEW_WITHIN, approver_groups_at, review_overdue, review_pending, review_within,
+};
 use timing::Window;
 pub use timing::{quota_refusal, unbounded_auto_extensions};
 pub use views::{ControlSettings, ControlView, PolicyView, default_duration, default_request_ttl};
@@ -55,6 +61,13 @@ pub const CONDITION_GRANT_NARROWED: &str = "GrantNarrowed";
 pub const CONDITION_SCHEDULED: &str = "Scheduled";
 /// Condition type: `True` once the requester released their grant.
 pub const CONDITION_RELEASED: &str = "Released";
+/// Condition type: `True` on a grant taken under break glass (`spec.emergency`).
+pub const CONDITION_EMERGENCY: &str = "Emergency";
+/// Condition type: `True` while an emergency grant waits for an approver's `Confirm` or
+/// `Reject` (reason `AwaitingReview`, then `ReviewOverdue`); `False` once reviewed.
+pub const CONDITION_REVIEW_REQUIRED: &str = "ReviewRequired";
+/// Condition type: `True` once an escalation step opened (more groups may decide).
+pub const CONDITION_ESCALATED: &str = "Escalated";
 /// How soon to look again while the policy has not been judged yet.
 pub const UNJUDGED_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -131,6 +144,22 @@ pub mod reason {
     pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
     /// The requester ended their own grant ("I'm done").
     pub const RELEASED_BY_REQUESTER: &str = "ReleasedByRequester";
+    /// Approved at once under break glass (`spec.emergency`), without an approver.
+    pub const BREAK_GLASS: &str = "BreakGlass";
+    /// An emergency request under a policy without `breakGlass`.
+    pub const EMERGENCY_NOT_ALLOWED: &str = "EmergencyNotAllowed";
+    /// An emergency request longer than `breakGlass.maxDuration`.
+    pub const EMERGENCY_DURATION_EXCEEDED: &str = "EmergencyDurationExceeded";
+    /// An emergency grant waits for its review.
+    pub const AWAITING_REVIEW: &str = "AwaitingReview";
+    /// An emergency grant's review is past `breakGlass.reviewWithin`.
+    pub const REVIEW_OVERDUE: &str = "ReviewOverdue";
+    /// An approver confirmed an emergency grant.
+    pub const EMERGENCY_CONFIRMED: &str = "EmergencyConfirmed";
+    /// An approver rejected an emergency grant.
+    pub const EMERGENCY_REJECTED: &str = "EmergencyRejected";
+    /// An escalation step opened: another group may decide.
+    pub const ESCALATION_STEP_OPENED: &str = "EscalationStepOpened";
 }
 
 /// A change of phase, to be announced as an Event and in notifications.
@@ -184,7 +213,7 @@ pub fn decide_with(
 ) -> Decision {
     let status = request.status.clone().unwrap_or_default();
     let from = status.phase;
-    if from.is_some_and(Phase::is_final) {
+    if from.is_some_and(Phase::is_final) && !review_pending(&status) {
         return Decision {
             status,
             transition: None,
@@ -205,12 +234,18 @@ pub fn decide_with(
         related,
     };
     step.status.observed_generation = request.metadata.generation;
-    let (grant, requeue_after) = match from {
+    let (grant, mut requeue_after) = match from {
         None | Some(Phase::Pending) => step.pending(policy, control),
         Some(Phase::Approved) => step.approved(policy),
-        // Final phases returned above.
-        Some(Phase::Denied | Phase::Expired | Phase::Revoked) => (None, None),
+        // Only an emergency grant still owing its review gets here.
+        Some(Phase::Denied | Phase::Expired | Phase::Revoked) => step.review_after_end(),
     };
+    if from.is_none_or(|p| !p.is_final()) {
+        let escalation = step.status.escalates_at.map(|at| until(at, now));
+        for wake in [step.follow_review(), escalation].into_iter().flatten() {
+            requeue_after = Some(requeue_after.map_or(wake, |r| r.min(wake)));
+        }
+    }
     step.note_ignored_reviews();
     Decision {
         status: step.status,
@@ -341,6 +376,9 @@ impl Step<'_> {
             )
         };
         set_condition(&mut self.status.conditions, condition);
+        if to != Phase::Pending {
+            self.status.escalates_at = None;
+        }
         self.status.deadline = match to {
             Phase::Pending => self.status.expires_at,
             Phase::Approved => self.status.granted_until,
@@ -500,6 +538,7 @@ impl Step<'_> {
         }
         if let Some(p) = policy.policy() {
             self.resolve_approval(p, control);
+            self.route(p);
         }
         // A hand-edited status may have lost its deadline: rebuild it from submission.
         let submitted = self.status.submitted_at.unwrap_or(self.stamp);
@@ -546,10 +585,15 @@ impl Step<'_> {
             Err(outcome) => return outcome,
         };
         let reviews = &self.request.spec.reviews;
+        // A Reject written before an emergency grant is recorded refuses it all the same.
         let deniers = reviewers(
             reviews,
             Some(&requester),
-            &[ReviewDecision::Deny, ReviewDecision::Revoke],
+            &[
+                ReviewDecision::Deny,
+                ReviewDecision::Revoke,
+                ReviewDecision::Reject,
+            ],
         );
         if !deniers.is_empty() {
             let names: Vec<String> = deniers.iter().map(|(w, _)| (*w).to_owned()).collect();
@@ -602,6 +646,31 @@ impl Step<'_> {
             window,
         } = valid;
         let reviews = &self.request.spec.reviews;
+        if self.request.spec.emergency
+            && let Some(break_glass) = &accepted.spec.break_glass
+        {
+            let actor = self.emergency_actor();
+            let message = format!(
+                "approved at once under break glass: emergency access by {actor} under policy \
+                 {policy_name}, without an approver; an approver must confirm or reject it"
+            );
+            let effect = self.approve(
+                snapshot,
+                &window,
+                vec![ACTOR_KUBEPAM.to_owned()],
+                reason::BREAK_GLASS,
+                message,
+                Some(self.request.spec.reason.clone()),
+            );
+            if let Some(t) = self.transition.as_mut() {
+                t.actor.clone_from(&actor);
+            }
+            if let Some(entry) = self.status.history.last_mut() {
+                entry.actor = actor;
+            }
+            self.note_emergency(break_glass);
+            return effect;
+        }
         match self
             .status
             .approval_type
@@ -745,14 +814,19 @@ impl Step<'_> {
             PolicyView::Accepted(p) => *p,
         };
         let policy_name = accepted.metadata.name.clone().unwrap_or_default();
-        let grant_duration = match &self.request.spec.duration {
-            None => control.default_duration(),
+        let requested = match &self.request.spec.duration {
+            None => None,
             Some(d) => match duration::parse(d) {
-                Ok(d) => d,
+                Ok(d) => Some(d),
                 Err(e) => {
                     return Err(self.deny(reason::INVALID_DURATION, format!("spec.duration: {e}")));
                 }
             },
+        };
+        let grant_duration = if self.request.spec.emergency {
+            self.emergency_length(&policy_name, accepted, requested, control)?
+        } else {
+            requested.unwrap_or_else(|| control.default_duration())
         };
         if let Some(max) = &accepted.spec.max_duration {
             match duration::parse(max) {
@@ -847,6 +921,9 @@ impl Step<'_> {
         self.status.deadline = Some(granted_until);
         if self.now >= granted_until {
             return self.grant_ended(granted_until);
+        }
+        if let Some(outcome) = self.review_active_emergency() {
+            return outcome;
         }
         // An approver's Revoke is recorded as theirs even when the requester released at
         // the same moment.
