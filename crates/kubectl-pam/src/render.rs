@@ -351,6 +351,9 @@ pub fn grants_cell(policy: &AccessPolicy) -> String {
     }
 }
 
+/// `breakGlass.reviewWithin` when absent, as the API documents it.
+const REVIEW_WITHIN_DEFAULT: &str = "24h";
+
 /// A policy's break glass for a table: `oncall,sre (1h, review within 24h)`.
 pub fn break_glass_cell(policy: &AccessPolicy) -> String {
     policy.spec.break_glass.as_ref().map_or_else(
@@ -360,7 +363,7 @@ pub fn break_glass_cell(policy: &AccessPolicy) -> String {
                 "{} ({}, review within {})",
                 b.groups.join(","),
                 b.max_duration,
-                b.review_within.as_deref().unwrap_or("24h")
+                b.review_within.as_deref().unwrap_or(REVIEW_WITHIN_DEFAULT)
             ))
         },
     )

@@ -54,23 +54,10 @@ impl From<Me> for Caller {
     }
 }
 
-/// The condition an emergency request carries (True, reason `BreakGlass`).
-pub const CONDITION_EMERGENCY: &str = "Emergency";
-/// The condition of an emergency grant's review: True while it waits, False once reviewed.
-pub const CONDITION_REVIEW_REQUIRED: &str = "ReviewRequired";
-/// The condition a request carries once an escalation step has opened.
-pub const CONDITION_ESCALATED: &str = "Escalated";
-/// `ReviewRequired` reasons.
-pub mod review_reason {
-    /// The review is due and not yet written.
-    pub const AWAITING_REVIEW: &str = "AwaitingReview";
-    /// The review is past due.
-    pub const REVIEW_OVERDUE: &str = "ReviewOverdue";
-    /// An approver confirmed the emergency grant.
-    pub const CONFIRMED: &str = "EmergencyConfirmed";
-    /// An approver rejected the emergency grant.
-    pub const REJECTED: &str = "EmergencyRejected";
-}
+use kubepam_core::lifecycle::reason;
+pub use kubepam_core::lifecycle::{
+    CONDITION_EMERGENCY, CONDITION_ESCALATED, CONDITION_REVIEW_REQUIRED,
+};
 
 /// Where an emergency grant's review stands, from its `ReviewRequired` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +85,10 @@ pub fn review_state(r: &ElevationRequest) -> Option<ReviewState> {
     let conditions = &r.status.as_ref()?.conditions;
     let c = find_condition(conditions, CONDITION_REVIEW_REQUIRED)?;
     match (c.status.as_str(), c.reason.as_str()) {
-        ("True", review_reason::REVIEW_OVERDUE) => Some(ReviewState::Overdue),
+        ("True", reason::REVIEW_OVERDUE) => Some(ReviewState::Overdue),
         ("True", _) => Some(ReviewState::Awaiting),
-        (_, review_reason::REJECTED) => Some(ReviewState::Rejected),
-        (_, review_reason::CONFIRMED) => Some(ReviewState::Confirmed),
+        (_, reason::EMERGENCY_REJECTED) => Some(ReviewState::Rejected),
+        (_, reason::EMERGENCY_CONFIRMED) => Some(ReviewState::Confirmed),
         _ => None,
     }
 }
