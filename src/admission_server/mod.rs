@@ -217,6 +217,13 @@ async fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
         Err(error) => return malformed(state, webhook, &error),
     };
     let extended = extended_request(state, &request).await;
+    let approval_right = match admission::approval_right_needed(&request) {
+        Some(policy) => {
+            let allowed = may_approve(state, &request, &policy).await;
+            Some((policy, allowed))
+        }
+        None => None,
+    };
     let control = state.ctx.control();
     let verdict = admission::admit_elevation_request(
         &request,
@@ -224,6 +231,7 @@ async fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
         &CachedLookup {
             shared: &state.ctx,
             extended,
+            approval_right,
         },
         control.as_deref(),
         &state.operator,
@@ -235,10 +243,77 @@ async fn admit_request(state: &AppState, body: &[u8], pass: Pass) -> Response {
     reply(admission::respond(&request, verdict))
 }
 
-/// Policies and requests, read from the caches; the extended request as read just now.
+/// Whether RBAC allows the caller of `request` the verb `approve` on the AccessPolicy
+/// `policy` (the `CertificateSigningRequest` signer model), asked of the API server with
+/// `SubjectAccessReview`s carrying the caller's whole identity. A caller RBAC allows every verb
+/// (a wildcard, as cluster-admin holds) is not an approver: standing admin rights never
+/// approve. Bounded well inside the webhook's timeout; an error or a timeout is a no (the
+/// caller is told how to check).
+async fn may_approve(
+    state: &AppState,
+    request: &AdmissionRequest<DynamicObject>,
+    policy: &str,
+) -> bool {
+    let (approve, wildcard) = tokio::join!(
+        allowed(state, request, policy, admission::APPROVE_VERB),
+        allowed(state, request, policy, admission::WILDCARD_PROBE_VERB),
+    );
+    match (approve, wildcard) {
+        (Ok(approve), Ok(wildcard)) => approve && !wildcard,
+        (Err(error), _) | (_, Err(error)) => {
+            warn!(%error, policy, "asking whether the caller may approve; taken as no");
+            false
+        }
+    }
+}
+
+/// Whether RBAC allows the caller of `request` `verb` on `accesspolicies/<policy>`.
+async fn allowed(
+    state: &AppState,
+    request: &AdmissionRequest<DynamicObject>,
+    policy: &str,
+    verb: &str,
+) -> Result<bool, String> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let user = &request.user_info;
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: user.username.clone(),
+            groups: user.groups.clone(),
+            uid: user.uid.clone(),
+            extra: user.extra.clone(),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("kubepam.io".to_owned()),
+                resource: Some("accesspolicies".to_owned()),
+                name: Some(policy.to_owned()),
+                verb: Some(verb.to_owned()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let api = Api::<SubjectAccessReview>::all(state.ctx.client.clone());
+    let asked = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        api.create(&kube::api::PostParams::default(), &review),
+    )
+    .await;
+    match asked {
+        Ok(Ok(answer)) => Ok(answer.status.is_some_and(|s| s.allowed)),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("timed out after 2 s".to_owned()),
+    }
+}
+
+/// Policies and requests, read from the caches; the extended request as read just now; the
+/// caller's `approve` right on a policy, when it was asked.
 struct CachedLookup<'a> {
     shared: &'a Shared,
     extended: Option<Arc<ElevationRequest>>,
+    approval_right: Option<(String, bool)>,
 }
 
 impl admission::RequestLookup for CachedLookup<'_> {
@@ -258,6 +333,12 @@ impl admission::RequestLookup for CachedLookup<'_> {
 
     fn requests_of(&self, requester: &str) -> Vec<Arc<ElevationRequest>> {
         self.shared.requests_of(requester)
+    }
+
+    fn approves_by_rbac(&self, policy: &str) -> bool {
+        self.approval_right
+            .as_ref()
+            .is_some_and(|(asked, allowed)| asked == policy && *allowed)
     }
 }
 

@@ -88,8 +88,20 @@ fn targets(ctx: &Context, operator: Option<&str>) -> BTreeSet<Target> {
         );
         targets.insert(Target::Group(control.spec.default_approver_group.clone()));
     }
+    // Whoever may act as one of these groups may decide requests, or break the glass.
     for policy in ctx.policies.state() {
-        targets.extend(policy.spec.approver_group.clone().map(Target::Group));
+        let spec = &policy.spec;
+        targets.extend(spec.approver_group.clone().map(Target::Group));
+        targets.extend(
+            spec.escalation
+                .iter()
+                .map(|step| Target::Group(step.approver_group.clone())),
+        );
+        targets.extend(
+            spec.break_glass
+                .iter()
+                .flat_map(|b| b.groups.iter().cloned().map(Target::Group)),
+        );
     }
     targets
 }

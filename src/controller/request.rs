@@ -265,7 +265,8 @@ impl Execution<'_> {
             | Step::ReportInvalidGrant { .. }
             | Step::Announce(_)
             | Step::ReportUndeliverable(_)
-            | Step::ReportWindowOpened(_) => report(ctx, request, &self.plan, step).await,
+            | Step::ReportWindowOpened(_)
+            | Step::ReportRouting(_) => report(ctx, request, &self.plan, step).await,
         }
         Ok(())
     }
@@ -367,6 +368,29 @@ async fn report(ctx: &Context, request: &ElevationRequest, plan: &Plan, step: St
         }
         Step::ReportUndeliverable(failed) => {
             super::notify::report_undeliverable(ctx, request, &failed).await;
+        }
+        Step::ReportRouting(change) => {
+            info!(
+                request = %request.name_any(),
+                request_id = %plan.request_id,
+                reason = %change.reason,
+                "{}",
+                change.message
+            );
+            let type_ = if change.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            super::publish_event(
+                ctx,
+                request,
+                type_,
+                &change.reason,
+                change.action,
+                &change.message,
+            )
+            .await;
         }
         Step::ReportWindowOpened(message) => {
             info!(request = %request.name_any(), request_id = %plan.request_id, "{message}");
@@ -536,7 +560,9 @@ async fn announce(
             reason: transition.reason.clone(),
         })
         .inc();
+    // Break glass is loud: emergency access is a Warning, as every refusal and end.
     let type_ = match transition.to {
+        _ if transition.reason == lifecycle::reason::BREAK_GLASS => EventType::Warning,
         Phase::Pending | Phase::Approved => EventType::Normal,
         Phase::Denied | Phase::Expired | Phase::Revoked => EventType::Warning,
     };

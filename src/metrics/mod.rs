@@ -34,6 +34,12 @@ pub struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverdueLabels {
+    /// `true` once past `breakGlass.reviewWithin`.
+    pub overdue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
 }
@@ -96,6 +102,8 @@ pub struct Metrics {
     pub foreign_bindings: Gauge,
     pub notifications: Family<DeliveryLabels, Counter>,
     pub notification_backlog: Gauge,
+    /// Emergency grants waiting for their review, by whether the review is overdue.
+    pub emergency_unreviewed: Family<OverdueLabels, Gauge>,
     /// Admission configurations of kubepam's found changed or deleted by
     /// someone else and restored, by object.
     pub guard_repairs: Family<ObjectLabels, Counter>,
@@ -141,6 +149,7 @@ impl Default for Metrics {
             foreign_bindings: Gauge::default(),
             notifications: Family::default(),
             notification_backlog: Gauge::default(),
+            emergency_unreviewed: Family::default(),
             guard_repairs: Family::default(),
             impersonators: Gauge::default(),
             standing_holders: Family::default(),
@@ -242,6 +251,12 @@ impl Default for Metrics {
             "Notifications recorded and not yet delivered, as cached",
             metrics.notification_backlog.clone(),
         );
+        registry.register(
+            "emergency_unreviewed",
+            "Emergency grants (break glass) not yet confirmed or rejected by an approver, by \
+             whether the review is overdue, as cached",
+            metrics.emergency_unreviewed.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -274,9 +289,13 @@ impl Metrics {
     pub fn render<'a>(&self, requests: impl IntoIterator<Item = &'a ElevationRequest>) -> String {
         let mut counts = [0i64; 5];
         let mut backlog = 0usize;
+        let mut unreviewed = [0i64; 2];
         for request in requests {
             if let Some(status) = &request.status {
                 backlog += kubepam_core::notify::outbox::backlog(&status.notifications);
+                if kubepam_core::lifecycle::review_pending(status) {
+                    unreviewed[usize::from(kubepam_core::lifecycle::review_overdue(status))] += 1;
+                }
             }
             if let Some(phase) = request.status.as_ref().and_then(|s| s.phase) {
                 counts[phase_index(phase)] += 1;
@@ -298,6 +317,13 @@ impl Metrics {
         self.active_grants.set(counts[phase_index(Phase::Approved)]);
         self.notification_backlog
             .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        for (overdue, count) in ["false", "true"].into_iter().zip(unreviewed) {
+            self.emergency_unreviewed
+                .get_or_create(&OverdueLabels {
+                    overdue: overdue.to_owned(),
+                })
+                .set(count);
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -342,6 +368,7 @@ mod tests {
             "kubepam_guard_executions_total 1",
             "kubepam_requests{phase=\"Approved\"} 0",
             "kubepam_active_grants 0",
+            "kubepam_emergency_unreviewed{overdue=\"true\"} 0",
             "kubepam_admission_refusals_total{webhook=\"requester\",reason=\"ForgedRequester\"} 1",
             "# HELP kubepam_admission_refusals Admission refusals, by webhook and reason code",
             "# TYPE kubepam_admission_refusals counter",

@@ -11,6 +11,7 @@ mod lifecycle;
 mod observability;
 use kubepam_testkit::pam;
 mod plugin;
+mod routing;
 mod security;
 mod smoke;
 mod time;

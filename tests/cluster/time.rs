@@ -9,52 +9,15 @@ use kube::Api;
 use kube::api::PostParams;
 use kubepam_core::api::{ElevationRequest, Phase, find_condition};
 use kubepam_core::lifecycle::{CONDITION_RELEASED, CONDITION_SCHEDULED, reason};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::pam::{
-    create_policy, create_request, events_for, may_delete_deployments, review, standard_control,
-    task_policy, wait_may_delete_deployments, wait_phase,
+    create_request, events_for, may_delete_deployments, policy_in_new_namespace, refusal, review,
+    try_create_request, wait_may_delete_deployments, wait_phase,
 };
-use crate::support::{Identity, TestNamespace, eventually, kubepam};
+use crate::support::{Identity, eventually, kubepam};
 
 const SOON: Duration = Duration::from_secs(15);
-
-/// A Task policy in a fresh namespace, with `extra` merged into its spec.
-async fn setup(prefix: &str, approval: &str, extra: Value) -> (TestNamespace, String) {
-    let cluster = kubepam();
-    let admin = cluster.client(Identity::Admin).await;
-    standard_control(&admin).await;
-    let ns = cluster.namespace(prefix).await;
-    let policy = format!("{}-policy", ns.name);
-    let mut spec = task_policy(&ns.name, approval);
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    create_policy(&admin, &policy, spec).await;
-    (ns, policy)
-}
-
-fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) -> String {
-    match result {
-        Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => status.message,
-        other => panic!("{what} must be refused: {other:?}"),
-    }
-}
-
-async fn try_create(
-    client: &kube::Client,
-    name: &str,
-    spec: Value,
-) -> Result<ElevationRequest, kube::Error> {
-    let request: ElevationRequest = serde_json::from_value(json!({
-        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
-        "metadata": { "name": name }, "spec": spec,
-    }))
-    .unwrap();
-    Api::<ElevationRequest>::all(client.clone())
-        .create(&PostParams::default(), &request)
-        .await
-}
 
 #[tokio::test]
 async fn a_booked_window_opens_at_its_start_and_closes_at_its_end() {
@@ -62,7 +25,8 @@ async fn a_booked_window_opens_at_its_start_and_closes_at_its_end() {
     let admin = cluster.client(Identity::Admin).await;
     let alice = cluster.client(Identity::Alice).await;
     let bob = cluster.client(Identity::Bob).await;
-    let (ns, policy) = setup("booked", "Manual", json!({"maxScheduleAhead": "1h"})).await;
+    let (ns, policy) =
+        policy_in_new_namespace("booked", "Manual", json!({"maxScheduleAhead": "1h"})).await;
     let start = (Utc::now() + chrono::TimeDelta::seconds(6)).trunc_subsecs(0);
     let name = format!("{}-alice", ns.name);
     create_request(
@@ -131,10 +95,11 @@ async fn a_booked_window_opens_at_its_start_and_closes_at_its_end() {
 async fn a_window_too_far_ahead_or_already_over_is_refused_at_creation() {
     let cluster = kubepam();
     let alice = cluster.client(Identity::Alice).await;
-    let (ns, policy) = setup("ahead", "Auto", json!({"maxScheduleAhead": "1h"})).await;
+    let (ns, policy) =
+        policy_in_new_namespace("ahead", "Auto", json!({"maxScheduleAhead": "1h"})).await;
     let far = Utc::now() + chrono::TimeDelta::hours(3);
     let message = refusal(
-        try_create(
+        try_create_request(
             &alice,
             &format!("{}-far", ns.name),
             json!({ "policy": policy, "namespace": ns.name, "reason": "CHG-1",
@@ -146,7 +111,7 @@ async fn a_window_too_far_ahead_or_already_over_is_refused_at_creation() {
     assert!(message.contains("at most 1h ahead"), "{message}");
     let past = Utc::now() - chrono::TimeDelta::hours(3);
     let message = refusal(
-        try_create(
+        try_create_request(
             &alice,
             &format!("{}-past", ns.name),
             json!({ "policy": policy, "namespace": ns.name, "reason": "CHG-1",
@@ -165,7 +130,8 @@ async fn an_extension_continues_the_grant_with_no_instant_without_access() {
     let admin = cluster.client(Identity::Admin).await;
     let alice = cluster.client(Identity::Alice).await;
     let bob = cluster.client(Identity::Bob).await;
-    let (ns, policy) = setup("extend", "Auto", json!({"extension": {"maxExtensions": 1}})).await;
+    let (ns, policy) =
+        policy_in_new_namespace("extend", "Auto", json!({"extension": {"maxExtensions": 1}})).await;
     let first = format!("{}-first", ns.name);
     create_request(
         &alice,
@@ -180,7 +146,7 @@ async fn an_extension_continues_the_grant_with_no_instant_without_access() {
 
     // Someone else cannot extend alice's grant.
     let message = refusal(
-        try_create(
+        try_create_request(
             &bob,
             &format!("{}-bob", ns.name),
             json!({ "policy": policy, "namespace": ns.name, "reason": "INC-9",
@@ -232,7 +198,7 @@ async fn an_extension_continues_the_grant_with_no_instant_without_access() {
     );
     // A second extension is beyond the policy's limit.
     let message = refusal(
-        try_create(
+        try_create_request(
             &alice,
             &format!("{}-again", ns.name),
             json!({ "policy": policy, "namespace": ns.name, "reason": "INC-9",
@@ -253,7 +219,7 @@ async fn the_requester_releases_their_grant_and_nobody_else_may() {
     let admin = cluster.client(Identity::Admin).await;
     let alice = cluster.client(Identity::Alice).await;
     let bob = cluster.client(Identity::Bob).await;
-    let (ns, policy) = setup("release", "Manual", json!({})).await;
+    let (ns, policy) = policy_in_new_namespace("release", "Manual", json!({})).await;
     let name = format!("{}-alice", ns.name);
     create_request(
         &alice,
@@ -313,7 +279,7 @@ async fn a_reason_without_a_ticket_is_refused_with_the_hint_and_a_bad_pattern_wi
     let cluster = kubepam();
     let admin = cluster.client(Identity::Admin).await;
     let alice = cluster.client(Identity::Alice).await;
-    let (ns, policy) = setup(
+    let (ns, policy) = policy_in_new_namespace(
         "ticket",
         "Auto",
         json!({"reasonPattern": "^(INC|CHG)-[0-9]+",
@@ -321,7 +287,7 @@ async fn a_reason_without_a_ticket_is_refused_with_the_hint_and_a_bad_pattern_wi
     )
     .await;
     let message = refusal(
-        try_create(
+        try_create_request(
             &alice,
             &format!("{}-fix", ns.name),
             json!({ "policy": policy, "namespace": ns.name, "reason": "fix" }),
@@ -371,7 +337,8 @@ async fn a_reason_without_a_ticket_is_refused_with_the_hint_and_a_bad_pattern_wi
 async fn the_request_beyond_the_policy_quota_is_refused_with_the_count_and_the_limit() {
     let cluster = kubepam();
     let alice = cluster.client(Identity::Alice).await;
-    let (ns, policy) = setup("quota", "Manual", json!({"maxOpenPerRequester": 1})).await;
+    let (ns, policy) =
+        policy_in_new_namespace("quota", "Manual", json!({"maxOpenPerRequester": 1})).await;
     let first = format!("{}-first", ns.name);
     create_request(
         &alice,
@@ -381,7 +348,7 @@ async fn the_request_beyond_the_policy_quota_is_refused_with_the_count_and_the_l
     .await;
     wait_phase(&alice, &first, Phase::Pending, SOON).await;
     let message = refusal(
-        try_create(
+        try_create_request(
             &alice,
             &format!("{}-second", ns.name),
             json!({ "policy": policy, "namespace": ns.name, "reason": "INC-2" }),
@@ -409,7 +376,7 @@ async fn the_request_beyond_the_policy_quota_is_refused_with_the_count_and_the_l
     })
     .await;
     eventually("a new request admitted", SOON, || async {
-        try_create(
+        try_create_request(
             &alice,
             &format!("{}-third", ns.name),
             json!({ "policy": policy, "namespace": ns.name, "reason": "INC-3" }),

@@ -981,3 +981,125 @@ async fn booked_windows_releases_and_extensions_are_told() {
     ns.delete().await;
     drop(guard);
 }
+
+#[tokio::test]
+async fn break_glass_escalation_and_overdue_reviews_are_told() {
+    let (guard, cluster) = support::exclusive_operator().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let olga = cluster.client_as_user("olga", &["oncall"]).await;
+    let ns = cluster.namespace("notify-route").await;
+    let smtp = SmtpServer::start(None);
+    let hook = HookReceiver::start(free_port(), Duration::ZERO).await;
+    control_with(
+        &admin,
+        json!({
+            "sinks": [
+                { "name": "mail", "smtp": {
+                    "host": "127.0.0.1", "port": smtp.port, "security": "None",
+                    "from": "kubepam@example.com" } },
+                { "name": "hook", "webhook": { "url": hook.url() } },
+            ],
+            "approverRoutes": [
+                { "group": "pam-approvers", "sink": "mail", "to": ["approvers@example.com"] },
+                { "group": "pam-approvers", "sink": "hook" },
+                { "group": "ops-approvers", "sink": "mail", "to": ["ops@example.com"] },
+                { "group": "ops-approvers", "sink": "hook" },
+            ],
+        }),
+        "1h",
+    )
+    .await;
+    let mut spec = task_policy(&ns.name, "Manual");
+    spec["breakGlass"] = json!({ "groups": ["oncall"], "maxDuration": "1h", "reviewWithin": "4s" });
+    spec["escalation"] = json!([{ "after": "3s", "approverGroup": "ops-approvers" }]);
+    create_policy(&admin, "notify-route", spec).await;
+    create_request(
+        &olga,
+        "route-glass",
+        json!({ "policy": "notify-route", "namespace": ns.name,
+                "reason": "INC-77 outage", "emergency": true }),
+    )
+    .await;
+    create_request(
+        &alice,
+        "route-waits",
+        json!({ "policy": "notify-route", "namespace": ns.name, "reason": "CHG-3" }),
+    )
+    .await;
+    wait_phase(&admin, "route-glass", Phase::Approved, SOON).await;
+
+    let told = |name: &'static str, event: &'static str| {
+        let hook = &hook;
+        move || async move {
+            let calls: Vec<_> = hook
+                .received()
+                .into_iter()
+                .filter(|h| h.body["request"]["name"] == name && h.body["event"] == event)
+                .collect();
+            (!calls.is_empty()).then_some(calls)
+        }
+    };
+    // Break glass: the approvers hear at once, on every route (webhook and mail).
+    let emergency = eventually(
+        "the approvers told of break glass",
+        SOON,
+        told("route-glass", "Emergency"),
+    )
+    .await;
+    assert_eq!(emergency[0].body["audience"], "Approvers");
+    assert_eq!(emergency[0].body["actor"], "olga");
+    let mail = eventually("the break-glass mail", SOON, || async {
+        smtp.messages()
+            .into_iter()
+            .find(|m| m.subject.contains("EMERGENCY") && m.subject.contains("route-glass"))
+    })
+    .await;
+    assert_eq!(mail.rcpt_tos, vec!["approvers@example.com".to_owned()]);
+    assert!(
+        mail.body.contains("kubectl pam confirm route-glass"),
+        "{}",
+        mail.body
+    );
+
+    // Escalation: ops-approvers are told once, on their routes, when their step opens.
+    let escalated = eventually("ops-approvers told", SOON, told("route-waits", "Escalated")).await;
+    assert_eq!(escalated[0].body["recipient"], "ops-approvers");
+    eventually("the escalation mail", SOON, || async {
+        smtp.messages()
+            .into_iter()
+            .find(|m| m.rcpt_tos == ["ops@example.com"] && m.subject.contains("route-waits"))
+    })
+    .await;
+
+    // Not reviewed within 4s: overdue, a reminder to the approvers, and the gauge.
+    let reminder = eventually(
+        "the overdue reminder",
+        SOON,
+        told("route-glass", "ReviewOverdue"),
+    )
+    .await;
+    assert_eq!(reminder[0].body["audience"], "Approvers");
+    let operator = guard.as_ref().unwrap();
+    eventually("kubepam_emergency_unreviewed overdue", SOON, || async {
+        (operator.metric("kubepam_emergency_unreviewed{overdue=\"true\"}")? >= 1.0).then_some(())
+    })
+    .await;
+    // Anything sent twice would arrive by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, event) in [
+        ("route-glass", "Emergency"),
+        ("route-waits", "Escalated"),
+        ("route-glass", "ReviewOverdue"),
+    ] {
+        let calls = told(name, event)().await.unwrap_or_default();
+        assert_eq!(calls.len(), 1, "{event} of {name} sent once: {calls:#?}");
+    }
+    for name in ["route-glass", "route-waits"] {
+        let _ = Api::<ElevationRequest>::all(admin.clone())
+            .delete(name, &kube::api::DeleteParams::default())
+            .await;
+    }
+    ns.delete().await;
+    drop(guard);
+}

@@ -146,6 +146,23 @@ pub enum Step {
     /// A Normal Event and a log line: a booked window opened (the phase stays Approved, so
     /// no transition says it), after the status that records it.
     ReportWindowOpened(String),
+    /// An Event and a log line for a change of routing that no transition says, after the
+    /// status that records it: an escalation step opened, an emergency grant's review was
+    /// recorded or became overdue.
+    ReportRouting(RoutingChange),
+}
+
+/// A change of who may decide, or of an emergency grant's review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingChange {
+    /// A Warning Event (else Normal).
+    pub warning: bool,
+    /// The Event's reason, e.g. `EscalationStepOpened`.
+    pub reason: String,
+    /// The Event's action, e.g. `Escalate`.
+    pub action: &'static str,
+    /// A sentence for people.
+    pub message: String,
 }
 
 impl Step {
@@ -169,6 +186,7 @@ impl Step {
             Step::Announce(_) => "Announce",
             Step::ReportUndeliverable(_) => "ReportUndeliverable",
             Step::ReportWindowOpened(_) => "ReportWindowOpened",
+            Step::ReportRouting(_) => "ReportRouting",
         }
     }
 }
@@ -222,6 +240,81 @@ fn window_opened(
             format!("{}{until}", now.message)
         },
     )
+}
+
+/// What changed in routing between the status read and the one written, that no transition
+/// announces.
+fn routing_changes(
+    before: Option<&ElevationRequestStatus>,
+    after: &ElevationRequestStatus,
+    transition: Option<&Transition>,
+) -> Vec<RoutingChange> {
+    let mut changes = Vec::new();
+    let had: &[String] = before.map_or(&[], |b| b.approver_groups.as_slice());
+    let opened: Vec<&str> = after
+        .approver_groups
+        .iter()
+        .skip(1)
+        .filter(|g| !had.contains(g))
+        .map(String::as_str)
+        .collect();
+    if !opened.is_empty() {
+        changes.push(RoutingChange {
+            warning: false,
+            reason: lifecycle::reason::ESCALATION_STEP_OPENED.to_owned(),
+            action: "Escalate",
+            message: format!(
+                "nobody has decided yet: group(s) {} may now decide too",
+                opened.join(", ")
+            ),
+        });
+    }
+    let review = |s: &ElevationRequestStatus| {
+        find_condition(&s.conditions, lifecycle::CONDITION_REVIEW_REQUIRED)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let was = before.and_then(review);
+    if let Some((status, why, message)) = review(after)
+        && was.as_ref().is_some_and(|(s, r, _)| (s, r) != (&status, &why))
+        // A rejection that ended the grant is announced by its transition.
+        && transition.is_none_or(|t| t.reason != why)
+    {
+        let warning = why != lifecycle::reason::EMERGENCY_CONFIRMED;
+        changes.push(RoutingChange {
+            warning,
+            reason: why,
+            action: "Review",
+            message,
+        });
+    }
+    changes
+}
+
+/// The reports after the writes: what changed without a transition to say it, and the
+/// notifications that could not even be planned for delivery.
+fn reports(
+    request: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    transition: Option<&Transition>,
+    owed: Vec<Notification>,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(message) = window_opened(request.status.as_ref(), status) {
+        steps.push(Step::ReportWindowOpened(message));
+    }
+    steps.extend(
+        routing_changes(request.status.as_ref(), status, transition)
+            .into_iter()
+            .map(Step::ReportRouting),
+    );
+    let failed: Vec<Notification> = owed
+        .into_iter()
+        .filter(|n| n.state == DeliveryState::Failed)
+        .collect();
+    if !failed.is_empty() {
+        steps.push(Step::ReportUndeliverable(failed));
+    }
+    steps
 }
 
 /// What the decision needs of the requester's other requests.
@@ -343,16 +436,12 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     if let Some(transition) = &decision.transition {
         steps.push(Step::Announce(transition.clone()));
     }
-    if let Some(message) = window_opened(request.status.as_ref(), &status) {
-        steps.push(Step::ReportWindowOpened(message));
-    }
-    let failed: Vec<Notification> = owed
-        .into_iter()
-        .filter(|n| n.state == DeliveryState::Failed)
-        .collect();
-    if !failed.is_empty() {
-        steps.push(Step::ReportUndeliverable(failed));
-    }
+    steps.extend(reports(
+        request,
+        &status,
+        decision.transition.as_ref(),
+        owed,
+    ));
     plan.status = status;
     plan.steps = steps;
     plan.transition = decision.transition;
@@ -410,7 +499,8 @@ fn steps_without_grant(
     if finished {
         steps.push(Step::RemoveFinalizer);
         let holds_nothing = recorded.is_empty() && observed.cached.is_empty() && !reported_now;
-        let owes_nothing = crate::notify::outbox::backlog(&status.notifications) == 0;
+        let owes_nothing = crate::notify::outbox::backlog(&status.notifications) == 0
+            && !lifecycle::review_pending(status);
         if holds_nothing && owes_nothing && !is_settled(observed.request) {
             let last_change = status
                 .history
@@ -572,20 +662,30 @@ pub fn repair_found(
     (restored > 0 || extra > 0).then_some(Repair { restored, extra })
 }
 
-/// The notifications a transition owes under the control's settings.
+/// The notifications a transition, and a change of routing, owe under the control's
+/// settings.
 fn owed_notifications(
     request: &ElevationRequest,
     status: &ElevationRequestStatus,
     decision: &lifecycle::Decision,
     observed: &Observed<'_>,
 ) -> Vec<Notification> {
-    let (Some(transition), Some(config)) = (
-        &decision.transition,
-        observed.control.and_then(|c| c.spec.notifications.as_ref()),
-    ) else {
+    let Some(config) = observed.control.and_then(|c| c.spec.notifications.as_ref()) else {
         return Vec::new();
     };
-    notifications::for_transition(request, status, transition, config, observed.now)
+    let mut owed = match &decision.transition {
+        Some(transition) => {
+            notifications::for_transition(request, status, transition, config, observed.now)
+        }
+        None => Vec::new(),
+    };
+    owed.extend(notifications::for_routing(
+        request.status.as_ref(),
+        status,
+        config,
+        observed.now,
+    ));
+    owed
 }
 
 #[cfg(test)]

@@ -594,9 +594,9 @@ mod tests {
         let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
         assert_eq!(
             names(policies.iter().map(|p| p.metadata.name.clone()).collect()),
-            ["kubepam-identity", "kubepam-status"]
+            ["kubepam-identity", "kubepam-status", "kubepam-break-glass"]
         );
-        assert_eq!(bindings.len(), 2);
+        assert_eq!(bindings.len(), 3);
         assert!(
             policies
                 .iter()

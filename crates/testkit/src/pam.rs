@@ -12,7 +12,7 @@ use kube::{Api, Client};
 use kubepam_core::api::{AccessPolicy, ElevationRequest, Phase, PrivilegedAccessControl};
 use serde_json::{Value, json};
 
-use crate::cluster::eventually;
+use crate::cluster::{Identity, TestNamespace, eventually, kubepam};
 
 /// Applies the `default` control (server-side apply, as `kubectl apply --server-side`).
 pub async fn apply_control(admin: &Client, spec: Value) {
@@ -94,13 +94,7 @@ pub async fn delete_policy(admin: &Client, name: &str) {
 
 /// Creates a request as `client` (requester set as admission will set it).
 pub async fn create_request(client: &Client, name: &str, spec: Value) -> ElevationRequest {
-    let request: ElevationRequest = serde_json::from_value(json!({
-        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
-        "metadata": { "name": name }, "spec": spec,
-    }))
-    .expect("request object");
-    Api::<ElevationRequest>::all(client.clone())
-        .create(&PostParams::default(), &request)
+    try_create_request(client, name, spec)
         .await
         .unwrap_or_else(|e| panic!("creating request {name}: {e}"))
 }
@@ -293,4 +287,51 @@ pub async fn wait_may_delete_deployments(
         Duration::from_secs(15),
     )
     .await;
+}
+
+/// A Task policy (the seed's task, `approval` as given) in a fresh namespace, with `extra`
+/// merged into its spec, under the standard control.
+pub async fn policy_in_new_namespace(
+    prefix: &str,
+    approval: &str,
+    extra: Value,
+) -> (TestNamespace, String) {
+    let cluster = kubepam();
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace(prefix).await;
+    let policy = format!("{}-policy", ns.name);
+    let mut spec = task_policy(&ns.name, approval);
+    if let Value::Object(fields) = extra {
+        for (key, value) in fields {
+            spec[key] = value;
+        }
+    }
+    create_policy(&admin, &policy, spec).await;
+    (ns, policy)
+}
+
+/// A refused call's message (403 from a webhook or an admission policy, 422 from the
+/// schema), or a panic naming `what`.
+pub fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) -> String {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => status.message,
+        other => panic!("{what} must be refused: {other:?}"),
+    }
+}
+
+/// Creates a request as `client`, returning the API server's answer.
+pub async fn try_create_request(
+    client: &Client,
+    name: &str,
+    spec: Value,
+) -> Result<ElevationRequest, kube::Error> {
+    let request: ElevationRequest = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+        "metadata": { "name": name }, "spec": spec,
+    }))
+    .expect("request object");
+    Api::<ElevationRequest>::all(client.clone())
+        .create(&PostParams::default(), &request)
+        .await
 }

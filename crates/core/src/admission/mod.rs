@@ -43,6 +43,16 @@ pub use review::{
     approval_right_needed, decode, invalid, parse_review, respond, respond_guard, response_bytes,
 };
 
+/// The verb RBAC grants on `accesspolicies/<name>` to let someone decide that policy's
+/// requests without being in its approver groups (`kubectl auth can-i approve
+/// accesspolicies/<name>`).
+pub const APPROVE_VERB: &str = "approve";
+
+/// A verb no Role names: RBAC allows it only to someone who holds every verb (`*`, as
+/// `cluster-admin` and `system:masters` do). Such a standing wildcard never counts as the
+/// right to approve: approval rights are given by name.
+pub const WILDCARD_PROBE_VERB: &str = "kubepam-wildcard-probe";
+
 /// The authenticated user making the API call, as the API server reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller<'a> {
@@ -51,7 +61,7 @@ pub struct Caller<'a> {
     /// `userInfo.groups`.
     pub groups: &'a [String],
     /// Whether RBAC allows the caller the verb `approve` on the AccessPolicy of the request
-    /// being reviewed (a SubjectAccessReview the transport made): such a caller may decide it
+    /// being reviewed (a `SubjectAccessReview` the transport made): such a caller may decide it
     /// as if in its approver groups.
     pub approves_by_rbac: bool,
 }

@@ -424,8 +424,9 @@ pub fn request_update(
             Reason::NotAnApprover,
             format!(
                 "only {members} may review ElevationRequest {name}, or whoever RBAC allows the \
-                 verb approve on accesspolicies/{policy} (kubectl auth can-i approve \
-                 accesspolicies/{policy}); you ({}) are neither, so ask one of them to review it",
+                 verb approve on accesspolicies/{policy} by name, not by a wildcard (kubectl auth \
+                 can-i approve accesspolicies/{policy}); you ({}) are neither, so ask one of them \
+                 to review it",
                 caller.username
             ),
         );

@@ -228,7 +228,7 @@ pub trait RequestLookup {
     /// The requests whose `spec.requester` is `requester`.
     fn requests_of(&self, requester: &str) -> Vec<Self::Request>;
     /// Whether RBAC allows the caller of this review the verb `approve` on the AccessPolicy
-    /// `policy` (as a SubjectAccessReview answered; `false` when it was not asked or failed).
+    /// `policy` (as a `SubjectAccessReview` answered; `false` when it was not asked or failed).
     fn approves_by_rbac(&self, policy: &str) -> bool {
         let _ = policy;
         false
@@ -257,7 +257,7 @@ where
 /// The AccessPolicy whose `approve` right the caller of an UPDATE would need, when only RBAC
 /// can let them write their review: they change their own review of someone else's request
 /// and are in none of its recorded approver groups. The transport asks the API server
-/// (a SubjectAccessReview) only then.
+/// (a `SubjectAccessReview`) only then.
 pub fn approval_right_needed(req: &AdmissionRequest<DynamicObject>) -> Option<String> {
     if req.operation != Operation::Update {
         return None;

@@ -814,7 +814,7 @@ impl Step<'_> {
             PolicyView::Accepted(p) => *p,
         };
         let policy_name = accepted.metadata.name.clone().unwrap_or_default();
-        let requested = match &self.request.spec.duration {
+        let asked_for = match &self.request.spec.duration {
             None => None,
             Some(d) => match duration::parse(d) {
                 Ok(d) => Some(d),
@@ -824,9 +824,9 @@ impl Step<'_> {
             },
         };
         let grant_duration = if self.request.spec.emergency {
-            self.emergency_length(&policy_name, accepted, requested, control)?
+            self.emergency_length(&policy_name, accepted, asked_for, control)?
         } else {
-            requested.unwrap_or_else(|| control.default_duration())
+            asked_for.unwrap_or_else(|| control.default_duration())
         };
         if let Some(max) = &accepted.spec.max_duration {
             match duration::parse(max) {

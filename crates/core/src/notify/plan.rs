@@ -55,7 +55,14 @@ pub fn for_transition(
         message: Some(message),
         at: now,
     };
-    if approvers {
+    if transition.reason == crate::lifecycle::reason::BREAK_GLASS {
+        // Loud: every route of the approver groups, at once.
+        let emergency = Created {
+            event: NotificationEvent::Emergency,
+            ..created.clone()
+        };
+        owed.extend(to_approvers(status, config, &emergency));
+    } else if approvers {
         owed.extend(to_approvers(status, config, &created));
     }
     if requester {
@@ -193,6 +200,56 @@ fn notice_period(config: &Notifications) -> Option<TimeDelta> {
         .filter(|period| *period > TimeDelta::zero())
 }
 
+/// The notifications owed for what routing changed between `before` and `after` (the status
+/// a reconcile read and the one it writes): each escalation group that may now decide is told
+/// once (`Escalated`), and the approvers are reminded once when an emergency grant's review
+/// becomes overdue (`ReviewOverdue`). Ids name the step, so deciding again owes nothing twice.
+pub fn for_routing(
+    before: Option<&ElevationRequestStatus>,
+    after: &ElevationRequestStatus,
+    config: &Notifications,
+    now: DateTime<Utc>,
+) -> Vec<Notification> {
+    let mut owed = Vec::new();
+    let had: &[String] = before.map_or(&[], |b| b.approver_groups.as_slice());
+    for (step, group) in after.approver_groups.iter().enumerate().skip(1) {
+        if had.contains(group) {
+            continue;
+        }
+        let created = Created {
+            event: NotificationEvent::Escalated,
+            actor: Some(crate::lifecycle::ACTOR_KUBEPAM.to_owned()),
+            message: Some(format!(
+                "nobody has decided yet; members of group {group} may now decide too"
+            )),
+            at: now,
+        };
+        for mut entry in to_group(group, config, &created) {
+            entry.id = format!(
+                "escalated-{step}.{}",
+                entry.id.trim_start_matches("escalated.")
+            );
+            owed.push(entry);
+        }
+    }
+    let overdue_now = crate::lifecycle::review_overdue(after);
+    if overdue_now && !before.is_some_and(crate::lifecycle::review_overdue) {
+        let due = after.review_due_at.map_or_else(String::new, |d| {
+            format!(" (due {})", crate::util::time_for_people(d))
+        });
+        let created = Created {
+            event: NotificationEvent::ReviewOverdue,
+            actor: Some(crate::lifecycle::ACTOR_KUBEPAM.to_owned()),
+            message: Some(format!(
+                "the review of this emergency access is overdue{due}"
+            )),
+            at: now,
+        };
+        owed.extend(to_approvers(after, config, &created));
+    }
+    owed
+}
+
 /// Adds `new` to an outbox: an id already present is kept as it is (a transition decided
 /// again after a conflict owes nothing twice); beyond [`NOTIFICATION_LIMIT`] the oldest entries
 /// no longer pending go first.
@@ -216,6 +273,7 @@ pub fn enqueue(outbox: &mut Vec<Notification>, new: Vec<Notification>) {
     }
 }
 
+#[derive(Clone)]
 struct Created {
     event: NotificationEvent,
     actor: Option<String>,
@@ -228,9 +286,15 @@ fn to_approvers(
     config: &Notifications,
     created: &Created,
 ) -> Vec<Notification> {
-    let Some(group) = status.approver_group.clone() else {
-        return Vec::new();
-    };
+    match status.approver_group.as_deref() {
+        Some(group) => to_group(group, config, created),
+        None => Vec::new(),
+    }
+}
+
+/// One entry per sink for the routes of `group`.
+fn to_group(group: &str, config: &Notifications, created: &Created) -> Vec<Notification> {
+    let group = group.to_owned();
     let mut owed: Vec<Notification> = Vec::new();
     for route in config.approver_routes.iter().filter(|r| r.group == group) {
         let id = entry_id(created.event, Audience::Approvers, &route.sink);
