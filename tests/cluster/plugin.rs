@@ -1086,3 +1086,409 @@ async fn plugin_extends_a_grant_and_shows_the_chain() {
     pam(cluster, Identity::Admin, &["policy", "delete", &policy]).ok();
     ns.delete().await;
 }
+
+/// Waits until `name`'s `ReviewRequired` condition has `status` (the emergency grant is
+/// recorded and waits for review: "True"; reviewed: "False").
+async fn wait_review_required(client: &Client, name: &str, status: &str) -> ElevationRequest {
+    let requests = Api::<ElevationRequest>::all(client.clone());
+    eventually(&format!("{name} ReviewRequired={status}"), SOON, || {
+        let requests = requests.clone();
+        async move {
+            let r = requests.get(name).await.ok()?;
+            let conditions = &r.status.as_ref()?.conditions;
+            (kubepam_core::api::find_condition(conditions, "ReviewRequired")?.status == status)
+                .then_some(r)
+        }
+    })
+    .await
+}
+
+/// Waits until `kubectl pam ARGS` as `who` prints something for which `done` holds.
+async fn wait_output(
+    cluster: &TestCluster,
+    who: Identity,
+    args: &[&str],
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    eventually(what, SOON, || {
+        let run = pam(cluster, who, args);
+        let out = (run.code == 0 && done(&run.stdout)).then_some(run.stdout);
+        async move { out }
+    })
+    .await
+}
+
+/// Break glass from the plugin: an on-call member takes emergency access at once, approvers
+/// find it in `list --unreviewed` and `--to-review`, one confirms it, another rejects a second
+/// one (its grant ends at once), and a Confirm on an ordinary request is refused.
+#[tokio::test]
+async fn plugin_breaks_glass_and_approvers_review_it_afterwards() {
+    let cluster = ready().await;
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("plugin-glass").await;
+    let policy = format!("{}-delete", ns.name);
+    // Members of developers (alice, dave) are on call.
+    create_policy_with(
+        cluster,
+        &policy,
+        &ns.name,
+        &[
+            "--approval",
+            "Manual",
+            "--break-glass-group",
+            "developers",
+            "--break-glass-max-duration",
+            "1h",
+            "--review-within",
+            "24h",
+        ],
+    );
+    let judged = wait_policy_judged(&admin, &policy).await;
+    assert_eq!(accepted(&judged).0, "True", "{judged:?}");
+    let glass = judged.spec.break_glass.expect("spec.breakGlass");
+    assert_eq!(
+        (glass.groups.as_slice(), glass.max_duration.as_str()),
+        (&["developers".to_owned()][..], "1h")
+    );
+    let listed = pam(cluster, Identity::Bob, &["policy", "list"]).ok();
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&policy))
+        .unwrap_or_else(|| panic!("{policy} in {listed}"));
+    assert!(row.contains("developers (1h, review within 24h)"), "{row}");
+
+    // Someone outside the break-glass groups is refused by the API server.
+    let outsider = pam(
+        cluster,
+        Identity::Bob,
+        &["request", &policy, "--reason", "INC-911", "--emergency"],
+    );
+    assert_eq!(outsider.code, 1, "{outsider:#?}");
+    assert!(
+        outsider.stderr.starts_with("Error from server ("),
+        "{outsider:#?}"
+    );
+
+    // Alice breaks glass and waits: approved at once, without an approver.
+    let alice = cluster.client(Identity::Alice).await;
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &[
+            "request",
+            &policy,
+            "--reason",
+            "INC-911: outage, nobody reachable",
+            "--emergency",
+            "--duration",
+            "30m",
+            "--wait",
+            "--timeout",
+            "1m",
+        ],
+    )
+    .ok();
+    let first = created_name(&out);
+    assert!(
+        out.contains("created: emergency access, approved at once without an approver"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Approved") && out.contains("an approver reviews it afterwards"),
+        "{out}"
+    );
+    let approved = wait_phase(&alice, &first, Phase::Approved, SOON).await;
+    assert!(approved.spec.emergency);
+    let recorded = wait_review_required(&alice, &first, "True").await;
+    assert!(
+        recorded.status.as_ref().unwrap().review_due_at.is_some(),
+        "status.reviewDueAt: {recorded:?}"
+    );
+    wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
+
+    // The approvers see it waiting; its requester does not review it.
+    let unreviewed = pam(cluster, Identity::Bob, &["list", "--unreviewed"]).ok();
+    assert!(
+        unreviewed.lines().next().unwrap().contains("REVIEW-DUE"),
+        "{unreviewed}"
+    );
+    let row = unreviewed
+        .lines()
+        .find(|l| l.starts_with(&first))
+        .unwrap_or_else(|| panic!("{first} in {unreviewed}"));
+    assert!(
+        row.contains("alice") && row.contains(&policy) && row.contains(" in 23h"),
+        "{row}"
+    );
+    let queue = pam(cluster, Identity::Bob, &["list", "--to-review"]).ok();
+    let row = queue
+        .lines()
+        .find(|l| l.starts_with(&first))
+        .unwrap_or_else(|| panic!("{first} in {queue}"));
+    assert!(row.contains("emergency"), "{row}");
+    let own = pam(cluster, Identity::Alice, &["list", "--to-review"]).ok();
+    assert!(!own.contains(&first), "{own}");
+    let status = pam(cluster, Identity::Bob, &["status", &first]).ok();
+    assert!(field(&status, "Emergency").starts_with("yes"), "{status}");
+    assert!(
+        field(&status, "Review").starts_with("awaiting an approver's review, due in 23h"),
+        "{status}"
+    );
+    assert!(
+        field(&status, "Check a user").starts_with(&format!(
+            "kubectl auth can-i approve accesspolicies/{policy} --as USER"
+        )),
+        "{status}"
+    );
+
+    // Bob confirms: it leaves the unreviewed list, and the grant runs on.
+    let out = pam(
+        cluster,
+        Identity::Bob,
+        &["confirm", &first, "-m", "justified: INC-911"],
+    )
+    .ok();
+    assert!(
+        out.starts_with(&format!(
+            "elevationrequest.kubepam.io/{first} confirmed by bob"
+        )),
+        "{out}"
+    );
+    wait_review_required(&alice, &first, "False").await;
+    wait_output(
+        cluster,
+        Identity::Bob,
+        &["list", "--unreviewed"],
+        "the confirmed grant off the unreviewed list",
+        |out| !out.contains(&first),
+    )
+    .await;
+    let status = pam(cluster, Identity::Alice, &["status", &first]).ok();
+    assert_eq!(field(&status, "Status"), "Approved", "{status}");
+    assert!(
+        field(&status, "Review").starts_with("confirmed by bob")
+            && field(&status, "Review").ends_with(": justified: INC-911"),
+        "{status}"
+    );
+
+    // A second emergency grant, rejected by carol: it ends at once.
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &[
+            "request",
+            &policy,
+            "--reason",
+            "INC-912: again",
+            "--emergency",
+        ],
+    )
+    .ok();
+    let second = created_name(&out);
+    assert!(out.contains("emergency access, approved at once"), "{out}");
+    wait_phase(&alice, &second, Phase::Approved, SOON).await;
+    wait_review_required(&alice, &second, "True").await;
+    let out = pam(
+        cluster,
+        Identity::Carol,
+        &["reject", &second, "-m", "no incident: ask an approver"],
+    )
+    .ok();
+    assert!(out.contains("rejected by carol"), "{out}");
+    let revoked = wait_phase(&alice, &second, Phase::Revoked, SOON).await;
+    assert_eq!(
+        revoked.spec.reviews["carol"].decision,
+        kubepam_core::api::ReviewDecision::Reject
+    );
+    let status = pam(cluster, Identity::Alice, &["status", &second]).ok();
+    assert_eq!(field(&status, "Status"), "Revoked", "{status}");
+    assert!(
+        field(&status, "Review").starts_with("rejected by carol"),
+        "{status}"
+    );
+
+    // Confirm is only for emergency access: the API server says so.
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &["request", &policy, "--reason", "INC-913: ordinary"],
+    )
+    .ok();
+    let ordinary = created_name(&out);
+    assert!(!out.contains("emergency"), "{out}");
+    wait_phase(&alice, &ordinary, Phase::Pending, SOON).await;
+    let refused = pam(cluster, Identity::Bob, &["confirm", &ordinary, "-m", "ok"]);
+    assert_eq!(refused.code, 1, "{refused:#?}");
+    assert!(
+        refused
+            .stderr
+            .starts_with("Error from server (Forbidden): "),
+        "{refused:#?}"
+    );
+    assert!(
+        refused.stderr.contains("is not an emergency request"),
+        "{refused:#?}"
+    );
+
+    pam(cluster, Identity::Admin, &["policy", "delete", &policy]).ok();
+    ns.delete().await;
+}
+
+/// `list --to-review` and `status` follow who may decide now: an escalation group once its
+/// step opens, and anyone RBAC allows to approve the policy.
+#[tokio::test]
+async fn plugin_to_review_follows_escalation_and_rbac() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let cluster = ready().await;
+    let admin = cluster.client(Identity::Admin).await;
+    standard_control(&admin).await;
+    let ns = cluster.namespace("plugin-route").await;
+    let alice = cluster.client(Identity::Alice).await;
+
+    // After 2s without a decision, ops-approvers (dave) may decide too; after 1h, sre-managers.
+    let escalating = format!("{}-esc", ns.name);
+    create_policy_with(
+        cluster,
+        &escalating,
+        &ns.name,
+        &[
+            "--approval",
+            "Manual",
+            "--escalate-after",
+            "2s=ops-approvers",
+            "--escalate-after",
+            "1h=sre-managers",
+        ],
+    );
+    let judged = wait_policy_judged(&admin, &escalating).await;
+    assert_eq!(accepted(&judged).0, "True", "{judged:?}");
+    assert_eq!(judged.spec.escalation.len(), 2);
+    let bad = pam(
+        cluster,
+        Identity::Admin,
+        &[
+            "policy",
+            "create",
+            "never",
+            "--role",
+            "view",
+            "--approval",
+            "Manual",
+            "--escalate-after",
+            "30m",
+        ],
+    );
+    assert_eq!(bad.code, 2, "{bad:#?}");
+    assert!(bad.stderr.contains("e.g. 30m=ops-leads"), "{bad:#?}");
+
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &["request", &escalating, "--reason", "INC-20: waits"],
+    )
+    .ok();
+    let waiting = created_name(&out);
+    wait_phase(&alice, &waiting, Phase::Pending, SOON).await;
+    wait_output(
+        cluster,
+        Identity::Dave,
+        &["list", "--to-review"],
+        "the escalated request in dave's queue",
+        |out| {
+            out.lines()
+                .any(|l| l.starts_with(&waiting) && l.contains("decide"))
+        },
+    )
+    .await;
+    let status = pam(cluster, Identity::Bob, &["status", &waiting]).ok();
+    assert!(
+        field(&status, "Approvers").starts_with("pam-approvers, ops-approvers (Manual"),
+        "{status}"
+    );
+    assert!(
+        field(&status, "Escalates").ends_with(": sre-managers may also decide"),
+        "{status}"
+    );
+    // Dave decides it as a member of the escalation group.
+    pam(
+        cluster,
+        Identity::Dave,
+        &["deny", &waiting, "-m", "not now"],
+    )
+    .ok();
+    wait_phase(&alice, &waiting, Phase::Denied, SOON).await;
+
+    // RBAC's approve on a policy lets dave decide it without any group.
+    let signed = format!("{}-rbac", ns.name);
+    create_policy_with(cluster, &signed, &ns.name, &["--approval", "Manual"]);
+    wait_policy_judged(&admin, &signed).await;
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": format!("{signed}-approver") },
+        "rules": [{ "apiGroups": ["kubepam.io"], "resources": ["accesspolicies"],
+                    "verbs": ["approve"], "resourceNames": [signed] }],
+    }))
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": format!("{signed}-approver") },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": format!("{signed}-approver") },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dave" }],
+    }))
+    .unwrap();
+    let roles = Api::<ClusterRole>::all(admin.clone());
+    let bindings = Api::<ClusterRoleBinding>::all(admin.clone());
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let out = pam(
+        cluster,
+        Identity::Alice,
+        &["request", &signed, "--reason", "INC-21: signer"],
+    )
+    .ok();
+    let asked = created_name(&out);
+    wait_phase(&alice, &asked, Phase::Pending, SOON).await;
+    wait_output(
+        cluster,
+        Identity::Dave,
+        &["list", "--to-review"],
+        "the request in the RBAC approver's queue",
+        |out| out.lines().any(|l| l.starts_with(&asked)),
+    )
+    .await;
+    let status = pam(cluster, Identity::Dave, &["status", &asked]).ok();
+    assert!(
+        field(&status, "Check a user").starts_with(&format!(
+            "kubectl auth can-i approve accesspolicies/{signed} --as USER"
+        )),
+        "{status}"
+    );
+    let can = cluster.kubectl(
+        Identity::Admin,
+        &[
+            "auth",
+            "can-i",
+            "approve",
+            &format!("accesspolicies.kubepam.io/{signed}"),
+            "--as",
+            "dave",
+        ],
+    );
+    assert!(can.status.success(), "{can:?}");
+    let out = pam(cluster, Identity::Dave, &["approve", &asked, "-m", "ok"]).ok();
+    assert!(out.contains("approved by dave"), "{out}");
+    wait_phase(&alice, &asked, Phase::Approved, SOON).await;
+
+    let delete = kube::api::DeleteParams::default();
+    let name = format!("{signed}-approver");
+    bindings.delete(&name, &delete).await.unwrap();
+    roles.delete(&name, &delete).await.unwrap();
+    for p in [&escalating, &signed] {
+        pam(cluster, Identity::Admin, &["policy", "delete", p]).ok();
+    }
+    ns.delete().await;
+}

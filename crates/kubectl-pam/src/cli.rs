@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use super::objects;
 use super::render::Output;
-use kubepam_core::api::{ApprovalType, Phase, ReviewDecision};
+use kubepam_core::api::{ApprovalType, EscalationStep, Phase, ReviewDecision};
 
 /// Privileged access management from kubectl: enable it, write policies, ask for a task,
 /// approve, deny or revoke, and see what you may do.
@@ -24,6 +25,10 @@ use kubepam_core::api::{ApprovalType, Phase, ReviewDecision};
   # As an approver: what waits for me, and approve it
   kubectl pam list --to-review
   kubectl pam approve prod-delete-deployments-x7k2p -m 'ok'
+  # Break glass when nobody can approve in time, and review it afterwards
+  kubectl pam request prod-delete-deployments --reason 'INC-999: outage' --emergency
+  kubectl pam list --unreviewed
+  kubectl pam confirm prod-delete-deployments-q8w3e -m 'justified: INC-999'
   # Need longer, or done early
   kubectl pam extend prod-delete-deployments-x7k2p --by 1h --reason 'INC-1234: rollout still running'
   kubectl pam release prod-delete-deployments-x7k2p -m 'done'"
@@ -99,7 +104,9 @@ pub enum Command {
   # book a window: from 09:00 UTC on 1 December, for 2 hours (approval may come before it)
   kubectl pam request prod-delete-deployments --reason 'CHG-77: release' --start-at 2026-12-01T09:00:00Z --duration 2h
   # book it for two hours from now; --wait ends once it is approved, not when it opens
-  kubectl pam request prod-delete-deployments --reason 'CHG-78' --start-in 2h --duration 1h --wait")]
+  kubectl pam request prod-delete-deployments --reason 'CHG-78' --start-in 2h --duration 1h --wait
+  # break glass (members of the policy's break-glass groups): access now, reviewed afterwards
+  kubectl pam request prod-delete-deployments --reason 'INC-999: outage, no approver reachable' --emergency --duration 30m")]
     Request(Request),
     /// Continue your Approved grant with a new request under the same policy and namespace;
     /// once approved, access runs on from the old end with no gap.
@@ -114,12 +121,15 @@ pub enum Command {
   kubectl pam status prod-delete-deployments-x7k2p
   kubectl pam status 0b7c8e2a-1f9e-4c57-9f6c-8a1d2b3c4d5e -o json")]
     Status(Target),
-    /// List requests, newest last.
+    /// List requests, oldest first.
     #[command(after_help = "Examples:
   kubectl pam list
   kubectl pam list --status Pending
   kubectl pam list --mine -o wide
-  kubectl pam list --to-review")]
+  # what you may decide now, and emergency grants you may review
+  kubectl pam list --to-review
+  # emergency grants still waiting for an approver's review
+  kubectl pam list --unreviewed")]
     List(List),
     /// Approve a request with your own review (Approve-ElevatedAccessRequest).
     #[command(after_help = "Examples:
@@ -133,6 +143,18 @@ pub enum Command {
     #[command(after_help = "Examples:
   kubectl pam revoke prod-delete-deployments-x7k2p -m 'done'")]
     Revoke(Review),
+    /// Review emergency access after the fact: it was justified (an approver of the policy, never
+    /// the requester).
+    #[command(after_help = "Examples:
+  kubectl pam confirm prod-delete-deployments-q8w3e -m 'justified: INC-999 outage'
+  # what still waits for a review
+  kubectl pam list --unreviewed")]
+    Confirm(Review),
+    /// Review emergency access after the fact: it was not justified; a grant still in force
+    /// ends at once (an approver of the policy, never the requester).
+    #[command(after_help = "Examples:
+  kubectl pam reject prod-delete-deployments-q8w3e -m 'no incident: use an ordinary request'")]
+    Reject(Review),
     /// End your own grant early ("I'm done"): only the requester may, while it is Approved.
     #[command(after_help = "Examples:
   kubectl pam release prod-delete-deployments-x7k2p -m 'INC-1234 fixed, done'
@@ -203,7 +225,10 @@ pub enum PolicyCommand {
   # windows booked at most a week ahead, and one open request per person
   kubectl pam policy create prod-admin --role admin -n prod --approval Manual --max-schedule-ahead 168h --max-open-per-requester 1
   # extensions approved at once, at most 2 of them, 8h in all
-  kubectl pam policy create prod-exec --task 'create pods/exec' -n prod --approval Manual --extension-approval Auto --max-extensions 2 --max-extension-total 8h")]
+  kubectl pam policy create prod-exec --task 'create pods/exec' -n prod --approval Manual --extension-approval Auto --max-extensions 2 --max-extension-total 8h
+  # on-call may break glass for up to 1h, reviewed within 24h; ops-leads may also decide
+  # requests nobody decided within 30m, and sre-managers after 2h
+  kubectl pam policy create prod-admin --role admin -n prod --approval Manual --break-glass-group oncall --break-glass-max-duration 1h --review-within 24h --escalate-after 30m=ops-leads --escalate-after 2h=sre-managers")]
     Create(Box<PolicyCreate>),
     /// List AccessPolicies.
     #[command(after_help = "Examples:
@@ -298,6 +323,32 @@ pub struct PolicyCreate {
     /// The longest a grant may last with all its extensions, from its first opening, e.g. 8h.
     #[arg(long, value_name = "DURATION")]
     pub max_extension_total: Option<String>,
+    /// Break glass: members of this group may take emergency access (request --emergency),
+    /// approved at once and reviewed afterwards; repeat for several. Needs
+    /// --break-glass-max-duration.
+    #[arg(
+        long = "break-glass-group",
+        value_name = "GROUP",
+        requires = "break_glass_max_duration"
+    )]
+    pub break_glass_groups: Vec<String>,
+    /// The longest an emergency grant may last, e.g. 1h.
+    #[arg(long, value_name = "DURATION", requires = "break_glass_groups")]
+    pub break_glass_max_duration: Option<String>,
+    /// How soon an approver must confirm or reject an emergency grant, e.g. 24h (the default);
+    /// past that it is overdue and the approvers are reminded.
+    #[arg(long, value_name = "DURATION", requires = "break_glass_groups")]
+    pub review_within: Option<String>,
+    /// Escalation (Manual approval): once a request has waited AFTER with no decision, members
+    /// of GROUP may also decide and are notified, e.g. 30m=ops-leads; repeat for further steps,
+    /// in order.
+    #[arg(long = "escalate-after", value_name = "AFTER=GROUP", value_parser = escalation_step)]
+    pub escalation: Vec<EscalationStep>,
+}
+
+/// `--escalate-after AFTER=GROUP`, as clap parses it.
+fn escalation_step(s: &str) -> Result<EscalationStep, String> {
+    objects::parse_escalation_step(s).map_err(|_| objects::ESCALATION_STEP_FORM.to_owned())
 }
 
 /// `request`.
@@ -326,6 +377,12 @@ pub struct Request {
     /// Book the window to start this long from now, e.g. 2h.
     #[arg(long, value_name = "DURATION")]
     pub start_in: Option<String>,
+    /// Break glass: access now, without waiting for an approver, for members of the policy's
+    /// break-glass groups. It is approved at once, for at most the policy's break-glass
+    /// duration, the approvers are told, and one of them must confirm or reject it afterwards
+    /// (kubectl pam confirm|reject). Not with --start-at or --start-in.
+    #[arg(long, conflicts_with_all = ["start_at", "start_in"])]
+    pub emergency: bool,
 }
 
 /// `extend`.
@@ -391,12 +448,18 @@ pub struct List {
     /// Only your own requests.
     #[arg(long)]
     pub mine: bool,
-    /// Only Pending requests you may still decide.
+    /// Only what waits for you: Pending requests you may still decide (as a member of a group
+    /// that may decide now, or because RBAC lets you approve the policy), and emergency grants
+    /// you may review; never your own.
     #[arg(long)]
     pub to_review: bool,
+    /// Only emergency grants that still wait for an approver's review (confirm or reject),
+    /// oldest first, with when the review is due.
+    #[arg(long)]
+    pub unreviewed: bool,
 }
 
-/// `approve`, `deny`, `revoke`, `release`.
+/// `approve`, `deny`, `revoke`, `release`, `confirm`, `reject`.
 #[derive(Debug, Args)]
 pub struct Review {
     /// The request's name or request id.
@@ -407,13 +470,15 @@ pub struct Review {
 }
 
 impl Command {
-    /// The review decision of `approve`, `deny`, `revoke` and `release`.
+    /// The review decision of `approve`, `deny`, `revoke`, `release`, `confirm` and `reject`.
     pub fn decision(&self) -> Option<ReviewDecision> {
         match self {
             Self::Approve(_) => Some(ReviewDecision::Approve),
             Self::Deny(_) => Some(ReviewDecision::Deny),
             Self::Revoke(_) => Some(ReviewDecision::Revoke),
             Self::Release(_) => Some(ReviewDecision::Release),
+            Self::Confirm(_) => Some(ReviewDecision::Confirm),
+            Self::Reject(_) => Some(ReviewDecision::Reject),
             _ => None,
         }
     }
@@ -751,6 +816,155 @@ mod tests {
             panic!("enable")
         };
         assert_eq!(enable.max_pending_per_requester, Some(3));
+    }
+
+    #[test]
+    fn an_emergency_request_is_for_now() {
+        let cli = parse(&["request", "p", "--reason", "INC-9", "--emergency", "--wait"]).unwrap();
+        let Command::Request(request) = cli.command else {
+            panic!("request")
+        };
+        assert!(request.emergency && request.wait);
+        assert!(
+            !parse(&["request", "p", "--reason", "r"])
+                .map(|c| matches!(c.command, Command::Request(r) if r.emergency))
+                .unwrap()
+        );
+        for booked in [
+            &["--start-at", "2026-12-01T09:00:00Z"][..],
+            &["--start-in", "2h"],
+        ] {
+            let args = [
+                &["request", "p", "--reason", "r", "--emergency"][..],
+                booked,
+            ]
+            .concat();
+            assert_eq!(
+                parse(&args).unwrap_err().kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{booked:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn confirm_and_reject_are_reviews_of_emergency_access() {
+        for (command, decision) in [
+            ("confirm", ReviewDecision::Confirm),
+            ("reject", ReviewDecision::Reject),
+        ] {
+            let cli = parse(&[command, "r1", "-m", "INC-9"]).unwrap();
+            assert_eq!(cli.command.decision(), Some(decision));
+            let (Command::Confirm(review) | Command::Reject(review)) = &cli.command else {
+                panic!("{command}")
+            };
+            assert_eq!(
+                (review.name.as_str(), review.comment.as_deref()),
+                ("r1", Some("INC-9"))
+            );
+            assert_eq!(
+                parse(&[command]).unwrap_err().kind(),
+                clap::error::ErrorKind::MissingRequiredArgument
+            );
+        }
+        let help = Cli::command()
+            .find_subcommand_mut("reject")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("ends at once"), "{help}");
+    }
+
+    #[test]
+    fn list_takes_unreviewed_and_to_review() {
+        let cli = parse(&["list", "--unreviewed", "--to-review", "-o", "wide"]).unwrap();
+        let Command::List(list) = cli.command else {
+            panic!("list")
+        };
+        assert!(list.unreviewed && list.to_review && !list.mine);
+    }
+
+    #[test]
+    fn policy_create_takes_break_glass_and_escalation() {
+        let cli = parse(&[
+            "policy",
+            "create",
+            "p",
+            "--role",
+            "admin",
+            "--approval",
+            "Manual",
+            "--break-glass-group",
+            "oncall",
+            "--break-glass-group",
+            "sre",
+            "--break-glass-max-duration",
+            "1h",
+            "--review-within",
+            "12h",
+            "--escalate-after",
+            "30m=ops-leads",
+            "--escalate-after",
+            "2h=sre-managers",
+        ])
+        .unwrap();
+        let Command::Policy(PolicyCommand::Create(create)) = cli.command else {
+            panic!("policy create")
+        };
+        assert_eq!(create.break_glass_groups, ["oncall", "sre"]);
+        assert_eq!(create.break_glass_max_duration.as_deref(), Some("1h"));
+        assert_eq!(create.review_within.as_deref(), Some("12h"));
+        let steps: Vec<(&str, &str)> = create
+            .escalation
+            .iter()
+            .map(|s| (s.after.as_str(), s.approver_group.as_str()))
+            .collect();
+        assert_eq!(steps, [("30m", "ops-leads"), ("2h", "sre-managers")]);
+        let base = [
+            "policy",
+            "create",
+            "p",
+            "--role",
+            "admin",
+            "--approval",
+            "Manual",
+        ];
+        // A step without its group says how to write one.
+        let no_group = parse(&[&base[..], &["--escalate-after", "30m"]].concat()).unwrap_err();
+        assert_eq!(no_group.kind(), clap::error::ErrorKind::ValueValidation);
+        let message = no_group.to_string();
+        assert!(
+            message.contains("invalid value '30m' for '--escalate-after <AFTER=GROUP>'")
+                && message.contains("e.g. 30m=ops-leads"),
+            "{message}"
+        );
+        for bad in ["=ops-leads", "30 minutes=ops-leads", "30m=", "30m= "] {
+            assert!(
+                parse(&[&base[..], &["--escalate-after", bad]].concat()).is_err(),
+                "{bad}"
+            );
+        }
+        // Break glass needs its longest grant; its other flags need its groups.
+        for (args, kind) in [
+            (
+                &["--break-glass-group", "oncall"][..],
+                clap::error::ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                &["--break-glass-max-duration", "1h"],
+                clap::error::ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                &["--review-within", "24h"],
+                clap::error::ErrorKind::MissingRequiredArgument,
+            ),
+        ] {
+            assert_eq!(
+                parse(&[&base[..], args].concat()).unwrap_err().kind(),
+                kind,
+                "{args:?}"
+            );
+        }
     }
 
     proptest! {

@@ -244,17 +244,42 @@ pub async fn whoami(client: &Client) -> Result<Me, Error> {
 
 /// What RBAC answers for the caller (a `SelfSubjectAccessReview`, as `kubectl auth can-i`).
 pub async fn rbac_allows(client: &Client, query: &Query) -> Result<bool, Error> {
+    access_review(
+        client,
+        ResourceAttributes {
+            verb: Some(query.verb.clone()),
+            group: Some(query.resource.group.clone()),
+            resource: Some(query.resource.resource.clone()),
+            subresource: query.resource.subresource.clone(),
+            name: query.name.clone(),
+            namespace: query.namespace.clone(),
+            ..ResourceAttributes::default()
+        },
+    )
+    .await
+}
+
+/// Whether RBAC lets the caller decide requests of `policy`: verb `approve` on
+/// `accesspolicies.kubepam.io/<policy>`, as `kubectl auth can-i approve accesspolicies/<policy>`
+/// (the `CertificateSigningRequest` signer model). The name travels in the review's body only.
+pub async fn may_approve_policy(client: &Client, policy: &str) -> Result<bool, Error> {
+    access_review(
+        client,
+        ResourceAttributes {
+            verb: Some("approve".to_owned()),
+            group: Some("kubepam.io".to_owned()),
+            resource: Some("accesspolicies".to_owned()),
+            name: Some(policy.to_owned()),
+            ..ResourceAttributes::default()
+        },
+    )
+    .await
+}
+
+async fn access_review(client: &Client, attributes: ResourceAttributes) -> Result<bool, Error> {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(query.verb.clone()),
-                group: Some(query.resource.group.clone()),
-                resource: Some(query.resource.resource.clone()),
-                subresource: query.resource.subresource.clone(),
-                name: query.name.clone(),
-                namespace: query.namespace.clone(),
-                ..ResourceAttributes::default()
-            }),
+            resource_attributes: Some(attributes),
             ..SelfSubjectAccessReviewSpec::default()
         },
         ..SelfSubjectAccessReview::default()

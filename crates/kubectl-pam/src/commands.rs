@@ -1,6 +1,6 @@
 //! Each command: read what it needs, let the pure modules decide, write, print.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use chrono::Utc;
@@ -10,7 +10,7 @@ use kube::Client;
 
 use super::access::{self, Facts, Query};
 use super::cli::{self, Cli, Command, PolicyCommand};
-use super::client::{Kind, connect, list_in_all_namespaces, rbac_allows, whoami};
+use super::client::{self, Kind, connect, list_in_all_namespaces, rbac_allows, whoami};
 use super::error::{Error, exit};
 use super::objects::{self, EnablePlan};
 use super::render::{self, Output};
@@ -105,7 +105,9 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Approve(review)
         | Command::Deny(review)
         | Command::Revoke(review)
-        | Command::Release(review) => {
+        | Command::Release(review)
+        | Command::Confirm(review)
+        | Command::Reject(review) => {
             let decision = cli.command.decision().unwrap_or(ReviewDecision::Approve);
             decide(&client, review, decision, output).await
         }
@@ -197,6 +199,10 @@ async fn policy_create(
         extension_approval: args.extension_approval.map(Into::into),
         max_extensions: args.max_extensions,
         max_extension_total: args.max_extension_total.clone(),
+        break_glass_groups: args.break_glass_groups.clone(),
+        break_glass_max_duration: args.break_glass_max_duration.clone(),
+        review_within: args.review_within.clone(),
+        escalation: args.escalation.clone(),
     })?;
     let created = Kind::<AccessPolicy>::new(client).create(&policy).await?;
     print_object(
@@ -361,6 +367,11 @@ async fn request(
             hint: "kubectl pam policy list shows what can be requested",
         })?;
     let namespace = objects::request_namespace(&args.policy, &policy.spec, namespace.as_deref())?;
+    if args.emergency && policy.spec.break_glass.is_none() {
+        return Err(Error::NoBreakGlass {
+            policy: args.policy.clone(),
+        });
+    }
     let request = objects::build_request(&objects::RequestArgs {
         policy: args.policy.clone(),
         name: args.name.clone(),
@@ -369,11 +380,12 @@ async fn request(
         namespace,
         start_at,
         extends: None,
+        emergency: args.emergency,
     })?;
     let created = Kind::<ElevationRequest>::new(client)
         .create(&request)
         .await?;
-    let line = format!("{} created", render::object_name(&created));
+    let line = render::created_line(&created);
     if !args.wait {
         print_object(&created, output, &line)?;
         return Ok(exit::OK);
@@ -413,6 +425,7 @@ async fn extend(
         namespace: extended.spec.namespace.clone(),
         start_at: None,
         extends: Some(name.clone()),
+        emergency: false,
     })?;
     let created = requests.create(&request).await?;
     let line = format!(
@@ -537,7 +550,26 @@ async fn status(client: &Client, what: &str, output: Option<Output>) -> Result<u
                 .await
                 .map(|all| select::extensions_of(&all, name))
                 .unwrap_or_default();
-            print(&render::describe_request(&request, &extensions, Utc::now()))?;
+            // The policy only names the next escalation group; unreadable, it is left out.
+            let escalates = request
+                .status
+                .as_ref()
+                .is_some_and(|s| s.escalates_at.is_some());
+            let policy = if escalates && kubepam_core::grant::is_object_name(&request.spec.policy) {
+                Kind::<AccessPolicy>::new(client)
+                    .get_opt(&request.spec.policy)
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            print(&render::describe_request_with(
+                &request,
+                &extensions,
+                policy.as_ref(),
+                Utc::now(),
+            ))?;
         }
     }
     Ok(exit::OK)
@@ -548,6 +580,7 @@ async fn list(client: &Client, args: &cli::List, output: Option<Output>) -> Resu
         phase: args.status.map(Into::into),
         mine: args.mine,
         to_review: args.to_review,
+        unreviewed: args.unreviewed,
     };
     let me = if filter.needs_me() {
         Some(whoami(client).await?)
@@ -555,12 +588,50 @@ async fn list(client: &Client, args: &cli::List, output: Option<Output>) -> Resu
         None
     };
     let all = Kind::<ElevationRequest>::new(client).list().await?;
-    let requests = select::filter_requests(all, &filter, me.as_ref());
+    let caller = match me {
+        Some(me) if filter.to_review => {
+            let approves = policies_rbac_approves(client, &all, &me).await;
+            Some(select::Caller { me, approves })
+        }
+        Some(me) => Some(select::Caller::from(me)),
+        None => None,
+    };
+    let requests = select::filter_requests(all, &filter, caller.as_ref());
     if !print_list(&requests, output, "ElevationRequests")? {
         let wide = output == Some(Output::Wide);
-        print(&render::requests_table(&requests, Utc::now(), wide))?;
+        let now = Utc::now();
+        let table = match &caller {
+            _ if filter.unreviewed => render::unreviewed_table(&requests, now, wide),
+            Some(caller) if filter.to_review => {
+                render::review_queue_table(&requests, caller, now, wide)
+            }
+            _ => render::requests_table(&requests, now, wide),
+        };
+        print(&table)?;
     }
     Ok(exit::OK)
+}
+
+/// The policies RBAC lets the caller approve, among those that matter for `--to-review`: one
+/// `SelfSubjectAccessReview` per policy name. A check that fails counts as "not allowed": the
+/// listing still shows what the caller's groups let them decide.
+async fn policies_rbac_approves(
+    client: &Client,
+    requests: &[ElevationRequest],
+    me: &select::Me,
+) -> BTreeSet<String> {
+    let names = select::policies_to_ask_about(requests, me);
+    let answers = futures::future::join_all(
+        names
+            .iter()
+            .map(|policy| client::may_approve_policy(client, policy)),
+    )
+    .await;
+    names
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(policy, allowed)| matches!(allowed, Ok(true)).then_some(policy))
+        .collect()
 }
 
 async fn decide(

@@ -83,6 +83,16 @@ pub enum Error {
         /// Why, and what to do instead.
         why: String,
     },
+    /// `request --emergency` under a policy without break glass.
+    #[error(
+        "AccessPolicy {policy} has no break glass, so emergency requests under it are refused; \
+         leave out --emergency to ask an approver, or ask an administrator to allow it \
+         (kubectl pam policy create ... --break-glass-group GROUP --break-glass-max-duration 1h)"
+    )]
+    NoBreakGlass {
+        /// The policy named.
+        policy: String,
+    },
     /// `--wait` ran out of time.
     #[error(
         "timed out after {0} waiting for a decision; the request stays Pending (kubectl pam status NAME)"

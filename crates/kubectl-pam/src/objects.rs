@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::task;
 use kubepam_core::api::{
-    AccessPolicy, AccessPolicySpec, ApprovalType, CONTROL_NAME, ElevationRequest,
-    ElevationRequestSpec, ExtensionPolicy, PolicyType, PrivilegedAccessControl,
+    AccessPolicy, AccessPolicySpec, ApprovalType, BreakGlass, CONTROL_NAME, ElevationRequest,
+    ElevationRequestSpec, EscalationStep, ExtensionPolicy, PolicyType, PrivilegedAccessControl,
     PrivilegedAccessControlSpec, ReviewDecision, Scope,
 };
 use kubepam_core::lifecycle::scope::{self, ScopeError};
@@ -58,6 +58,72 @@ pub enum Error {
          2026-12-01T09:00:00Z or 2026-12-01T10:00:00+01:00"
     )]
     StartAt(String),
+    /// `--escalate-after` that is not `AFTER=GROUP`.
+    #[error("invalid --escalate-after {0:?}: {ESCALATION_STEP_FORM}")]
+    EscalationStep(String),
+    /// `--escalate-after` on a policy approved at once.
+    #[error(
+        "--escalate-after applies to --approval Manual only: an Auto policy approves at once, so \
+         nobody is waited for"
+    )]
+    EscalationNeedsManual,
+    /// `--escalate-after` steps out of order.
+    #[error(
+        "--escalate-after steps must come in order of their wait: {later} comes after \
+         {earlier}; give the shorter wait first"
+    )]
+    EscalationOrder {
+        /// The step given first.
+        earlier: String,
+        /// The step given after it, with a wait no longer.
+        later: String,
+    },
+    /// More escalation steps than the API allows.
+    #[error("at most {ESCALATION_STEPS_MAX} --escalate-after steps, not {0}")]
+    TooManyEscalationSteps(usize),
+    /// `--break-glass-group` without how long an emergency grant may last.
+    #[error(
+        "--break-glass-group needs --break-glass-max-duration, the longest an emergency grant \
+         may last, e.g. 1h"
+    )]
+    BreakGlassMaxDuration,
+    /// `--emergency` with a booked window or as an extension.
+    #[error(
+        "an emergency request is for access now: leave out --start-at and --start-in (and file a \
+         new emergency request rather than extending one)"
+    )]
+    EmergencyNow,
+    /// A group flag given a blank or control-character value.
+    #[error("{0} must name a Kubernetes group, without control characters")]
+    Group(&'static str),
+}
+
+/// How to write `--escalate-after`.
+pub const ESCALATION_STEP_FORM: &str = "write how long a request waits, '=', and the group that \
+     may then also decide, e.g. 30m=ops-leads";
+
+/// The most escalation steps a policy may have (the CRD's limit).
+pub const ESCALATION_STEPS_MAX: usize = 8;
+
+/// Whether `g` can name a Kubernetes group, as the CRD checks it: not blank, no control
+/// characters.
+fn is_group(g: &str) -> bool {
+    !g.trim().is_empty() && !g.chars().any(char::is_control)
+}
+
+/// One `--escalate-after AFTER=GROUP`, e.g. `30m=ops-leads`.
+pub fn parse_escalation_step(s: &str) -> Result<EscalationStep, Error> {
+    let invalid = || Error::EscalationStep(s.to_owned());
+    let (after, group) = s.split_once('=').ok_or_else(invalid)?;
+    let (after, group) = (after.trim(), group.trim());
+    if after.is_empty() || !is_group(group) {
+        return Err(invalid());
+    }
+    duration::parse(after).map_err(|_| invalid())?;
+    Ok(EscalationStep {
+        after: after.to_owned(),
+        approver_group: group.to_owned(),
+    })
 }
 
 /// What `enable` does: create the control, or change the fields given on an existing one.
@@ -196,6 +262,65 @@ pub struct PolicyArgs {
     pub max_extensions: Option<u32>,
     /// `--max-extension-total`.
     pub max_extension_total: Option<String>,
+    /// `--break-glass-group`, repeated; empty means no break glass.
+    pub break_glass_groups: Vec<String>,
+    /// `--break-glass-max-duration`.
+    pub break_glass_max_duration: Option<String>,
+    /// `--review-within`.
+    pub review_within: Option<String>,
+    /// `--escalate-after`, in the order given.
+    pub escalation: Vec<EscalationStep>,
+}
+
+/// The policy's `breakGlass` block: present when groups are given.
+fn break_glass(args: &PolicyArgs) -> Result<Option<BreakGlass>, Error> {
+    if args.break_glass_groups.is_empty() {
+        return Ok(None);
+    }
+    if !args.break_glass_groups.iter().all(|g| is_group(g)) {
+        return Err(Error::Group("--break-glass-group"));
+    }
+    let max_duration = args
+        .break_glass_max_duration
+        .clone()
+        .ok_or(Error::BreakGlassMaxDuration)?;
+    for d in std::iter::once(&max_duration).chain(&args.review_within) {
+        duration::parse(d)?;
+    }
+    Ok(Some(BreakGlass {
+        groups: args.break_glass_groups.clone(),
+        max_duration,
+        review_within: args.review_within.clone(),
+    }))
+}
+
+/// The policy's `escalation` steps, checked: Manual only, in order of their wait, at most
+/// [`ESCALATION_STEPS_MAX`].
+fn escalation(args: &PolicyArgs) -> Result<Vec<EscalationStep>, Error> {
+    if args.escalation.is_empty() {
+        return Ok(Vec::new());
+    }
+    if args.approval != ApprovalType::Manual {
+        return Err(Error::EscalationNeedsManual);
+    }
+    if args.escalation.len() > ESCALATION_STEPS_MAX {
+        return Err(Error::TooManyEscalationSteps(args.escalation.len()));
+    }
+    let step = |s: &EscalationStep| format!("{}={}", s.after, s.approver_group);
+    for pair in args.escalation.windows(2) {
+        if duration::parse(&pair[1].after)? <= duration::parse(&pair[0].after)? {
+            return Err(Error::EscalationOrder {
+                earlier: step(&pair[0]),
+                later: step(&pair[1]),
+            });
+        }
+    }
+    for s in &args.escalation {
+        if !is_group(&s.approver_group) {
+            return Err(Error::EscalationStep(step(s)));
+        }
+    }
+    Ok(args.escalation.clone())
 }
 
 /// The policy's `extension` block: present when any of its flags is given.
@@ -258,6 +383,8 @@ pub fn build_policy(args: &PolicyArgs) -> Result<AccessPolicy, Error> {
     {
         return Err(Error::Empty("--approver-group"));
     }
+    let break_glass = break_glass(args)?;
+    let escalation = escalation(args)?;
     let scope = (!args.namespaces.is_empty()).then(|| Scope {
         namespaces: args.namespaces.clone(),
     });
@@ -280,8 +407,8 @@ pub fn build_policy(args: &PolicyArgs) -> Result<AccessPolicy, Error> {
             max_schedule_ahead: args.max_schedule_ahead.clone(),
             extension: extension_policy(args),
             max_open_per_requester: args.max_open_per_requester,
-            break_glass: None,
-            escalation: Vec::new(),
+            break_glass,
+            escalation,
             required_approvals: args.required_approvals,
             allow_impersonation: args.allow_impersonation,
             allow_privilege_escalation: args.allow_privilege_escalation,
@@ -334,6 +461,8 @@ pub struct RequestArgs {
     pub start_at: Option<DateTime<Utc>>,
     /// `extend NAME`: the request whose grant this one continues.
     pub extends: Option<String>,
+    /// `--emergency`: break glass, approved at once and reviewed afterwards.
+    pub emergency: bool,
 }
 
 /// When a booked window starts: `--start-at` as written (an RFC 3339 time, in UTC), or
@@ -385,6 +514,9 @@ pub fn build_request(args: &RequestArgs) -> Result<ElevationRequest, Error> {
     if let Some(d) = &args.duration {
         duration::parse(d)?;
     }
+    if args.emergency && (args.start_at.is_some() || args.extends.is_some()) {
+        return Err(Error::EmergencyNow);
+    }
     let metadata = match &args.name {
         Some(name) => ObjectMeta {
             name: Some(name.clone()),
@@ -405,7 +537,7 @@ pub fn build_request(args: &RequestArgs) -> Result<ElevationRequest, Error> {
             requester: None,
             start_at: args.start_at,
             extends: args.extends.clone(),
-            emergency: false,
+            emergency: args.emergency,
             reviews: BTreeMap::new(),
         },
         status: None,
@@ -448,6 +580,10 @@ mod tests {
             extension_approval: None,
             max_extensions: None,
             max_extension_total: None,
+            break_glass_groups: Vec::new(),
+            break_glass_max_duration: None,
+            review_within: None,
+            escalation: Vec::new(),
         }
     }
 
@@ -770,6 +906,167 @@ spec:
             review_patch("alice", ReviewDecision::Release, Some("done")),
             json!({"spec":{"reviews":{"alice":{"decision":"Release","comment":"done"}}}})
         );
+    }
+
+    #[test]
+    fn escalation_steps_are_a_wait_and_a_group() {
+        assert_eq!(
+            parse_escalation_step("30m=ops-leads"),
+            Ok(EscalationStep {
+                after: "30m".into(),
+                approver_group: "ops-leads".into()
+            })
+        );
+        assert_eq!(
+            parse_escalation_step(" 1h30m = sre managers ").map(|s| (s.after, s.approver_group)),
+            Ok(("1h30m".to_owned(), "sre managers".to_owned()))
+        );
+        for bad in [
+            "30m",
+            "ops-leads",
+            "=ops-leads",
+            "30m=",
+            "30m= ",
+            "half an hour=ops-leads",
+            "30m=ops\nleads",
+            "",
+        ] {
+            let err = parse_escalation_step(bad).unwrap_err();
+            assert_eq!(err, Error::EscalationStep(bad.to_owned()));
+            assert!(err.to_string().contains("e.g. 30m=ops-leads"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_policy_carries_break_glass_and_escalation() {
+        let step = |s: &str| parse_escalation_step(s).unwrap();
+        let args = PolicyArgs {
+            break_glass_groups: vec!["oncall".into()],
+            break_glass_max_duration: Some("1h".into()),
+            review_within: Some("12h".into()),
+            escalation: vec![step("30m=ops-leads"), step("2h=sre-managers")],
+            ..seed_policy_args()
+        };
+        let yaml: AccessPolicy = serde_yaml_ng::from_str(
+            "apiVersion: kubepam.io/v1alpha1
+kind: AccessPolicy
+metadata: { name: prod-delete-deployments }
+spec:
+  type: Task
+  task: { verbs: [delete], apiGroups: [apps], resources: [deployments] }
+  scope: { namespaces: [prod] }
+  approvalType: Manual
+  breakGlass: { groups: [oncall], maxDuration: 1h, reviewWithin: 12h }
+  escalation:
+    - { after: 30m, approverGroup: ops-leads }
+    - { after: 2h, approverGroup: sre-managers }
+",
+        )
+        .unwrap();
+        assert_eq!(build_policy(&args).unwrap(), yaml);
+        // Without its groups, no break glass at all; the default review time is the API's.
+        let plain = build_policy(&seed_policy_args()).unwrap();
+        assert_eq!(plain.spec.break_glass, None);
+        assert!(plain.spec.escalation.is_empty());
+        let default_review = build_policy(&PolicyArgs {
+            review_within: None,
+            ..args.clone()
+        })
+        .unwrap();
+        assert_eq!(default_review.spec.break_glass.unwrap().review_within, None);
+        // What the API would refuse, or a person would not mean, is said before sending.
+        let refused = [
+            (
+                PolicyArgs {
+                    approval: ApprovalType::Auto,
+                    ..args.clone()
+                },
+                Error::EscalationNeedsManual,
+            ),
+            (
+                PolicyArgs {
+                    escalation: vec![step("2h=sre-managers"), step("30m=ops-leads")],
+                    ..args.clone()
+                },
+                Error::EscalationOrder {
+                    earlier: "2h=sre-managers".into(),
+                    later: "30m=ops-leads".into(),
+                },
+            ),
+            (
+                PolicyArgs {
+                    escalation: vec![step("1h=a"); 9],
+                    ..args.clone()
+                },
+                Error::TooManyEscalationSteps(9),
+            ),
+            (
+                PolicyArgs {
+                    break_glass_max_duration: None,
+                    ..args.clone()
+                },
+                Error::BreakGlassMaxDuration,
+            ),
+            (
+                PolicyArgs {
+                    break_glass_groups: vec![" ".into()],
+                    ..args.clone()
+                },
+                Error::Group("--break-glass-group"),
+            ),
+        ];
+        for (bad, want) in refused {
+            assert_eq!(build_policy(&bad), Err(want));
+        }
+        let bad_duration = PolicyArgs {
+            review_within: Some("a day".into()),
+            ..args
+        };
+        assert!(matches!(
+            build_policy(&bad_duration),
+            Err(Error::Duration(_))
+        ));
+        assert!(
+            Error::EscalationNeedsManual
+                .to_string()
+                .contains("--approval Manual")
+        );
+    }
+
+    #[test]
+    fn an_emergency_request_sets_the_flag_and_books_nothing() {
+        let args = RequestArgs {
+            policy: "prod-delete-deployments".into(),
+            reason: "INC-999: outage".into(),
+            emergency: true,
+            ..RequestArgs::default()
+        };
+        let request = build_request(&args).unwrap();
+        assert!(request.spec.emergency);
+        let json = serde_json::to_value(&request.spec).unwrap();
+        assert_eq!(json["emergency"], true);
+        // An ordinary request leaves the field out, as a person would write it.
+        let ordinary = build_request(&RequestArgs {
+            emergency: false,
+            ..args.clone()
+        })
+        .unwrap();
+        assert!(
+            serde_json::to_value(&ordinary.spec)
+                .unwrap()
+                .get("emergency")
+                .is_none()
+        );
+        let booked = RequestArgs {
+            start_at: Some(at("2026-12-01T09:00:00Z")),
+            ..args.clone()
+        };
+        assert_eq!(build_request(&booked), Err(Error::EmergencyNow));
+        let extension = RequestArgs {
+            extends: Some("x".into()),
+            ..args
+        };
+        assert_eq!(build_request(&extension), Err(Error::EmergencyNow));
     }
 
     proptest! {

@@ -10,11 +10,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use kube::Resource;
 use serde::Serialize;
 
+use super::select::{self, Caller, ReviewState, ToReview};
 use super::task::format_task;
 use kubepam_core::api::{
-    AccessPolicy, CONDITION_ACCEPTED, ElevationRequest, ElevationRequestStatus, Phase, PolicyType,
-    ReviewDecision, find_condition, from_k8s_time,
+    AccessPolicy, CONDITION_ACCEPTED, ElevationRequest, ElevationRequestStatus, EscalationStep,
+    Phase, PolicyType, ReviewDecision, find_condition, from_k8s_time,
 };
+use kubepam_core::duration;
 use kubepam_core::lifecycle::{CONDITION_RELEASED, CONDITION_SCHEDULED, reason};
 use kubepam_core::util::time_for_people;
 
@@ -176,6 +178,18 @@ fn created(meta: &kube::api::ObjectMeta) -> Option<DateTime<Utc>> {
 /// The table of `list` (the CRD's printer columns; `wide` adds id, approvers, deciders, the
 /// request extended, and the reason).
 pub fn requests_table(requests: &[ElevationRequest], now: DateTime<Utc>, wide: bool) -> String {
+    requests_table_with(requests, now, wide, None)
+}
+
+/// An extra column of the requests table: its header and its cell for a request.
+type Column<'a> = (&'a str, &'a dyn Fn(&ElevationRequest) -> String);
+
+fn requests_table_with(
+    requests: &[ElevationRequest],
+    now: DateTime<Utc>,
+    wide: bool,
+    extra: Option<Column<'_>>,
+) -> String {
     let mut header = vec![
         "NAME",
         "STATUS",
@@ -184,8 +198,11 @@ pub fn requests_table(requests: &[ElevationRequest], now: DateTime<Utc>, wide: b
         "NAMESPACE",
         "STARTS",
         "EXPIRES",
-        "AGE",
     ];
+    if let Some((title, _)) = extra {
+        header.push(title);
+    }
+    header.push("AGE");
     if wide {
         header.extend(["REQUEST-ID", "APPROVERS", "DECIDED-BY", "EXTENDS", "REASON"]);
     }
@@ -200,29 +217,124 @@ pub fn requests_table(requests: &[ElevationRequest], now: DateTime<Utc>, wide: b
             let mut row = vec![
                 or_none(r.metadata.name.as_deref()),
                 phase_cell(phase),
-                or_none(r.spec.requester.as_deref()),
+                printable(&or_none(r.spec.requester.as_deref())),
                 r.spec.policy.clone(),
                 or_none(r.spec.namespace.as_deref()),
                 status
                     .and_then(|s| s.starts_at)
                     .map_or_else(|| "<none>".to_owned(), |t| relative(t, now)),
                 deadline.map_or_else(|| "<none>".to_owned(), |d| relative(d, now)),
-                age(created(&r.metadata), now),
             ];
+            if let Some((_, cell)) = extra {
+                row.push(cell(r));
+            }
+            row.push(age(created(&r.metadata), now));
             if wide {
                 let decided_by = status.map(|s| s.decided_by.join(",")).unwrap_or_default();
                 row.extend([
                     or_none(status.and_then(|s| s.request_id.as_deref())),
-                    or_none(status.and_then(|s| s.approver_group.as_deref())),
-                    or_none(Some(&decided_by)),
+                    printable(&or_none(Some(&select::deciding_groups(r).join(",")))),
+                    printable(&or_none(Some(&decided_by))),
                     or_none(r.spec.extends.as_deref()),
-                    r.spec.reason.clone(),
+                    printable(&r.spec.reason),
                 ]);
             }
             row
         })
         .collect();
     table(&header, &rows)
+}
+
+/// A review's due time for a table: `in 23h`, or `OVERDUE (due 2h ago)` in red.
+fn review_due_cell(r: &ElevationRequest, now: DateTime<Utc>) -> String {
+    let due = r.status.as_ref().and_then(|s| s.review_due_at);
+    let overdue = select::review_state(r) == Some(ReviewState::Overdue);
+    match (due, overdue) {
+        (Some(due), true) => paint(
+            AnsiColor::Red.on_default().bold(),
+            &format!("OVERDUE (due {})", relative(due, now)),
+        ),
+        (None, true) => paint(AnsiColor::Red.on_default().bold(), "OVERDUE"),
+        (Some(due), false) => relative(due, now),
+        (None, false) => "<none>".to_owned(),
+    }
+}
+
+/// The table of `list --to-review`: the requests table with a REVIEW column saying what is
+/// asked of the caller: `decide` (approve or deny), or `emergency` (confirm or reject), with
+/// `OVERDUE` when that review is late.
+pub fn review_queue_table(
+    requests: &[ElevationRequest],
+    caller: &Caller,
+    now: DateTime<Utc>,
+    wide: bool,
+) -> String {
+    let cell = |r: &ElevationRequest| match select::to_review_by(r, caller) {
+        Some(ToReview::Decide) => "decide".to_owned(),
+        Some(ToReview::Emergency(ReviewState::Overdue)) => format!(
+            "emergency, {}",
+            paint(AnsiColor::Red.on_default().bold(), "OVERDUE")
+        ),
+        Some(ToReview::Emergency(_)) => paint(AnsiColor::Magenta.on_default(), "emergency"),
+        None => "<none>".to_owned(),
+    };
+    requests_table_with(requests, now, wide, Some(("REVIEW", &cell)))
+}
+
+/// The table of `list --unreviewed`: emergency grants waiting for their review, with who took
+/// them, under which policy, when they were granted and when the review is due.
+pub fn unreviewed_table(requests: &[ElevationRequest], now: DateTime<Utc>, wide: bool) -> String {
+    let mut header = vec![
+        "NAME",
+        "STATUS",
+        "REQUESTER",
+        "POLICY",
+        "NAMESPACE",
+        "GRANTED",
+        "REVIEW-DUE",
+    ];
+    if wide {
+        header.extend(["REQUEST-ID", "REVIEWERS", "REASON"]);
+    }
+    let rows: Vec<Vec<String>> = requests
+        .iter()
+        .map(|r| {
+            let status = r.status.as_ref();
+            let granted = status.and_then(|s| s.granted_from.or(s.decided_at));
+            let mut row = vec![
+                or_none(r.metadata.name.as_deref()),
+                phase_cell(status.and_then(|s| s.phase)),
+                printable(&or_none(r.spec.requester.as_deref())),
+                r.spec.policy.clone(),
+                or_none(r.spec.namespace.as_deref()),
+                granted.map_or_else(|| "<none>".to_owned(), |t| relative(t, now)),
+                review_due_cell(r, now),
+            ];
+            if wide {
+                row.extend([
+                    or_none(status.and_then(|s| s.request_id.as_deref())),
+                    printable(&or_none(Some(&select::deciding_groups(r).join(",")))),
+                    printable(&r.spec.reason),
+                ]);
+            }
+            row
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+/// The line `request` prints once the request is created; an emergency request says it is
+/// approved at once and reviewed afterwards.
+pub fn created_line(r: &ElevationRequest) -> String {
+    if r.spec.emergency {
+        format!(
+            "{} created: emergency access, approved at once without an approver; an approver \
+             reviews it afterwards (kubectl pam confirm|reject)",
+            object_name(r)
+        )
+    } else {
+        format!("{} created", object_name(r))
+    }
 }
 
 /// What a policy grants, as typed on the command line.
@@ -239,7 +351,41 @@ pub fn grants_cell(policy: &AccessPolicy) -> String {
     }
 }
 
+/// `breakGlass.reviewWithin` when absent, as the API documents it.
+const REVIEW_WITHIN_DEFAULT: &str = "24h";
+
+/// A policy's break glass for a table: `oncall,sre (1h, review within 24h)`.
+pub fn break_glass_cell(policy: &AccessPolicy) -> String {
+    policy.spec.break_glass.as_ref().map_or_else(
+        || "<none>".to_owned(),
+        |b| {
+            printable(&format!(
+                "{} ({}, review within {})",
+                b.groups.join(","),
+                b.max_duration,
+                b.review_within.as_deref().unwrap_or(REVIEW_WITHIN_DEFAULT)
+            ))
+        },
+    )
+}
+
+/// A policy's escalation for a table, as `--escalate-after` takes it: `30m=ops-leads,2h=sre`.
+pub fn escalation_cell(policy: &AccessPolicy) -> String {
+    if policy.spec.escalation.is_empty() {
+        return "<none>".to_owned();
+    }
+    let steps: Vec<String> = policy
+        .spec
+        .escalation
+        .iter()
+        .map(|s| format!("{}={}", s.after, s.approver_group))
+        .collect();
+    printable(&steps.join(","))
+}
+
 /// The table of `policy list`; `default_group` is the control's default approver group.
+/// BREAK-GLASS and ESCALATION columns appear when a listed policy has them, and always in
+/// `wide`.
 pub fn policies_table(
     policies: &[AccessPolicy],
     default_group: Option<&str>,
@@ -256,6 +402,13 @@ pub fn policies_table(
         "ACCEPTED",
         "AGE",
     ];
+    let routing = wide
+        || policies
+            .iter()
+            .any(|p| p.spec.break_glass.is_some() || !p.spec.escalation.is_empty());
+    if routing {
+        header.extend(["BREAK-GLASS", "ESCALATION"]);
+    }
     if wide {
         header.extend(["POLICY-ID", "MAX-DURATION", "APPROVALS", "MESSAGE"]);
     }
@@ -292,6 +445,9 @@ pub fn policies_table(
                 accepted_cell,
                 age(created(&p.metadata), now),
             ];
+            if routing {
+                row.extend([break_glass_cell(p), escalation_cell(p)]);
+            }
             if wide {
                 row.extend([
                     or_none(p.status.as_ref().and_then(|s| s.policy_id.as_deref())),
@@ -445,11 +601,175 @@ fn grant_fields(
     fields
 }
 
+/// The escalation step that opens at `status.escalatesAt`: the one whose wait from submission
+/// ends then, else the first whose group may not decide yet.
+fn next_escalation<'a>(
+    r: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    policy: &'a AccessPolicy,
+) -> Option<&'a EscalationStep> {
+    let at = status.escalates_at?;
+    let steps = &policy.spec.escalation;
+    let opens_then = |step: &&EscalationStep| {
+        let after = duration::parse(&step.after).ok()?;
+        let opens = status.submitted_at?.checked_add_signed(after)?;
+        Some((opens - at).num_seconds().abs() <= 1)
+    };
+    let deciding = select::deciding_groups(r);
+    steps
+        .iter()
+        .find(|step| opens_then(step) == Some(true))
+        .or_else(|| {
+            steps
+                .iter()
+                .find(|step| !deciding.contains(&step.approver_group.as_str()))
+        })
+}
+
+/// Who may decide now, and how the request escalates: the `Approvers`, `Escalates` and
+/// `Check a user` lines of `status`.
+fn routing_fields(
+    r: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    policy: Option<&AccessPolicy>,
+    now: DateTime<Utc>,
+) -> Vec<(&'static str, String)> {
+    let groups = select::deciding_groups(r);
+    let mut approvers = if groups.is_empty() {
+        "<none>".to_owned()
+    } else {
+        printable(&groups.join(", "))
+    };
+    if let Some(t) = status.approval_type {
+        let _ = write!(
+            approvers,
+            " ({}, {} approval(s) needed)",
+            t.as_str(),
+            status.required_approvals.unwrap_or(1)
+        );
+    }
+    let escalated = find_condition(&status.conditions, select::CONDITION_ESCALATED)
+        .is_some_and(|c| c.status == "True");
+    if escalated {
+        approvers.push_str(", escalated");
+    }
+    let mut fields = vec![("Approvers", approvers)];
+    if status.phase == Some(Phase::Pending)
+        && let Some(at) = status.escalates_at
+    {
+        let step = policy.and_then(|p| next_escalation(r, status, p));
+        let to = step.map_or_else(String::new, |s| {
+            format!(": {} may also decide", printable(&s.approver_group))
+        });
+        fields.push(("Escalates", format!("{}{to}", when(Some(at), now))));
+    }
+    // Beside the groups, RBAC may let anyone decide (verb approve on the policy).
+    let policy_name = printable(&r.spec.policy);
+    fields.push((
+        "Check a user",
+        format!(
+            "kubectl auth can-i approve accesspolicies/{policy_name} --as USER (whom RBAC \
+             allows to approve the policy may decide too)"
+        ),
+    ));
+    fields
+}
+
+/// Who reviewed an emergency grant, when, and what they said: the history entry kubepam wrote
+/// (`Confirmed` / `Rejected`), else the review itself.
+fn verdict_by(r: &ElevationRequest, status: &ElevationRequestStatus, now: DateTime<Utc>) -> String {
+    let entry = status
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.action == "Confirmed" || h.action == "Rejected");
+    if let Some(h) = entry {
+        let comment = h
+            .comment
+            .as_deref()
+            .map(|c| format!(": {}", printable(c)))
+            .unwrap_or_default();
+        return format!(
+            " by {} {}{comment}",
+            printable(&h.actor),
+            when(Some(h.time), now)
+        );
+    }
+    r.spec
+        .reviews
+        .iter()
+        .find(|(_, v)| matches!(v.decision, ReviewDecision::Confirm | ReviewDecision::Reject))
+        .map(|(who, v)| {
+            let comment = v
+                .comment
+                .as_deref()
+                .map(|c| format!(": {}", printable(c)))
+                .unwrap_or_default();
+            format!(" by {}{comment}", printable(who))
+        })
+        .unwrap_or_default()
+}
+
+/// The emergency part of `status`: that it was break glass, and where its review stands.
+fn emergency_fields(
+    r: &ElevationRequest,
+    status: &ElevationRequestStatus,
+    now: DateTime<Utc>,
+) -> Vec<(&'static str, String)> {
+    if !select::is_emergency(r) {
+        return Vec::new();
+    }
+    let name = or_none(r.metadata.name.as_deref());
+    let due = when(status.review_due_at, now);
+    let review = match select::review_state(r) {
+        Some(ReviewState::Awaiting) => {
+            format!("awaiting an approver's review, due {due} (kubectl pam confirm|reject {name})")
+        }
+        Some(ReviewState::Overdue) => format!(
+            "{}: was due {due} (kubectl pam confirm|reject {name})",
+            paint(AnsiColor::Red.on_default().bold(), "OVERDUE")
+        ),
+        Some(ReviewState::Confirmed) => format!(
+            "{}{}",
+            paint(AnsiColor::Green.on_default(), "confirmed"),
+            verdict_by(r, status, now)
+        ),
+        Some(ReviewState::Rejected) => format!(
+            "{}{}",
+            paint(AnsiColor::Red.on_default(), "rejected"),
+            verdict_by(r, status, now)
+        ),
+        None if status.phase.is_none_or(|p| p == Phase::Pending) => {
+            "due once kubepam has granted it".to_owned()
+        }
+        None => "<none>".to_owned(),
+    };
+    vec![
+        (
+            "Emergency",
+            "yes (break glass: approved at once without an approver, reviewed afterwards)"
+                .to_owned(),
+        ),
+        ("Review", review),
+    ]
+}
+
 /// `status NAME`: one request the way `kubectl describe` shows an object, with the requests
 /// that extend it (`extended_by`, oldest first).
 pub fn describe_request(
     r: &ElevationRequest,
     extended_by: &[ElevationRequest],
+    now: DateTime<Utc>,
+) -> String {
+    describe_request_with(r, extended_by, None, now)
+}
+
+/// [`describe_request`], with the request's policy when the caller may read it: it names the
+/// group the next escalation step lets decide.
+pub fn describe_request_with(
+    r: &ElevationRequest,
+    extended_by: &[ElevationRequest],
+    policy: Option<&AccessPolicy>,
     now: DateTime<Utc>,
 ) -> String {
     let status = r.status.clone().unwrap_or_default();
@@ -473,16 +793,8 @@ pub fn describe_request(
     if let Some(extends) = extends_line(r, &status, now) {
         fields.push(("Extends", extends));
     }
-    let approvers = match (&status.approver_group, status.approval_type) {
-        (Some(g), Some(t)) => format!(
-            "{g} ({}, {} approval(s) needed)",
-            t.as_str(),
-            status.required_approvals.unwrap_or(1)
-        ),
-        (Some(g), None) => g.clone(),
-        (None, _) => "<none>".to_owned(),
-    };
-    fields.push(("Approvers", approvers));
+    fields.extend(emergency_fields(r, &status, now));
+    fields.extend(routing_fields(r, &status, policy, now));
     fields.push(("Submitted", when(status.submitted_at)));
     if status.phase == Some(Phase::Pending) {
         fields.push(("Expires", when(status.expires_at)));
@@ -567,8 +879,13 @@ pub fn approved_line(r: &ElevationRequest, now: DateTime<Utc>) -> String {
             )
         })
         .unwrap_or_default();
+    let emergency = if r.spec.emergency {
+        "; emergency access, approved at once: an approver reviews it afterwards"
+    } else {
+        ""
+    };
     format!(
-        "{} {}{by}{opens}{until}",
+        "{} {}{by}{opens}{until}{emergency}",
         object_name(r),
         phase_cell(status.phase)
     )
@@ -608,6 +925,7 @@ pub fn serialize_list<T: Serialize>(items: &[T], output: Output) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::select::Caller;
 
     #[test]
     fn printable_escapes_what_would_drive_a_terminal() {
@@ -941,6 +1259,250 @@ status:
         ] {
             assert!(row.contains(cell), "{cell} in {row}");
         }
+    }
+
+    /// An emergency grant of alice's, granted at 11:00 and due for review at `due`, with its
+    /// `ReviewRequired` condition as `review` (`status/reason`).
+    fn emergency_grant(name: &str, due: &str, review: &str) -> ElevationRequest {
+        let (status, reason) = review.split_once('/').unwrap();
+        crate::fixtures::alice_request(
+            name,
+            "{ emergency: true }",
+            &format!(
+                "{{ phase: Approved, approverGroup: pam-approvers, approverGroups: [pam-approvers],
+                   decidedAt: '2025-01-01T11:00:00Z', decidedBy: [kubepam],
+                   grantedFrom: '2025-01-01T11:00:00Z', grantedUntil: '2025-01-01T12:00:00Z',
+                   deadline: '2025-01-01T12:00:00Z', reviewDueAt: '{due}',
+                   conditions: [
+                     {{ type: Emergency, status: 'True', reason: BreakGlass, message: m,
+                        lastTransitionTime: '2025-01-01T11:00:00Z' }},
+                     {{ type: ReviewRequired, status: '{status}', reason: {reason}, message: m,
+                        lastTransitionTime: '2025-01-01T11:00:00Z' }}] }}"
+            ),
+        )
+    }
+
+    fn cells(line: &str) -> Vec<&str> {
+        line.split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn unreviewed_grants_show_who_when_and_when_the_review_is_due() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let waiting = emergency_grant("waiting", "2025-01-02T11:00:00Z", "True/AwaitingReview");
+        let mut late = emergency_grant("late", "2025-01-01T11:30:00Z", "True/ReviewOverdue");
+        late.spec.requester = Some("mallory\u{1b}[2J".into());
+        late.spec.reason = "INC-1\r\u{1b}[31m".into();
+        let out = strip(&unreviewed_table(&[waiting, late.clone()], now, false));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            cells(lines[0]),
+            [
+                "NAME",
+                "STATUS",
+                "REQUESTER",
+                "POLICY",
+                "NAMESPACE",
+                "GRANTED",
+                "REVIEW-DUE"
+            ]
+        );
+        assert_eq!(
+            cells(lines[1]),
+            [
+                "waiting",
+                "Approved",
+                "alice",
+                "prod-delete-deployments",
+                "prod",
+                "60m ago",
+                "in 23h"
+            ]
+        );
+        assert_eq!(cells(lines[2])[5..], ["60m ago", "OVERDUE (due 30m ago)"]);
+        // A requester or reason never drives the reader's terminal.
+        assert!(lines[2].contains("mallory\\u{1b}[2J"), "{out}");
+        let wide = unreviewed_table(std::slice::from_ref(&late), now, true);
+        assert!(!strip(&wide).contains('\u{1b}'), "{wide:?}");
+        assert!(wide.contains("INC-1\\u{d}\\u{1b}[31m"), "{wide}");
+    }
+
+    #[test]
+    fn the_review_queue_says_what_is_asked() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let pending = crate::fixtures::alice_request(
+            "pending",
+            "{}",
+            "{ phase: Pending, approverGroup: pam-approvers }",
+        );
+        let late = emergency_grant("late", "2025-01-01T11:30:00Z", "True/ReviewOverdue");
+        let waiting = emergency_grant("waiting", "2025-01-02T11:00:00Z", "True/AwaitingReview");
+        let bob = Caller::from(crate::select::Me {
+            username: "bob".into(),
+            groups: vec!["pam-approvers".into()],
+        });
+        let out = strip(&review_queue_table(
+            &[pending, late, waiting],
+            &bob,
+            now,
+            false,
+        ));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(cells(lines[0])[7..], ["REVIEW", "AGE"], "{out}");
+        assert_eq!(cells(lines[1])[6..], ["<none>", "decide", "60m"], "{out}");
+        assert_eq!(cells(lines[2])[7], "emergency, OVERDUE", "{out}");
+        assert_eq!(cells(lines[3])[7], "emergency", "{out}");
+        // The ordinary table is unchanged.
+        assert!(!strip(&requests_table(&[], now, false)).contains("REVIEW"));
+    }
+
+    #[test]
+    fn status_shows_emergency_review_and_who_may_decide() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let waiting = emergency_grant("waiting", "2025-01-02T11:00:00Z", "True/AwaitingReview");
+        let described = strip(&describe_request(&waiting, &[], now));
+        assert_eq!(
+            field(&described, "Emergency"),
+            Some("yes (break glass: approved at once without an approver, reviewed afterwards)")
+        );
+        assert_eq!(
+            field(&described, "Review"),
+            Some(
+                "awaiting an approver's review, due in 23h (2025-01-02T11:00:00Z) \
+                 (kubectl pam confirm|reject waiting)"
+            )
+        );
+        assert_eq!(
+            field(&described, "Check a user").map(|l| l.split(" (").next()),
+            Some(Some(
+                "kubectl auth can-i approve accesspolicies/prod-delete-deployments --as USER"
+            ))
+        );
+        let late = emergency_grant("late", "2025-01-01T11:30:00Z", "True/ReviewOverdue");
+        assert!(
+            field(&strip(&describe_request(&late, &[], now)), "Review")
+                .is_some_and(|r| r.starts_with("OVERDUE: was due 30m ago")),
+        );
+        // Reviewed: the verdict, who and why, from kubepam's history.
+        let mut rejected = emergency_grant("no", "2025-01-02T11:00:00Z", "False/EmergencyRejected");
+        let status = rejected.status.as_mut().unwrap();
+        status.phase = Some(Phase::Revoked);
+        status.history = vec![serde_yaml_ng::from_str(
+            "{ time: '2025-01-01T11:50:00Z', actor: bob, action: Rejected, comment: \"no \\e[2J incident\" }",
+        )
+        .unwrap()];
+        let described = strip(&describe_request(&rejected, &[], now));
+        assert_eq!(
+            field(&described, "Review"),
+            Some("rejected by bob 10m ago (2025-01-01T11:50:00Z): no \\u{1b}[2J incident"),
+            "{described}"
+        );
+        // Without kubepam's entry yet, the review itself.
+        let mut confirmed =
+            emergency_grant("ok", "2025-01-02T11:00:00Z", "False/EmergencyConfirmed");
+        confirmed.spec.reviews.insert(
+            "carol".into(),
+            serde_yaml_ng::from_str("{ decision: Confirm, comment: justified }").unwrap(),
+        );
+        assert_eq!(
+            field(&strip(&describe_request(&confirmed, &[], now)), "Review"),
+            Some("confirmed by carol: justified")
+        );
+        // An ordinary request has no emergency lines.
+        let plain = crate::fixtures::alice_request("plain", "{}", "{ phase: Pending }");
+        let described = strip(&describe_request(&plain, &[], now));
+        assert_eq!(field(&described, "Emergency"), None, "{described}");
+        assert_eq!(field(&described, "Review"), None, "{described}");
+    }
+
+    #[test]
+    fn status_names_the_groups_deciding_now_and_the_next_step() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let request = crate::fixtures::alice_request(
+            "escalating",
+            "{}",
+            "{ phase: Pending, approverGroup: pam-approvers, approvalType: Manual,
+               approverGroups: [pam-approvers, ops-leads], submittedAt: '2025-01-01T11:00:00Z',
+               escalatesAt: '2025-01-01T13:00:00Z',
+               conditions: [{ type: Escalated, status: 'True', reason: EscalationStepOpened,
+                              message: m, lastTransitionTime: '2025-01-01T11:30:00Z' }] }",
+        );
+        let mut policy = crate::fixtures::seed_policy();
+        policy.spec.escalation = vec![
+            crate::objects::parse_escalation_step("30m=ops-leads").unwrap(),
+            crate::objects::parse_escalation_step("2h=sre-managers").unwrap(),
+        ];
+        let described = strip(&describe_request_with(&request, &[], Some(&policy), now));
+        assert_eq!(
+            field(&described, "Approvers"),
+            Some("pam-approvers, ops-leads (Manual, 1 approval(s) needed), escalated")
+        );
+        assert_eq!(
+            field(&described, "Escalates"),
+            Some("in 60m (2025-01-01T13:00:00Z): sre-managers may also decide"),
+            "{described}"
+        );
+        // Without the policy, only when.
+        let described = strip(&describe_request(&request, &[], now));
+        assert_eq!(
+            field(&described, "Escalates"),
+            Some("in 60m (2025-01-01T13:00:00Z)")
+        );
+    }
+
+    #[test]
+    fn emergency_lines_say_it_is_reviewed_afterwards() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let mut fresh = emergency_grant("e", "2025-01-02T11:00:00Z", "True/AwaitingReview");
+        let line = strip(&approved_line(&fresh, now));
+        assert!(
+            line.ends_with(
+                "; emergency access, approved at once: an approver reviews it afterwards"
+            ),
+            "{line}"
+        );
+        fresh.status = None;
+        assert!(created_line(&fresh).starts_with(
+            "elevationrequest.kubepam.io/e created: emergency access, approved at once"
+        ));
+        fresh.spec.emergency = false;
+        assert_eq!(
+            created_line(&fresh),
+            "elevationrequest.kubepam.io/e created"
+        );
+    }
+
+    #[test]
+    fn policy_rows_show_break_glass_and_escalation_when_present() {
+        let now = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+        let plain = crate::fixtures::seed_policy();
+        let out = strip(&policies_table(
+            std::slice::from_ref(&plain),
+            None,
+            now,
+            false,
+        ));
+        assert!(!out.contains("BREAK-GLASS"), "{out}");
+        let mut routed = plain.clone();
+        routed.spec.break_glass = Some(kubepam_core::api::BreakGlass {
+            groups: vec!["oncall".into(), "sre".into()],
+            max_duration: "1h".into(),
+            review_within: None,
+        });
+        routed.spec.escalation =
+            vec![crate::objects::parse_escalation_step("30m=ops-leads").unwrap()];
+        let out = strip(&policies_table(&[plain, routed], None, now, false));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(cells(lines[0])[8..], ["BREAK-GLASS", "ESCALATION"], "{out}");
+        assert_eq!(cells(lines[1])[8..], ["<none>", "<none>"], "{out}");
+        assert_eq!(
+            cells(lines[2])[8..],
+            ["oncall,sre (1h, review within 24h)", "30m=ops-leads"],
+            "{out}"
+        );
     }
 
     proptest! {
