@@ -538,6 +538,8 @@ pub fn build_request(args: &RequestArgs) -> Result<ElevationRequest, Error> {
             start_at: args.start_at,
             extends: args.extends.clone(),
             emergency: args.emergency,
+            // Set by kubepam from the caller's own groups.
+            break_glass_group: None,
             reviews: BTreeMap::new(),
         },
         status: None,

@@ -95,6 +95,14 @@ pub fn request_fits_policy<'r>(
     }
     let mut probe = request.clone();
     probe.spec.requester = Some(caller.username.to_owned());
+    if probe.spec.emergency && probe.spec.break_glass_group.is_none() {
+        // As the mutating webhook sets it.
+        probe.spec.break_glass_group = policy
+            .spec
+            .break_glass
+            .as_ref()
+            .and_then(|b| b.groups.iter().find(|g| caller.in_group(g)).cloned());
+    }
     probe.status = None;
     probe.metadata.creation_timestamp = None;
     let related = Related {
@@ -156,6 +164,19 @@ fn emergency_fits(
             format!("policy {name} allows no emergency access (it has no breakGlass); {ordinary}"),
         );
     };
+    if let Some(named) = &request.spec.break_glass_group {
+        if !caller.in_group(named) || !break_glass.groups.contains(named) {
+            return deny(
+                Reason::NotBreakGlass,
+                format!(
+                    "spec.breakGlassGroup {named:?} must be one of your own groups and one of \
+                     policy {name}'s breakGlass.groups ({}); leave it out and kubepam sets it",
+                    break_glass.groups.join(", ")
+                ),
+            );
+        }
+        return Verdict::Allow;
+    }
     if break_glass.groups.iter().any(|g| caller.in_group(g)) {
         return Verdict::Allow;
     }
@@ -170,11 +191,39 @@ fn emergency_fits(
     )
 }
 
+/// The patch that records the group an emergency request breaks the glass as: the first of
+/// the policy's `breakGlass.groups` the caller is in, when the request names none.
+pub fn break_glass_group_patch(
+    caller: &Caller<'_>,
+    request: &ElevationRequest,
+    policy: Option<&AccessPolicy>,
+) -> Option<PatchOperation> {
+    if !request.spec.emergency || request.spec.break_glass_group.is_some() {
+        return None;
+    }
+    let group = policy?
+        .spec
+        .break_glass
+        .as_ref()?
+        .groups
+        .iter()
+        .find(|g| caller.in_group(g))?;
+    Some(PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(["spec", "breakGlassGroup"]),
+        value: serde_json::Value::String(group.clone()),
+    }))
+}
+
 /// Validating check of a new request, after mutation: like [`request_create`], but an absent
 /// `spec.requester` is refused (the mutating webhook always sets it), and it never patches.
 pub fn request_create_validate(caller: &Caller<'_>, request: &ElevationRequest) -> Verdict {
     match create_checks(caller, request) {
         Err(v) => v,
+        Ok(true) if request.spec.emergency && request.spec.break_glass_group.is_none() => deny(
+            Reason::NotBreakGlass,
+            "spec.breakGlassGroup is not set, so kubepam's mutating webhook did not see this \
+             emergency request; set it to your group among the policy's breakGlass.groups",
+        ),
         Ok(true) => Verdict::Allow,
         Ok(false) => deny(
             Reason::RequesterNotSet,

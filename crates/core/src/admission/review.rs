@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use super::guard::GuardVerdict;
 use super::policy::{PolicyFacts, policy_create, policy_update};
 use super::request::{
-    metadata_change, request_create, request_create_validate, request_fits_policy, request_update,
+    break_glass_group_patch, metadata_change, request_create, request_create_validate,
+    request_fits_policy, request_update,
 };
 use super::{Caller, Reason, Refusal, Verdict, deny};
 use crate::api::{AccessPolicy, ElevationRequest, PrivilegedAccessControl};
@@ -313,15 +314,19 @@ pub fn admit_elevation_request(
                     let policy = lookup.policy(&new.spec.policy);
                     let extended = new.spec.extends.as_deref().and_then(|n| lookup.request(n));
                     let mine = lookup.requests_of(caller.username);
+                    let policy = policy.as_ref().map(Borrow::borrow);
                     match request_fits_policy(
                         &caller,
                         &new,
-                        policy.as_ref().map(Borrow::borrow),
+                        policy,
                         control,
                         extended.as_ref().map(Borrow::borrow),
                         mine.iter().map(Borrow::borrow),
                         now,
                     ) {
+                        Verdict::Allow if pass == Pass::Mutating => {
+                            with_operation(verdict, break_glass_group_patch(&caller, &new, policy))
+                        }
                         Verdict::Allow => verdict,
                         refused => refused,
                     }
@@ -354,6 +359,19 @@ pub fn admit_elevation_request(
             )
         }
         Operation::Delete | Operation::Connect => Verdict::Allow,
+    }
+}
+
+/// `verdict` with one more patch operation, if any.
+fn with_operation(verdict: Verdict, operation: Option<json_patch::PatchOperation>) -> Verdict {
+    match (verdict, operation) {
+        (verdict, None) => verdict,
+        (Verdict::Patch(mut patch), Some(operation)) => {
+            patch.0.push(operation);
+            Verdict::Patch(patch)
+        }
+        (Verdict::Allow, Some(operation)) => Verdict::Patch(json_patch::Patch(vec![operation])),
+        (refused @ Verdict::Deny(_), Some(_)) => refused,
     }
 }
 

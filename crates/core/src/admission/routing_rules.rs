@@ -2,6 +2,7 @@
 //! self-confirmation, verdicts on ordinary requests, reviews by escalation groups before
 //! their step, and approvers by RBAC.
 
+use super::review::Pass;
 use super::tests::{accepts, base_spec, caller, er, groups, now, policy, rejects};
 use super::*;
 use crate::api::ElevationRequest;
@@ -373,4 +374,61 @@ pub(super) fn refusal_scenarios() -> Vec<(&'static str, Verdict, Reason)> {
             Reason::AlreadyReviewed,
         ),
     ]
+}
+
+fn create_review(who: &str, gs: &[&str], spec: Value) -> AdmissionRequest<DynamicObject> {
+    serde_json::from_value(json!({
+        "uid": "u2",
+        "kind": {"group": "kubepam.io", "version": "v1alpha1", "kind": "ElevationRequest"},
+        "resource": {"group": "kubepam.io", "version": "v1alpha1", "resource": "elevationrequests"},
+        "name": "r1",
+        "operation": "CREATE",
+        "userInfo": {"username": who, "groups": gs},
+        "object": er(spec, json!(null)),
+        "dryRun": false,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_webhook_records_the_group_the_glass_is_broken_as() {
+    let p = break_glass_policy();
+    let lookup = |_: &str| Some(p.clone());
+    let mut spec = emergency_spec();
+    spec.as_object_mut().unwrap().remove("requester");
+    let req = create_review("alice", &["developers", "oncall"], spec);
+    let verdict = super::tests::admit_elevation_request(&req, Pass::Mutating, lookup, None, "op");
+    let Verdict::Patch(patch) = verdict else {
+        panic!("expected a patch, got {verdict:?}")
+    };
+    let mut doc = json!({"metadata": {}, "spec": {}});
+    json_patch::patch(&mut doc, &patch).unwrap();
+    assert_eq!(doc["spec"]["breakGlassGroup"], "oncall");
+    assert_eq!(doc["spec"]["requester"], "alice");
+}
+
+#[test]
+fn a_forged_break_glass_group_is_refused() {
+    let p = break_glass_policy();
+    let lookup = |_: &str| Some(p.clone());
+    let mut spec = emergency_spec();
+    spec["breakGlassGroup"] = json!("oncall");
+    // alice is not on call, whatever her request says.
+    for pass in [Pass::Mutating, Pass::Validating] {
+        let req = create_review("alice", &["developers"], spec.clone());
+        rejects(
+            &super::tests::admit_elevation_request(&req, pass, lookup, None, "op"),
+            Reason::NotBreakGlass,
+            "must be one of your own groups",
+        );
+    }
+    // The validating pass refuses an emergency request the mutating webhook never saw.
+    let mut unpatched = emergency_spec();
+    unpatched["requester"] = json!("olga");
+    let req = create_review("olga", &["oncall"], unpatched);
+    rejects(
+        &super::tests::admit_elevation_request(&req, Pass::Validating, lookup, None, "op"),
+        Reason::NotBreakGlass,
+        "spec.breakGlassGroup is not set",
+    );
 }

@@ -10,8 +10,7 @@ use super::{
 };
 use crate::api::{
     AccessPolicy, BreakGlass, ElevationRequestStatus, EscalationStep, HISTORY_LIMIT, HistoryEntry,
-    Phase, ReviewDecision, condition_false, condition_true, find_condition, from_k8s_time,
-    set_condition,
+    Phase, ReviewDecision, condition_false, condition_true, find_condition, set_condition,
 };
 use crate::duration;
 use crate::util::time_for_people;
@@ -138,16 +137,25 @@ impl Step<'_> {
                 ));
             }
         };
-        // Admitted against the policy as it was: one made after the request never judged it.
-        let made =
-            |meta: &kube::core::ObjectMeta| meta.creation_timestamp.as_ref().map(from_k8s_time);
-        if let (Some(policy_made), Some(request_made)) =
-            (made(&accepted.metadata), made(&self.request.metadata))
-            && policy_made > request_made
-        {
+        // Admission attests that the requester is in this group (it is one of their own).
+        let entitled = self
+            .request
+            .spec
+            .break_glass_group
+            .as_ref()
+            .is_some_and(|g| break_glass.groups.contains(g));
+        if !entitled {
+            let named = self
+                .request
+                .spec
+                .break_glass_group
+                .as_deref()
+                .map_or_else(|| "none".to_owned(), |g| format!("{g:?}"));
             let message = format!(
-                "policy {policy_name} was made after this emergency request, so nobody checked it \
-                 against its breakGlass groups; file a new emergency request"
+                "emergency access under policy {policy_name} is for members of {} \
+                 (breakGlass.groups), and the request names {named} (spec.breakGlassGroup, set by \
+                 kubepam's webhook from your own groups); file an ordinary request instead",
+                break_glass.groups.join(", ")
             );
             return Err(self.deny(reason::EMERGENCY_NOT_ALLOWED, message));
         }

@@ -17,7 +17,9 @@ fn condition<'a>(d: &'a Decision, type_: &str) -> Option<(&'a str, &'a str)> {
 /// An emergency request of alice, approved at `t0` under [`BREAK_GLASS`].
 fn emergency_grant(extra: &str) -> (ElevationRequest, AccessPolicy) {
     let p = policy(BREAK_GLASS);
-    let r = request(&format!("  emergency: true\n{extra}"));
+    let r = request(&format!(
+        "  emergency: true\n  breakGlassGroup: oncall\n{extra}"
+    ));
     let d = decide(&r, &PolicyView::Accepted(&p), &enabled(), t0());
     assert_eq!(d.status.phase, Some(Phase::Approved), "{d:#?}");
     (apply(r, &d), p)
@@ -26,7 +28,7 @@ fn emergency_grant(extra: &str) -> (ElevationRequest, AccessPolicy) {
 #[test]
 fn an_emergency_request_is_approved_at_once_and_owes_a_review() {
     let p = policy(BREAK_GLASS);
-    let r = request("  emergency: true\n");
+    let r = request("  emergency: true\n  breakGlassGroup: oncall\n");
     let d = decide(&r, &PolicyView::Accepted(&p), &enabled(), t0());
     assert_eq!(d.status.phase, Some(Phase::Approved));
     let t = d.transition.as_ref().unwrap();
@@ -59,32 +61,35 @@ fn an_emergency_request_is_approved_at_once_and_owes_a_review() {
 #[test]
 fn emergency_access_needs_break_glass_and_stays_within_its_max_duration() {
     let plain = policy(super::tests::TASK_MANUAL);
-    let r = request("  emergency: true\n");
+    let r = request("  emergency: true\n  breakGlassGroup: oncall\n");
     let d = decide(&r, &PolicyView::Accepted(&plain), &enabled(), t0());
     assert_eq!(d.status.phase, Some(Phase::Denied));
     assert_eq!(d.transition.unwrap().reason, reason::EMERGENCY_NOT_ALLOWED);
 
     let p = policy(BREAK_GLASS);
-    let long = request("  emergency: true\n  duration: 2h\n");
+    let long = request("  emergency: true\n  breakGlassGroup: oncall\n  duration: 2h\n");
     let d = decide(&long, &PolicyView::Accepted(&p), &enabled(), t0());
     assert_eq!(d.status.phase, Some(Phase::Denied));
     let t = d.transition.unwrap();
     assert_eq!(t.reason, reason::EMERGENCY_DURATION_EXCEEDED);
     assert!(t.message.contains("at most 1h"), "{}", t.message);
 
-    let short = request("  emergency: true\n  duration: 20m\n");
+    let short = request("  emergency: true\n  breakGlassGroup: oncall\n  duration: 20m\n");
     let d = decide(&short, &PolicyView::Accepted(&p), &enabled(), t0());
     assert_eq!(d.status.granted_until, Some(at(20 * 60)));
 }
 
 #[test]
-fn a_policy_made_after_the_emergency_request_never_approves_it() {
-    let mut p = policy(BREAK_GLASS);
-    p.metadata.creation_timestamp = Some(crate::api::to_k8s_time(at(5)));
-    let r = request("  emergency: true\n");
-    let d = decide(&r, &PolicyView::Accepted(&p), &enabled(), at(10));
-    assert_eq!(d.status.phase, Some(Phase::Denied));
-    assert_eq!(d.transition.unwrap().reason, reason::EMERGENCY_NOT_ALLOWED);
+fn an_emergency_request_must_name_a_break_glass_group() {
+    let p = policy(BREAK_GLASS);
+    for extra in ["", "  breakGlassGroup: developers\n"] {
+        let r = request(&format!("  emergency: true\n{extra}"));
+        let d = decide(&r, &PolicyView::Accepted(&p), &enabled(), t0());
+        assert_eq!(d.status.phase, Some(Phase::Denied), "{extra:?}");
+        let t = d.transition.unwrap();
+        assert_eq!(t.reason, reason::EMERGENCY_NOT_ALLOWED);
+        assert!(t.message.contains("members of oncall"), "{}", t.message);
+    }
 }
 
 #[test]
@@ -187,7 +192,7 @@ fn an_ended_grant_still_owes_its_review_and_becomes_overdue() {
 fn a_reject_before_the_grant_is_recorded_refuses_it() {
     let p = policy(BREAK_GLASS);
     let r = with_reviews(
-        request("  emergency: true\n"),
+        request("  emergency: true\n  breakGlassGroup: oncall\n"),
         &[("bob", ReviewDecision::Reject)],
     );
     let d = decide(&r, &PolicyView::Accepted(&p), &enabled(), t0());
@@ -234,7 +239,7 @@ fn escalation_widens_who_may_decide_step_by_step() {
 fn an_auto_policy_or_an_emergency_never_escalates() {
     let steps = "escalation: [{after: 1s, approverGroup: ops-leads}], ";
     let p = policy(&BREAK_GLASS.replacen('{', &format!("{{{steps}"), 1));
-    let r = request("  emergency: true\n");
+    let r = request("  emergency: true\n  breakGlassGroup: oncall\n");
     let d = decide(&r, &PolicyView::Accepted(&p), &enabled(), at(10));
     assert_eq!(d.status.approver_groups, vec!["sre-leads".to_owned()]);
     assert_eq!(d.status.escalates_at, None);
@@ -263,7 +268,7 @@ proptest! {
             "{{type: Task, approvalType: Manual, {policy_max}breakGlass: {{groups: [oncall], maxDuration: {max}s}}, task: {{verbs: [delete], apiGroups: [''], resources: [pods]}}}}"
         ));
         let duration = requested.map_or_else(String::new, |d| format!("  duration: {d}s\n"));
-        let r = request(&format!("  emergency: true\n{duration}"));
+        let r = request(&format!("  emergency: true\n  breakGlassGroup: oncall\n{duration}"));
         let control = ControlView::from_control(Some(&super::tests::control(&format!(
             "{{defaultApproverGroup: pam-approvers, defaultDuration: {default}s}}"
         ))));
@@ -317,7 +322,7 @@ proptest! {
             ReviewDecision::Deny,
             ReviewDecision::Release,
         ];
-        let mut r = request("  emergency: true\n");
+        let mut r = request("  emergency: true\n  breakGlassGroup: oncall\n");
         let mut now = t0();
         let mut rejected = false;
         for (i, (who, decision, wait)) in events.into_iter().enumerate() {

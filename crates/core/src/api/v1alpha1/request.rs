@@ -45,7 +45,8 @@ pub const EXECUTION_LIMIT: usize = 20;
     "has(self.namespace) == has(oldSelf.namespace) && has(self.duration) == has(oldSelf.duration) \
      && has(self.requester) == has(oldSelf.requester) && has(self.startAt) == has(oldSelf.startAt) \
      && has(self.extends) == has(oldSelf.extends) \
-     && (has(self.emergency) && self.emergency) == (has(oldSelf.emergency) && oldSelf.emergency)"
+     && (has(self.emergency) && self.emergency) == (has(oldSelf.emergency) && oldSelf.emergency) \
+     && has(self.breakGlassGroup) == has(oldSelf.breakGlassGroup)"
 ).message("spec is immutable except reviews; create a new ElevationRequest instead"))]
 #[x_kube(validation = Rule::new("!has(self.startAt) || !has(self.extends)").message(
     "an extension starts where the grant it extends ends: leave out startAt when setting extends"
@@ -55,6 +56,9 @@ pub const EXECUTION_LIMIT: usize = 20;
 ).message(
     "an emergency request is for access now: leave out startAt and extends (file a new emergency request when it ends)"
 ))]
+#[x_kube(validation = Rule::new(
+    "!has(self.breakGlassGroup) || (has(self.emergency) && self.emergency)"
+).message("breakGlassGroup names the group under which an emergency request breaks the glass: set emergency: true, or leave it out"))]
 #[serde(rename_all = "camelCase")]
 pub struct ElevationRequestSpec {
     /// The name of the AccessPolicy whose rights are requested.
@@ -111,6 +115,14 @@ pub struct ElevationRequestSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
     pub emergency: bool,
+    /// For an emergency request: the group of the policy's `breakGlass.groups` the requester
+    /// breaks the glass as. Set by admission from the requester's own groups (it can only be
+    /// one of them), so kubepam knows the requester was entitled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable except reviews; create a new ElevationRequest instead"))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("breakGlassGroup must be a group name without control characters (newlines, tabs)"))]
+    pub break_glass_group: Option<String>,
     /// Decisions keyed by reviewer username; each approver writes only their own entry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
