@@ -388,7 +388,8 @@ async fn the_request_beyond_the_policy_quota_is_refused_with_the_count_and_the_l
     ns.delete().await;
 }
 
-/// `kubectl explain` documents every new field, from the CRDs as installed.
+/// `kubectl explain` documents every field added for time and for approval routing, from the
+/// CRDs as installed.
 #[tokio::test]
 async fn kubectl_explain_documents_every_new_field() {
     let cluster = kubepam();
@@ -407,6 +408,30 @@ async fn kubectl_explain_documents_every_new_field() {
         (
             "privilegedaccesscontrols.spec.maxPendingPerRequester",
             "Pending",
+        ),
+        // Approval routing.
+        ("elevationrequests.spec.emergency", "Break glass"),
+        (
+            "elevationrequests.spec.breakGlassGroup",
+            "breakGlass.groups",
+        ),
+        ("elevationrequests.spec.reviews.decision", "Confirm"),
+        ("elevationrequests.status.approverGroups", "may decide now"),
+        ("elevationrequests.status.escalatesAt", "escalation step"),
+        ("elevationrequests.status.reviewDueAt", "review"),
+        ("accesspolicies.spec.breakGlass.groups", "emergency request"),
+        (
+            "accesspolicies.spec.breakGlass.maxDuration",
+            "emergency grant",
+        ),
+        (
+            "accesspolicies.spec.breakGlass.reviewWithin",
+            "ReviewOverdue",
+        ),
+        ("accesspolicies.spec.escalation.after", "after submission"),
+        (
+            "accesspolicies.spec.escalation.approverGroup",
+            "may also decide",
         ),
     ] {
         let out = cluster.kubectl(Identity::Alice, &["explain", field]);
