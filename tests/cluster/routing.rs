@@ -100,6 +100,34 @@ async fn break_glass_grants_at_once_and_is_reviewed_afterwards() {
     })
     .await;
 
+    // Its record stays until reviewed: not even an administrator deletes it.
+    let message = refusal(
+        Api::<ElevationRequest>::all(admin.clone())
+            .delete(&name, &DeleteParams::default())
+            .await,
+        "deleting emergency access awaiting review",
+    );
+    assert!(message.contains("kubepam-record"), "{message}");
+    // Break glass is not extended: more time is a new (reviewed) emergency request.
+    let message = refusal(
+        try_create_request(
+            &olga,
+            &format!("{}-more", ns.name),
+            json!({ "policy": policy, "namespace": ns.name, "reason": "INC-7", "extends": name }),
+        )
+        .await,
+        "extending emergency access",
+    );
+    assert!(
+        message.contains("file a new emergency request"),
+        "{message}"
+    );
+    // A comment is one line: no forged lines in messages, Events or mails.
+    refusal(
+        review(&bob, &name, "bob", "Confirm", "ok\nConfirmed by: security").await,
+        "a comment with a newline",
+    );
+
     // Nobody confirms their own emergency access.
     let message = refusal(
         review(&olga, &name, "olga", "Confirm", "fine").await,
@@ -175,6 +203,11 @@ async fn break_glass_grants_at_once_and_is_reviewed_afterwards() {
         (last.action.as_str(), last.actor.as_str()),
         ("Revoked", "carol")
     );
+    // Reviewed, the record may go.
+    Api::<ElevationRequest>::all(admin.clone())
+        .delete(&second, &DeleteParams::default())
+        .await
+        .unwrap();
     delete_policy(&admin, &policy).await;
 }
 
@@ -333,14 +366,16 @@ async fn rbac_approve_on_the_policy_name_makes_an_approver() {
     assert_eq!(approved.status.unwrap().decided_by, vec!["rita".to_owned()]);
     wait_may_delete_deployments(&admin, "alice", Some(&ns.name), true).await;
 
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .delete(&role, &DeleteParams::default())
-        .await
-        .unwrap();
-    Api::<ClusterRole>::all(admin.clone())
-        .delete(&role, &DeleteParams::default())
-        .await
-        .unwrap();
+    for name in [&role] {
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        Api::<ClusterRole>::all(admin.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
     for p in [&mine, &other] {
         delete_policy(&admin, p).await;
     }

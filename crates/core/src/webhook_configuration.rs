@@ -594,9 +594,9 @@ mod tests {
         let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
         assert_eq!(
             names(policies.iter().map(|p| p.metadata.name.clone()).collect()),
-            ["kubepam-identity", "kubepam-status"]
+            ["kubepam-identity", "kubepam-status", "kubepam-record"]
         );
-        assert_eq!(bindings.len(), 2);
+        assert_eq!(bindings.len(), 3);
         // kubepam may keep each (its RBAC names them), and only kubepam may change them.
         let rbac = include_str!("../../../manifests/rbac.yaml");
         let kept = include_str!("../../../manifests/static-admission/kubepam.yaml");

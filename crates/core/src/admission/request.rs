@@ -140,8 +140,8 @@ pub fn request_fits_policy<'r>(
 }
 
 /// Whether the caller may break the glass under `policy`: only a member of its
-/// `breakGlass.groups` (the controller cannot see groups, so this is checked here and by the
-/// admission policy `kubepam-break-glass`).
+/// `breakGlass.groups`. The controller cannot see groups: it trusts `spec.breakGlassGroup`,
+/// which this and the admission policy `kubepam-identity` check is one of the caller's own.
 fn emergency_fits(
     caller: &Caller<'_>,
     request: &ElevationRequest,
@@ -304,15 +304,24 @@ pub fn metadata_change(
     let settles =
         crate::reconcile::is_settled(new) && !old.is_some_and(crate::reconcile::is_settled);
     let phase = new.status.as_ref().and_then(|s| s.phase);
-    if settles && !phase.is_some_and(Phase::is_final) {
+    let review_owed = new
+        .status
+        .as_ref()
+        .is_some_and(crate::lifecycle::review_pending);
+    if settles && (!phase.is_some_and(Phase::is_final) || review_owed) {
         return deny(
             Reason::MetadataReserved,
             format!(
                 "the label {} marks a request that has ended and holds nothing, and only kubepam \
-                 sets it; ElevationRequest {} is {}: remove the label",
+                 sets it; ElevationRequest {} is {}{}: remove the label",
                 crate::reconcile::LABEL_SETTLED,
                 new.metadata.name.as_deref().unwrap_or(""),
                 phase.map_or("new", Phase::as_str),
+                if review_owed {
+                    " and its emergency access awaits review"
+                } else {
+                    ""
+                },
             ),
         );
     }
@@ -473,8 +482,8 @@ pub fn request_update(
             Reason::NotAnApprover,
             format!(
                 "only {members} may review ElevationRequest {name}, or whoever RBAC allows the \
-                 verb approve on accesspolicies/{policy} by name, not by a wildcard (kubectl auth \
-                 can-i approve accesspolicies/{policy}); you ({}) are neither, so ask one of them \
+                 verb approve on accesspolicies/{policy}, not by a wildcard (kubectl auth can-i \
+                 approve accesspolicies/{policy}); you ({}) are neither, so ask one of them \
                  to review it",
                 caller.username
             ),
@@ -612,6 +621,10 @@ fn changed_field(old: &ElevationRequestSpec, new: &ElevationRequestSpec) -> Opti
         Some("startAt")
     } else if old.extends != new.extends {
         Some("extends")
+    } else if old.emergency != new.emergency {
+        Some("emergency")
+    } else if old.break_glass_group != new.break_glass_group {
+        Some("breakGlassGroup")
     } else {
         None
     }

@@ -1133,6 +1133,23 @@ fn only_an_ended_request_may_be_settled() {
         let verdict = validate(&req);
         assert_eq!(verdict == Verdict::Allow, allowed, "{who}: {verdict:?}");
     }
+    // Nor, not even kubepam, an ended emergency grant that still awaits its review.
+    let owed = |metadata: &Value| {
+        let mut object = with_phase(metadata, "Expired");
+        object["spec"]["emergency"] = json!(true);
+        object["status"]["conditions"] = json!([{"type": "ReviewRequired", "status": "True",
+            "reason": "AwaitingReview", "message": "", "lastTransitionTime": "2025-06-01T11:00:00Z"}]);
+        object
+    };
+    let req = er_request("UPDATE", OPERATOR, &[], owed(&settled), owed(&plain));
+    let verdict = validate(&req);
+    assert!(
+        verdict
+            .message()
+            .unwrap_or_default()
+            .contains("awaits review"),
+        "{verdict:?}"
+    );
     // Nobody creates a request settled.
     let req = er_request(
         "CREATE",

@@ -200,6 +200,32 @@ fn a_reject_before_the_grant_is_recorded_refuses_it() {
 }
 
 #[test]
+fn emergency_access_is_never_extended() {
+    let (emergency, p) = emergency_grant("");
+    let mut extension = request("  extends: fix-prod\n  duration: 1h\n");
+    extension.metadata.name = Some("fix-prod-more".to_owned());
+    let related = Related {
+        extended: Some(&emergency),
+        ..Related::default()
+    };
+    let d = decide_with(
+        &extension,
+        &PolicyView::Accepted(&p),
+        &enabled(),
+        &related,
+        at(60),
+    );
+    assert_eq!(d.status.phase, Some(Phase::Denied));
+    let t = d.transition.unwrap();
+    assert_eq!(t.reason, reason::NOT_EXTENDABLE);
+    assert!(
+        t.message.contains("file a new emergency request"),
+        "{}",
+        t.message
+    );
+}
+
+#[test]
 fn escalation_widens_who_may_decide_step_by_step() {
     let p = policy(ESCALATING);
     let r = request("");

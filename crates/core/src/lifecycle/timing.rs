@@ -278,6 +278,15 @@ impl Step<'_> {
             );
             return Err(self.deny(reason::NOT_EXTENDABLE, message));
         }
+        if extended.spec.emergency {
+            // Break glass is short and reviewed: more time is a new emergency request, which
+            // is reviewed too.
+            let message = format!(
+                "ElevationRequest {extended_name} is emergency access (break glass), which is not \
+                 extended: file a new emergency request when it ends, or an ordinary request"
+            );
+            return Err(self.deny(reason::NOT_EXTENDABLE, message));
+        }
         let extended_phase = extended.status.as_ref().and_then(|s| s.phase);
         if matches!(extended_phase, None | Some(Phase::Pending)) {
             // Not decided yet (or decided a moment ago and not seen yet): wait for it.
@@ -455,6 +464,8 @@ impl Step<'_> {
         if let (Some(record), Some(extended)) = (&self.status.extension, self.related.extended)
             && let Some(status) = extended.status.as_ref()
             && (status.phase == Some(Phase::Revoked)
+                || crate::api::find_condition(&status.conditions, super::CONDITION_REVIEW_REQUIRED)
+                    .is_some_and(|c| c.reason == reason::EMERGENCY_REJECTED)
                 || status
                     .granted_until
                     .is_some_and(|end| end < record.continues_from))

@@ -131,7 +131,7 @@ pub struct ElevationRequestSpec {
 }
 
 /// One reviewer's decision.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Review {
     /// `Approve`, `Deny`, `Revoke` (ends an approved grant early), `Release` (the requester's
@@ -142,6 +142,7 @@ pub struct Review {
     /// Free text recorded in the request's history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("comment must be one line of text without control characters (newlines, tabs)"))]
     pub comment: Option<String>,
 }
 
