@@ -227,6 +227,21 @@ async fn a_policy_without_break_glass_refuses_emergency_requests() {
         "an emergency request under a policy without breakGlass",
     );
     assert!(message.contains("no breakGlass"), "{message}");
+    // Break glass for everyone is no break glass: the schema refuses it.
+    let open_to_all: kubepam_core::api::AccessPolicy = serde_json::from_value(json!({
+        "apiVersion": "kubepam.io/v1alpha1", "kind": "AccessPolicy",
+        "metadata": { "name": format!("{}-open", ns.name) },
+        "spec": with(task_policy(&ns.name, "Manual"), json!({
+            "breakGlass": { "groups": ["system:authenticated"], "maxDuration": "1h" } })),
+    }))
+    .unwrap();
+    let message = refusal(
+        Api::<kubepam_core::api::AccessPolicy>::all(admin.clone())
+            .create(&PostParams::default(), &open_to_all)
+            .await,
+        "break glass for every user",
+    );
+    assert!(message.contains("not a group every user"), "{message}");
     delete_policy(&admin, &policy).await;
 }
 

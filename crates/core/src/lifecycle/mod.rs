@@ -948,25 +948,9 @@ impl Step<'_> {
         if let Some(outcome) = self.ended_early() {
             return outcome;
         }
-        let current = match policy {
-            PolicyView::Missing => {
-                let message = format!("AccessPolicy {} was deleted", self.request.spec.policy);
-                return self.final_state(
-                    Phase::Revoked,
-                    ACTOR_KUBEPAM,
-                    reason::POLICY_DELETED,
-                    message,
-                    None,
-                );
-            }
-            PolicyView::Refused { reason, message } => {
-                let message = format!(
-                    "AccessPolicy {} is no longer accepted: {message}",
-                    self.request.spec.policy
-                );
-                return self.final_state(Phase::Revoked, ACTOR_KUBEPAM, reason, message, None);
-            }
-            PolicyView::Unjudged(p) | PolicyView::Accepted(p) => *p,
+        let current = match self.policy_in_force(policy) {
+            Ok(current) => current,
+            Err(ended) => return ended,
         };
         let Some(grant) = scope::intersect(&snapshot, &current.spec) else {
             let message = format!(
@@ -1005,6 +989,46 @@ impl Step<'_> {
             );
         }
         (Some(grant), Some(until(granted_until, self.now)))
+    }
+
+    /// The policy an approved grant still holds under; `Err` ends the grant when the policy
+    /// is gone, refused, or no longer allows emergency access for an emergency grant.
+    #[allow(clippy::result_large_err)] // as `validate`: the Err is the outcome to return.
+    fn policy_in_force<'p>(&mut self, policy: &PolicyView<'p>) -> Result<&'p AccessPolicy, Effect> {
+        let current = match policy {
+            PolicyView::Missing => {
+                let message = format!("AccessPolicy {} was deleted", self.request.spec.policy);
+                return Err(self.final_state(
+                    Phase::Revoked,
+                    ACTOR_KUBEPAM,
+                    reason::POLICY_DELETED,
+                    message,
+                    None,
+                ));
+            }
+            PolicyView::Refused { reason, message } => {
+                let message = format!(
+                    "AccessPolicy {} is no longer accepted: {message}",
+                    self.request.spec.policy
+                );
+                return Err(self.final_state(Phase::Revoked, ACTOR_KUBEPAM, reason, message, None));
+            }
+            PolicyView::Unjudged(p) | PolicyView::Accepted(p) => *p,
+        };
+        if self.request.spec.emergency && current.spec.break_glass.is_none() {
+            let message = format!(
+                "AccessPolicy {} no longer allows emergency access (its breakGlass was removed)",
+                self.request.spec.policy
+            );
+            return Err(self.final_state(
+                Phase::Revoked,
+                ACTOR_KUBEPAM,
+                reason::EMERGENCY_NOT_ALLOWED,
+                message,
+                None,
+            ));
+        }
+        Ok(current)
     }
 
     /// Note reviews the state machine ignores (the requester's own) in a condition.

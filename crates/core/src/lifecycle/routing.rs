@@ -15,6 +15,10 @@ use crate::api::{
 use crate::duration;
 use crate::util::time_for_people;
 
+/// The longest an emergency request waits to be granted (the control disabled, its policy not
+/// accepted yet) before it expires: break glass is for now.
+pub const EMERGENCY_REQUEST_TTL: TimeDelta = TimeDelta::minutes(15);
+
 /// How long approvers have to review an emergency grant when `breakGlass.reviewWithin` is
 /// absent.
 pub const DEFAULT_REVIEW_WITHIN: TimeDelta = TimeDelta::hours(24);

@@ -200,6 +200,43 @@ fn a_reject_before_the_grant_is_recorded_refuses_it() {
 }
 
 #[test]
+fn a_running_emergency_grant_follows_its_policy_as_it_stands() {
+    let (r, _) = emergency_grant("");
+    // breakGlass.maxDuration lowered to 10m: the grant ends 10m after it began.
+    let shorter = policy(&BREAK_GLASS.replace("maxDuration: 1h", "maxDuration: 10m"));
+    let d = decide(&r, &PolicyView::Accepted(&shorter), &enabled(), at(60));
+    assert_eq!(d.status.granted_until, Some(at(10 * 60)));
+    assert_eq!(d.status.phase, Some(Phase::Approved));
+    let d = decide(&r, &PolicyView::Accepted(&shorter), &enabled(), at(10 * 60));
+    assert_eq!(d.status.phase, Some(Phase::Expired));
+    // breakGlass removed: the emergency grant ends at once, and still owes its review.
+    let closed = policy(super::tests::TASK_MANUAL);
+    let d = decide(&r, &PolicyView::Accepted(&closed), &enabled(), at(60));
+    assert_eq!(d.status.phase, Some(Phase::Revoked));
+    assert_eq!(d.transition.unwrap().reason, reason::EMERGENCY_NOT_ALLOWED);
+    assert!(review_pending(&d.status));
+}
+
+#[test]
+fn an_emergency_that_cannot_be_granted_soon_expires() {
+    let p = policy(BREAK_GLASS);
+    let disabled = ControlView::from_control(Some(&super::tests::control(
+        "{enabled: false, defaultApproverGroup: pam-approvers}",
+    )));
+    let r = request("  emergency: true\n  breakGlassGroup: oncall\n");
+    let d = decide(&r, &PolicyView::Accepted(&p), &disabled, t0());
+    assert_eq!(d.status.phase, Some(Phase::Pending));
+    assert_eq!(d.status.expires_at, Some(at(15 * 60)));
+    let d = decide(
+        &apply(r, &d),
+        &PolicyView::Accepted(&p),
+        &enabled(),
+        at(15 * 60),
+    );
+    assert_eq!(d.status.phase, Some(Phase::Expired));
+}
+
+#[test]
 fn emergency_access_is_never_extended() {
     let (emergency, p) = emergency_grant("");
     let mut extension = request("  extends: fix-prod\n  duration: 1h\n");

@@ -111,9 +111,14 @@ impl Step<'_> {
         submitted: DateTime<Utc>,
         control: &ControlView,
     ) -> DateTime<Utc> {
-        let ttl_end = submitted
+        let mut ttl_end = submitted
             .checked_add_signed(control.request_ttl())
             .unwrap_or(submitted);
+        if self.request.spec.emergency {
+            // An emergency is now: one that cannot be granted soon (kubepam disabled, the
+            // policy not accepted yet) expires rather than open much later.
+            ttl_end = ttl_end.min(submitted + super::routing::EMERGENCY_REQUEST_TTL);
+        }
         match self.booked_end(control) {
             Some(end) => ttl_end.min(end),
             None => ttl_end,
@@ -401,8 +406,22 @@ impl Step<'_> {
             .map(|e| e.continues_from)
             .or(self.request.spec.start_at)
             .or(self.status.decided_at);
-        if let (Some(p), Some(start)) = (policy.policy(), window_start)
-            && let Some(Ok(max)) = p.spec.max_duration.as_deref().map(duration::parse)
+        let Some(p) = policy.policy() else {
+            return granted_until;
+        };
+        // An emergency grant is also held to breakGlass.maxDuration as it stands.
+        let emergency_max = p
+            .spec
+            .break_glass
+            .as_ref()
+            .filter(|_| self.request.spec.emergency)
+            .map(|b| b.max_duration.as_str());
+        let shortest = [p.spec.max_duration.as_deref(), emergency_max]
+            .into_iter()
+            .flatten()
+            .filter_map(|max| duration::parse(max).ok())
+            .min();
+        if let (Some(max), Some(start)) = (shortest, window_start)
             && let Some(end) = start.checked_add_signed(max)
             && end < granted_until
         {

@@ -145,6 +145,7 @@ pub struct BreakGlass {
     /// The Kubernetes groups whose members may file an emergency request (e.g. `oncall`).
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 256)))]
     #[x_kube(validation = Rule::new("self.all(g, g.trim() != '' && !g.matches('[[:cntrl:]]'))").message("breakGlass.groups must name Kubernetes groups, without control characters (newlines, tabs)"))]
+    #[x_kube(validation = Rule::new("self.all(g, !(g in ['system:authenticated', 'system:unauthenticated', 'system:serviceaccounts']))").message("breakGlass.groups must name the people on call, not a group every user or service account is in"))]
     pub groups: Vec<String>,
     /// The longest an emergency grant may last, e.g. `1h`; a request without a duration gets
     /// this or the control's `defaultDuration`, whichever is shorter.
@@ -170,6 +171,7 @@ pub struct EscalationStep {
     /// The Kubernetes group whose members may also decide from then on, and are notified.
     #[schemars(length(min = 1, max = 256))]
     #[x_kube(validation = Rule::new("self.trim() != '' && !self.matches('[[:cntrl:]]')").message("escalation[].approverGroup must name a Kubernetes group, without control characters (newlines, tabs)"))]
+    #[x_kube(validation = Rule::new("!(self in ['system:authenticated', 'system:unauthenticated', 'system:serviceaccounts'])").message("escalation[].approverGroup must name approvers, not a group every user or service account is in"))]
     pub approver_group: String,
 }
 
