@@ -549,6 +549,7 @@ impl OperatorProcess {
             },
         )
         .await;
+        wait_admission_policies_loaded(admin).await;
     }
 
     /// Whether it holds the leader Lease and reconciles.
@@ -568,6 +569,55 @@ impl OperatorProcess {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until kubepam's admission policies exist and the API server has had time to load
+/// them: it compiles new policies and bindings on a timer (about once a second), so for a
+/// moment after kubepam creates them they are not in force yet. Tests start after that, as a
+/// cluster does once kubepam has been installed for more than a moment.
+async fn wait_admission_policies_loaded(admin: &Client) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let (policies, bindings) = kubepam_core::webhook_configuration::admission_policies();
+    let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
+    let policy_names = names(policies.into_iter().map(|p| p.metadata.name).collect());
+    let binding_names = names(bindings.into_iter().map(|b| b.metadata.name).collect());
+    let policy_api = Api::<ValidatingAdmissionPolicy>::all(admin.clone());
+    let binding_api = Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone());
+    let newest = eventually(
+        "kubepam creates its admission policies",
+        Duration::from_secs(60),
+        || async {
+            let mut newest = None;
+            for name in &policy_names {
+                let made = policy_api
+                    .get_opt(name)
+                    .await
+                    .ok()??
+                    .metadata
+                    .creation_timestamp?;
+                newest = newest.max(Some(made.0));
+            }
+            for name in &binding_names {
+                let made = binding_api
+                    .get_opt(name)
+                    .await
+                    .ok()??
+                    .metadata
+                    .creation_timestamp?;
+                newest = newest.max(Some(made.0));
+            }
+            newest
+        },
+    )
+    .await;
+    // Creation times are whole seconds: two more cover the API server's timer.
+    let loaded = newest + std::time::Duration::from_secs(3);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    if let Ok(left) = std::time::Duration::try_from(loaded - now) {
+        tokio::time::sleep(left).await;
     }
 }
 
