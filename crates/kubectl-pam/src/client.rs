@@ -262,18 +262,22 @@ pub async fn rbac_allows(client: &Client, query: &Query) -> Result<bool, Error> 
 /// Whether RBAC lets the caller decide requests of `policy`: verb `approve` on
 /// `accesspolicies.kubepam.io/<policy>`, as `kubectl auth can-i approve accesspolicies/<policy>`
 /// (the `CertificateSigningRequest` signer model). The name travels in the review's body only.
+/// A right held by a wildcard verb (as cluster-admin's) does not count, as kubepam's admission
+/// rules say: the caller must not also be allowed a verb no Role names.
 pub async fn may_approve_policy(client: &Client, policy: &str) -> Result<bool, Error> {
-    access_review(
-        client,
-        ResourceAttributes {
-            verb: Some("approve".to_owned()),
-            group: Some("kubepam.io".to_owned()),
-            resource: Some("accesspolicies".to_owned()),
-            name: Some(policy.to_owned()),
-            ..ResourceAttributes::default()
-        },
+    let on_policy = |verb: &str| ResourceAttributes {
+        verb: Some(verb.to_owned()),
+        group: Some("kubepam.io".to_owned()),
+        resource: Some("accesspolicies".to_owned()),
+        name: Some(policy.to_owned()),
+        ..ResourceAttributes::default()
+    };
+    let (approve, wildcard) = futures::future::join(
+        access_review(client, on_policy(kubepam_core::admission::APPROVE_VERB)),
+        access_review(client, on_policy(kubepam_core::admission::WILDCARD_PROBE_VERB)),
     )
-    .await
+    .await;
+    Ok(approve? && !wildcard?)
 }
 
 async fn access_review(client: &Client, attributes: ResourceAttributes) -> Result<bool, Error> {
