@@ -126,7 +126,9 @@ fn look(ctx: &Context, operator: Option<&str>) -> Vec<Impersonator> {
             .get_or_create(&RightLabels { right })
             .set(count);
     }
-    impersonators(&standing, &targets(ctx, operator))
+    let mut targets = targets(ctx, operator);
+    targets.extend(kubepam_core::impersonation::rbac_approvers(&standing));
+    impersonators(&standing, &targets)
 }
 
 async fn report(ctx: &Context, found: &[Impersonator], reported: &mut Option<BTreeSet<String>>) {

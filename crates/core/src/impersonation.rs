@@ -125,6 +125,39 @@ pub fn impersonators(standing: &Standing<'_>, targets: &BTreeSet<Target>) -> Vec
         .collect()
 }
 
+/// Who RBAC lets decide requests without being in an approver group: every user, group and
+/// service account bound cluster-wide to the verb `approve` (named, not by a wildcard, as
+/// admission requires) on `accesspolicies.kubepam.io`, for some policy or every one. Whoever
+/// may impersonate one of them decides as them.
+pub fn rbac_approvers(standing: &Standing<'_>) -> BTreeSet<Target> {
+    let has = |list: Option<&Vec<String>>, value: &str| {
+        list.is_some_and(|l| l.iter().any(|v| v == "*" || v == value))
+    };
+    let approves = |rule: &PolicyRule| {
+        rule.verbs
+            .iter()
+            .any(|v| v == crate::admission::APPROVE_VERB)
+            && has(rule.api_groups.as_ref(), "kubepam.io")
+            && has(rule.resources.as_ref(), "accesspolicies")
+    };
+    standing
+        .cluster_subjects(approves)
+        .into_iter()
+        .filter_map(|subject| match subject.kind.as_str() {
+            "User" => Some(Target::User(subject.name.clone())),
+            "Group" if subject.name != ALL_POWERFUL_GROUP => {
+                Some(Target::Group(subject.name.clone()))
+            }
+            "ServiceAccount" => Some(Target::User(format!(
+                "system:serviceaccount:{}:{}",
+                subject.namespace.as_deref().unwrap_or_default(),
+                subject.name
+            ))),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -208,5 +241,32 @@ mod tests {
         );
         assert_eq!(found[1].via, ["ClusterRoleBinding/mallory-can"]);
         assert!(impersonators(&standing, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn approvers_by_rbac_are_identities_kubepam_trusts() {
+        let roles: Vec<ClusterRole> = serde_json::from_value(json!([
+            {"metadata": {"name": "approve-prod"}, "rules": [{"apiGroups": ["kubepam.io"], "resources": ["accesspolicies"], "resourceNames": ["prod"], "verbs": ["approve"]}]},
+            {"metadata": {"name": "everything"}, "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]},
+        ]))
+        .unwrap();
+        let bindings: Vec<ClusterRoleBinding> = serde_json::from_value(json!([
+            {"metadata": {"name": "rita-approves"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "approve-prod"},
+             "subjects": [{"kind": "User", "name": "rita"}, {"kind": "Group", "name": "release-managers"},
+                          {"kind": "ServiceAccount", "name": "bot", "namespace": "ci"}]},
+            {"metadata": {"name": "admins"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "everything"},
+             "subjects": [{"kind": "User", "name": "root"}]},
+        ]))
+        .unwrap();
+        let standing = Standing::new(&roles, [], &bindings, []);
+        assert_eq!(
+            rbac_approvers(&standing),
+            BTreeSet::from([
+                Target::User("rita".into()),
+                Target::Group("release-managers".into()),
+                Target::User("system:serviceaccount:ci:bot".into()),
+            ]),
+            "a wildcard holder is no approver (admission refuses it)"
+        );
     }
 }

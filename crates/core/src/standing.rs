@@ -214,6 +214,24 @@ impl<'a> Standing<'a> {
         .collect()
     }
 
+    /// The subjects of cluster-wide bindings (`ClusterRoleBinding`s) to a rule for which `holds`
+    /// is true, each once.
+    pub fn cluster_subjects(&self, holds: impl Fn(&PolicyRule) -> bool) -> Vec<&'a Subject> {
+        let mut found: Vec<&'a Subject> = Vec::new();
+        for b in self
+            .bound
+            .iter()
+            .filter(|b| b.namespace.is_none() && b.rules.iter().any(&holds))
+        {
+            for subject in b.subjects {
+                if !found.contains(&subject) {
+                    found.push(subject);
+                }
+            }
+        }
+        found
+    }
+
     /// For every subject, what `reached(rules, namespace)` finds in the rules bound to it (the
     /// union over its bindings), with the bindings that reach something; subjects that reach
     /// nothing, and the group `system:masters` (which holds everything anyway), are left out.

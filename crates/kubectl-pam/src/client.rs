@@ -274,7 +274,10 @@ pub async fn may_approve_policy(client: &Client, policy: &str) -> Result<bool, E
     };
     let (approve, wildcard) = futures::future::join(
         access_review(client, on_policy(kubepam_core::admission::APPROVE_VERB)),
-        access_review(client, on_policy(kubepam_core::admission::WILDCARD_PROBE_VERB)),
+        access_review(
+            client,
+            on_policy(kubepam_core::admission::WILDCARD_PROBE_VERB),
+        ),
     )
     .await;
     Ok(approve? && !wildcard?)
