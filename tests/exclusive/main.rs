@@ -830,6 +830,18 @@ async fn routing_rules_hold_without_the_webhooks() {
     assert_eq!(approved.status.unwrap().decided_by, vec!["rita".to_owned()]);
     // The on-call member's emergency request, admitted by the policy alone, is granted.
     wait_phase(&admin, "routed-olga", Phase::Approved, SOON).await;
+    // Reviewed, its record may go.
+    pam::review(&rita, "routed-olga", "rita", "Confirm", "on call")
+        .await
+        .unwrap();
+    eventually("the confirmation recorded", SOON, || async {
+        let r = Api::<ElevationRequest>::all(admin.clone())
+            .get("routed-olga")
+            .await
+            .ok()?;
+        (!kubepam_core::lifecycle::review_pending(&r.status?)).then_some(())
+    })
+    .await;
     eventually("kubepam registers its webhooks again", SOON, || async {
         webhooks.get_opt("kubepam").await.ok()?.map(|_| ())
     })

@@ -1095,6 +1095,19 @@ async fn break_glass_escalation_and_overdue_reviews_are_told() {
         let calls = told(name, event)().await.unwrap_or_default();
         assert_eq!(calls.len(), 1, "{event} of {name} sent once: {calls:#?}");
     }
+    // Reviewed, its record may go.
+    let bob = cluster.client(Identity::Bob).await;
+    review(&bob, "route-glass", "bob", "Confirm", "seen")
+        .await
+        .unwrap();
+    eventually("the confirmation recorded", SOON, || async {
+        let r = Api::<ElevationRequest>::all(admin.clone())
+            .get("route-glass")
+            .await
+            .ok()?;
+        (!kubepam_core::lifecycle::review_pending(&r.status?)).then_some(())
+    })
+    .await;
     for name in ["route-glass", "route-waits"] {
         let _ = Api::<ElevationRequest>::all(admin.clone())
             .delete(name, &kube::api::DeleteParams::default())
