@@ -1,0 +1,16 @@
+//! The audit trail as a hash chain (pure): each record of a step in a request's life is a
+//! CloudEvents 1.0 event, numbered, linked to the one before by its digest, and signed with
+//! HMAC-SHA-256, so an export can be checked without trusting whoever kept it.
+//!
+//! - [`record`]: the record and its CloudEvents form.
+//! - [`chain`]: sealing records onto a chain and verifying a chain, naming the first record
+//!   that fails.
+
+pub mod chain;
+pub mod record;
+
+#[cfg(test)]
+mod tests;
+
+pub use chain::{ChainHead, Failure, Key, VerifyError, seal, verify};
+pub use record::{AuditData, AuditRecord, parse_lines};

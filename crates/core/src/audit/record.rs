@@ -1,0 +1,97 @@
+//! One audit record: a CloudEvents 1.0 event (structured JSON) with kubepam's chain
+//! attributes. CloudEvents extension attribute names are lower-case letters and digits only,
+//! hence `kubepamsequence`, `kubepamprev` and `kubepamsignature`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The CloudEvents version of every record.
+pub const SPEC_VERSION: &str = "1.0";
+/// The content type of every record's `data`.
+pub const DATA_CONTENT_TYPE: &str = "application/json";
+
+/// One step in a request's life, as an auditor reads it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Always `1.0`.
+    pub specversion: String,
+    /// What happened, e.g. `io.kubepam.request.approved`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Who recorded it, e.g. `kubepam.io/clusters/<cluster>`.
+    pub source: String,
+    /// Unique per record: a receiver drops a record it has seen.
+    pub id: String,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// The request it is about (its name).
+    pub subject: String,
+    /// Always `application/json`.
+    pub datacontenttype: String,
+    /// The facts.
+    pub data: AuditData,
+    /// Its place in the chain: 1 for the first record, then one more each time.
+    pub kubepamsequence: u64,
+    /// The digest (hex SHA-256) of the record before it, as signed; empty for the first.
+    pub kubepamprev: String,
+    /// HMAC-SHA-256 (hex) over the record without this attribute.
+    #[serde(default)]
+    pub kubepamsignature: String,
+}
+
+/// The facts of one step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditData {
+    /// Who caused it: a username, several joined by commas, or `kubepam`.
+    pub actor: String,
+    /// The request's AccessPolicy.
+    pub policy: String,
+    /// Where the access holds, e.g. a namespace; absent when cluster-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The requester's reason.
+    pub reason: String,
+    /// A reviewer's comment, or why kubepam acted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// The request's id.
+    pub request_id: String,
+}
+
+impl AuditRecord {
+    /// An unsealed record of `event_type` about `subject`: [`crate::audit::seal`] numbers,
+    /// links and signs it.
+    pub fn new(
+        event_type: &str,
+        source: &str,
+        id: &str,
+        time: DateTime<Utc>,
+        subject: &str,
+        data: AuditData,
+    ) -> Self {
+        Self {
+            specversion: SPEC_VERSION.to_owned(),
+            event_type: event_type.to_owned(),
+            source: source.to_owned(),
+            id: id.to_owned(),
+            time,
+            subject: subject.to_owned(),
+            datacontenttype: DATA_CONTENT_TYPE.to_owned(),
+            data,
+            kubepamsequence: 0,
+            kubepamprev: String::new(),
+            kubepamsignature: String::new(),
+        }
+    }
+}
+
+/// Records from JSON lines (one event per line; blank lines are skipped). `Err` names
+/// the line (1-based) that is not a record, and why.
+pub fn parse_lines(text: &str) -> Result<Vec<AuditRecord>, (usize, String)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| serde_json::from_str(line).map_err(|e| (index + 1, e.to_string())))
+        .collect()
+}

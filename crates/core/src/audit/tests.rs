@@ -1,0 +1,234 @@
+//! The chain catches every way of rewriting an export: a changed field, a dropped, repeated,
+//! reordered or inserted record, a truncated tail, another key.
+
+use super::chain::digest;
+use super::*;
+use chrono::{TimeDelta, TimeZone, Utc};
+use proptest::prelude::*;
+
+fn key() -> Key {
+    Key::new(b"the-audit-key-of-this-cluster".to_vec())
+}
+
+fn unsealed(n: u64) -> AuditRecord {
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+    AuditRecord::new(
+        "io.kubepam.request.approved",
+        "kubepam.io/clusters/test",
+        &format!("rec-{n}"),
+        t0 + TimeDelta::seconds(i64::try_from(n).unwrap()),
+        &format!("prod-delete-{n}"),
+        AuditData {
+            actor: "bob".into(),
+            policy: "prod-delete-deployments".into(),
+            scope: Some("prod".into()),
+            reason: format!("INC-{n}"),
+            comment: Some("ok".into()),
+            request_id: format!("id-{n}"),
+        },
+    )
+}
+
+/// A chain of `n` records and its head.
+fn chain(n: u64) -> (Vec<AuditRecord>, ChainHead) {
+    let mut head = ChainHead::default();
+    let records = (1..=n)
+        .map(|i| seal(unsealed(i), &mut head, &key()))
+        .collect();
+    (records, head)
+}
+
+fn failure_at(result: Result<ChainHead, VerifyError>) -> (usize, Failure) {
+    match result {
+        Err(VerifyError::Record { index, failure, .. }) => (index, failure),
+        other => panic!("expected a failing record, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_sealed_chain_verifies_and_reaches_its_head() {
+    let (records, head) = chain(5);
+    assert_eq!(head.sequence, 5);
+    assert_eq!(head.digest, digest(&records[4]));
+    let end = verify(&records, &key(), &ChainHead::default(), Some(&head)).unwrap();
+    assert_eq!(end, head);
+    assert_eq!(records[0].kubepamprev, "");
+    assert_eq!(records[1].kubepamprev, digest(&records[0]));
+}
+
+#[test]
+fn the_records_are_cloudevents_in_json_lines() {
+    let (records, head) = chain(3);
+    let lines: String = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    for attribute in [
+        "specversion",
+        "type",
+        "source",
+        "id",
+        "time",
+        "subject",
+        "data",
+    ] {
+        assert!(
+            first.get(attribute).is_some(),
+            "{attribute} missing: {first}"
+        );
+    }
+    assert_eq!(first["specversion"], "1.0");
+    assert_eq!(first["data"]["requestId"], "id-1");
+    let parsed = parse_lines(&format!("{lines}\n")).unwrap();
+    assert_eq!(parsed, records);
+    verify(&parsed, &key(), &ChainHead::default(), Some(&head)).unwrap();
+    assert_eq!(parse_lines("{}\nnot json").unwrap_err().0, 1);
+}
+
+#[test]
+fn key_order_does_not_matter_but_content_does() {
+    let (records, _) = chain(2);
+    // A log shipper may write keys in another order: the same record.
+    let mut value = serde_json::to_value(&records[1]).unwrap();
+    let reordered: serde_json::Map<String, serde_json::Value> = value
+        .as_object()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let back: AuditRecord = serde_json::from_value(serde_json::Value::Object(reordered)).unwrap();
+    verify(
+        &[records[0].clone(), back],
+        &key(),
+        &ChainHead::default(),
+        None,
+    )
+    .unwrap();
+    value["data"]["reason"] = "INC-9999".into();
+    let changed: AuditRecord = serde_json::from_value(value).unwrap();
+    let (index, failure) = failure_at(verify(
+        &[records[0].clone(), changed],
+        &key(),
+        &ChainHead::default(),
+        None,
+    ));
+    assert_eq!((index, failure), (1, Failure::BadSignature));
+}
+
+#[test]
+fn tampering_is_caught_and_the_first_failing_record_named() {
+    let (records, head) = chain(6);
+    let check =
+        |records: &[AuditRecord]| verify(records, &key(), &ChainHead::default(), Some(&head));
+
+    let mut dropped = records.clone();
+    dropped.remove(2);
+    assert_eq!(
+        failure_at(check(&dropped)),
+        (
+            2,
+            Failure::Gap {
+                expected: 3,
+                found: 4
+            }
+        )
+    );
+
+    let mut swapped = records.clone();
+    swapped.swap(1, 2);
+    assert_eq!(
+        failure_at(check(&swapped)),
+        (
+            1,
+            Failure::Gap {
+                expected: 2,
+                found: 3
+            }
+        )
+    );
+
+    let mut repeated = records.clone();
+    repeated.insert(3, records[2].clone());
+    assert_eq!(
+        failure_at(check(&repeated)),
+        (
+            3,
+            Failure::Gap {
+                expected: 4,
+                found: 3
+            }
+        )
+    );
+
+    // A record forged with the right number but not linked to its predecessor.
+    let mut forged_head = ChainHead {
+        sequence: 2,
+        digest: "0".repeat(64),
+    };
+    let forged = seal(unsealed(99), &mut forged_head, &key());
+    let mut inserted = records.clone();
+    inserted[2] = forged;
+    assert_eq!(failure_at(check(&inserted)).1, Failure::BrokenLink);
+
+    let truncated = &records[..4];
+    assert_eq!(
+        check(truncated),
+        Err(VerifyError::ShortOfHead { ends: 4, head: 6 })
+    );
+    assert!(verify(truncated, &key(), &ChainHead::default(), None).is_ok());
+
+    let other = Key::new(b"another key".to_vec());
+    let err = verify(&records, &other, &ChainHead::default(), Some(&head)).unwrap_err();
+    assert!(err.to_string().contains("record 1 (id rec-1"), "{err}");
+}
+
+#[test]
+fn an_export_may_start_after_the_first_record() {
+    let (records, head) = chain(5);
+    let from = ChainHead {
+        sequence: 2,
+        digest: digest(&records[1]),
+    };
+    assert_eq!(verify(&records[2..], &key(), &from, Some(&head)), Ok(head));
+}
+
+#[test]
+fn the_key_never_shows() {
+    assert_eq!(format!("{:?}", key()), "Key(..)");
+}
+
+proptest! {
+    /// Whatever single field of whatever record is changed, the chain no longer verifies, and
+    /// the failure names that record.
+    #[test]
+    fn any_changed_record_is_named(n in 2u64..12, at in 0usize..12, field in 0usize..6) {
+        let (mut records, head) = chain(n);
+        let at = at % records.len();
+        let r = &mut records[at];
+        match field {
+            0 => r.data.actor.push('x'),
+            1 => r.data.reason.push('x'),
+            2 => r.time += TimeDelta::milliseconds(1),
+            3 => r.subject.push('x'),
+            4 => r.event_type = "io.kubepam.request.denied".into(),
+            _ => r.data.comment = None,
+        }
+        let (index, failure) = failure_at(verify(&records, &key(), &ChainHead::default(), Some(&head)));
+        prop_assert_eq!(index, at);
+        prop_assert_eq!(failure, Failure::BadSignature);
+    }
+
+    /// Dropping any non-empty run of records is caught: inside by the numbering, at the end
+    /// against the head.
+    #[test]
+    fn any_dropped_run_is_caught(n in 2u64..12, start in 0usize..12, len in 1usize..4) {
+        let (records, head) = chain(n);
+        let start = start % records.len();
+        let end = (start + len).min(records.len());
+        let mut kept = records.clone();
+        kept.drain(start..end);
+        prop_assert!(verify(&kept, &key(), &ChainHead::default(), Some(&head)).is_err());
+    }
+}
