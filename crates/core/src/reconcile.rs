@@ -250,13 +250,9 @@ fn routing_changes(
     transition: Option<&Transition>,
 ) -> Vec<RoutingChange> {
     let mut changes = Vec::new();
-    let had: &[String] = before.map_or(&[], |b| b.approver_groups.as_slice());
-    let opened: Vec<&str> = after
-        .approver_groups
-        .iter()
-        .skip(1)
-        .filter(|g| !had.contains(g))
-        .map(String::as_str)
+    let opened: Vec<&str> = lifecycle::groups_opened(before, after)
+        .into_iter()
+        .map(|(_, group)| group)
         .collect();
     if !opened.is_empty() {
         changes.push(RoutingChange {

@@ -104,14 +104,10 @@ pub fn is_emergency(r: &ElevationRequest) -> bool {
 /// The groups whose members may decide `r` now: `status.approverGroups`, or for a request
 /// kubepam processed before escalation existed, `status.approverGroup`.
 pub fn deciding_groups(r: &ElevationRequest) -> Vec<&str> {
-    let Some(status) = r.status.as_ref() else {
-        return Vec::new();
-    };
-    if status.approver_groups.is_empty() {
-        status.approver_group.as_deref().into_iter().collect()
-    } else {
-        status.approver_groups.iter().map(String::as_str).collect()
-    }
+    r.status
+        .as_ref()
+        .map(kubepam_core::api::ElevationRequestStatus::deciding_groups)
+        .unwrap_or_default()
 }
 
 /// Whether the caller may decide or review `r`: a member of a group that may decide now, or

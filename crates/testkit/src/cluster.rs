@@ -590,26 +590,18 @@ async fn wait_admission_policies_loaded(admin: &Client) {
         "kubepam creates its admission policies",
         Duration::from_secs(60),
         || async {
-            let mut newest = None;
+            let mut made = Vec::new();
             for name in &policy_names {
-                let made = policy_api
-                    .get_opt(name)
-                    .await
-                    .ok()??
-                    .metadata
-                    .creation_timestamp?;
-                newest = newest.max(Some(made.0));
+                made.push(policy_api.get_opt(name).await.ok()??.metadata);
             }
             for name in &binding_names {
-                let made = binding_api
-                    .get_opt(name)
-                    .await
-                    .ok()??
-                    .metadata
-                    .creation_timestamp?;
-                newest = newest.max(Some(made.0));
+                made.push(binding_api.get_opt(name).await.ok()??.metadata);
             }
-            newest
+            made.into_iter()
+                .map(|meta| meta.creation_timestamp.map(|t| t.0))
+                .collect::<Option<Vec<_>>>()?
+                .into_iter()
+                .max()
         },
     )
     .await;

@@ -97,11 +97,7 @@ pub fn request_fits_policy<'r>(
     probe.spec.requester = Some(caller.username.to_owned());
     if probe.spec.emergency && probe.spec.break_glass_group.is_none() {
         // As the mutating webhook sets it.
-        probe.spec.break_glass_group = policy
-            .spec
-            .break_glass
-            .as_ref()
-            .and_then(|b| b.groups.iter().find(|g| caller.in_group(g)).cloned());
+        probe.spec.break_glass_group = break_glass_group_of(caller, policy).cloned();
     }
     probe.status = None;
     probe.metadata.creation_timestamp = None;
@@ -201,17 +197,23 @@ pub fn break_glass_group_patch(
     if !request.spec.emergency || request.spec.break_glass_group.is_some() {
         return None;
     }
-    let group = policy?
+    let group = break_glass_group_of(caller, policy?)?;
+    Some(PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(["spec", "breakGlassGroup"]),
+        value: serde_json::Value::String(group.clone()),
+    }))
+}
+
+/// The group the caller breaks the glass as under `policy`: the first of its
+/// `breakGlass.groups` the caller is in.
+fn break_glass_group_of<'p>(caller: &Caller<'_>, policy: &'p AccessPolicy) -> Option<&'p String> {
+    policy
         .spec
         .break_glass
         .as_ref()?
         .groups
         .iter()
-        .find(|g| caller.in_group(g))?;
-    Some(PatchOperation::Add(AddOperation {
-        path: PointerBuf::from_tokens(["spec", "breakGlassGroup"]),
-        value: serde_json::Value::String(group.clone()),
-    }))
+        .find(|g| caller.in_group(g))
 }
 
 /// Validating check of a new request, after mutation: like [`request_create`], but an absent

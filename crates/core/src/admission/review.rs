@@ -272,14 +272,10 @@ pub fn approval_right_needed(req: &AdmissionRequest<DynamicObject>) -> Option<St
     if caller.username.is_empty() || !own_review_changed || requester {
         return None;
     }
-    let status = old.status.as_ref();
-    let recorded: Vec<&String> = status
-        .map(|s| {
-            s.approver_groups
-                .iter()
-                .chain(s.approver_group.iter())
-                .collect()
-        })
+    let recorded = old
+        .status
+        .as_ref()
+        .map(crate::api::ElevationRequestStatus::deciding_groups)
         .unwrap_or_default();
     if recorded.iter().any(|g| caller.in_group(g)) {
         return None;

@@ -3,7 +3,9 @@
 //! their step, and approvers by RBAC.
 
 use super::review::Pass;
-use super::tests::{accepts, base_spec, caller, er, groups, now, policy, rejects};
+use super::tests::{
+    accepts, base_spec, caller, er, er_object, er_request, groups, now, policy, rejects,
+};
 use super::*;
 use crate::api::ElevationRequest;
 use kube::core::DynamicObject;
@@ -284,24 +286,10 @@ fn rbac_lets_an_approver_outside_every_group_decide() {
 }
 
 fn update_review(who: &str, gs: &[&str], status: Value) -> AdmissionRequest<DynamicObject> {
-    let old = er(base_spec(), status);
+    let old = er_object(base_spec(), status);
     let mut new = old.clone();
-    new.spec.reviews.insert(
-        who.to_owned(),
-        serde_json::from_value(json!({"decision": "Approve"})).unwrap(),
-    );
-    serde_json::from_value(json!({
-        "uid": "u1",
-        "kind": {"group": "kubepam.io", "version": "v1alpha1", "kind": "ElevationRequest"},
-        "resource": {"group": "kubepam.io", "version": "v1alpha1", "resource": "elevationrequests"},
-        "name": "r1",
-        "operation": "UPDATE",
-        "userInfo": {"username": who, "groups": gs},
-        "object": new,
-        "oldObject": old,
-        "dryRun": false,
-    }))
-    .unwrap()
+    new["spec"]["reviews"] = json!({ who: {"decision": "Approve"} });
+    er_request("UPDATE", who, gs, new, old)
 }
 
 #[test]
@@ -377,17 +365,7 @@ pub(super) fn refusal_scenarios() -> Vec<(&'static str, Verdict, Reason)> {
 }
 
 fn create_review(who: &str, gs: &[&str], spec: Value) -> AdmissionRequest<DynamicObject> {
-    serde_json::from_value(json!({
-        "uid": "u2",
-        "kind": {"group": "kubepam.io", "version": "v1alpha1", "kind": "ElevationRequest"},
-        "resource": {"group": "kubepam.io", "version": "v1alpha1", "resource": "elevationrequests"},
-        "name": "r1",
-        "operation": "CREATE",
-        "userInfo": {"username": who, "groups": gs},
-        "object": er(spec, json!(null)),
-        "dryRun": false,
-    }))
-    .unwrap()
+    er_request("CREATE", who, gs, er_object(spec, json!(null)), Value::Null)
 }
 
 #[test]

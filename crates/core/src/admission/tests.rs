@@ -1573,7 +1573,7 @@ pub(super) fn request_json(request: Value) -> AdmissionRequest<DynamicObject> {
     parse_review(body.to_string().as_bytes()).unwrap()
 }
 
-fn er_request(
+pub(super) fn er_request(
     operation: &str,
     user: &str,
     gs: &[&str],
@@ -1590,7 +1590,7 @@ fn er_request(
     }))
 }
 
-fn er_object(spec: Value, status: Value) -> Value {
+pub(super) fn er_object(spec: Value, status: Value) -> Value {
     json!({"apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest", "metadata": {"name": "r1"}, "spec": spec, "status": status})
 }
 

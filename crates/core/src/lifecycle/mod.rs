@@ -42,7 +42,8 @@ use crate::duration;
 
 pub use related::{OpenCounts, Related, extended_among};
 pub use routing::{
-    DEFAULT_REVIEW_WITHIN, approver_groups_at, review_overdue, review_pending, review_within,
+    DEFAULT_REVIEW_WITHIN, approver_groups_at, groups_opened, review_overdue, review_pending,
+    review_within,
 };
 use timing::Window;
 pub use timing::{quota_refusal, unbounded_auto_extensions};

@@ -57,6 +57,23 @@ pub fn approver_groups_at(
     (groups, next)
 }
 
+/// The escalation groups that may decide in `after` and did not in `before` (the status read
+/// and the one written), with their place in `approverGroups`: each is told once.
+pub fn groups_opened<'a>(
+    before: Option<&ElevationRequestStatus>,
+    after: &'a ElevationRequestStatus,
+) -> Vec<(usize, &'a str)> {
+    let had: &[String] = before.map_or(&[], |b| b.approver_groups.as_slice());
+    after
+        .approver_groups
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, g)| !had.contains(g))
+        .map(|(step, g)| (step, g.as_str()))
+        .collect()
+}
+
 /// The review period of an emergency grant.
 pub fn review_within(break_glass: &BreakGlass) -> TimeDelta {
     break_glass
@@ -230,8 +247,8 @@ impl Step<'_> {
 
     /// The review of an emergency grant, while it is owed: a `Reject` (which wins over a
     /// `Confirm` written at the same moment) or a `Confirm` by someone other than the requester
-    /// is recorded. Returns the decision recorded.
-    fn record_verdict(&mut self) -> Option<ReviewDecision> {
+    /// is recorded. Returns the decision recorded, by whom, and their comments.
+    fn record_verdict(&mut self) -> Option<(ReviewDecision, String, Option<String>)> {
         if !review_pending(&self.status) {
             return None;
         }
@@ -264,28 +281,21 @@ impl Step<'_> {
         );
         self.status.history.push(HistoryEntry {
             time: self.stamp,
-            actor,
+            actor: actor.clone(),
             action: action.to_owned(),
-            comment,
+            comment: comment.clone(),
         });
         let excess = self.status.history.len().saturating_sub(HISTORY_LIMIT);
         self.status.history.drain(..excess);
-        Some(decision)
+        Some((decision, actor, comment))
     }
 
     /// The review of an active emergency grant: a rejection ends it at once.
     pub(super) fn review_active_emergency(&mut self) -> Option<Effect> {
-        if self.record_verdict()? != ReviewDecision::Reject {
+        let (decision, actor, comment) = self.record_verdict()?;
+        if decision != ReviewDecision::Reject {
             return None;
         }
-        let rejecters = reviewers(
-            &self.request.spec.reviews,
-            self.requester(),
-            &[ReviewDecision::Reject],
-        );
-        let names: Vec<String> = rejecters.iter().map(|(w, _)| (*w).to_owned()).collect();
-        let actor = names.join(", ");
-        let comment = super::joined_comments(&rejecters);
         let message = format!("emergency access rejected by {actor}; the grant ended at once");
         Some(self.final_state(
             Phase::Revoked,

@@ -117,7 +117,10 @@ impl Step<'_> {
         if self.request.spec.emergency {
             // An emergency is now: one that cannot be granted soon (kubepam disabled, the
             // policy not accepted yet) expires rather than open much later.
-            ttl_end = ttl_end.min(submitted + super::routing::EMERGENCY_REQUEST_TTL);
+            let soon = submitted
+                .checked_add_signed(super::routing::EMERGENCY_REQUEST_TTL)
+                .unwrap_or(submitted);
+            ttl_end = ttl_end.min(soon);
         }
         match self.booked_end(control) {
             Some(end) => ttl_end.min(end),

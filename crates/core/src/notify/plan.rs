@@ -211,11 +211,7 @@ pub fn for_routing(
     now: DateTime<Utc>,
 ) -> Vec<Notification> {
     let mut owed = Vec::new();
-    let had: &[String] = before.map_or(&[], |b| b.approver_groups.as_slice());
-    for (step, group) in after.approver_groups.iter().enumerate().skip(1) {
-        if had.contains(group) {
-            continue;
-        }
+    for (step, group) in crate::lifecycle::groups_opened(before, after) {
         let created = Created {
             event: NotificationEvent::Escalated,
             actor: Some(crate::lifecycle::ACTOR_KUBEPAM.to_owned()),

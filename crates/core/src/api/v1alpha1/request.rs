@@ -311,6 +311,16 @@ pub struct ElevationRequestStatus {
 }
 
 impl ElevationRequestStatus {
+    /// The groups whose members may decide now, as recorded: `approverGroups`, else (a request
+    /// recorded before escalation existed) `approverGroup`; empty before the first record.
+    pub fn deciding_groups(&self) -> Vec<&str> {
+        if self.approver_groups.is_empty() {
+            self.approver_group.as_deref().into_iter().collect()
+        } else {
+            self.approver_groups.iter().map(String::as_str).collect()
+        }
+    }
+
     /// When a booked window opens, for a grant approved before its window: `grantedFrom` when
     /// it is after `decidedAt`. A grant that opened at its approval has none, so a replica whose
     /// clock is a little behind the one that approved never takes it for one still to open.
