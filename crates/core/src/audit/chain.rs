@@ -58,14 +58,18 @@ pub enum Failure {
     /// The record does not name the digest of the one before it.
     #[error("it does not follow the record before it (kubepamprev is not that record's digest)")]
     BrokenLink,
-    /// A number is missing or repeated.
-    #[error("sequence {found} where {expected} was due (a record is missing, repeated or moved)")]
+    /// A number is missing, or comes out of order.
+    #[error("sequence {found} where {expected} was due (a record is missing or moved)")]
     Gap {
         /// The number due.
         expected: u64,
         /// The number found.
         found: u64,
     },
+    /// A record with this number came before, with other content: two chains, or a record
+    /// forged with the key.
+    #[error("another record with sequence {0} came before it (the chain forked)")]
+    Forked(u64),
 }
 
 /// The first record of a chain that fails, or the chain's end short of the head.
@@ -113,15 +117,30 @@ pub fn seal(mut record: AuditRecord, head: &mut ChainHead, key: &Key) -> AuditRe
     record
 }
 
+/// What a verified export holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Where the export ends.
+    pub end: ChainHead,
+    /// Records verified (each sequence once).
+    pub records: usize,
+    /// Exact copies of records already read (delivery is at least once), skipped.
+    pub redelivered: usize,
+}
+
 /// Verify `records`, which continue the chain after `from` (the default for an export from
-/// the first record), and, when `head` is given, reach it exactly. Returns where they end.
+/// the first record), and, when `head` is given, reach it exactly. An exact copy of a record
+/// already read is skipped (a sink may be sent a record again after a crash); anything else
+/// out of its place fails.
 pub fn verify(
     records: &[AuditRecord],
     key: &Key,
     from: &ChainHead,
     head: Option<&ChainHead>,
-) -> Result<ChainHead, VerifyError> {
+) -> Result<Verified, VerifyError> {
     let mut at = from.clone();
+    let mut seen: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    let mut redelivered = 0;
     for (index, record) in records.iter().enumerate() {
         let fail = |failure| VerifyError::Record {
             index,
@@ -132,19 +151,31 @@ pub fn verify(
         if key.sign(&signed_bytes(record)) != record.kubepamsignature {
             return Err(fail(Failure::BadSignature));
         }
-        if record.kubepamsequence != at.sequence + 1 {
+        let sequence = record.kubepamsequence;
+        if sequence <= at.sequence {
+            match seen.get(&sequence) {
+                Some(known) if *known == digest(record) => {
+                    redelivered += 1;
+                    continue;
+                }
+                Some(_) => return Err(fail(Failure::Forked(sequence))),
+                None => {}
+            }
+        }
+        if sequence != at.sequence + 1 {
             return Err(fail(Failure::Gap {
                 expected: at.sequence + 1,
-                found: record.kubepamsequence,
+                found: sequence,
             }));
         }
         if record.kubepamprev != at.digest {
             return Err(fail(Failure::BrokenLink));
         }
         at = ChainHead {
-            sequence: record.kubepamsequence,
+            sequence,
             digest: digest(record),
         };
+        seen.insert(sequence, at.digest.clone());
     }
     match head {
         Some(head) if at.sequence < head.sequence => Err(VerifyError::ShortOfHead {
@@ -156,7 +187,11 @@ pub fn verify(
                 sequence: head.sequence,
             })
         }
-        _ => Ok(at),
+        _ => Ok(Verified {
+            records: seen.len(),
+            end: at,
+            redelivered,
+        }),
     }
 }
 

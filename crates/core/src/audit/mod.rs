@@ -12,5 +12,5 @@ pub mod record;
 #[cfg(test)]
 mod tests;
 
-pub use chain::{ChainHead, Failure, Key, VerifyError, seal, verify};
-pub use record::{AuditData, AuditRecord, parse_lines};
+pub use chain::{ChainHead, Failure, Key, Verified, VerifyError, seal, verify};
+pub use record::{AuditData, AuditOperation, AuditRecord, parse_lines};

@@ -57,6 +57,37 @@ pub struct AuditData {
     pub comment: Option<String>,
     /// The request's id.
     pub request_id: String,
+    /// A review's decision (`Approve`, `Deny`, `Revoke`, `Confirm`, `Reject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// kubepam's reason code for a transition, as in the request's `Approved` condition
+    /// (e.g. `BreakGlass`, `ReleasedByRequester`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition_reason: Option<String>,
+    /// The end of the grant, on records that make or change one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_until: Option<DateTime<Utc>>,
+    /// The use of the grant, on `io.kubepam.grant.used` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<AuditOperation>,
+}
+
+/// One use of a grant that the guard admitted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditOperation {
+    /// Who used it.
+    pub user: String,
+    /// The verb, e.g. `delete`.
+    pub verb: String,
+    /// The resource, e.g. `deployments.apps` or `pods/exec`.
+    pub resource: String,
+    /// The object's namespace, when namespaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The object's name, when the request names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl AuditRecord {
