@@ -26,6 +26,15 @@ pub enum Error {
 
 /// Parse a duration such as `1h30m` into a positive [`TimeDelta`] of whole seconds.
 pub fn parse(input: &str) -> Result<TimeDelta, Error> {
+    parse_units(input, false)
+}
+
+/// Parse a duration that may also count days, such as `90d` (a retention period).
+pub fn parse_with_days(input: &str) -> Result<TimeDelta, Error> {
+    parse_units(input, true)
+}
+
+fn parse_units(input: &str, days: bool) -> Result<TimeDelta, Error> {
     let syntax = || Error::Syntax(input.to_owned());
     let too_long = || Error::TooLong(input.to_owned());
     if input.is_empty() {
@@ -43,6 +52,7 @@ pub fn parse(input: &str) -> Result<TimeDelta, Error> {
             number = Some(n);
         } else {
             let unit: i64 = match c {
+                'd' if days => 86_400,
                 'h' => 3600,
                 'm' => 60,
                 's' => 1,

@@ -28,6 +28,7 @@ use crate::api::{
     PrivilegedAccessControl, RbacObjectRef, condition_true, find_condition, remove_condition,
     same_objects, set_condition,
 };
+use crate::audit;
 use crate::grant::{self, DesiredRbac};
 use crate::lifecycle::{self, ControlView, OpenCounts, PolicyView, Related, Transition};
 use crate::notify::plan as notifications;
@@ -71,6 +72,21 @@ pub fn unsettled_selector() -> String {
 /// Whether kubepam has settled the request (see [`LABEL_SETTLED`]).
 pub fn is_settled(request: &ElevationRequest) -> bool {
     request.labels().contains_key(LABEL_SETTLED)
+}
+
+/// How often a request held for its audit records to be exported looks again.
+pub const AUDIT_EXPORT_RECHECK: Duration = Duration::from_secs(2);
+
+/// Whether every audit record of the request is on the chain and with every sink.
+fn trail_exported(status: Option<&ElevationRequestStatus>, observed: &Observed<'_>) -> bool {
+    let control = observed.control;
+    let through = audit::trail::exported_through(
+        control.and_then(|c| c.spec.audit.as_ref()),
+        control
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.audit.as_ref()),
+    );
+    audit::trail::exported(status, through)
 }
 
 /// What a reconcile read, at one instant.
@@ -355,7 +371,13 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         generation: request.metadata.generation,
     };
     if request.metadata.deletion_timestamp.is_some() {
-        plan.steps = vec![Step::Prune(Keep::Nothing), Step::RemoveFinalizer];
+        plan.steps = vec![Step::Prune(Keep::Nothing)];
+        // Its records go to the auditors before it goes.
+        if trail_exported(request.status.as_ref(), observed) {
+            plan.steps.push(Step::RemoveFinalizer);
+        } else {
+            plan.requeue_after = Some(AUDIT_EXPORT_RECHECK);
+        }
         return plan;
     }
 
@@ -393,6 +415,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     // without the other. The delivery controller sends them.
     let owed = owed_notifications(request, &status, &decision, observed);
     notifications::enqueue(&mut status.notifications, owed.clone());
+    audit::trail::note_changes(request, request.status.as_ref(), &mut status, observed.now);
 
     let mut steps;
     if desired.is_empty() {
@@ -492,7 +515,13 @@ fn steps_without_grant(
         steps.push(Step::ReportLasting { objects: fresh });
     }
     let mut settle_in = None;
-    if finished {
+    let exported = trail_exported(Some(status), observed);
+    if finished && !exported {
+        // The finalizer holds it until its records are exported; nothing wakes it when a
+        // sink takes them, so it looks again.
+        settle_in = Some(AUDIT_EXPORT_RECHECK);
+    }
+    if finished && exported {
         steps.push(Step::RemoveFinalizer);
         let holds_nothing = recorded.is_empty() && observed.cached.is_empty() && !reported_now;
         let owes_nothing = crate::notify::outbox::backlog(&status.notifications) == 0

@@ -191,6 +191,8 @@ pub fn enable_plan(
                 remove_persistence: false,
                 max_pending_per_requester: args.max_pending_per_requester,
                 notifications: None,
+                audit: None,
+                retention: None,
             },
             status: None,
         };

@@ -8,6 +8,7 @@
 
 pub mod chain;
 pub mod record;
+pub mod trail;
 
 #[cfg(test)]
 mod tests;

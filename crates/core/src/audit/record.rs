@@ -73,7 +73,7 @@ pub struct AuditData {
 }
 
 /// One use of a grant that the guard admitted.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditOperation {
     /// Who used it.

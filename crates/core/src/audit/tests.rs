@@ -164,9 +164,9 @@ fn tampering_is_caught_and_the_first_failing_record_named() {
         digest: digest(&records[0]),
     };
     let fork = seal(unsealed(77), &mut fork_head, &key());
-    let mut forked = records.clone();
-    forked.insert(3, fork);
-    assert_eq!(failure_at(check(&forked)), (3, Failure::Forked(2)));
+    let mut two_chains = records.clone();
+    two_chains.insert(3, fork);
+    assert_eq!(failure_at(check(&two_chains)), (3, Failure::Forked(2)));
     // A changed copy of an earlier record fails its signature.
     let mut changed_copy = records[1].clone();
     changed_copy.data.comment = Some("not what was said".into());

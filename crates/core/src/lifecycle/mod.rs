@@ -260,6 +260,8 @@ pub fn decide_with(
 /// An unverified use (see [`Execution::unverified`]) never pushes out a verified one: the
 /// oldest unverified use goes first, and an unverified use finds no room among verified ones.
 pub fn record_execution(status: &mut ElevationRequestStatus, execution: Execution) {
+    // Every use is on the audit trail, not only the last ones kept here.
+    crate::audit::trail::note_use(status, &execution);
     status.execution_count = status.execution_count.saturating_add(1);
     status.last_executions.push(execution);
     while status.last_executions.len() > EXECUTION_LIMIT {

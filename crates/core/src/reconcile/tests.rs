@@ -45,7 +45,7 @@ fn is_announce(step: &Step) -> bool {
 /// A request approved by bob at `at(10)`, as status recorded it.
 fn approved() -> (ElevationRequest, AccessPolicy, PrivilegedAccessControl) {
     let policy = policy(TASK_MANUAL);
-    let control = control(CONTROL);
+    let control = with_head(control(CONTROL));
     let request = with_reviews(request(""), &[("bob", ReviewDecision::Approve)]);
     let first = plan(&observe(
         &request,
@@ -58,6 +58,31 @@ fn approved() -> (ElevationRequest, AccessPolicy, PrivilegedAccessControl) {
     request.status = Some(first.status);
     request.status.as_mut().unwrap().rbac_objects = granted_objects(&request, &policy);
     (request, policy, control)
+}
+
+/// The chain has taken every record of the request so far.
+fn chained(request: &mut ElevationRequest) {
+    let status = request.status.as_mut().unwrap();
+    let sealed: Vec<(String, u64)> = audit::trail::pending(Some(status))
+        .iter()
+        .zip(1..)
+        .map(|(entry, sequence)| (entry.id.clone(), sequence))
+        .collect();
+    audit::trail::mark_sealed(status, &sealed);
+}
+
+/// The control once the chain's head is past every record of these tests (no sink: sealed is
+/// all there is to wait for).
+fn with_head(mut control: PrivilegedAccessControl) -> PrivilegedAccessControl {
+    control.status.get_or_insert_default().audit = Some(crate::api::AuditStatus {
+        head: Some(crate::api::AuditHead {
+            sequence: 1000,
+            digest: "d".repeat(64),
+            sealed_at: None,
+        }),
+        sinks: Vec::new(),
+    });
+    control
 }
 
 fn granted_objects(request: &ElevationRequest, policy: &AccessPolicy) -> Vec<RbacObjectRef> {
@@ -80,7 +105,7 @@ fn granted_objects(request: &ElevationRequest, policy: &AccessPolicy) -> Vec<Rba
 #[test]
 fn an_approval_adds_the_finalizer_then_records_then_grants_then_announces() {
     let policy = policy(TASK_MANUAL);
-    let control = control(CONTROL);
+    let control = with_head(control(CONTROL));
     let request = with_reviews(request(""), &[("bob", ReviewDecision::Approve)]);
     let plan = plan(&observe(
         &request,
@@ -143,14 +168,26 @@ fn a_revoke_prunes_before_the_record_and_the_finalizer_go() {
     assert_eq!(plan.status.phase, Some(Phase::Revoked), "{plan:#?}");
     let pruned = position(&plan, |s| *s == Step::Prune(Keep::Nothing)).unwrap();
     let recorded = position(&plan, |s| *s == Step::WriteStatus).unwrap();
-    let released = position(&plan, |s| *s == Step::RemoveFinalizer).unwrap();
     assert!(pruned < recorded, "rights go before the record says so");
-    assert!(recorded < released);
     assert!(position(&plan, is_apply).is_none());
     assert!(
         !plan.steps.contains(&Step::ReportLeftovers),
         "a grant ended, nothing left over"
     );
+    // The finalizer stays until the revocation's record is on the chain.
+    assert!(!plan.steps.contains(&Step::RemoveFinalizer));
+    assert_eq!(plan.requeue_after, Some(AUDIT_EXPORT_RECHECK));
+    request.status = Some(plan.status);
+    request.status.as_mut().unwrap().rbac_objects.clear();
+    chained(&mut request);
+    let later = super::plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(61),
+    ));
+    assert!(later.steps.contains(&Step::RemoveFinalizer), "{later:#?}");
 }
 
 #[test]
@@ -191,6 +228,7 @@ fn an_ended_request_is_settled_once_nothing_is_left_to_do() {
     let mut request = request;
     request.status = Some(ended.status.clone());
     request.status.as_mut().unwrap().rbac_objects.clear();
+    chained(&mut request);
 
     let soon = plan(&observe(
         &request,
@@ -280,6 +318,20 @@ fn a_deleted_request_prunes_before_its_finalizer_goes() {
         Some(&control),
         &[],
         at(30),
+    ));
+    assert_eq!(
+        plan.steps,
+        vec![Step::Prune(Keep::Nothing)],
+        "records unsealed"
+    );
+    assert_eq!(plan.requeue_after, Some(AUDIT_EXPORT_RECHECK));
+    chained(&mut request);
+    let plan = super::plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(31),
     ));
     assert_eq!(
         plan.steps,
@@ -458,7 +510,7 @@ fn a_grant_that_cannot_be_built_says_why_once_and_waits_quietly() {
 #[test]
 fn a_collision_blocks_the_grant_reports_once_and_looks_again() {
     let policy = policy(TASK_MANUAL);
-    let control = control(CONTROL);
+    let control = with_head(control(CONTROL));
     let request = with_reviews(request(""), &[("bob", ReviewDecision::Approve)]);
     let plan = plan(&observe(
         &request,
@@ -651,5 +703,171 @@ fn a_booked_window_opening_is_reported_once_after_its_record() {
             .steps
             .iter()
             .any(|s| matches!(s, Step::ReportWindowOpened(_)))
+    );
+}
+
+fn trail(request: &ElevationRequest) -> Vec<(String, String, Option<String>)> {
+    audit::trail::pending(request.status.as_ref())
+        .iter()
+        .map(|e| {
+            (
+                e.event_type.trim_start_matches("io.kubepam.").to_owned(),
+                e.actor.clone(),
+                e.decision.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Each step is on the record once, in the write that makes it: the submission, bob's review,
+/// the approval; then carol's revoke and the revocation; a plan made again from the same
+/// status records nothing more.
+#[test]
+fn every_step_is_recorded_once_in_the_write_that_makes_it() {
+    let (mut request, policy, control) = approved();
+    let events = |r: &ElevationRequest| {
+        trail(r)
+            .into_iter()
+            .map(|(t, a, _)| (t, a))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        events(&request),
+        [
+            ("request.submitted".into(), "alice".into()),
+            ("request.reviewed".into(), "bob".into()),
+            ("request.approved".into(), "bob".into()),
+        ],
+        "{:#?}",
+        request.status
+    );
+    let approved_entry = &audit::trail::pending(request.status.as_ref())[2];
+    assert!(approved_entry.granted_until.is_some());
+    let id = request.status.as_ref().unwrap().request_id.clone().unwrap();
+    assert_eq!(approved_entry.id, format!("{id}/3"));
+
+    // Planned again from what was written: nothing new.
+    let again = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(20),
+    ));
+    assert_eq!(
+        audit::trail::pending(Some(&again.status)).len(),
+        3,
+        "{:#?}",
+        again.status.audit
+    );
+
+    chained(&mut request);
+    request.spec.reviews.insert(
+        "carol".into(),
+        crate::api::Review {
+            decision: ReviewDecision::Revoke,
+            comment: Some("done".into()),
+        },
+    );
+    let revoked = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        at(60),
+    ));
+    request.status = Some(revoked.status);
+    assert_eq!(
+        trail(&request),
+        [
+            (
+                "request.reviewed".into(),
+                "carol".into(),
+                Some("Revoke".into())
+            ),
+            ("request.revoked".into(), "carol".into(), None),
+        ]
+    );
+    let audit = request.status.as_ref().unwrap().audit.clone().unwrap();
+    assert_eq!(audit.recorded, 5);
+    assert_eq!(audit.pending[1].id, format!("{id}/5"));
+    assert_eq!(
+        audit.pending[1].condition_reason.as_deref(),
+        Some("RevokedByApprover")
+    );
+}
+
+/// Every use is recorded, beyond the last ones the status keeps, and the records' ids never
+/// repeat.
+#[test]
+fn every_use_is_recorded_beyond_the_kept_ones() {
+    let (mut request, _, _) = approved();
+    chained(&mut request);
+    let status = request.status.as_mut().unwrap();
+    for n in 0..(crate::api::EXECUTION_LIMIT + 5) {
+        crate::lifecycle::record_execution(
+            status,
+            crate::api::Execution {
+                time: at(30),
+                verb: "delete".into(),
+                resource: "deployments.apps".into(),
+                name: Some(format!("web-{n}")),
+                namespace: Some("prod".into()),
+                user: "alice".into(),
+                unverified: false,
+            },
+        );
+    }
+    let pending = audit::trail::pending(Some(status));
+    assert_eq!(pending.len(), crate::api::EXECUTION_LIMIT + 5);
+    assert_eq!(status.last_executions.len(), crate::api::EXECUTION_LIMIT);
+    let ids: std::collections::BTreeSet<&str> = pending.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), pending.len());
+    let operation = pending[0].operation.as_ref().unwrap();
+    assert_eq!(
+        (operation.verb.as_str(), operation.name.as_deref()),
+        ("delete", Some("web-0"))
+    );
+}
+
+/// Sealing marks records once; the request may go only when every sink has them.
+#[test]
+fn a_request_is_exported_once_every_sink_has_its_records() {
+    let (mut request, _, _) = approved();
+    let status = request.status.as_mut().unwrap();
+    let ids: Vec<(String, u64)> = audit::trail::pending(Some(status))
+        .iter()
+        .zip(41..)
+        .map(|(e, s)| (e.id.clone(), s))
+        .collect();
+    assert!(!audit::trail::exported(Some(status), 1000));
+    assert!(audit::trail::mark_sealed(status, &ids));
+    assert!(
+        !audit::trail::mark_sealed(status, &ids),
+        "marking twice changes nothing"
+    );
+    assert_eq!(status.audit.as_ref().unwrap().last_sequence, Some(43));
+    assert!(!audit::trail::exported(Some(status), 42));
+    assert!(audit::trail::exported(Some(status), 43));
+
+    let settings: crate::api::AuditSettings = serde_json::from_value(serde_json::json!({
+        "sinks": [{"name": "siem", "webhook": {"url": "https://siem.example"}},
+                  {"name": "file", "file": {"name": "audit.jsonl"}}]
+    }))
+    .unwrap();
+    let state: crate::api::AuditStatus = serde_json::from_value(serde_json::json!({
+        "head": {"sequence": 50, "digest": "d"},
+        "sinks": [{"name": "siem", "exportedSequence": 45}, {"name": "gone", "exportedSequence": 1}]
+    }))
+    .unwrap();
+    // The file sink has not taken anything yet.
+    assert_eq!(
+        audit::trail::exported_through(Some(&settings), Some(&state)),
+        0
+    );
+    assert_eq!(
+        audit::trail::exported_through(None, Some(&state)),
+        50,
+        "no sink: sealed is all"
     );
 }

@@ -85,6 +85,15 @@ pub struct PrivilegedAccessControlSpec {
     /// Mail and webhook notifications to approver groups and requesters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notifications: Option<Notifications>,
+    /// Where the audit trail (every step and every use, hash-chained and signed) is exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<super::AuditSettings>,
+    /// How long an ended request is kept, e.g. `90d`; kept forever when absent. A request is
+    /// removed only once every audit sink has received all its records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[dhms])+$')").message("retention must be a duration such as 90d, 720h or 30m"))]
+    pub retention: Option<String>,
 }
 
 #[allow(clippy::unnecessary_wraps)]
@@ -133,6 +142,9 @@ pub struct PrivilegedAccessControlStatus {
     /// those identities (`kubectl pam impersonators`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub impersonators: Vec<ImpersonationRight>,
+    /// The audit chain's head and how far each sink has received it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<super::AuditStatus>,
 }
 
 /// One subject that may impersonate identities kubepam trusts.

@@ -1,11 +1,16 @@
 //! `kubepam.io/v1alpha1`: the three cluster-scoped kinds.
 
+pub mod audit;
 pub mod common;
 pub mod control;
 pub mod notifications;
 pub mod policy;
 pub mod request;
 
+pub use audit::{
+    AuditEntry, AuditFile, AuditHead, AuditSettings, AuditSink, AuditSinkStatus, AuditStatus,
+    AuditWebhook, RequestAudit,
+};
 pub use common::{
     ApprovalType, GrantScope, PolicyType, RoleRule, TaskSpec, condition_false, condition_true,
     find_condition, from_k8s_time, remove_condition, set_condition, to_k8s_time,

@@ -305,6 +305,9 @@ pub struct ElevationRequestStatus {
     /// Every transition, oldest first, at most 50 entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// This request's audit records not yet on the chain, and how many it has made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<super::RequestAudit>,
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
