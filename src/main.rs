@@ -58,6 +58,13 @@ struct RunArgs {
     /// Secrets that notification sinks name are, and where no grant may reach.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kubepam-system")]
     secret_namespace: String,
+    /// The cluster's name, in every audit record's `source`
+    /// (`kubepam.io/clusters/NAME`).
+    #[arg(long, env = "KUBEPAM_CLUSTER_NAME", default_value = "kubernetes")]
+    cluster_name: String,
+    /// Where audit sinks of type `file` write (a volume a log shipper reads).
+    #[arg(long, env = "KUBEPAM_AUDIT_DIR", default_value = "/var/log/kubepam")]
+    audit_dir: std::path::PathBuf,
     #[command(flatten)]
     webhook: WebhookArgs,
     #[command(flatten)]
@@ -286,6 +293,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.secret_namespace.clone(),
         sender: kubepam::delivery::Sender::new(client.clone(), args.secret_namespace.clone())
             .context("cannot start the HTTP client of notification webhooks")?,
+        cluster_name: args.cluster_name.clone(),
+        audit_dir: args.audit_dir.clone(),
     };
     kubepam::runtime::run(client, options, shutdown_signal()).await?;
     Ok(())

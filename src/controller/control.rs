@@ -53,6 +53,7 @@ pub async fn reconcile(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
+    let audit = ctx.auditor.health();
     let status = desired_status(
         &control,
         &ControlFacts {
@@ -61,16 +62,15 @@ pub async fn reconcile(
             sinks: &sinks,
             impersonators: impersonators.as_deref(),
             guard: &guard,
+            audit_problem: audit.problem.as_deref(),
             now: Utc::now(),
         },
     );
-    super::apply_status(
-        &ctx.client,
-        &*control,
-        control.status.as_ref(),
-        &status,
-        None,
-    )
-    .await?;
+    // `status.audit` is the audit sequencer's: compared and written without it.
+    let mut current = control.status.clone();
+    if let Some(current) = current.as_mut() {
+        current.audit = None;
+    }
+    super::apply_status(&ctx.client, &*control, current.as_ref(), &status, None).await?;
     Ok(Action::requeue(RECOUNT_EVERY))
 }

@@ -35,7 +35,7 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, stop: Stop) {
         caches.role_bindings.changes().map(|_| ()).boxed(),
         caches.cluster_role_bindings.changes().map(|_| ()).boxed(),
         caches.cluster_roles.changes().map(|_| ()).boxed(),
-        caches.controls.changes().map(|_| ()).boxed(),
+        caches.controls.spec_changes().map(|_| ()).boxed(),
     ]);
     let mut changes = changes.ready_chunks(1024);
     let mut reported: BTreeSet<RbacObjectRef> = BTreeSet::new();

@@ -50,7 +50,7 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, operator: Option<String>, st
             .filter(move |b| std::future::ready(not_kubepams(b.labels())))
             .map(|_| ())
             .boxed(),
-        caches.controls.changes().map(|_| ()).boxed(),
+        caches.controls.spec_changes().map(|_| ()).boxed(),
     ]);
     let mut changes = changes.ready_chunks(1024);
     tokio::select! {

@@ -12,6 +12,7 @@
 //!
 //! Only the leader runs them ([`lead`]); every replica serves admission.
 
+pub mod audit;
 mod control;
 mod drift;
 pub mod events;
@@ -121,11 +122,19 @@ pub struct Context {
     pub impersonators: Arc<std::sync::Mutex<Option<Vec<kubepam_core::api::ImpersonationRight>>>>,
     /// Consecutive failed reconciles per object, for their backoff.
     pub failures: retry::Failures,
+    /// The audit chain, as the leader knows it.
+    pub auditor: Arc<audit::Auditor>,
 }
 
 impl Context {
-    pub fn new(shared: Arc<Shared>, recorder: events::Events, notifier: Notifier) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        recorder: events::Events,
+        notifier: Notifier,
+        auditor: audit::Auditor,
+    ) -> Self {
         Self {
+            auditor: Arc::new(auditor),
             shared,
             recorder,
             notifier: Arc::new(notifier),
@@ -405,6 +414,7 @@ pub async fn lead(
         requests.await;
     };
     let janitor = drift::run(ctx.clone(), caches.clone(), stop.clone());
+    let auditor = audit::run(ctx.clone(), caches.clone(), stop.clone());
     let impersonation = impersonation::run(
         ctx.clone(),
         caches.clone(),
@@ -435,7 +445,8 @@ pub async fn lead(
         controls,
         register,
         janitor,
-        impersonation
+        impersonation,
+        auditor
     );
     info!("kubepam controllers stopped");
 }

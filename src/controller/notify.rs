@@ -118,7 +118,7 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
     });
     Controller::for_shared_stream(owing, caches.requests.store())
         .with_config(Config::default().concurrency(CONCURRENCY))
-        .watches_shared_stream(caches.controls.changes(), move |_| {
+        .watches_shared_stream(caches.controls.spec_changes(), move |_| {
             requests
                 .state()
                 .into_iter()

@@ -74,7 +74,7 @@ pub fn controller(caches: &Caches) -> Controller<ElevationRequest> {
                 .map(|request| ObjectRef::from_obj(&*request))
                 .collect::<Vec<_>>()
         })
-        .watches_shared_stream(caches.controls.changes(), move |_| {
+        .watches_shared_stream(caches.controls.spec_changes(), move |_| {
             for_control
                 .state()
                 .into_iter()

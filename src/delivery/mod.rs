@@ -1,7 +1,8 @@
-//! The notification transports: SMTP and HTTP webhooks, with credentials read from Secrets in
-//! kubepam's namespace at send time. Error texts name what failed and never carry a credential
+//! The notification transports (SMTP and HTTP webhooks) and the audit export transports
+//! ([`audit`]), with credentials read from Secrets in kubepam's namespace at send time. Error texts name what failed and never carry a credential
 //! or a webhook URL (which can itself be one).
 
+pub mod audit;
 mod http;
 mod smtp;
 
@@ -46,6 +47,8 @@ pub enum Error {
     Webhook { reason: String },
     #[error("timed out after {}s", SEND_TIMEOUT.as_secs())]
     Timeout,
+    #[error("file: {reason}")]
+    File { reason: String },
 }
 
 impl Error {
@@ -55,7 +58,9 @@ impl Error {
         match self {
             Error::SecretKey { .. } | Error::Config { .. } => true,
             Error::Secret { unlabelled, .. } => *unlabelled,
-            Error::Smtp { .. } | Error::Webhook { .. } | Error::Timeout => false,
+            Error::Smtp { .. } | Error::Webhook { .. } | Error::Timeout | Error::File { .. } => {
+                false
+            }
         }
     }
 }

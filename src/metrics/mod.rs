@@ -114,6 +114,22 @@ pub struct Metrics {
     pub standing_holders: Family<RightLabels, Gauge>,
     /// Objects that confer access, made during grants, found when they ended.
     pub persistence_found: Counter,
+    /// The audit chain's last sequence number.
+    pub audit_head: Gauge,
+    /// Audit records made and not yet sealed onto the chain, as cached.
+    pub audit_unsealed: Gauge,
+    /// Audit records sealed and not yet received by a sink, by sink.
+    pub audit_backlog: Family<SinkLabels, Gauge>,
+    /// Audit records received by a sink, by sink.
+    pub audit_exported: Family<SinkLabels, Counter>,
+    /// Failed audit export tries, by sink.
+    pub audit_export_failures: Family<SinkLabels, Counter>,
+}
+
+/// An audit sink.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
 }
 
 /// A right of `kubectl pam standing`: `policy NAME`, `impersonate`, `escalate`, `bind`.
@@ -154,6 +170,11 @@ impl Default for Metrics {
             impersonators: Gauge::default(),
             standing_holders: Family::default(),
             persistence_found: Counter::default(),
+            audit_head: Gauge::default(),
+            audit_unsealed: Gauge::default(),
+            audit_backlog: Family::default(),
+            audit_exported: Family::default(),
+            audit_export_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -256,6 +277,31 @@ impl Default for Metrics {
             "Emergency grants (break glass) not yet confirmed or rejected by an approver, by \
              whether the review is overdue, as cached",
             metrics.emergency_unreviewed.clone(),
+        );
+        registry.register(
+            "audit_head_sequence",
+            "The audit chain's last sequence number",
+            metrics.audit_head.clone(),
+        );
+        registry.register(
+            "audit_unsealed",
+            "Audit records made and not yet sealed onto the chain, as cached",
+            metrics.audit_unsealed.clone(),
+        );
+        registry.register(
+            "audit_backlog",
+            "Audit records sealed and not yet received by the sink",
+            metrics.audit_backlog.clone(),
+        );
+        registry.register(
+            "audit_exported",
+            "Audit records the sink received",
+            metrics.audit_exported.clone(),
+        );
+        registry.register(
+            "audit_export_failures",
+            "Failed audit export tries, by sink",
+            metrics.audit_export_failures.clone(),
         );
         Self {
             registry,

@@ -34,6 +34,10 @@ pub struct Options {
     pub sender: crate::delivery::Sender,
     /// kubepam's own namespace: no grant may reach it.
     pub namespace: String,
+    /// The cluster's name in audit records' `source`.
+    pub cluster_name: String,
+    /// Where audit file sinks write.
+    pub audit_dir: std::path::PathBuf,
 }
 
 /// Where and how the admission webhooks are served and registered.
@@ -79,6 +83,7 @@ pub async fn run(
         shared.clone(),
         recorder,
         Notifier::new(options.sender.clone()),
+        controller::audit::Auditor::new(&options.cluster_name, options.audit_dir.clone()),
     ));
     let readiness = shared.clone();
     let synced = caches.clone();

@@ -84,6 +84,28 @@ where
         receiver
     }
 
+    /// The changes of what objects ask for: a new `metadata.generation` (a status write
+    /// leaves it alone), a new object, or one deleted. For watchers of the control, whose
+    /// status kubepam itself writes several times a second while it audits.
+    pub fn spec_changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let store = self.store.clone();
+        let mut seen: std::collections::HashMap<String, Option<i64>> = store
+            .state()
+            .iter()
+            .map(|o| (o.name_any(), o.meta().generation))
+            .collect();
+        self.changes().filter(move |object| {
+            let name = object.name_any();
+            let generation = object.meta().generation;
+            let gone = store.get(&reflector::ObjectRef::new(&name)).is_none();
+            let changed = gone || seen.insert(name.clone(), generation) != Some(generation);
+            if gone {
+                seen.remove(&name);
+            }
+            futures::future::ready(changed)
+        })
+    }
+
     /// Every cached object, then every change: what a controller that
     /// starts now (after winning the lease) has to look at.
     pub fn everything(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {

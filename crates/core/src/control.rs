@@ -61,6 +61,8 @@ pub struct ControlFacts<'a> {
     /// Who may impersonate identities kubepam trusts, once looked at.
     pub impersonators: Option<&'a [ImpersonationRight]>,
     pub guard: &'a GuardState,
+    /// Why the audit chain cannot be sealed, if it cannot.
+    pub audit_problem: Option<&'a str>,
     pub now: DateTime<Utc>,
 }
 
@@ -107,6 +109,12 @@ pub fn desired_status(
     if let Some(found) = facts.impersonators {
         status.impersonators = found.to_vec();
     }
+    set_condition(
+        &mut status.conditions,
+        crate::audit::export::condition(control, facts.audit_problem, facts.now),
+    );
+    // Written by the audit sequencer under its own field manager.
+    status.audit = None;
     for (kind, condition) in guard_conditions(facts.guard, facts.now, generation) {
         match condition {
             Some(condition) => set_condition(&mut status.conditions, condition),

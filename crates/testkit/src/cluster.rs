@@ -347,6 +347,17 @@ impl TestCluster {
     }
 
     /// Where this cluster keeps its logs.
+    /// Where the operators' audit file sinks write (`--audit-dir`).
+    pub fn audit_dir(&self) -> PathBuf {
+        let dir = self
+            .kubeconfig_path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+            .join("audit");
+        std::fs::create_dir_all(&dir).expect("creating the audit directory");
+        dir
+    }
+
     pub fn log_dir(&self) -> PathBuf {
         let dir = self
             .kubeconfig_path
@@ -370,6 +381,9 @@ impl TestCluster {
         let instance = spec.instance.clone().unwrap_or_else(|| format!("test-{n}"));
         let log_path = self.log_dir().join(format!("operator-{n}.log"));
         let log = std::fs::File::create(&log_path).expect("creating the operator log");
+        // Its standard output is an audit sink of its own (`stdout: true`).
+        let stdout = std::fs::File::create(self.log_dir().join(format!("operator-{n}.stdout")))
+            .expect("creating the operator's standard output");
         // The API server calls the webhooks on loopback, as in `make run`.
         let port = spec.webhook_port.unwrap_or_else(free_port);
         let webhook_url = spec
@@ -398,6 +412,8 @@ impl TestCluster {
             .arg(&webhook_url)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig_path)
+            .arg("--audit-dir")
+            .arg(self.audit_dir())
             .args(&spec.args)
             // As manifests/deployment.yaml sets it.
             .env("MALLOC_ARENA_MAX", "2")
@@ -410,7 +426,7 @@ impl TestCluster {
                 "--instance",
             ])
             .arg(&instance)
-            .stdout(std::process::Stdio::null())
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .expect("starting kubepam");

@@ -182,7 +182,10 @@ pub fn verify(
             ends: at.sequence,
             head: head.sequence,
         }),
-        Some(head) if at.sequence == head.sequence && at.digest != head.digest => {
+        // Past the head or at it, the record at the head's place must be the head.
+        Some(head)
+            if head.sequence > from.sequence && seen.get(&head.sequence) != Some(&head.digest) =>
+        {
             Err(VerifyError::NotTheHead {
                 sequence: head.sequence,
             })

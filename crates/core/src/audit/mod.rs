@@ -7,7 +7,10 @@
 //!   that fails.
 
 pub mod chain;
+pub mod export;
+pub mod log;
 pub mod record;
+pub mod retention;
 pub mod trail;
 
 #[cfg(test)]

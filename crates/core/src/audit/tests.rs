@@ -191,6 +191,18 @@ fn tampering_is_caught_and_the_first_failing_record_named() {
     );
     assert!(verify(truncated, &key(), &ChainHead::default(), None).is_ok());
 
+    // An export past the head that forked before it is not the cluster's chain.
+    let mut other_branch = ChainHead {
+        sequence: 3,
+        digest: digest(&records[2]),
+    };
+    let mut forked_tail = records[..3].to_vec();
+    forked_tail.extend((0..5).map(|n| seal(unsealed(50 + n), &mut other_branch, &key())));
+    assert_eq!(
+        check(&forked_tail),
+        Err(VerifyError::NotTheHead { sequence: 6 })
+    );
+
     let other = Key::new(b"another key".to_vec());
     let err = verify(&records, &other, &ChainHead::default(), Some(&head)).unwrap_err();
     assert!(err.to_string().contains("record 1 (id rec-1"), "{err}");

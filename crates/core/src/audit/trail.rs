@@ -154,12 +154,9 @@ pub fn pending(status: Option<&ElevationRequestStatus>) -> &[AuditEntry] {
         .unwrap_or_default()
 }
 
-/// The sequence every configured sink has received, or the head when there is no sink (there
-/// is nothing to wait for).
+/// The sequence every configured sink has received; with no sink, every sequence (sealed is
+/// all there is to wait for).
 pub fn exported_through(settings: Option<&AuditSettings>, status: Option<&AuditStatus>) -> u64 {
-    let head = status
-        .and_then(|s| s.head.as_ref())
-        .map_or(0, |h| h.sequence);
     let sinks = settings.map(|s| s.sinks.as_slice()).unwrap_or_default();
     sinks
         .iter()
@@ -169,7 +166,7 @@ pub fn exported_through(settings: Option<&AuditSettings>, status: Option<&AuditS
                 .map_or(0, |known| known.exported_sequence)
         })
         .min()
-        .unwrap_or(head)
+        .unwrap_or(u64::MAX)
 }
 
 /// Whether every record of the request is on the chain and received by every sink: only

@@ -1,0 +1,151 @@
+//! The audit export transports: an HTTP POST of a CloudEvents batch, a file of JSON lines in
+//! the operator's audit directory, and standard output. A call returns only once the records
+//! are accepted (a 2xx answer, or written and synced), so a cursor advanced after it never
+//! runs ahead of the sink.
+
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+use super::{Error, SEND_TIMEOUT, Sender, chain};
+use kubepam_core::api::{AuditSink, AuditWebhook};
+
+/// The content type of CloudEvents' batch mode over HTTP: a JSON array of events.
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+
+/// How much of a file's end is read to find the last record written to it.
+const TAIL_BYTES: u64 = 256 * 1024;
+
+impl Sender {
+    /// Delivers `lines` (records as JSON, in sequence order) to `sink`; a file sink's file
+    /// lives in `dir`.
+    pub async fn export(
+        &self,
+        sink: &AuditSink,
+        dir: &Path,
+        lines: &[String],
+    ) -> Result<(), Error> {
+        let attempt = async {
+            match (&sink.webhook, &sink.file, sink.stdout) {
+                (Some(hook), _, _) => self.post_batch(&sink.name, hook, lines).await,
+                (None, Some(file), _) => append(dir.join(&file.name), lines).await,
+                (None, None, Some(true)) => print(lines).await,
+                _ => Err(Error::Config {
+                    sink: sink.name.clone(),
+                    reason: "sets none of webhook, file and stdout: true".to_owned(),
+                }),
+            }
+        };
+        tokio::time::timeout(SEND_TIMEOUT, attempt)
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    async fn post_batch(
+        &self,
+        sink: &str,
+        hook: &AuditWebhook,
+        lines: &[String],
+    ) -> Result<(), Error> {
+        let url = match (&hook.url, &hook.url_secret) {
+            (Some(url), _) => url.clone(),
+            (None, Some(secret)) => self
+                .secret(&secret.name, &secret.key)
+                .await?
+                .expose()
+                .to_owned(),
+            (None, None) => {
+                return Err(Error::Webhook {
+                    reason: "sets neither url nor urlSecret".to_owned(),
+                });
+            }
+        };
+        let body = format!("[{}]", lines.join(","));
+        let mut request = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, BATCH_CONTENT_TYPE)
+            .body(body);
+        if let Some(secret) = &hook.token_secret {
+            let clear = reqwest::Url::parse(&url).map_or(true, |parsed| {
+                parsed.scheme() != "https" && !parsed.host_str().is_some_and(super::is_loopback)
+            });
+            if clear {
+                return Err(Error::Config {
+                    sink: sink.to_owned(),
+                    reason: "tokenSecret needs an https:// URL: kubepam sends a token in clear only to a loopback address".to_owned(),
+                });
+            }
+            let token = self.secret(&secret.name, &secret.key).await?;
+            request = request.bearer_auth(token.expose());
+        }
+        let response = request.send().await.map_err(|e| Error::Webhook {
+            reason: chain(&e.without_url()),
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Error::Webhook {
+                reason: format!("the receiver answered {status}"),
+            })
+        }
+    }
+}
+
+async fn append(path: PathBuf, lines: &[String]) -> Result<(), Error> {
+    let text = as_lines(lines);
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        file.write_all(text.as_bytes())?;
+        // Accepted means on disk: the cursor moves past these records next.
+        file.sync_data()
+    })
+    .await
+    .map_err(|e| Error::File {
+        reason: e.to_string(),
+    })?
+    .map_err(|e| Error::File {
+        reason: e.to_string(),
+    })
+}
+
+async fn print(lines: &[String]) -> Result<(), Error> {
+    let text = as_lines(lines);
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()
+    })
+    .await
+    .map_err(|e| Error::File {
+        reason: e.to_string(),
+    })?
+    .map_err(|e| Error::File {
+        reason: format!("standard output: {e}"),
+    })
+}
+
+fn as_lines(lines: &[String]) -> String {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// The sequence of the last whole record in the file `dir/name`, if any: a file sink goes on
+/// after it rather than writing it twice.
+pub fn last_sequence_in_file(dir: &Path, name: &str) -> Option<u64> {
+    let mut file = std::fs::File::open(dir.join(name)).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(TAIL_BYTES)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let tail = String::from_utf8_lossy(&tail);
+    tail.lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|record| record.get("kubepamsequence")?.as_u64())
+}
