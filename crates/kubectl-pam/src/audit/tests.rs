@@ -2,8 +2,12 @@
 
 use super::*;
 use chrono::{TimeDelta, TimeZone, Utc};
+use clap::Parser as _;
 use kubepam_core::audit::{AuditData, AuditOperation, seal};
 use serde_json::json;
+
+use crate::cli::{Cli, Command};
+use crate::error::Error as CommandError;
 
 const NAME: &str = "prod-delete-x7k2p";
 const REQUEST_ID: &str = "0b7c8e2a-x7k2p";
@@ -444,4 +448,113 @@ fn the_head_is_read_from_the_controls_status() {
         head_of_control(Some(&control)),
         Err(Error::BadHead(_))
     ));
+}
+
+/// A file under the system's temporary directory, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("kubectl-pam-audit-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The command line as the binary runs it, with `stdin` as its input.
+async fn run(args: &[&str], stdin: &str) -> (Printout, Result<(), CommandError>) {
+    let cli =
+        Cli::try_parse_from(std::iter::once("kubectl-pam").chain(args.iter().copied())).unwrap();
+    let Command::Audit(command) = &cli.command else {
+        panic!("not an audit command: {args:?}")
+    };
+    crate::commands::audit(command, &cli.connection, cli.output, &mut stdin.as_bytes()).await
+}
+
+#[tokio::test]
+async fn the_commands_run_offline_from_a_key_file() {
+    let (records, _) = chain(5);
+    let key_file = TempFile::new("key", b"the-audit-key-of-this-cluster\n");
+    let export = TempFile::new("export", lines(&records).as_bytes());
+    let (printout, result) = run(
+        &[
+            "audit",
+            "verify",
+            export.path(),
+            "--key-file",
+            key_file.path(),
+        ],
+        "",
+    )
+    .await;
+    result.unwrap();
+    assert!(
+        printout
+            .stdout
+            .starts_with("verified 5 records, sequences 1..5;")
+    );
+    let (printout, result) = run(
+        &[
+            "audit",
+            "verify",
+            "-",
+            "--key-file",
+            key_file.path(),
+            "-o",
+            "json",
+        ],
+        &lines(&records[1..]),
+    )
+    .await;
+    let err = result.unwrap_err();
+    assert_eq!(err.exit_code(), crate::error::exit::FAILURE);
+    assert!(err.message().contains("--partial"), "{}", err.message());
+    assert!(printout.stdout.contains("\"verified\": false"));
+    let (printout, result) = run(&["audit", "show", NAME], &lines(&records)).await;
+    result.unwrap();
+    assert_eq!(printout.stdout.lines().count(), 3);
+    let (_, result) = run(&["audit", "show", NAME, "/nonexistent/audit.jsonl"], "").await;
+    assert!(
+        result
+            .unwrap_err()
+            .message()
+            .starts_with("cannot read the export /nonexistent/audit.jsonl: ")
+    );
+    let (_, result) = run(&["audit", "show", NAME, "-o", "name"], "").await;
+    assert_eq!(result.unwrap_err().exit_code(), crate::error::exit::USAGE);
+}
+
+#[test]
+fn verify_takes_its_flags_and_warns_about_the_key() {
+    use clap::CommandFactory as _;
+    let cli = Cli::try_parse_from(["kubectl-pam", "audit", "verify", "--against-cluster"]).unwrap();
+    let Command::Audit(crate::cli::AuditCommand::Verify(args)) = cli.command else {
+        panic!("audit verify")
+    };
+    assert!(args.against_cluster && !args.partial);
+    assert_eq!(
+        (args.file, args.key_file, args.kubepam_namespace.as_str()),
+        (None, None, DEFAULT_KUBEPAM_NAMESPACE)
+    );
+    let help = Cli::command()
+        .find_subcommand_mut("audit")
+        .and_then(|audit| audit.find_subcommand_mut("verify"))
+        .unwrap()
+        .render_long_help()
+        .to_string();
+    assert!(
+        help.contains("Whoever holds the key can forge records"),
+        "{help}"
+    );
 }
