@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use super::audit;
 use super::objects;
 use super::render::Output;
 use kubepam_core::api::{ApprovalType, EscalationStep, Phase, ReviewDecision};
@@ -31,7 +32,10 @@ use kubepam_core::api::{ApprovalType, EscalationStep, Phase, ReviewDecision};
   kubectl pam confirm prod-delete-deployments-q8w3e -m 'justified: INC-999'
   # Need longer, or done early
   kubectl pam extend prod-delete-deployments-x7k2p --by 1h --reason 'INC-1234: rollout still running'
-  kubectl pam release prod-delete-deployments-x7k2p -m 'done'"
+  kubectl pam release prod-delete-deployments-x7k2p -m 'done'
+  # Check the audit trail an export holds, and read one request's records
+  kubectl pam audit verify audit.jsonl --against-cluster
+  kubectl pam audit show prod-delete-deployments-x7k2p audit.jsonl"
 )]
 pub struct Cli {
     /// How to reach the cluster, as kubectl's own flags.
@@ -184,6 +188,14 @@ pub enum Command {
   kubectl pam standing
   kubectl pam standing -o json")]
     Standing,
+    /// Check an exported audit trail, and read one request's records from it.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  kubectl pam audit verify /var/log/kubepam/audit.jsonl --against-cluster
+  kubectl pam audit show prod-delete-deployments-x7k2p audit.jsonl"
+    )]
+    Audit(AuditCommand),
     /// Print a shell completion script.
     #[command(after_help = "Examples:
   source <(kubectl-pam completion bash)
@@ -493,6 +505,65 @@ pub struct CanI {
     pub resource: String,
     /// An object's name.
     pub name: Option<String>,
+}
+
+/// `audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check an export of the audit trail: every record's signature, link and sequence.
+    ///
+    /// The export is JSON lines, one record per line. Each record's signature, its link to the
+    /// record before it and its sequence are checked, and with --against-cluster that the
+    /// export reaches the head kubepam keeps, so a changed, dropped, reordered, inserted or
+    /// cut-off record is named by its line. Whoever holds the key can forge records: the
+    /// Secret kubepam-audit-key must be readable only by kubepam and the auditors.
+    #[command(after_help = "Examples:
+  kubectl pam audit verify /var/log/kubepam/audit.jsonl --against-cluster
+  # an export that starts later, e.g. after log rotation, checked with a copy of the key
+  kubectl logs deploy/kubepam -n kubepam-system | grep '\"specversion\"' | kubectl pam audit verify --key-file key.bin --partial
+  # a summary for scripts; exits non-zero unless the export verifies
+  kubectl pam audit verify audit.jsonl -o json")]
+    Verify(AuditVerify),
+    /// Show one request's records from an export, in sequence order: who did what, when. It
+    /// does not check them (kubectl pam audit verify does).
+    #[command(after_help = "Examples:
+  kubectl pam audit show prod-delete-deployments-x7k2p audit.jsonl
+  # by request id, from stdin, as the records themselves
+  kubectl pam audit show 0b7c8e2a-1f9e-4c57-9f6c-8a1d2b3c4d5e < audit.jsonl -o json")]
+    Show(AuditShow),
+}
+
+/// `audit verify`.
+#[derive(Debug, Args)]
+pub struct AuditVerify {
+    /// The export, one record per line; - or nothing reads stdin.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The signing key: this file's bytes, less one trailing newline (default: the entry
+    /// `key` of the Secret kubepam-audit-key in kubepam's namespace).
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Also check that the export reaches the head of the chain kept in the status of
+    /// PrivilegedAccessControl default, so a cut-off tail or a fork is caught.
+    #[arg(long)]
+    pub against_cluster: bool,
+    /// Accept an export that starts after the first record (e.g. after log rotation); the
+    /// records before it are not checked.
+    #[arg(long)]
+    pub partial: bool,
+    /// The namespace kubepam runs in, where its key Secret is.
+    #[arg(long, value_name = "NAMESPACE", default_value = audit::DEFAULT_KUBEPAM_NAMESPACE)]
+    pub kubepam_namespace: String,
+}
+
+/// `audit show`.
+#[derive(Debug, Args)]
+pub struct AuditShow {
+    /// The request's name or request id.
+    pub name: String,
+    /// The export, one record per line; - or nothing reads stdin.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 /// `completion`.

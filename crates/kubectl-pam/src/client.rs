@@ -5,7 +5,8 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
 use serde::Serialize;
@@ -164,6 +165,24 @@ where
         }
     }
 
+    /// Get one object as JSON, with the fields this plugin's types do not know (a newer
+    /// kubepam's status); `None` when it does not exist.
+    pub async fn get_json_opt(&self, name: &str) -> Result<Option<serde_json::Value>, Error> {
+        let resource = ApiResource::erase::<K>(&());
+        let api = Api::<DynamicObject>::all_with(self.api.clone().into_client(), &resource);
+        match api.get(name).await {
+            Ok(o) => serde_json::to_value(o)
+                .map(Some)
+                .map_err(|e| Error::Transport(e.to_string())),
+            Err(kube::Error::Api(s))
+                if s.code == 404 && !super::error::is_missing_resource_type(&s) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Self::map(e)),
+        }
+    }
+
     /// List every object.
     pub async fn list(&self) -> Result<Vec<K>, Error> {
         self.api
@@ -219,6 +238,37 @@ where
             Err(e) => Err(Self::map(e)),
         }
     }
+}
+
+/// The bytes of entry `entry` of Secret `namespace/name`; `None` when the Secret or the entry
+/// does not exist.
+pub async fn secret_entry(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    entry: &str,
+) -> Result<Option<Vec<u8>>, Error> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let secret = match secrets.get(name).await {
+        Ok(secret) => secret,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+        // RBAC on Secrets is not kubepam's: the generic hint would name the wrong role.
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            return Err(Error::Server {
+                reason: "Forbidden".to_owned(),
+                message: s.message,
+                hint: Some(format!(
+                    "reading the key needs get on secrets/{name} in {namespace}, which only \
+                     kubepam and the auditors should have; or give the key with --key-file"
+                )),
+            });
+        }
+        Err(e) => return Err(from_kube(e, "secrets")),
+    };
+    Ok(secret
+        .data
+        .and_then(|mut data| data.remove(entry))
+        .map(|bytes| bytes.0))
 }
 
 /// Who the API server says the caller is (a `SelfSubjectReview`, as `kubectl auth whoami`).

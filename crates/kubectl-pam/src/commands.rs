@@ -1,7 +1,8 @@
 //! Each command: read what it needs, let the pure modules decide, write, print.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::Path;
 
 use chrono::Utc;
 use clap::CommandFactory;
@@ -9,7 +10,8 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Client;
 
 use super::access::{self, Facts, Query};
-use super::cli::{self, Cli, Command, PolicyCommand};
+use super::audit::{self, Printout};
+use super::cli::{self, AuditCommand, Cli, Command, PolicyCommand};
 use super::client::{self, Kind, connect, list_in_all_namespaces, rbac_allows, whoami};
 use super::error::{Error, exit};
 use super::objects::{self, EnablePlan};
@@ -19,6 +21,7 @@ use super::task;
 use kubepam_core::api::{
     AccessPolicy, CONTROL_NAME, ElevationRequest, Phase, PrivilegedAccessControl, ReviewDecision,
 };
+use kubepam_core::audit::{ChainHead, Key};
 use kubepam_core::duration;
 
 /// Print to stdout through anstream, which drops colour unless stdout is a terminal (and
@@ -77,6 +80,9 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         print(&String::from_utf8_lossy(&out))?;
         return Ok(exit::OK);
     }
+    if let Command::Audit(command) = &cli.command {
+        return run_audit(&cli, command).await;
+    }
     let (client, context_namespace) = connect(&cli.connection).await?;
     let output = cli.output;
     let one_namespace = || -> Result<Option<String>, Error> {
@@ -117,8 +123,163 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
         }
         Command::Impersonators => impersonators(&client, output).await,
         Command::Standing => standing(&client, output).await,
-        Command::Completion(_) => Ok(exit::OK),
+        Command::Completion(_) | Command::Audit(_) => Ok(exit::OK),
     }
+}
+
+/// `audit ...` from the terminal: stdin is the export unless a FILE is named.
+async fn run_audit(cli: &Cli, command: &AuditCommand) -> Result<u8, Error> {
+    use std::io::IsTerminal as _;
+    if !cli.namespaces.is_empty() {
+        return Err(Error::Usage(
+            "audit takes kubepam's namespace as --kubepam-namespace, not --namespace".into(),
+        ));
+    }
+    let file = match command {
+        AuditCommand::Verify(args) => args.file.as_deref(),
+        AuditCommand::Show(args) => args.file.as_deref(),
+    };
+    if reads_stdin(file) && std::io::stdin().is_terminal() {
+        return Err(Error::Usage(
+            "give the export as FILE, or pipe it in (kubectl pam audit verify audit.jsonl)".into(),
+        ));
+    }
+    let (printout, result) =
+        audit(command, &cli.connection, cli.output, &mut std::io::stdin()).await;
+    print(&printout.stdout)?;
+    let mut err = anstream::stderr();
+    err.write_all(printout.stderr.as_bytes())
+        .map_err(|e| Error::Output(e.to_string()))?;
+    result.map(|()| exit::OK)
+}
+
+/// The export's path: FILE unless it is `-` (stdin).
+fn export_path(file: Option<&Path>) -> Option<&Path> {
+    file.filter(|f| *f != Path::new("-"))
+}
+
+fn reads_stdin(file: Option<&Path>) -> bool {
+    export_path(file).is_none()
+}
+
+/// The export, as error messages name it.
+fn export_label(file: Option<&Path>) -> String {
+    export_path(file).map_or_else(
+        || "the export from stdin".to_owned(),
+        |path| format!("the export {}", path.display()),
+    )
+}
+
+/// `audit verify|show`: what to print, and the failure to report after printing it. It
+/// connects only when the key or the head must come from the cluster; `stdin` is the export
+/// when no FILE is named.
+pub async fn audit(
+    command: &AuditCommand,
+    connection: &cli::Connection,
+    output: Option<Output>,
+    stdin: &mut dyn Read,
+) -> (Printout, Result<(), Error>) {
+    if output == Some(Output::Name) {
+        let usage = Error::Usage("audit prints no object names: use -o json or -o yaml".into());
+        return (Printout::default(), Err(usage));
+    }
+    match command {
+        AuditCommand::Verify(args) => {
+            let inputs = async {
+                let input = open_export(args.file.as_deref(), stdin)?;
+                let (key, head) = verify_key_and_head(args, connection).await?;
+                // The export is read after the head: records written meanwhile are then in
+                // the export, past the head, not missing from it.
+                let export = read_export(input, args.file.as_deref())?;
+                Ok::<_, Error>((export, key, head))
+            };
+            match inputs.await {
+                Ok((export, key, head)) => {
+                    let (printout, result) =
+                        audit::verify_command(&export, &key, head.as_ref(), args.partial, output);
+                    (printout, result.map_err(Error::from))
+                }
+                Err(e) => (Printout::default(), Err(e)),
+            }
+        }
+        AuditCommand::Show(args) => {
+            let shown = open_export(args.file.as_deref(), stdin)
+                .and_then(|input| read_export(input, args.file.as_deref()))
+                .and_then(|export| Ok(audit::show_command(&export, &args.name, output)?));
+            match shown {
+                Ok(printout) => (printout, Ok(())),
+                Err(e) => (Printout::default(), Err(e)),
+            }
+        }
+    }
+}
+
+/// The export's source: the file, or `stdin`. Opened before anything is read from the
+/// cluster, so a wrong path fails at once.
+fn open_export<'a>(
+    file: Option<&Path>,
+    stdin: &'a mut dyn Read,
+) -> Result<Box<dyn Read + 'a>, Error> {
+    match export_path(file) {
+        None => Ok(Box::new(stdin)),
+        Some(path) => std::fs::File::open(path)
+            .map(|f| Box::new(f) as Box<dyn Read>)
+            .map_err(|e| unreadable(&export_label(file), &e)),
+    }
+}
+
+fn read_export(mut input: Box<dyn Read + '_>, file: Option<&Path>) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::new();
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|e| unreadable(&export_label(file), &e))?;
+    Ok(bytes)
+}
+
+fn unreadable(what: &str, e: &std::io::Error) -> Error {
+    Error::from(audit::Error::Read {
+        what: what.to_owned(),
+        why: e.to_string(),
+    })
+}
+
+/// The key (`--key-file`, else the Secret) and, with `--against-cluster`, the head.
+async fn verify_key_and_head(
+    args: &cli::AuditVerify,
+    connection: &cli::Connection,
+) -> Result<(Key, Option<ChainHead>), Error> {
+    let mut client = None;
+    let key = if let Some(path) = &args.key_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| unreadable(&format!("the key file {}", path.display()), &e))?;
+        audit::key_from_file(bytes, &path.display().to_string())?
+    } else {
+        let (connected, _) = connect(connection).await?;
+        let namespace = &args.kubepam_namespace;
+        let bytes = client::secret_entry(
+            &connected,
+            namespace,
+            audit::KEY_SECRET,
+            audit::KEY_SECRET_ENTRY,
+        )
+        .await?
+        .ok_or_else(|| audit::Error::NoKey {
+            namespace: namespace.clone(),
+        })?;
+        client = Some(connected);
+        audit::key_from_secret(bytes, namespace)?
+    };
+    if !args.against_cluster {
+        return Ok((key, None));
+    }
+    let client = match client {
+        Some(client) => client,
+        None => connect(connection).await?.0,
+    };
+    let control = Kind::<PrivilegedAccessControl>::new(&client)
+        .get_json_opt(CONTROL_NAME)
+        .await?;
+    Ok((key, Some(audit::head_of_control(control.as_ref())?)))
 }
 
 async fn enable(client: &Client, args: &cli::Enable, output: Option<Output>) -> Result<u8, Error> {

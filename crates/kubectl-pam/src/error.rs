@@ -3,6 +3,7 @@
 
 use kube::core::Status;
 
+use super::audit;
 use super::objects;
 
 /// Exit codes. kubectl exits 1 on any failure; `can-i` answers "no" with 1 as
@@ -62,6 +63,9 @@ pub enum Error {
     /// The command line could not be turned into an object.
     #[error(transparent)]
     Build(#[from] objects::Error),
+    /// An audit export could not be read, or does not verify.
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
     /// A bad argument found after parsing (e.g. an unknown resource).
     #[error("{0}")]
     Usage(String),

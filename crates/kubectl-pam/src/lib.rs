@@ -3,9 +3,11 @@
 //! Pipeline per command: `cli` (parse) -> `client` (read) -> pure decisions (`task`,
 //! `objects`, `select`, `access`) -> `client` (write) -> `render` (print), with `error`
 //! turning every failure into a message and an exit code. Only `client` and `commands` touch
-//! the API server; everything else is plain data and unit-tested.
+//! the API server; everything else is plain data and unit-tested. `audit` checks and reads
+//! exported audit trails offline.
 
 pub mod access;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod commands;
