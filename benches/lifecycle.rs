@@ -8,6 +8,7 @@
 //! - booked windows: startAt -> SubjectAccessReview allows; and refusals across the boundary
 //!   of a grant and its extension;
 //! - what kubepam's webhooks cost a create, and the throughput of Auto requests to granted;
+//! - what exporting the audit trail costs that throughput, and its export lag;
 //! - RSS of the leader of two replicas with 100,000 ended requests, and with 10,000 Pending;
 //! - admission latency under load, from kubepam's own histogram;
 //! - failover: the leader of two replicas killed, until the other leads.
@@ -17,7 +18,7 @@
 //! `target/bench/lifecycle.md`.
 //!
 //! Sizes can be lowered for a quick look: `KUBEPAM_BENCH_SCALE=0.1 make bench`; parts can be
-//! chosen with `KUBEPAM_BENCH_ONLY=latency,expiry,schedule,throughput,ended,pending,admission,failover`.
+//! chosen with `KUBEPAM_BENCH_ONLY=latency,expiry,schedule,throughput,audit,ended,pending,admission,failover`.
 //! `KUBEPAM_BENCH_HEAPTRACK=DIR` records a heap profile (heaptrack) of the replica that takes
 //! over with the Pending requests, written to `DIR/leader.zst` when it stops.
 
@@ -613,6 +614,9 @@ async fn main() {
     if runs("throughput") {
         throughput(cluster, &admin, &ns, &operator, &mut results).await;
     }
+    if runs("audit") {
+        audit(cluster, &admin, &ns, &mut results).await;
+    }
     if runs("ended") {
         ended(cluster, &admin, &ns, &operator, &mut results).await;
     }
@@ -672,12 +676,9 @@ async fn latency(
     );
 
     let slow = receivers::HookReceiver::start(support::free_port(), Duration::from_secs(2)).await;
-    pam::apply_control(
+    pam::standard_control_with(
         admin,
         json!({
-            "enabled": true,
-            "defaultApproverGroup": "pam-approvers",
-            "systemAccounts": ["system:serviceaccount:ci:deployer"],
             "notifications": {
                 "sinks": [ { "name": "slow", "webhook": { "url": slow.url() } } ],
                 "approverRoutes": [ { "group": "pam-approvers", "sink": "slow" } ],
@@ -1025,24 +1026,7 @@ async fn throughput(
     );
 
     let n = scaled(1000);
-    let requester = cluster.client_as_user("tp-user", &["developers"]).await;
-    let start = Instant::now();
-    let created = create_many(&requester, "tp", n, 50, "bench-auto", ns, "2m").await;
-    let granted =
-        |s: &ElevationRequestStatus| s.phase == Some(Phase::Approved) && !s.rbac_objects.is_empty();
-    loop {
-        let done = count_live(admin, "tp-", granted).await;
-        if done == n {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "only {done}/{n} granted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let total = start.elapsed();
-    let rate = n as f64 / total.as_secs_f64();
+    let (rate, total, created) = grant_rate(cluster, admin, ns, "tp", n).await;
     results.row(
         &format!("throughput: {n} Auto requests created 50 at a time, until all are Approved with their RBAC objects"),
         format!(
@@ -1053,6 +1037,124 @@ async fn throughput(
         "≥ 150 grants/s".to_owned(),
         Some(rate >= 150.0),
     );
+}
+
+/// `n` Auto requests named `PREFIX-i` created 50 at a time by one user: grants per second
+/// until all are Approved with their RBAC objects, the time that took, and the creation's.
+async fn grant_rate(
+    cluster: &support::TestCluster,
+    admin: &Client,
+    ns: &str,
+    prefix: &str,
+    n: usize,
+) -> (f64, Duration, Duration) {
+    let requester = cluster
+        .client_as_user(&format!("{prefix}-user"), &["developers"])
+        .await;
+    let start = Instant::now();
+    let created = create_many(&requester, prefix, n, 50, "bench-auto", ns, "2m").await;
+    let granted =
+        |s: &ElevationRequestStatus| s.phase == Some(Phase::Approved) && !s.rbac_objects.is_empty();
+    let named = format!("{prefix}-");
+    loop {
+        let done = count_live(admin, &named, granted).await;
+        if done == n {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "only {done}/{n} granted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = start.elapsed();
+    (n as f64 / total.as_secs_f64(), total, created)
+}
+
+/// What exporting the audit trail costs: grants per second without an audit sink and then
+/// with an HTTP sink (the records are sealed onto the chain either way), in the same run; and
+/// the export lag, from a transition (the record's `time`) to its arrival at the receiver,
+/// under that load and one request at a time.
+async fn audit(cluster: &support::TestCluster, admin: &Client, ns: &str, results: &mut Results) {
+    let n = scaled(500);
+    let (without, _, _) = grant_rate(cluster, admin, ns, "au0", n).await;
+    let receiver = receivers::HookReceiver::start(support::free_port(), Duration::ZERO).await;
+    pam::standard_control_with(
+        admin,
+        json!({ "audit": { "sinks": [{ "name": "bench", "webhook": { "url": receiver.url() } }] } }),
+    )
+    .await;
+    let (with, _, _) = grant_rate(cluster, admin, ns, "au1", n).await;
+    let lags = |prefix: &str, per_request: usize, count: usize| {
+        let receiver = &receiver;
+        let prefix = prefix.to_owned();
+        async move {
+            let start = Instant::now();
+            loop {
+                let lags: Vec<Duration> = receiver
+                    .received()
+                    .iter()
+                    .flat_map(|call| {
+                        let at = chrono::DateTime::<Utc>::from(call.received_at);
+                        call.body
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(move |event| {
+                                let record: kubepam_core::audit::AuditRecord =
+                                    serde_json::from_value(event).ok()?;
+                                Some((record, at))
+                            })
+                    })
+                    .filter(|(record, _)| record.subject.starts_with(&prefix))
+                    .map(|(record, at)| (at - record.time).to_std().unwrap_or(Duration::ZERO))
+                    .collect();
+                if lags.len() >= count * per_request {
+                    return lags;
+                }
+                assert!(
+                    start.elapsed() < WAIT * 5,
+                    "only {} records arrived",
+                    lags.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Each Auto request makes two records while it is granted: submitted, approved.
+    let loaded = lags("au1-", 2, n).await;
+    results.row(
+        &format!(
+            "throughput with an audit sink (HTTP) / without, {n} Auto requests each, same run"
+        ),
+        format!(
+            "{with:.1} / {without:.1} grants/s ({:+.0}%)",
+            (with / without - 1.0) * 100.0
+        ),
+        String::new(),
+        None,
+    );
+    results.latency(
+        "export lag, transition → record at the HTTP receiver, under that load",
+        loaded,
+        Bound::default(),
+    );
+    let requester = cluster.client_as_user("au2-user", &["developers"]).await;
+    let single = scaled(20).max(5);
+    for i in 0..single {
+        create(&requester, &format!("au2-{i}"), "bench-auto", ns, "2m").await;
+        wait_phase(admin, &format!("au2-{i}"), Phase::Approved, WAIT).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let one_at_a_time = lags("au2-", 2, single).await;
+    results.latency(
+        "export lag, one request at a time",
+        one_at_a_time,
+        Bound::default(),
+    );
+    delete_prefixed(admin, &["au0-", "au1-", "au2-"]).await;
+    standard_control(admin).await;
 }
 
 /// Many ended requests (denied at once: their policy does not exist) and 100 active ones;

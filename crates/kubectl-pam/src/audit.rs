@@ -542,7 +542,11 @@ fn details(record: &AuditRecord) -> String {
         } else {
             format!(" by {}", op.user)
         };
-        return format!("{} {}{name}{namespace}{by}", op.verb, op.resource);
+        return format!(
+            "{} {}{name}{namespace}{by}",
+            op.verb,
+            op.qualified_resource()
+        );
     }
     let mut facts: Vec<String> = Vec::new();
     if record.event_type.ends_with(".submitted") {

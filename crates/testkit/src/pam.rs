@@ -33,15 +33,20 @@ pub async fn apply_control(admin: &Client, spec: Value) {
 /// The control every test of a shared binary uses: enabled, approvals by
 /// `pam-approvers`, `ci-bot` as a system account.
 pub async fn standard_control(admin: &Client) {
-    apply_control(
-        admin,
-        json!({
-            "enabled": true,
-            "defaultApproverGroup": "pam-approvers",
-            "systemAccounts": ["system:serviceaccount:ci:deployer"],
-        }),
-    )
-    .await;
+    standard_control_with(admin, json!({})).await;
+}
+
+/// The standard control with these fields of its spec added (e.g. `notifications`).
+pub async fn standard_control_with(admin: &Client, extra: Value) {
+    let mut spec = json!({
+        "enabled": true,
+        "defaultApproverGroup": "pam-approvers",
+        "systemAccounts": ["system:serviceaccount:ci:deployer"],
+    });
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+        spec.extend(extra);
+    }
+    apply_control(admin, spec).await;
 }
 
 /// Creates a policy and waits until the controller has judged it.

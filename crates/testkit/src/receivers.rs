@@ -111,7 +111,10 @@ impl Drop for SmtpServer {
 pub struct Call {
     pub authorization: Option<String>,
     pub id_header: Option<String>,
+    pub content_type: Option<String>,
     pub body: Value,
+    /// When it arrived (before the answer's delay).
+    pub received_at: std::time::SystemTime,
 }
 
 #[derive(Clone)]
@@ -169,6 +172,7 @@ async fn record(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> StatusCode {
+    let received_at = std::time::SystemTime::now();
     tokio::time::sleep(receiver.delay).await;
     let header = |name: &str| {
         headers
@@ -179,7 +183,9 @@ async fn record(
     let call = Call {
         authorization: header("authorization"),
         id_header: header("x-kubepam-notification-id"),
+        content_type: header("content-type"),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        received_at,
     };
     receiver.calls.lock().expect("the calls").push(call);
     StatusCode::OK

@@ -35,7 +35,7 @@ use kubepam_core::api::{
     PrivilegedAccessControl,
 };
 use kubepam_core::audit::log::{
-    Segment, chain_end, encode, next_batch, removable, seal_batch, segment_name,
+    Segment, chain_end, encode, next_batch, not_the_chain, removable, seal_batch, segment_name,
 };
 use kubepam_core::audit::{ChainHead, Key, trail};
 
@@ -72,6 +72,9 @@ struct Log {
     head: ChainHead,
     /// What the control's status says, as last written or read.
     recorded: AuditStatus,
+    /// Requests told their records are sealed, up to which sequence, while the cache still
+    /// shows those records waiting.
+    marked: HashMap<String, u64>,
     loaded: bool,
 }
 
@@ -132,6 +135,8 @@ enum Error {
     Head(#[source] kube::Error),
     #[error("the control records the chain further on (sequence {0}) than this replica read")]
     Behind(u64),
+    #[error(transparent)]
+    Inconsistent(#[from] kubepam_core::audit::log::Inconsistent),
 }
 
 /// Seals, records and exports until `stop`.
@@ -198,11 +203,22 @@ async fn step(
     remove(ctx, &requests).await
 }
 
-/// Reads the stored batches and the control's record of the chain.
+/// Reads the stored batches and the control's record of the chain; discards a batch that is
+/// not on the chain (stored by a replica that lost a race, see [`not_the_chain`]).
 async fn load(ctx: &Context) -> Result<(), Error> {
-    let segments = store::load(&ctx.client, &ctx.namespace).await?;
+    // The head first: it is recorded only once its batch is stored, so the listing holds it.
     let recorded = read_recorded(ctx).await?;
-    let head = chain_end(&segments, recorded.head.as_ref().map(head_of).as_ref());
+    let mut segments = store::load(&ctx.client, &ctx.namespace).await?;
+    let recorded_head = recorded.head.as_ref().map(head_of);
+    for first in not_the_chain(&segments, recorded_head.as_ref())? {
+        warn!(
+            batch = %segment_name(first),
+            "audit log batch is not on the chain (stored by a replica that lost the race); discarded"
+        );
+        store::remove(&ctx.client, &ctx.namespace, first).await?;
+        segments.remove(&first);
+    }
+    let head = chain_end(&segments, recorded_head.as_ref());
     let mut log = ctx.auditor.log();
     log.sealed = segments
         .values()
@@ -227,21 +243,39 @@ fn head_of(head: &AuditHead) -> ChainHead {
     }
 }
 
-async fn read_recorded(ctx: &Context) -> Result<AuditStatus, Error> {
-    let control = Api::<PrivilegedAccessControl>::all(ctx.client.clone())
+fn recorded_sequence(control: &PrivilegedAccessControl) -> u64 {
+    control
+        .status
+        .as_ref()
+        .and_then(|s| s.audit.as_ref())
+        .and_then(|a| a.head.as_ref())
+        .map_or(0, |h| h.sequence)
+}
+
+async fn read_control(ctx: &Context) -> Result<Option<PrivilegedAccessControl>, Error> {
+    Api::<PrivilegedAccessControl>::all(ctx.client.clone())
         .get_opt(CONTROL_NAME)
         .await
-        .map_err(Error::Head)?;
-    Ok(control
+        .map_err(Error::Head)
+}
+
+async fn read_recorded(ctx: &Context) -> Result<AuditStatus, Error> {
+    Ok(read_control(ctx)
+        .await?
         .and_then(|c| c.status)
         .and_then(|s| s.audit)
         .unwrap_or_default())
 }
 
-/// Seals the next batch and stores it.
+/// Seals the next batch, stores it and records the new head on the control.
+///
+/// The control's head is where the chain ends for every replica: a batch goes on from the
+/// head read just before it is stored, and the new head is written only while the control
+/// still records that head (a write guarded by resourceVersion, read again on a conflict).
+/// A replica that finds the head moved on reads the log again.
 async fn seal(ctx: &Context, key: &Key, requests: &[Arc<ElevationRequest>]) -> Result<(), Error> {
     let auditor = &ctx.auditor;
-    let (batch, mut head) = {
+    let (batch, base) = {
         let log = auditor.log();
         (
             next_batch(requests.iter().map(|r| &**r), &log.sealed, &auditor.source),
@@ -251,91 +285,140 @@ async fn seal(ctx: &Context, key: &Key, requests: &[Arc<ElevationRequest>]) -> R
     if batch.is_empty() {
         return Ok(());
     }
+    let control = read_control(ctx).await?;
+    if let Some(recorded) = control.as_ref().map(recorded_sequence)
+        && recorded > base.sequence
+    {
+        return Err(Error::Behind(recorded));
+    }
+    let mut head = base.clone();
     let sealed = seal_batch(batch, &mut head, key);
     let first = sealed[0].kubepamsequence;
     let text = encode(&sealed);
-    store::create(&ctx.client, &ctx.namespace, first, &text).await?;
     let segment = kubepam_core::audit::log::decode(&segment_name(first), &text)
         .map_err(store::Error::from)?;
-    let mut log = auditor.log();
-    log.sealed.extend(segment.ids.iter().cloned());
-    log.segments.insert(first, segment);
-    log.head = head;
+    store::create(&ctx.client, &ctx.namespace, first, &text).await?;
+    if let Some(control) = control {
+        record_head(ctx, control, base.sequence, &head).await?;
+    }
+    // Only now may exporters send it: a batch whose head could not be recorded may be a
+    // loser's, and is read again (or discarded) from the log.
+    {
+        let mut log = auditor.log();
+        log.sealed.extend(segment.ids.iter().cloned());
+        log.segments.insert(first, segment);
+        log.head = head.clone();
+    }
     ctx.metrics
         .audit_head
-        .set(i64::try_from(log.head.sequence).unwrap_or(i64::MAX));
+        .set(i64::try_from(head.sequence).unwrap_or(i64::MAX));
     Ok(())
 }
 
-/// Records the head and each sink's progress on the control, when they moved. Never moves
-/// the recorded head back: a control further on means another leader sealed more.
-async fn record(ctx: &Context) -> Result<(), Error> {
-    let wanted = {
-        let log = ctx.auditor.log();
-        let progress = ctx.auditor.progress();
-        AuditStatus {
-            head: (log.head.sequence > 0).then(|| AuditHead {
-                sequence: log.head.sequence,
-                digest: log.head.digest.clone(),
-                sealed_at: None,
-            }),
-            sinks: progress
-                .iter()
-                .map(|(name, p)| AuditSinkStatus {
-                    name: name.clone(),
-                    exported_sequence: p.exported,
-                    exported_at: p.exported_at,
-                    failures: p.failures,
-                    last_error: p.last_error.clone(),
-                })
-                .collect(),
-        }
-    };
-    let recorded = ctx.auditor.log().recorded.clone();
-    if same_progress(&recorded, &wanted) {
-        return Ok(());
-    }
+/// Writes `head` as the control's head, as long as it still records `base`.
+async fn record_head(
+    ctx: &Context,
+    mut control: PrivilegedAccessControl,
+    base: u64,
+    head: &ChainHead,
+) -> Result<(), Error> {
     let api = Api::<PrivilegedAccessControl>::all(ctx.client.clone());
-    let Some(control) = api.get_opt(CONTROL_NAME).await.map_err(Error::Head)? else {
-        // No control: the chain goes on; its head is recorded once there is one.
-        return Ok(());
-    };
-    let current = control
-        .status
-        .as_ref()
-        .and_then(|s| s.audit.as_ref())
-        .and_then(|a| a.head.as_ref())
-        .map_or(0, |h| h.sequence);
-    let mine = wanted.head.as_ref().map_or(0, |h| h.sequence);
-    if current > mine {
-        return Err(Error::Behind(current));
+    loop {
+        let recorded = recorded_sequence(&control);
+        if recorded > base {
+            return Err(Error::Behind(recorded));
+        }
+        let mut audit = control
+            .status
+            .as_ref()
+            .and_then(|s| s.audit.clone())
+            .unwrap_or_default();
+        audit.head = Some(AuditHead {
+            sequence: head.sequence,
+            digest: head.digest.clone(),
+            sealed_at: Some(Utc::now()),
+        });
+        match write_audit(&api, &control, &audit).await {
+            Ok(()) => {
+                ctx.auditor.log().recorded.head.clone_from(&audit.head);
+                return Ok(());
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let Some(fresh) = api.get_opt(CONTROL_NAME).await.map_err(Error::Head)? else {
+                    return Ok(());
+                };
+                control = fresh;
+            }
+            Err(error) => return Err(Error::Head(error)),
+        }
     }
-    let mut wanted = wanted;
-    if let Some(head) = wanted.head.as_mut() {
-        head.sealed_at = Some(Utc::now());
-    }
+}
+
+/// Server-side apply of the control's `status.audit` under the sequencer's field manager,
+/// guarded by the resourceVersion of `control`.
+async fn write_audit(
+    api: &Api<PrivilegedAccessControl>,
+    control: &PrivilegedAccessControl,
+    audit: &AuditStatus,
+) -> Result<(), kube::Error> {
     let patch = serde_json::json!({
         "apiVersion": "kubepam.io/v1alpha1",
         "kind": "PrivilegedAccessControl",
         "metadata": { "name": CONTROL_NAME, "resourceVersion": control.resource_version() },
-        "status": { "audit": wanted },
+        "status": { "audit": audit },
     });
     api.patch_status(
         CONTROL_NAME,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
-    .await
-    .map_err(Error::Head)?;
-    ctx.auditor.log().recorded = wanted;
+    .await?;
     Ok(())
 }
 
-fn same_progress(a: &AuditStatus, b: &AuditStatus) -> bool {
-    let head = |s: &AuditStatus| s.head.as_ref().map(|h| (h.sequence, h.digest.clone()));
-    let sinks = |s: &AuditStatus| {
-        s.sinks
-            .iter()
+/// Records each sink's progress on the control, when it moved (the head is recorded as it is
+/// sealed, by [`record_head`]).
+async fn record(ctx: &Context) -> Result<(), Error> {
+    let sinks: Vec<AuditSinkStatus> = ctx
+        .auditor
+        .progress()
+        .iter()
+        .map(|(name, p)| AuditSinkStatus {
+            name: name.clone(),
+            exported_sequence: p.exported,
+            exported_at: p.exported_at,
+            failures: p.failures,
+            last_error: p.last_error.clone(),
+        })
+        .collect();
+    if same_sinks(&ctx.auditor.log().recorded.sinks, &sinks) {
+        return Ok(());
+    }
+    let api = Api::<PrivilegedAccessControl>::all(ctx.client.clone());
+    loop {
+        let Some(control) = read_control(ctx).await? else {
+            return Ok(());
+        };
+        let mut audit = control
+            .status
+            .as_ref()
+            .and_then(|s| s.audit.clone())
+            .unwrap_or_default();
+        audit.sinks.clone_from(&sinks);
+        match write_audit(&api, &control, &audit).await {
+            Ok(()) => {
+                ctx.auditor.log().recorded.sinks = sinks;
+                return Ok(());
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(Error::Head(error)),
+        }
+    }
+}
+
+fn same_sinks(a: &[AuditSinkStatus], b: &[AuditSinkStatus]) -> bool {
+    let key = |s: &[AuditSinkStatus]| {
+        s.iter()
             .map(|k| {
                 (
                     k.name.clone(),
@@ -346,7 +429,7 @@ fn same_progress(a: &AuditStatus, b: &AuditStatus) -> bool {
             })
             .collect::<Vec<_>>()
     };
-    head(a) == head(b) && sinks(a) == sinks(b)
+    key(a) == key(b)
 }
 
 /// A request, and its records found sealed (id and sequence).
@@ -355,26 +438,47 @@ type Sealed = (Arc<ElevationRequest>, Vec<(String, u64)>);
 /// Tells each request whose records were sealed: they leave its `pending`.
 async fn mark(ctx: &Context, requests: &[Arc<ElevationRequest>]) {
     let owed: Vec<Sealed> = {
-        let log = ctx.auditor.log();
-        requests
-            .iter()
-            .filter_map(|request| {
-                let sealed: Vec<(String, u64)> = trail::pending(request.status.as_ref())
-                    .iter()
-                    .filter_map(|e| log.sealed.get(&e.id).map(|s| (e.id.clone(), *s)))
-                    .collect();
-                (!sealed.is_empty()).then(|| (request.clone(), sealed))
-            })
-            .collect()
-    };
-    futures::stream::iter(owed)
-        .for_each_concurrent(MARK_CONCURRENCY, |(request, sealed)| async move {
+        let mut log = ctx.auditor.log();
+        let mut owed = Vec::new();
+        let mut still_shown = HashMap::new();
+        for request in requests {
+            let sealed: Vec<(String, u64)> = trail::pending(request.status.as_ref())
+                .iter()
+                .filter_map(|e| log.sealed.get(&e.id).map(|s| (e.id.clone(), *s)))
+                .collect();
+            let Some(last) = sealed.iter().map(|(_, s)| *s).max() else {
+                continue;
+            };
             let name = request.name_any();
-            if let Err(error) = mark_one(ctx, request, &sealed).await {
-                warn!(request = %name, %error, "cannot record that audit records are sealed");
+            // Told already; the cache has not caught up with that write yet.
+            let told = log.marked.get(&name).is_some_and(|t| *t >= last);
+            if !told {
+                owed.push((request.clone(), sealed));
+            }
+            if let Some(t) = log.marked.get(&name) {
+                still_shown.insert(name, *t);
+            }
+        }
+        log.marked = still_shown;
+        owed
+    };
+    let done: Vec<(String, u64)> = futures::stream::iter(owed)
+        .map(|(request, sealed)| async move {
+            let name = request.name_any();
+            let last = sealed.iter().map(|(_, s)| *s).max().unwrap_or_default();
+            match mark_one(ctx, request, &sealed).await {
+                Ok(()) => Some((name, last)),
+                Err(error) => {
+                    warn!(request = %name, %error, "cannot record that audit records are sealed");
+                    None
+                }
             }
         })
+        .buffer_unordered(MARK_CONCURRENCY)
+        .filter_map(futures::future::ready)
+        .collect()
         .await;
+    ctx.auditor.log().marked.extend(done);
 }
 
 async fn mark_one(

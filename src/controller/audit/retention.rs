@@ -16,18 +16,25 @@ use kubepam_core::audit::{retention, trail};
 use kubepam_core::duration;
 use kubepam_core::reconcile::LABEL_SETTLED;
 
-/// How often ended requests are looked at.
+/// How often ended requests are looked at, at most: more often for a short retention (half
+/// of it, at least every second), so nothing stays much past it.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Requests read per page.
 const PAGE: u32 = 500;
 
-/// Removes what is due, every [`SWEEP_EVERY`], forever (the caller stops it).
+/// Removes what is due, every [`SWEEP_EVERY`] or sooner, forever (the caller stops it).
 pub async fn run(ctx: &Context) {
     loop {
         if let Err(error) = sweep(ctx).await {
             warn!(%error, "retention sweep failed; trying again later");
         }
-        tokio::time::sleep(SWEEP_EVERY).await;
+        let retention = ctx
+            .control()
+            .and_then(|c| c.spec.retention.clone())
+            .and_then(|r| duration::parse_with_days(&r).ok())
+            .and_then(|r| (r / 2).to_std().ok())
+            .unwrap_or(SWEEP_EVERY);
+        tokio::time::sleep(retention.clamp(Duration::from_secs(1), SWEEP_EVERY)).await;
     }
 }
 

@@ -391,6 +391,7 @@ pub fn execution(op: &GuardOperation<'_>, caller: &Caller<'_>, now: DateTime<Utc
         time: now,
         verb: op.verbs()[0].to_owned(),
         resource: op.full_resource(),
+        api_group: Some(op.api_group.to_owned()).filter(|g| !g.is_empty()),
         name: op.name.map(str::to_owned),
         namespace: op.namespace.map(str::to_owned),
         user: caller.username.to_owned(),

@@ -93,6 +93,10 @@ pub struct Segment {
     pub last: u64,
     /// The end of the chain after it.
     pub end: ChainHead,
+    /// The digest its first record names as the one before (`kubepamprev`).
+    pub prev: String,
+    /// Each record's digest, in order.
+    pub digests: Vec<String>,
     /// Its records' ids, with their sequence.
     pub ids: Vec<(String, u64)>,
     /// Its records, as JSON lines.
@@ -139,12 +143,87 @@ pub fn decode(name: &str, text: &str) -> Result<Segment, SegmentError> {
             sequence: last.kubepamsequence,
             digest: digest(last),
         },
+        prev: first.kubepamprev.clone(),
+        digests: records.iter().map(digest).collect(),
         ids: records
             .iter()
             .map(|r| (r.id.clone(), r.kubepamsequence))
             .collect(),
         text: text.to_owned(),
     })
+}
+
+/// The stored batches that are not the chain, to be discarded: batches a replica stored after
+/// losing a race, at a place of the chain whose batch every sink had and which had been
+/// removed. Such a batch always starts at or before the head the control records, and does
+/// not lead to it: the chain is the batch holding the recorded head (its record there has the
+/// recorded digest) or starting right after it, and the batches linking down to it. A batch
+/// past the head that does not link on is not explained by any race: that is an error, and
+/// nothing is discarded.
+///
+/// The head must be read before the batches are listed (a head is recorded only after its
+/// batch is stored, so the listing holds it).
+pub fn not_the_chain(
+    segments: &BTreeMap<u64, Segment>,
+    recorded: Option<&ChainHead>,
+) -> Result<Vec<u64>, Inconsistent> {
+    let Some(head) = recorded.filter(|r| r.sequence > 0) else {
+        return Ok(Vec::new());
+    };
+    let links = |a: &Segment, b: &Segment| a.last + 1 == b.first && a.end.digest == b.prev;
+    let holds_head = |s: &Segment| {
+        s.first <= head.sequence
+            && head.sequence <= s.last
+            && usize::try_from(head.sequence - s.first)
+                .ok()
+                .and_then(|i| s.digests.get(i))
+                == Some(&head.digest)
+    };
+    let ordered: Vec<&Segment> = segments.values().collect();
+    let anchor = ordered.iter().position(|s| holds_head(s)).or_else(|| {
+        ordered
+            .iter()
+            .position(|s| s.first == head.sequence + 1 && s.prev == head.digest)
+    });
+    let Some(anchor) = anchor else {
+        // Every batch removed up to the head: whatever starts at or before it is a loser's.
+        return if ordered.iter().all(|s| s.last <= head.sequence) {
+            Ok(ordered.iter().map(|s| s.first).collect())
+        } else {
+            Err(Inconsistent {
+                head: head.sequence,
+            })
+        };
+    };
+    for pair in ordered[anchor..].windows(2) {
+        if !links(pair[0], pair[1]) {
+            return Err(Inconsistent {
+                head: head.sequence,
+            });
+        }
+    }
+    let mut discarded = Vec::new();
+    let mut at = anchor;
+    for before in (0..anchor).rev() {
+        if links(ordered[before], ordered[at]) {
+            at = before;
+        } else {
+            discarded.push(ordered[before].first);
+        }
+    }
+    discarded.sort_unstable();
+    Ok(discarded)
+}
+
+/// The stored batches do not make one chain through the head the control records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the stored audit log does not make one chain through the head the control records \
+     (sequence {head}); nothing is sealed until it does"
+)]
+pub struct Inconsistent {
+    /// The recorded head's sequence.
+    pub head: u64,
 }
 
 /// The end of the chain: the last stored batch's end, or the head the control recorded when

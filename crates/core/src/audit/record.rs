@@ -72,6 +72,20 @@ pub struct AuditData {
     pub operation: Option<AuditOperation>,
 }
 
+impl AuditOperation {
+    /// The resource as kubectl names it: `deployments.apps`, `deployments.apps/scale`,
+    /// `pods/exec`.
+    pub fn qualified_resource(&self) -> String {
+        let Some(group) = self.api_group.as_deref().filter(|g| !g.is_empty()) else {
+            return self.resource.clone();
+        };
+        match self.resource.split_once('/') {
+            Some((resource, sub)) => format!("{resource}.{group}/{sub}"),
+            None => format!("{}.{group}", self.resource),
+        }
+    }
+}
+
 /// One use of a grant that the guard admitted.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -80,8 +94,11 @@ pub struct AuditOperation {
     pub user: String,
     /// The verb, e.g. `delete`.
     pub verb: String,
-    /// The resource, e.g. `deployments.apps` or `pods/exec`.
+    /// The resource, with subresource if any, e.g. `deployments` or `pods/exec`.
     pub resource: String,
+    /// The resource's API group, e.g. `apps`; absent for the core group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
     /// The object's namespace, when namespaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,

@@ -259,3 +259,224 @@ proptest! {
         prop_assert!(verify(&kept, &key(), &ChainHead::default(), Some(&head)).is_err());
     }
 }
+
+mod stored_log {
+    use super::*;
+    use crate::audit::log::{
+        Segment, decode, encode, not_the_chain, records_after, removable, segment_name,
+    };
+    use std::collections::BTreeMap;
+
+    /// The chain of `n` records stored in batches of `size`.
+    fn stored(n: u64, size: usize) -> (BTreeMap<u64, Segment>, Vec<ChainHead>) {
+        let (records, _) = chain(n);
+        let mut segments = BTreeMap::new();
+        let mut heads = vec![ChainHead::default()];
+        for batch in records.chunks(size) {
+            let first = batch[0].kubepamsequence;
+            let segment = decode(&segment_name(first), &encode(batch)).unwrap();
+            heads.extend(batch.iter().map(|r| ChainHead {
+                sequence: r.kubepamsequence,
+                digest: digest(r),
+            }));
+            segments.insert(first, segment);
+        }
+        (segments, heads)
+    }
+
+    #[test]
+    fn a_batch_is_named_by_its_first_record_and_read_back() {
+        let (segments, heads) = stored(7, 3);
+        assert_eq!(segments.keys().copied().collect::<Vec<_>>(), [1, 4, 7]);
+        assert_eq!(segments[&4].end, heads[6]);
+        assert!(
+            decode(&segment_name(5), &segments[&4].text).is_err(),
+            "a batch stored under another number's name is refused"
+        );
+        let (lines, last) = records_after(&segments, 2, 3).unwrap();
+        assert_eq!((lines.len(), last), (3, 5));
+        assert_eq!(records_after(&segments, 7, 10), None);
+    }
+
+    #[test]
+    fn only_what_every_sink_has_and_the_control_records_is_removed() {
+        let (segments, _) = stored(9, 3);
+        assert_eq!(removable(&segments, 6, 9, None), [1, 4]);
+        assert_eq!(
+            removable(&segments, 9, 5, None),
+            [1],
+            "the head must be recorded past it"
+        );
+        assert_eq!(
+            removable(&segments, 9, 9, Some(5)),
+            [1],
+            "a request not yet told"
+        );
+        assert_eq!(removable(&segments, u64::MAX, 9, None), [1, 4, 7]);
+    }
+
+    proptest! {
+        /// A batch stored by a replica that lost the race (at a place whose batch had been
+        /// removed once every sink had it) is never taken for the chain, wherever the head
+        /// the control records is; the chain's own batches always are.
+        #[test]
+        fn a_batch_off_the_chain_is_found(n in 6u64..30, size in 1usize..5, pruned in 0usize..6, head_at in 0u64..30) {
+            let (mut segments, heads) = stored(n, size);
+            let firsts: Vec<u64> = segments.keys().copied().collect();
+            let pruned = pruned.min(firsts.len() - 1);
+            for first in &firsts[..pruned] {
+                segments.remove(first);
+            }
+            let oldest = *segments.keys().next().unwrap();
+            // The recorded head is at or past the removed batches, and not past the chain.
+            let head_at = head_at.clamp(oldest.saturating_sub(1), n);
+            let recorded = heads[usize::try_from(head_at).unwrap()].clone();
+            prop_assert_eq!(not_the_chain(&segments, Some(&recorded)), Ok(Vec::<u64>::new()));
+            if pruned > 0 {
+                // The loser stored other records at the first removed place.
+                let place = firsts[0];
+                let mut from = heads[usize::try_from(place - 1).unwrap()].clone();
+                let other: Vec<AuditRecord> = (0..3).map(|i| seal(unsealed(100 + i), &mut from, &key())).collect();
+                let loser = decode(&segment_name(place), &encode(&other)).unwrap();
+                segments.insert(place, loser);
+                prop_assert_eq!(not_the_chain(&segments, Some(&recorded)), Ok(vec![place]));
+            }
+        }
+
+        /// With every batch of the chain removed up to the head, a loser's batch is discarded;
+        /// a batch past the head that does not link on is an error, never discarded.
+        #[test]
+        fn nothing_past_the_head_is_discarded(n in 4u64..20) {
+            let (segments, heads) = stored(n, 2);
+            let recorded = heads[usize::try_from(n).unwrap()].clone();
+            let mut from = heads[1].clone();
+            let other: Vec<AuditRecord> = (0..2).map(|i| seal(unsealed(200 + i), &mut from, &key())).collect();
+            let loser = decode(&segment_name(2), &encode(&other)).unwrap();
+            let alone = BTreeMap::from([(2, loser.clone())]);
+            prop_assert_eq!(not_the_chain(&alone, Some(&recorded)), Ok(vec![2]));
+            let mut broken = segments.clone();
+            let last = *broken.keys().next_back().unwrap();
+            let mut tail = broken.remove(&last).unwrap();
+            tail.prev = "0".repeat(64);
+            broken.insert(last, tail);
+            let earlier = heads[usize::try_from(last - 1).unwrap()].clone();
+            prop_assert!(not_the_chain(&broken, Some(&earlier)).is_err());
+        }
+    }
+}
+
+mod control_side {
+    use crate::api::{ElevationRequest, PrivilegedAccessControl};
+    use crate::audit::export::{CONDITION_AUDIT_EXPORTED, condition};
+    use crate::audit::retention;
+    use chrono::{TimeDelta, TimeZone, Utc};
+
+    fn control(spec: &serde_json::Value, audit: &serde_json::Value) -> PrivilegedAccessControl {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubepam.io/v1alpha1", "kind": "PrivilegedAccessControl",
+            "metadata": { "name": "default", "generation": 3 },
+            "spec": spec,
+            "status": { "audit": audit },
+        }))
+        .unwrap()
+    }
+
+    fn said(control: &PrivilegedAccessControl, problem: Option<&str>) -> (String, String, String) {
+        let c = condition(control, problem, Utc::now());
+        assert_eq!(c.type_, CONDITION_AUDIT_EXPORTED);
+        (c.status, c.reason, c.message)
+    }
+
+    #[test]
+    fn the_control_says_whether_every_sink_has_the_chain() {
+        let sinks = serde_json::json!({
+            "defaultApproverGroup": "pam-approvers",
+            "audit": { "sinks": [{ "name": "siem", "webhook": { "url": "https://siem.example" } },
+                                 { "name": "file", "file": { "name": "audit.jsonl" } }] },
+        });
+        let all = control(
+            &sinks,
+            &serde_json::json!({ "head": { "sequence": 9, "digest": "d" },
+                                "sinks": [{ "name": "siem", "exportedSequence": 9 },
+                                          { "name": "file", "exportedSequence": 9 }] }),
+        );
+        assert_eq!(said(&all, None).0, "True");
+        let behind = control(
+            &sinks,
+            &serde_json::json!({ "head": { "sequence": 9, "digest": "d" },
+                                "sinks": [{ "name": "siem", "exportedSequence": 9 },
+                                          { "name": "file", "exportedSequence": 4 }] }),
+        );
+        let (status, _, message) = said(&behind, None);
+        assert_eq!(status, "True", "on their way is not failing");
+        assert!(message.contains("5 for \"file\""), "{message}");
+        let failing = control(
+            &sinks,
+            &serde_json::json!({ "head": { "sequence": 9, "digest": "d" },
+                                "sinks": [{ "name": "siem", "exportedSequence": 2, "failures": 3,
+                                            "lastError": "the receiver answered 503" }] }),
+        );
+        let (status, reason, message) = said(&failing, None);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "AuditSinkFailing")
+        );
+        assert!(
+            message.contains("siem")
+                && message.contains("503")
+                && message.contains("7 records wait"),
+            "{message}"
+        );
+        let none = control(
+            &serde_json::json!({ "defaultApproverGroup": "g" }),
+            &serde_json::json!({}),
+        );
+        assert_eq!(said(&none, None).1, "NoAuditSink");
+        assert_eq!(said(&none, Some("Secret unusable")).1, "AuditNotSealed");
+    }
+
+    #[test]
+    fn retention_waits_for_the_end_and_the_export() {
+        let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+        let request = |phase: &str, last_sequence: u64, pending: bool| -> ElevationRequest {
+            let pending = if pending {
+                serde_json::json!([{ "id": "x/3", "type": "io.kubepam.request.expired", "time": t0, "actor": "kubepam" }])
+            } else {
+                serde_json::json!([])
+            };
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "kubepam.io/v1alpha1", "kind": "ElevationRequest",
+                "metadata": { "name": "r" },
+                "spec": { "policy": "p", "reason": "INC-1" },
+                "status": { "phase": phase, "decidedAt": t0,
+                            "history": [{ "time": t0, "actor": "kubepam", "action": phase }],
+                            "audit": { "recorded": 3, "lastSequence": last_sequence, "pending": pending } },
+            }))
+            .unwrap()
+        };
+        let day = TimeDelta::days(1);
+        let later = t0 + day + TimeDelta::seconds(1);
+        assert!(retention::due(&request("Expired", 7, false), day, 7, later));
+        assert!(
+            !retention::due(
+                &request("Expired", 7, false),
+                day,
+                7,
+                t0 + TimeDelta::hours(23)
+            ),
+            "not yet"
+        );
+        assert!(
+            !retention::due(&request("Expired", 7, false), day, 6, later),
+            "a sink lacks a record"
+        );
+        assert!(
+            !retention::due(&request("Expired", 7, true), day, 7, later),
+            "a record not sealed"
+        );
+        assert!(
+            !retention::due(&request("Approved", 7, false), day, 7, later),
+            "not ended"
+        );
+    }
+}

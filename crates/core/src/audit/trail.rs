@@ -93,6 +93,7 @@ pub fn note_use(status: &mut ElevationRequestStatus, execution: &Execution) {
                 user: execution.user.clone(),
                 verb: execution.verb.clone(),
                 resource: execution.resource.clone(),
+                api_group: execution.api_group.clone(),
                 namespace: execution.namespace.clone(),
                 name: execution.name.clone(),
             }),

@@ -811,6 +811,7 @@ fn every_use_is_recorded_beyond_the_kept_ones() {
                 time: at(30),
                 verb: "delete".into(),
                 resource: "deployments.apps".into(),
+                api_group: Some("apps".into()),
                 name: Some(format!("web-{n}")),
                 namespace: Some("prod".into()),
                 user: "alice".into(),

@@ -45,7 +45,8 @@ fn unsealed(n: u64) -> AuditRecord {
         data.operation = Some(AuditOperation {
             user: "alice".into(),
             verb: "delete".into(),
-            resource: "deployments.apps".into(),
+            resource: "deployments".into(),
+            api_group: Some("apps".into()),
             namespace: Some("prod".into()),
             name: Some("web".into()),
         });

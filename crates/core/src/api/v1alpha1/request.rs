@@ -387,6 +387,9 @@ pub struct Execution {
     pub verb: String,
     /// The resource, with subresource if any, e.g. `pods/exec`.
     pub resource: String,
+    /// The resource's API group, e.g. `apps`; absent for the core group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
     /// The object's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
