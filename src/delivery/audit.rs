@@ -92,13 +92,21 @@ impl Sender {
     }
 }
 
+/// One writer at a time: a try that timed out may still be writing when the next begins.
+static FILE_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 async fn append(path: PathBuf, lines: &[String]) -> Result<(), Error> {
     let text = as_lines(lines);
     tokio::task::spawn_blocking(move || {
+        let _one = FILE_WRITES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)?;
+        drop_partial_line(&mut file)?;
         file.write_all(text.as_bytes())?;
         // Accepted means on disk: the cursor moves past these records next.
         file.sync_data()
@@ -110,6 +118,27 @@ async fn append(path: PathBuf, lines: &[String]) -> Result<(), Error> {
     .map_err(|e| Error::File {
         reason: e.to_string(),
     })
+}
+
+/// Cuts a line left half written (a full disk, a crash before the sync) off the end of the
+/// file, so the records written next start on a line of their own.
+fn drop_partial_line(file: &mut std::fs::File) -> std::io::Result<()> {
+    let length = file.metadata()?.len();
+    if length == 0 {
+        return Ok(());
+    }
+    let start = length.saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let keep = tail
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(start, |at| start + at as u64 + 1);
+    file.set_len(keep)
 }
 
 async fn print(lines: &[String]) -> Result<(), Error> {

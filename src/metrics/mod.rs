@@ -118,6 +118,9 @@ pub struct Metrics {
     pub audit_head: Gauge,
     /// Audit records made and not yet sealed onto the chain, as cached.
     pub audit_unsealed: Gauge,
+    /// Audit records that found no room in their request while the chain was not taking
+    /// them, as cached (should stay 0).
+    pub audit_unrecorded: Gauge,
     /// Audit records sealed and not yet received by a sink, by sink.
     pub audit_backlog: Family<SinkLabels, Gauge>,
     /// Audit records received by a sink, by sink.
@@ -172,6 +175,7 @@ impl Default for Metrics {
             persistence_found: Counter::default(),
             audit_head: Gauge::default(),
             audit_unsealed: Gauge::default(),
+            audit_unrecorded: Gauge::default(),
             audit_backlog: Family::default(),
             audit_exported: Family::default(),
             audit_export_failures: Family::default(),
@@ -287,6 +291,12 @@ impl Default for Metrics {
             "audit_unsealed",
             "Audit records made and not yet sealed onto the chain, as cached",
             metrics.audit_unsealed.clone(),
+        );
+        registry.register(
+            "audit_unrecorded",
+            "Audit records that found no room in their request while the chain was not taking \
+             them, as cached (should stay 0)",
+            metrics.audit_unrecorded.clone(),
         );
         registry.register(
             "audit_backlog",

@@ -705,3 +705,151 @@ async fn retention_removes_only_what_every_sink_has() {
     ns.delete().await;
     drop(guard);
 }
+
+/// Someone with rights in kubepam's namespace forges a batch of the log, or replaces the
+/// signing key with one they know: the forged batch is never taken for the chain, and with
+/// another key kubepam stops sealing and says why, until the chain's key is back.
+#[tokio::test]
+async fn a_forged_batch_or_a_replaced_key_is_refused() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let (mut guard, cluster) = support::exclusive_operator().await;
+    let admin = cluster.client(Identity::Admin).await;
+    let alice = cluster.client(Identity::Alice).await;
+    let receiver = HookReceiver::start(free_port(), Duration::ZERO).await;
+    control_with(
+        &admin,
+        json!([{ "name": "siem-forgery", "webhook": { "url": receiver.url() } }]),
+        None,
+    )
+    .await;
+    let ns = cluster.namespace("forge").await;
+    let policy = format!("{}-auto", ns.name);
+    create_policy(&admin, &policy, task_policy(&ns.name, "Auto")).await;
+    let spec = |reason: &str| json!({ "policy": policy, "namespace": ns.name, "reason": reason });
+    let first = format!("{}-1", ns.name);
+    create_request(&alice, &first, spec("INC-1")).await;
+    wait_phase(&admin, &first, Phase::Approved, SOON).await;
+    let head = wait_exported(&admin, &["siem-forgery"], SOON).await;
+    let key = key(&admin).await;
+
+    // A batch at the chain's next place, linked to its head, signed with another key.
+    let mut from = chain_head(&head);
+    let forged = kubepam_core::audit::seal(
+        AuditRecord::new(
+            "io.kubepam.request.approved",
+            "kubepam.io/clusters/kubernetes",
+            "forged/1",
+            chrono::Utc::now(),
+            "approved-by-nobody",
+            kubepam_core::audit::AuditData {
+                actor: "ciso".into(),
+                ..Default::default()
+            },
+        ),
+        &mut from,
+        &Key::new(vec![9_u8; 32]),
+    );
+    let place = format!("kubepam-audit-{:020}", head.sequence + 1);
+    let maps = Api::<ConfigMap>::namespaced(admin.clone(), "kubepam-system");
+    let batch: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": place, "labels": { "kubepam.io/audit-log": "true" } },
+        "data": { "records.jsonl": format!("{}\n", serde_json::to_string(&forged).unwrap()) },
+    }))
+    .unwrap();
+    maps.create(&PostParams::default(), &batch).await.unwrap();
+    let second = format!("{}-2", ns.name);
+    create_request(&alice, &second, spec("INC-2")).await;
+    wait_phase(&admin, &second, Phase::Approved, SOON).await;
+    eventually("the chain going on past the forged batch", SOON, || async {
+        let head_now = control(&admin).await.status?.audit?.head?;
+        (head_now.sequence > head.sequence + 1).then_some(())
+    })
+    .await;
+    let later = wait_exported(&admin, &["siem-forgery"], SOON).await;
+    // The place holds kubepam's own batch now, or nothing (exported and removed).
+    let at_place = maps.get_opt(&place).await.unwrap();
+    assert!(
+        at_place.is_none_or(
+            |m| !m.data.unwrap_or_default()["records.jsonl"].contains("approved-by-nobody")
+        ),
+        "the forged batch is gone"
+    );
+    let stream = received(&receiver);
+    verify_to_head(&stream, &key, &later);
+    assert!(stream.iter().all(|r| r.subject != "approved-by-nobody"));
+    assert_eq!(
+        trail_of(&stream, &second).len(),
+        2,
+        "{:?}",
+        trail_of(&stream, &second)
+    );
+
+    // The key replaced by one the attacker knows, and kubepam restarted.
+    let secrets = Api::<Secret>::namespaced(admin.clone(), "kubepam-system");
+    let set_key = |bytes: Vec<u8>| {
+        let secrets = secrets.clone();
+        async move {
+            let patch = json!({ "data": { "key": k8s_openapi::ByteString(bytes) } });
+            secrets
+                .patch(
+                    "kubepam-audit-key",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let original = secrets
+        .get("kubepam-audit-key")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["key"]
+        .0
+        .clone();
+    set_key(vec![7_u8; 32]).await;
+    let restart = |guard: &mut Option<support::OperatorProcess>| {
+        guard.take().unwrap().kill();
+        cluster.spawn_operator()
+    };
+    let operator = restart(&mut guard);
+    operator.wait_registered(&admin).await;
+    *guard = Some(operator);
+    let third = format!("{}-3", ns.name);
+    create_request(&alice, &third, spec("INC-3")).await;
+    wait_phase(&admin, &third, Phase::Approved, SOON).await;
+    let said = eventually("the control says the key changed", SOON, || async {
+        let status = control(&admin).await.status?;
+        let c = find_condition(&status.conditions, "AuditExported")?;
+        (c.status == "False" && c.reason == "AuditNotSealed").then(|| c.message.clone())
+    })
+    .await;
+    assert!(said.contains("fingerprint"), "{said}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = Api::<ElevationRequest>::all(admin.clone())
+        .get(&third)
+        .await
+        .unwrap();
+    assert!(
+        !waiting.status.unwrap().audit.unwrap().pending.is_empty(),
+        "nothing is sealed with a key that is not the chain's"
+    );
+
+    // The chain's key back: sealing goes on, one chain.
+    set_key(original).await;
+    let operator = restart(&mut guard);
+    operator.wait_registered(&admin).await;
+    *guard = Some(operator);
+    let head = wait_exported(&admin, &["siem-forgery"], SOON).await;
+    let stream = received(&receiver);
+    verify_to_head(&stream, &key, &head);
+    assert_eq!(
+        trail_of(&stream, &third).len(),
+        2,
+        "{:?}",
+        trail_of(&stream, &third)
+    );
+    ns.delete().await;
+    drop(guard);
+}

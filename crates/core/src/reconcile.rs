@@ -515,11 +515,20 @@ fn steps_without_grant(
         steps.push(Step::ReportLasting { objects: fresh });
     }
     let mut settle_in = None;
-    let exported = trail_exported(Some(status), observed);
+    // The finalizer holds it until its records are exported and no review is owed (a
+    // review would make records of its own); nothing wakes it when a sink takes them, so it
+    // looks again. Records made after the finalizer went (a late use) bring it back.
+    let exported = trail_exported(Some(status), observed) && !lifecycle::review_pending(status);
     if finished && !exported {
-        // The finalizer holds it until its records are exported; nothing wakes it when a
-        // sink takes them, so it looks again.
         settle_in = Some(AUDIT_EXPORT_RECHECK);
+        let held = observed
+            .request
+            .finalizers()
+            .iter()
+            .any(|f| f == grant::FINALIZER);
+        if !held && !audit::trail::pending(Some(status)).is_empty() {
+            steps.insert(0, Step::AddFinalizer);
+        }
     }
     if finished && exported {
         steps.push(Step::RemoveFinalizer);

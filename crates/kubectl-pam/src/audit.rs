@@ -445,12 +445,17 @@ impl<'a> SummaryOutput<'a> {
     }
 }
 
-/// The records of request `name` (by `subject` or `data.requestId`), in sequence order,
-/// each once: a copy delivered again is left out.
-pub fn trail<'e>(export: &'e Export, name: &str) -> Vec<(&'e AuditRecord, &'e str)> {
+/// The records of request `name` (its `subject`; with `by_id`, its `data.requestId`), in
+/// sequence order, each once: a copy delivered again is left out. Never both at once: anyone
+/// may name a request after another's request id.
+pub fn trail<'e>(export: &'e Export, name: &str, by_id: bool) -> Vec<(&'e AuditRecord, &'e str)> {
     let mut found: Vec<(&AuditRecord, &str)> = Vec::new();
     for (record, (_, text)) in export.records.iter().zip(&export.lines) {
-        let about = record.subject == name || record.data.request_id == name;
+        let about = if by_id {
+            record.data.request_id == name
+        } else {
+            record.subject == name
+        };
         if about && !found.iter().any(|(seen, _)| *seen == record) {
             found.push((record, text));
         }
@@ -461,9 +466,14 @@ pub fn trail<'e>(export: &'e Export, name: &str) -> Vec<(&'e AuditRecord, &'e st
 }
 
 /// `show`: request `name`'s records as a table, JSON lines as read, or a YAML list.
-pub fn show_command(input: &[u8], name: &str, output: Option<Output>) -> Result<Printout, Error> {
+pub fn show_command(
+    input: &[u8],
+    name: &str,
+    by_id: bool,
+    output: Option<Output>,
+) -> Result<Printout, Error> {
     let export = Export::parse(input)?;
-    let trail = trail(&export, name);
+    let trail = trail(&export, name, by_id);
     if trail.is_empty() {
         return Err(Error::NoRecordsOf {
             name: render::printable(name),

@@ -529,7 +529,7 @@ pub enum AuditCommand {
     #[command(after_help = "Examples:
   kubectl pam audit show prod-delete-deployments-x7k2p audit.jsonl
   # by request id, from stdin, as the records themselves
-  kubectl pam audit show 0b7c8e2a-1f9e-4c57-9f6c-8a1d2b3c4d5e < audit.jsonl -o json")]
+  kubectl pam audit show --request-id 0b7c8e2a-1f9e-4c57-9f6c-8a1d2b3c4d5e < audit.jsonl -o json")]
     Show(AuditShow),
 }
 
@@ -559,8 +559,11 @@ pub struct AuditVerify {
 /// `audit show`.
 #[derive(Debug, Args)]
 pub struct AuditShow {
-    /// The request's name or request id.
+    /// The request's name (with --request-id: its request id).
     pub name: String,
+    /// NAME is a request id (`status.requestId`), not a name.
+    #[arg(long)]
+    pub request_id: bool,
     /// The export, one record per line; - or nothing reads stdin.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,

@@ -205,7 +205,14 @@ pub async fn audit(
         AuditCommand::Show(args) => {
             let shown = open_export(args.file.as_deref(), stdin)
                 .and_then(|input| read_export(input, args.file.as_deref()))
-                .and_then(|export| Ok(audit::show_command(&export, &args.name, output)?));
+                .and_then(|export| {
+                    Ok(audit::show_command(
+                        &export,
+                        &args.name,
+                        args.request_id,
+                        output,
+                    )?)
+                });
             match shown {
                 Ok(printout) => (printout, Ok(())),
                 Err(e) => (Printout::default(), Err(e)),

@@ -44,6 +44,11 @@ pub use store::{KEY_LABEL, KEY_SECRET};
 
 /// How often the sequencer looks for records to seal.
 const SEAL_EVERY: Duration = Duration::from_millis(100);
+/// How often it seals while more than [`BUSY_LOG`] batches wait for a sink: a sink that is
+/// down costs fewer, larger stored batches.
+const SEAL_EVERY_BUSY: Duration = Duration::from_secs(2);
+/// See [`SEAL_EVERY_BUSY`].
+const BUSY_LOG: usize = 64;
 /// How long it waits after a failure before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Requests told at once that their records are sealed.
@@ -137,6 +142,19 @@ enum Error {
     Behind(u64),
     #[error(transparent)]
     Inconsistent(#[from] kubepam_core::audit::log::Inconsistent),
+    #[error(
+        "the audit key in Secret {KEY_SECRET} is not the one the chain is signed with \
+         (fingerprint {found}, the control records {recorded}); put the chain's key back"
+    )]
+    KeyChanged { found: String, recorded: String },
+}
+
+impl Error {
+    /// Whether sealing stops until a person acts (the control's condition says why).
+    fn blocks_sealing(&self) -> bool {
+        matches!(self, Error::Inconsistent(_) | Error::KeyChanged { .. })
+            || matches!(self, Error::Store(e) if !e.is_taken())
+    }
 }
 
 /// Seals, records and exports until `stop`.
@@ -144,7 +162,14 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, stop: Stop) {
     let work = async {
         caches.synced().await;
         let key = loop {
-            match store::key(&ctx.client, &ctx.namespace).await {
+            let started = read_recorded(&ctx).await.map(|r| r.head.is_some());
+            let key = match started {
+                Ok(started) => store::key(&ctx.client, &ctx.namespace, started)
+                    .await
+                    .map_err(Error::from),
+                Err(error) => Err(error),
+            };
+            match key {
                 Ok(key) => break key,
                 Err(error) => {
                     warn!(%error, "audit records cannot be sealed");
@@ -153,21 +178,33 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, stop: Stop) {
                 }
             }
         };
-        ctx.auditor.set_problem(None);
         let mut exporters = export::Exporters::default();
         loop {
-            if let Err(error) = step(&ctx, &key, &mut exporters).await {
-                let taken = matches!(&error, Error::Store(e) if e.is_taken())
-                    || matches!(error, Error::Behind(_));
-                if taken {
-                    info!(%error, "reading the audit log again");
-                } else {
-                    warn!(%error, "audit sealing failed; retrying");
+            match step(&ctx, &key, &mut exporters).await {
+                Ok(()) => ctx.auditor.set_problem(None),
+                Err(error) => {
+                    let taken = matches!(&error, Error::Store(e) if e.is_taken())
+                        || matches!(error, Error::Behind(_));
+                    if taken {
+                        info!(%error, "reading the audit log again");
+                    } else {
+                        warn!(%error, "audit sealing failed; retrying");
+                        if error.blocks_sealing() {
+                            ctx.auditor.set_problem(Some(error.to_string()));
+                        }
+                    }
+                    ctx.auditor.log().loaded = false;
+                    tokio::time::sleep(RETRY_AFTER).await;
                 }
-                ctx.auditor.log().loaded = false;
-                tokio::time::sleep(RETRY_AFTER).await;
             }
-            tokio::time::sleep(SEAL_EVERY).await;
+            // Many batches waiting for a sink: fewer, larger ones.
+            let backlog = ctx.auditor.log().segments.len();
+            tokio::time::sleep(if backlog > BUSY_LOG {
+                SEAL_EVERY_BUSY
+            } else {
+                SEAL_EVERY
+            })
+            .await;
         }
     };
     tokio::select! {
@@ -184,19 +221,22 @@ async fn step(
     exporters: &mut export::Exporters,
 ) -> Result<(), Error> {
     if !ctx.auditor.log().loaded {
-        load(ctx).await?;
+        load(ctx, key).await?;
     }
     exporters.follow(ctx);
     let requests = ctx.requests.state();
-    ctx.metrics.audit_unsealed.set(
-        i64::try_from(
-            requests
-                .iter()
-                .map(|r| trail::pending(r.status.as_ref()).len())
-                .sum::<usize>(),
-        )
-        .unwrap_or(i64::MAX),
-    );
+    let (unsealed, unrecorded) = requests
+        .iter()
+        .filter_map(|r| r.status.as_ref()?.audit.as_ref())
+        .fold((0_u64, 0_u64), |(unsealed, unrecorded), a| {
+            (unsealed + a.pending.len() as u64, unrecorded + a.unrecorded)
+        });
+    ctx.metrics
+        .audit_unsealed
+        .set(i64::try_from(unsealed).unwrap_or(i64::MAX));
+    ctx.metrics
+        .audit_unrecorded
+        .set(i64::try_from(unrecorded).unwrap_or(i64::MAX));
     seal(ctx, key, &requests).await?;
     record(ctx).await?;
     mark(ctx, &requests).await;
@@ -205,10 +245,17 @@ async fn step(
 
 /// Reads the stored batches and the control's record of the chain; discards a batch that is
 /// not on the chain (stored by a replica that lost a race, see [`not_the_chain`]).
-async fn load(ctx: &Context) -> Result<(), Error> {
+async fn load(ctx: &Context, key: &Key) -> Result<(), Error> {
     // The head first: it is recorded only once its batch is stored, so the listing holds it.
     let recorded = read_recorded(ctx).await?;
-    let mut segments = store::load(&ctx.client, &ctx.namespace).await?;
+    check_key(recorded.key_id.as_deref(), key)?;
+    let (mut segments, refused) = store::load(&ctx.client, &ctx.namespace, key).await?;
+    for (name, why) in refused {
+        // Not sealed with the chain's key (the key itself was checked above): someone else
+        // made it, and it would hold a place of the chain.
+        warn!(batch = %name, reason = %why, "a ConfigMap labelled as the audit log is not a batch kubepam sealed; removed");
+        store::remove_named(&ctx.client, &ctx.namespace, &name).await?;
+    }
     let recorded_head = recorded.head.as_ref().map(head_of);
     for first in not_the_chain(&segments, recorded_head.as_ref())? {
         warn!(
@@ -234,6 +281,17 @@ async fn load(ctx: &Context) -> Result<(), Error> {
         "audit log read"
     );
     Ok(())
+}
+
+/// Refuses a key other than the one the chain is signed with.
+fn check_key(recorded: Option<&str>, key: &Key) -> Result<(), Error> {
+    match recorded {
+        Some(recorded) if recorded != key.id() => Err(Error::KeyChanged {
+            found: key.id(),
+            recorded: recorded.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn head_of(head: &AuditHead) -> ChainHead {
@@ -291,6 +349,12 @@ async fn seal(ctx: &Context, key: &Key, requests: &[Arc<ElevationRequest>]) -> R
     {
         return Err(Error::Behind(recorded));
     }
+    check_key(
+        control
+            .as_ref()
+            .and_then(|c| c.status.as_ref()?.audit.as_ref()?.key_id.as_deref()),
+        key,
+    )?;
     let mut head = base.clone();
     let sealed = seal_batch(batch, &mut head, key);
     let first = sealed[0].kubepamsequence;
@@ -299,7 +363,7 @@ async fn seal(ctx: &Context, key: &Key, requests: &[Arc<ElevationRequest>]) -> R
         .map_err(store::Error::from)?;
     store::create(&ctx.client, &ctx.namespace, first, &text).await?;
     if let Some(control) = control {
-        record_head(ctx, control, base.sequence, &head).await?;
+        record_head(ctx, control, base.sequence, &head, &key.id()).await?;
     }
     // Only now may exporters send it: a batch whose head could not be recorded may be a
     // loser's, and is read again (or discarded) from the log.
@@ -321,6 +385,7 @@ async fn record_head(
     mut control: PrivilegedAccessControl,
     base: u64,
     head: &ChainHead,
+    key_id: &str,
 ) -> Result<(), Error> {
     let api = Api::<PrivilegedAccessControl>::all(ctx.client.clone());
     loop {
@@ -338,9 +403,12 @@ async fn record_head(
             digest: head.digest.clone(),
             sealed_at: Some(Utc::now()),
         });
+        audit.key_id = Some(key_id.to_owned());
         match write_audit(&api, &control, &audit).await {
             Ok(()) => {
-                ctx.auditor.log().recorded.head.clone_from(&audit.head);
+                let mut log = ctx.auditor.log();
+                log.recorded.head.clone_from(&audit.head);
+                log.recorded.key_id.clone_from(&audit.key_id);
                 return Ok(());
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -507,8 +575,12 @@ async fn mark_one(
 
 /// Removes the stored batches every sink has and the control records.
 async fn remove(ctx: &Context, requests: &[Arc<ElevationRequest>]) -> Result<(), Error> {
-    let control = ctx.control();
-    let settings = control.as_ref().and_then(|c| c.spec.audit.as_ref());
+    // Without the control nothing says which sinks wait: keep everything (a control deleted
+    // and made again must not cost a sink its backlog).
+    let Some(control) = ctx.control() else {
+        return Ok(());
+    };
+    let settings = control.spec.audit.as_ref();
     let doomed = {
         let log = ctx.auditor.log();
         let through = trail::exported_through(settings, Some(&log.recorded));

@@ -9,7 +9,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 use kubepam_core::audit::Key;
-use kubepam_core::audit::log::{SEGMENT_KEY, SEGMENT_LABEL, Segment, decode, segment_name};
+use kubepam_core::audit::log::{SEGMENT_KEY, SEGMENT_LABEL, Segment, check, decode, segment_name};
 
 /// The Secret that holds the signing key.
 pub const KEY_SECRET: &str = "kubepam-audit-key";
@@ -37,6 +37,11 @@ pub enum Error {
          {KEY_FIELD} of at least {KEY_BYTES} bytes; kubepam signs only with a key made for it"
     )]
     UnusableKey { namespace: String },
+    #[error(
+        "Secret {namespace}/{KEY_SECRET} is gone but the chain has records signed with it; \
+         restore it (kubepam makes a new key only for a chain without records)"
+    )]
+    KeyGone { namespace: String },
     #[error("cannot make a random signing key: {0}")]
     Random(String),
     #[error(transparent)]
@@ -50,8 +55,9 @@ impl Error {
     }
 }
 
-/// The signing key, made (32 random bytes) when the Secret does not exist.
-pub async fn key(client: &Client, namespace: &str) -> Result<Key, Error> {
+/// The signing key, made (32 random bytes) when the Secret does not exist and the chain has
+/// no record yet (`chain_started`): a chain that has records goes on with its own key only.
+pub async fn key(client: &Client, namespace: &str, chain_started: bool) -> Result<Key, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let read = |source| Error::Api {
         action: "read",
@@ -61,6 +67,11 @@ pub async fn key(client: &Client, namespace: &str) -> Result<Key, Error> {
     let found = api.get_opt(KEY_SECRET).await.map_err(read)?;
     let secret = match found {
         Some(secret) => secret,
+        None if chain_started => {
+            return Err(Error::KeyGone {
+                namespace: namespace.to_owned(),
+            });
+        }
         None => make_key(&api, namespace).await?,
     };
     let labelled = secret
@@ -110,8 +121,13 @@ async fn make_key(api: &Api<Secret>, namespace: &str) -> Result<Secret, Error> {
     }
 }
 
-/// Every stored batch, by first sequence.
-pub async fn load(client: &Client, namespace: &str) -> Result<BTreeMap<u64, Segment>, Error> {
+/// Every stored batch that reads and checks with `key`, by first sequence; the names of
+/// those that do not (never taken for the chain, and left for a person to look at).
+pub async fn load(
+    client: &Client,
+    namespace: &str,
+    key: &Key,
+) -> Result<(BTreeMap<u64, Segment>, Vec<(String, String)>), Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let listed = api
         .list(&ListParams::default().labels(&format!("{SEGMENT_LABEL}=true")))
@@ -122,6 +138,7 @@ pub async fn load(client: &Client, namespace: &str) -> Result<BTreeMap<u64, Segm
             source,
         })?;
     let mut segments = BTreeMap::new();
+    let mut refused = Vec::new();
     for map in listed {
         let name = map.metadata.name.clone().unwrap_or_default();
         let text = map
@@ -130,10 +147,17 @@ pub async fn load(client: &Client, namespace: &str) -> Result<BTreeMap<u64, Segm
             .and_then(|d| d.get(SEGMENT_KEY))
             .cloned()
             .unwrap_or_default();
-        let segment = decode(&name, &text)?;
-        segments.insert(segment.first, segment);
+        match decode(&name, &text) {
+            Ok(segment) => match check(&segment, key) {
+                Ok(()) => {
+                    segments.insert(segment.first, segment);
+                }
+                Err(error) => refused.push((name, error.to_string())),
+            },
+            Err(error) => refused.push((name, error.to_string())),
+        }
     }
-    Ok(segments)
+    Ok((segments, refused))
 }
 
 /// Stores a sealed batch; refused when a batch already starts at its first sequence.
@@ -168,9 +192,13 @@ pub async fn create(client: &Client, namespace: &str, first: u64, text: &str) ->
 
 /// Removes a stored batch every sink has received.
 pub async fn remove(client: &Client, namespace: &str, first: u64) -> Result<(), Error> {
+    remove_named(client, namespace, &segment_name(first)).await
+}
+
+/// Removes the ConfigMap `name` of the log.
+pub async fn remove_named(client: &Client, namespace: &str, name: &str) -> Result<(), Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let name = segment_name(first);
-    match api.delete(&name, &DeleteParams::default()).await {
+    match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(source) => Err(Error::Api {

@@ -176,6 +176,11 @@ impl GuardVerdict {
     }
 }
 
+/// The audit records a grant may have waiting for the chain before the guard refuses its
+/// uses: well below what a request keeps ([`crate::audit::trail::PENDING_LIMIT`]), so uses
+/// admitted while the count is read late still find room.
+pub const USES_WAITING_LIMIT: usize = crate::audit::trail::PENDING_LIMIT / 2;
+
 /// Decide whether `caller` may perform `op`.
 ///
 /// `policies` are all AccessPolicies (only accepted Task policies guard), `requests` the
@@ -216,6 +221,25 @@ pub fn guard<'p, 'r>(
         .filter(|r| request_covers(r, op, &policies, &control, &mine, now))
         .filter_map(|r| r.metadata.name.as_deref())
         .min();
+    let backlog = covering.and_then(|name| {
+        let request = mine
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(name))?;
+        let waiting = crate::audit::trail::pending(request.status.as_ref()).len();
+        (waiting >= USES_WAITING_LIMIT).then_some((name, waiting))
+    });
+    if let (Some((request, waiting)), true) = (backlog, control.is_enabled()) {
+        return GuardVerdict::Denied(Refusal::new(
+            Reason::AuditBacklog,
+            format!(
+                "{} is a privileged task and your grant {request} covers it, but {waiting} \
+                 audit records of that grant wait to be sealed onto the audit chain; every use \
+                 must be on the record, so try again in a moment (if this lasts, kubepam's \
+                 AuditExported condition on the control says why)",
+                op.describe()
+            ),
+        ));
+    }
     match (covering, control.is_enabled()) {
         (Some(request), _) => GuardVerdict::Allowed {
             request: request.to_owned(),

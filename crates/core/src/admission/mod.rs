@@ -135,6 +135,10 @@ pub enum Reason {
     MalformedReview,
     /// A privileged task without an approved grant that covers it (the guard).
     NoGrant,
+    /// A privileged task whose grant cannot have one more use recorded yet: its audit
+    /// records wait for the chain (the guard fails closed rather than let a use go
+    /// unrecorded).
+    AuditBacklog,
     /// The guard is starting and its caches are not filled yet.
     NotReady,
     /// A policy would grant `impersonate` without `allowImpersonation: true`.
@@ -177,7 +181,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 36] = [
+    pub const ALL: [Self; 37] = [
         Self::NoUsername,
         Self::ForgedRequester,
         Self::RequesterNotSet,
@@ -197,6 +201,7 @@ impl Reason {
         Self::MalformedObject,
         Self::MalformedReview,
         Self::NoGrant,
+        Self::AuditBacklog,
         Self::NotReady,
         Self::MetadataReserved,
         Self::GrantsImpersonation,
@@ -238,6 +243,7 @@ impl Reason {
             Self::MalformedObject => "MalformedObject",
             Self::MalformedReview => "MalformedReview",
             Self::NoGrant => "NoGrant",
+            Self::AuditBacklog => "AuditBacklog",
             Self::NotReady => "NotReady",
             Self::MetadataReserved => "MetadataReserved",
             Self::GrantsImpersonation => "GrantsImpersonation",

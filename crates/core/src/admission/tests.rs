@@ -715,6 +715,29 @@ fn approved_request(
     r
 }
 
+/// `request` with as many audit records waiting for the chain as the guard lets a grant have.
+fn with_records_waiting(mut request: ElevationRequest) -> ElevationRequest {
+    let entry = |n: usize| crate::api::AuditEntry {
+        id: format!("r/{n}"),
+        event_type: "io.kubepam.grant.used".into(),
+        time: now(),
+        actor: "alice".into(),
+        comment: None,
+        decision: None,
+        condition_reason: None,
+        granted_until: None,
+        operation: None,
+    };
+    request.status.as_mut().unwrap().audit = Some(crate::api::RequestAudit {
+        recorded: crate::admission::guard::USES_WAITING_LIMIT as u64,
+        pending: (1..=crate::admission::guard::USES_WAITING_LIMIT)
+            .map(entry)
+            .collect(),
+        ..crate::api::RequestAudit::default()
+    });
+    request
+}
+
 fn delete_deploy<'a>(ns: Option<&'a str>, name: Option<&'a str>) -> GuardOperation<'a> {
     GuardOperation {
         operation: AdmissionOperation::Delete,
@@ -2114,6 +2137,25 @@ fn each_refusal_path_yields_its_reason() {
                 now(),
             )),
             Reason::NoGrant,
+        ),
+        (
+            "a guarded operation whose grant has too many records waiting for the chain",
+            guard_code(guard(
+                &delete_deploy(Some("prod"), Some("web")),
+                &alice,
+                [&guarded],
+                [&with_records_waiting(approved_request(
+                    "r-busy",
+                    "alice",
+                    guarded.metadata.name.as_deref().unwrap(),
+                    Some("prod"),
+                    &guarded,
+                    now() + TimeDelta::hours(1),
+                ))],
+                Some(&control(true, &[])),
+                now(),
+            )),
+            Reason::AuditBacklog,
         ),
         (
             "a release by an approver",

@@ -23,6 +23,15 @@ impl Key {
         Self(bytes.into())
     }
 
+    /// A short fingerprint of the key, safe to show and to record: the chain notices when its
+    /// key is replaced.
+    pub fn id(&self) -> String {
+        let mut hash = Sha256::new();
+        hash.update(b"kubepam audit key id\0");
+        hash.update(&self.0);
+        hex(&hash.finalize())[..16].to_owned()
+    }
+
     fn sign(&self, bytes: &[u8]) -> String {
         // HMAC takes a key of any length.
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0)

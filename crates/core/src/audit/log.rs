@@ -187,7 +187,7 @@ pub fn not_the_chain(
     });
     let Some(anchor) = anchor else {
         // Every batch removed up to the head: whatever starts at or before it is a loser's.
-        return if ordered.iter().all(|s| s.last <= head.sequence) {
+        return if ordered.iter().all(|s| s.first <= head.sequence) {
             Ok(ordered.iter().map(|s| s.first).collect())
         } else {
             Err(Inconsistent {
@@ -226,6 +226,18 @@ pub struct Inconsistent {
     pub head: u64,
 }
 
+/// Checks a stored batch with the key: every signature, and every link within it. A batch
+/// that fails was not sealed by kubepam (or was changed since) and is never taken for the
+/// chain.
+pub fn check(segment: &Segment, key: &Key) -> Result<(), super::VerifyError> {
+    let records = parse_lines(&segment.text).unwrap_or_default();
+    let from = ChainHead {
+        sequence: segment.first.saturating_sub(1),
+        digest: segment.prev.clone(),
+    };
+    super::verify(&records, key, &from, None).map(|_| ())
+}
+
 /// The end of the chain: the last stored batch's end, or the head the control recorded when
 /// every batch has been removed (or it is further on).
 pub fn chain_end(segments: &BTreeMap<u64, Segment>, recorded: Option<&ChainHead>) -> ChainHead {
@@ -239,8 +251,9 @@ pub fn chain_end(segments: &BTreeMap<u64, Segment>, recorded: Option<&ChainHead>
 }
 
 /// The stored batches that may go: every sink has them (`exported_through`), the control's
-/// status records a head at or past them (so the chain's end is never lost with them), and
-/// no request still waits to learn that a record of theirs is sealed (`oldest_unmarked`).
+/// status records a head at or past them, and no request still waits to learn that a record
+/// of theirs is sealed (`oldest_unmarked`). The newest batch always stays: the log itself
+/// then says where the chain ends, even if the control (and the head it records) is deleted.
 pub fn removable(
     segments: &BTreeMap<u64, Segment>,
     exported_through: u64,
@@ -250,9 +263,10 @@ pub fn removable(
     let limit = exported_through
         .min(recorded_head)
         .min(oldest_unmarked.map_or(u64::MAX, |s| s.saturating_sub(1)));
+    let newest = segments.keys().next_back().copied();
     segments
         .values()
-        .filter(|s| s.last <= limit)
+        .filter(|s| s.last <= limit && Some(s.first) != newest)
         .map(|s| s.first)
         .collect()
 }

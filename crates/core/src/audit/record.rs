@@ -10,8 +10,11 @@ pub const SPEC_VERSION: &str = "1.0";
 /// The content type of every record's `data`.
 pub const DATA_CONTENT_TYPE: &str = "application/json";
 
-/// One step in a request's life, as an auditor reads it.
+/// One step in a request's life, as an auditor reads it. Unknown fields are refused: the
+/// signature covers what the record holds, so a field added to an export would otherwise be
+/// shown as if it had been signed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct AuditRecord {
     /// Always `1.0`.
     pub specversion: String,
@@ -41,7 +44,7 @@ pub struct AuditRecord {
 
 /// The facts of one step.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuditData {
     /// Who caused it: a username, several joined by commas, or `kubepam`.
     pub actor: String,
@@ -135,11 +138,43 @@ impl AuditRecord {
 }
 
 /// Records from JSON lines (one event per line; blank lines are skipped). `Err` names
-/// the line (1-based) that is not a record, and why.
+/// the line (1-based) that is not a record, and why: not JSON, not a record, or holding a
+/// field a record does not have (it would not be covered by the signature).
 pub fn parse_lines(text: &str) -> Result<Vec<AuditRecord>, (usize, String)> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(index, line)| serde_json::from_str(line).map_err(|e| (index + 1, e.to_string())))
+        .map(|(index, line)| parse_line(line).map_err(|e| (index + 1, e)))
         .collect()
+}
+
+fn parse_line(line: &str) -> Result<AuditRecord, String> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let record: AuditRecord = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let known = serde_json::to_value(&record).map_err(|e| e.to_string())?;
+    match unknown_field(&value, &known, "") {
+        Some(path) => Err(format!(
+            "field {path} is not part of an audit record, so no signature covers it"
+        )),
+        None => Ok(record),
+    }
+}
+
+/// The first field of `seen` that `known` (the record as kubepam writes it) lacks.
+fn unknown_field(seen: &serde_json::Value, known: &serde_json::Value, at: &str) -> Option<String> {
+    let (serde_json::Value::Object(seen), serde_json::Value::Object(known)) = (seen, known) else {
+        return None;
+    };
+    seen.iter().find_map(|(key, value)| {
+        let path = if at.is_empty() {
+            key.clone()
+        } else {
+            format!("{at}.{key}")
+        };
+        match known.get(key) {
+            None if value.is_null() => None,
+            None => Some(path),
+            Some(inner) => unknown_field(value, inner, &path),
+        }
+    })
 }

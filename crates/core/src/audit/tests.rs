@@ -101,6 +101,20 @@ fn key_order_does_not_matter_but_content_does() {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let back: AuditRecord = serde_json::from_value(serde_json::Value::Object(reordered)).unwrap();
+    // A field added to a record is refused, not silently dropped from what is checked.
+    let mut added = serde_json::to_value(&records[1]).unwrap();
+    added["data"]["approvedBy"] = "the-ceo".into();
+    assert!(serde_json::from_value::<AuditRecord>(added).is_err());
+    let mut added = serde_json::to_value(&records[1]).unwrap();
+    added["kubepamnote"] = "fine".into();
+    assert!(serde_json::from_value::<AuditRecord>(added).is_err());
+    let mut added = serde_json::to_value(&records[1]).unwrap();
+    added["data"]["operation"] =
+        serde_json::json!({ "user": "a", "verb": "get", "resource": "pods", "approvedBy": "x" });
+    let line = serde_json::to_string(&added).unwrap();
+    let (at, why) = parse_lines(&format!("\n{line}\n")).unwrap_err();
+    assert_eq!(at, 2);
+    assert!(why.contains("data.operation.approvedBy"), "{why}");
     verify(
         &[records[0].clone(), back],
         &key(),
@@ -312,7 +326,11 @@ mod stored_log {
             [1],
             "a request not yet told"
         );
-        assert_eq!(removable(&segments, u64::MAX, 9, None), [1, 4, 7]);
+        assert_eq!(
+            removable(&segments, u64::MAX, 9, None),
+            [1, 4],
+            "the newest stays: the log says where the chain ends"
+        );
     }
 
     proptest! {

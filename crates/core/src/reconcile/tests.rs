@@ -57,6 +57,8 @@ fn approved() -> (ElevationRequest, AccessPolicy, PrivilegedAccessControl) {
     let mut request = request;
     request.status = Some(first.status);
     request.status.as_mut().unwrap().rbac_objects = granted_objects(&request, &policy);
+    // Added before any object of the grant.
+    request.metadata.finalizers = Some(vec![crate::grant::FINALIZER.to_owned()]);
     (request, policy, control)
 }
 
@@ -80,7 +82,7 @@ fn with_head(mut control: PrivilegedAccessControl) -> PrivilegedAccessControl {
             digest: "d".repeat(64),
             sealed_at: None,
         }),
-        sinks: Vec::new(),
+        ..crate::api::AuditStatus::default()
     });
     control
 }
@@ -871,4 +873,46 @@ fn a_request_is_exported_once_every_sink_has_its_records() {
         u64::MAX,
         "no sink: sealed is all"
     );
+}
+
+/// A use recorded on an ended request after its finalizer went (an admission call that was
+/// under way) brings the finalizer back until the record is exported.
+#[test]
+fn records_made_after_the_end_hold_the_request_again() {
+    let (request, policy, control) = approved();
+    let until = request.status.as_ref().unwrap().granted_until.unwrap();
+    let ended = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        until,
+    ));
+    let mut request = request;
+    request.status = Some(ended.status);
+    request.status.as_mut().unwrap().rbac_objects.clear();
+    chained(&mut request);
+    request.metadata.finalizers = None;
+    crate::lifecycle::record_execution(
+        request.status.as_mut().unwrap(),
+        crate::api::Execution {
+            time: until,
+            verb: "delete".into(),
+            resource: "deployments".into(),
+            api_group: Some("apps".into()),
+            name: Some("web".into()),
+            namespace: Some("prod".into()),
+            user: "alice".into(),
+            unverified: false,
+        },
+    );
+    let late = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        until + TimeDelta::seconds(1),
+    ));
+    assert_eq!(late.steps.first(), Some(&Step::AddFinalizer), "{late:#?}");
+    assert!(!late.steps.contains(&Step::Settle));
 }

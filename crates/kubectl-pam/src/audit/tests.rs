@@ -321,7 +321,11 @@ fn the_json_summary_says_whether_it_verified() {
 }
 
 fn show(input: &str, name: &str, output: Option<Output>) -> Result<Printout, Error> {
-    show_command(input.as_bytes(), name, output)
+    show_command(input.as_bytes(), name, false, output)
+}
+
+fn show_by_id(input: &str, id: &str) -> Result<Printout, Error> {
+    show_command(input.as_bytes(), id, true, None)
 }
 
 #[test]
@@ -351,7 +355,9 @@ fn show_prints_one_requests_trail_in_order_by_name_or_id() {
     );
     assert!(rows[2].contains("request.approved    bob"), "{}", rows[2]);
     assert_eq!(by_name.stderr, format!("{VERIFY_HINT}\n"));
-    let by_id = show(&input, REQUEST_ID, None).unwrap();
+    // A name is never read as a request id: anyone may name a request after another's id.
+    assert!(show(&input, REQUEST_ID, None).is_err());
+    let by_id = show_by_id(&input, REQUEST_ID).unwrap();
     let sequences: Vec<&str> = by_id
         .stdout
         .lines()

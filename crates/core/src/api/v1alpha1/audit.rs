@@ -83,6 +83,10 @@ pub struct AuditStatus {
     /// How far each sink has received the chain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<AuditSinkStatus>,
+    /// The fingerprint of the key the chain is signed with: kubepam stops sealing, and says
+    /// so, if the key is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// The end of the chain.
