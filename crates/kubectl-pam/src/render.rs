@@ -157,13 +157,27 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn printable(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_control() {
+            if c.is_control() || is_invisible_format(c) {
                 c.escape_unicode().to_string()
             } else {
                 c.to_string()
             }
         })
         .collect()
+}
+
+/// Characters that change how a line reads without showing: bidirectional overrides and
+/// isolates (which can make `alice` read as another name), zero-width characters, and the
+/// line and paragraph separators some terminals and shippers break lines on.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+            | '\u{061c}'
+    )
 }
 
 fn or_none(s: Option<&str>) -> String {
@@ -926,6 +940,14 @@ pub fn serialize_list<T: Serialize>(items: &[T], output: Output) -> Result<Strin
 mod tests {
     use super::*;
     use crate::select::Caller;
+
+    #[test]
+    fn text_that_would_read_differently_is_escaped() {
+        // "alice" followed by a right-to-left override that would show "ecila".
+        assert_eq!(printable("bob\u{202e}ecila"), "bob\\u{202e}ecila");
+        assert_eq!(printable("a\u{2028}b\u{200b}c"), "a\\u{2028}b\\u{200b}c");
+        assert_eq!(printable("zoë ok"), "zoë ok");
+    }
 
     #[test]
     fn printable_escapes_what_would_drive_a_terminal() {

@@ -69,7 +69,14 @@ impl Exporters {
             .retain(|name, _| sinks.iter().any(|s| s.name == *name));
         for sink in sinks {
             if !self.running.contains_key(&sink.name) {
-                let handle = tokio::spawn(run(ctx.clone(), sink.clone()));
+                // Known before it runs: the next record of the chain's head carries it.
+                let start = starting_point(ctx, &sink);
+                ctx.auditor
+                    .progress()
+                    .entry(sink.name.clone())
+                    .or_default()
+                    .exported = start;
+                let handle = tokio::spawn(run(ctx.clone(), sink.clone(), start));
                 self.running.insert(sink.name.clone(), (sink, handle));
             }
         }
@@ -111,11 +118,11 @@ fn starting_point(ctx: &Context, sink: &AuditSink) -> u64 {
     start
 }
 
-async fn run(ctx: Arc<Context>, sink: AuditSink) {
+async fn run(ctx: Arc<Context>, sink: AuditSink, start: u64) {
     let labels = SinkLabels {
         sink: sink.name.clone(),
     };
-    let mut exported = starting_point(&ctx, &sink);
+    let mut exported = start;
     if let Some(file) = &sink.file
         && let Some(written) = last_sequence_in_file(&ctx.auditor.dir, &file.name)
         && written > exported

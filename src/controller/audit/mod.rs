@@ -51,6 +51,10 @@ const SEAL_EVERY_BUSY: Duration = Duration::from_secs(2);
 const BUSY_LOG: usize = 64;
 /// How long it waits after a failure before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often the sinks' progress alone is written to the control, at most.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often requests whose records were sealed are told.
+const MARK_EVERY: Duration = Duration::from_millis(200);
 /// Requests told at once that their records are sealed.
 const MARK_CONCURRENCY: usize = 16;
 /// The field manager of `status.audit` on the control, apart from the control controller's
@@ -80,6 +84,8 @@ struct Log {
     /// Requests told their records are sealed, up to which sequence, while the cache still
     /// shows those records waiting.
     marked: HashMap<String, u64>,
+    /// When sink progress alone was last written.
+    sinks_recorded_at: Option<std::time::Instant>,
     loaded: bool,
 }
 
@@ -179,33 +185,46 @@ pub async fn run(ctx: Arc<Context>, caches: Caches, stop: Stop) {
             }
         };
         let mut exporters = export::Exporters::default();
-        loop {
-            match step(&ctx, &key, &mut exporters).await {
-                Ok(()) => ctx.auditor.set_problem(None),
-                Err(error) => {
-                    let taken = matches!(&error, Error::Store(e) if e.is_taken())
-                        || matches!(error, Error::Behind(_));
-                    if taken {
-                        info!(%error, "reading the audit log again");
-                    } else {
-                        warn!(%error, "audit sealing failed; retrying");
-                        if error.blocks_sealing() {
-                            ctx.auditor.set_problem(Some(error.to_string()));
+        let sealing = async {
+            loop {
+                match step(&ctx, &key, &mut exporters).await {
+                    Ok(()) => ctx.auditor.set_problem(None),
+                    Err(error) => {
+                        let taken = matches!(&error, Error::Store(e) if e.is_taken())
+                            || matches!(error, Error::Behind(_));
+                        if taken {
+                            info!(%error, "reading the audit log again");
+                        } else {
+                            warn!(%error, "audit sealing failed; retrying");
+                            if error.blocks_sealing() {
+                                ctx.auditor.set_problem(Some(error.to_string()));
+                            }
                         }
+                        ctx.auditor.log().loaded = false;
+                        tokio::time::sleep(RETRY_AFTER).await;
                     }
-                    ctx.auditor.log().loaded = false;
-                    tokio::time::sleep(RETRY_AFTER).await;
                 }
+                // Many batches waiting for a sink: fewer, larger ones.
+                let backlog = ctx.auditor.log().segments.len();
+                tokio::time::sleep(if backlog > BUSY_LOG {
+                    SEAL_EVERY_BUSY
+                } else {
+                    SEAL_EVERY
+                })
+                .await;
             }
-            // Many batches waiting for a sink: fewer, larger ones.
-            let backlog = ctx.auditor.log().segments.len();
-            tokio::time::sleep(if backlog > BUSY_LOG {
-                SEAL_EVERY_BUSY
-            } else {
-                SEAL_EVERY
-            })
-            .await;
-        }
+        };
+        // Telling requests takes a write each; it runs beside sealing and export, so a burst
+        // of requests never holds up the records on their way to the sinks.
+        let marking = async {
+            loop {
+                if ctx.auditor.log().loaded {
+                    mark(&ctx, &ctx.requests.state()).await;
+                }
+                tokio::time::sleep(MARK_EVERY).await;
+            }
+        };
+        futures::join!(sealing, marking);
     };
     tokio::select! {
         () = work => {}
@@ -239,7 +258,6 @@ async fn step(
         .set(i64::try_from(unrecorded).unwrap_or(i64::MAX));
     seal(ctx, key, &requests).await?;
     record(ctx).await?;
-    mark(ctx, &requests).await;
     remove(ctx, &requests).await
 }
 
@@ -257,7 +275,11 @@ async fn load(ctx: &Context, key: &Key) -> Result<(), Error> {
         store::remove_named(&ctx.client, &ctx.namespace, &name).await?;
     }
     let recorded_head = recorded.head.as_ref().map(head_of);
-    for first in not_the_chain(&segments, recorded_head.as_ref())? {
+    // With no control, nothing says what the sinks have: nothing counts as a loser's.
+    let exported = ctx.control().map_or(0, |control| {
+        trail::exported_through(control.spec.audit.as_ref(), Some(&recorded))
+    });
+    for first in not_the_chain(&segments, recorded_head.as_ref(), exported)? {
         warn!(
             batch = %segment_name(first),
             "audit log batch is not on the chain (stored by a replica that lost the race); discarded"
@@ -404,11 +426,20 @@ async fn record_head(
             sealed_at: Some(Utc::now()),
         });
         audit.key_id = Some(key_id.to_owned());
+        // The sinks' progress goes along: one write instead of two (a sink this replica has
+        // not started yet keeps what the control says).
+        for sink in sink_progress(ctx) {
+            match audit.sinks.iter_mut().find(|s| s.name == sink.name) {
+                Some(known) => *known = sink,
+                None => audit.sinks.push(sink),
+            }
+        }
         match write_audit(&api, &control, &audit).await {
             Ok(()) => {
                 let mut log = ctx.auditor.log();
                 log.recorded.head.clone_from(&audit.head);
                 log.recorded.key_id.clone_from(&audit.key_id);
+                log.recorded.sinks.clone_from(&audit.sinks);
                 return Ok(());
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -444,11 +475,9 @@ async fn write_audit(
     Ok(())
 }
 
-/// Records each sink's progress on the control, when it moved (the head is recorded as it is
-/// sealed, by [`record_head`]).
-async fn record(ctx: &Context) -> Result<(), Error> {
-    let sinks: Vec<AuditSinkStatus> = ctx
-        .auditor
+/// Each sink's progress as this replica knows it.
+fn sink_progress(ctx: &Context) -> Vec<AuditSinkStatus> {
+    ctx.auditor
         .progress()
         .iter()
         .map(|(name, p)| AuditSinkStatus {
@@ -458,9 +487,22 @@ async fn record(ctx: &Context) -> Result<(), Error> {
             failures: p.failures,
             last_error: p.last_error.clone(),
         })
-        .collect();
-    if same_sinks(&ctx.auditor.log().recorded.sinks, &sinks) {
-        return Ok(());
+        .collect()
+}
+
+/// Records each sink's progress on the control, when it moved and no write of the head took it
+/// along in the last second (see [`record_head`]).
+async fn record(ctx: &Context) -> Result<(), Error> {
+    let sinks = sink_progress(ctx);
+    {
+        let log = ctx.auditor.log();
+        // At most once a second: every write of the control reaches all its watchers.
+        let recent = log
+            .sinks_recorded_at
+            .is_some_and(|at| at.elapsed() < PROGRESS_EVERY);
+        if recent || same_sinks(&log.recorded.sinks, &sinks) {
+            return Ok(());
+        }
     }
     let api = Api::<PrivilegedAccessControl>::all(ctx.client.clone());
     loop {
@@ -475,7 +517,9 @@ async fn record(ctx: &Context) -> Result<(), Error> {
         audit.sinks.clone_from(&sinks);
         match write_audit(&api, &control, &audit).await {
             Ok(()) => {
-                ctx.auditor.log().recorded.sinks = sinks;
+                let mut log = ctx.auditor.log();
+                log.recorded.sinks = sinks;
+                log.sinks_recorded_at = Some(std::time::Instant::now());
                 return Ok(());
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {}

@@ -166,6 +166,7 @@ pub fn decode(name: &str, text: &str) -> Result<Segment, SegmentError> {
 pub fn not_the_chain(
     segments: &BTreeMap<u64, Segment>,
     recorded: Option<&ChainHead>,
+    exported_through: u64,
 ) -> Result<Vec<u64>, Inconsistent> {
     let Some(head) = recorded.filter(|r| r.sequence > 0) else {
         return Ok(Vec::new());
@@ -185,9 +186,13 @@ pub fn not_the_chain(
             .iter()
             .position(|s| s.first == head.sequence + 1 && s.prev == head.digest)
     });
+    // A loser's batch stands where every sink had the chain's own batch (that is why it had
+    // been removed); a batch that does not link anywhere else is the chain's, with a batch
+    // missing after it: kept, and an error for a person to look at.
+    let losers_only = |batches: &[&Segment]| batches.iter().all(|s| s.last <= exported_through);
     let Some(anchor) = anchor else {
         // Every batch removed up to the head: whatever starts at or before it is a loser's.
-        return if ordered.iter().all(|s| s.first <= head.sequence) {
+        return if ordered.iter().all(|s| s.first <= head.sequence) && losers_only(&ordered) {
             Ok(ordered.iter().map(|s| s.first).collect())
         } else {
             Err(Inconsistent {
@@ -207,8 +212,12 @@ pub fn not_the_chain(
     for before in (0..anchor).rev() {
         if links(ordered[before], ordered[at]) {
             at = before;
-        } else {
+        } else if losers_only(&[ordered[before]]) {
             discarded.push(ordered[before].first);
+        } else {
+            return Err(Inconsistent {
+                head: head.sequence,
+            });
         }
     }
     discarded.sort_unstable();
