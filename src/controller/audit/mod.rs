@@ -553,7 +553,11 @@ async fn mark(ctx: &Context, requests: &[Arc<ElevationRequest>]) {
         let mut log = ctx.auditor.log();
         let mut owed = Vec::new();
         let mut still_shown = HashMap::new();
+        let now = Utc::now();
         for request in requests {
+            if !trail::tell_now(request, now) {
+                continue;
+            }
             let sealed: Vec<(String, u64)> = trail::pending(request.status.as_ref())
                 .iter()
                 .filter_map(|e| log.sealed.get(&e.id).map(|s| (e.id.clone(), *s)))

@@ -6,7 +6,7 @@
 //! of the grant. A record's id is the request's id and its number within the request, so a
 //! receiver can drop one it has seen.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use kube::ResourceExt;
 
 use super::record::{AuditData, AuditOperation, AuditRecord};
@@ -145,6 +145,44 @@ pub fn mark_sealed(status: &mut ElevationRequestStatus, sealed: &[(String, u64)]
         audit.last_sequence = last;
     }
     moved || audit.pending.len() != before
+}
+
+/// How long a live request's records wait on it before it is told they are sealed: telling
+/// takes a status write, and one that lands just before a deadline makes kubepam's own write
+/// at the deadline read the request again.
+pub const TELL_LIVE_AFTER: TimeDelta = TimeDelta::seconds(3);
+/// A live request's deadline this close is left alone until it has passed.
+pub const TELL_NOT_BEFORE_DEADLINE: TimeDelta = TimeDelta::seconds(2);
+/// So many records waiting are told at once, whatever else (the guard refuses uses at
+/// [`crate::admission::guard::USES_WAITING_LIMIT`]).
+pub const TELL_AT_ONCE_FROM: usize = 50;
+
+/// Whether the request should be told now that its sealed records are sealed (their leaving
+/// `pending` is one status write). An ended or deleted request at once (its finalizer waits
+/// for it); a live one once its records have waited [`TELL_LIVE_AFTER`], unless its
+/// deadline is near; and any with [`TELL_AT_ONCE_FROM`] records waiting.
+pub fn tell_now(request: &ElevationRequest, now: DateTime<Utc>) -> bool {
+    let Some(status) = request.status.as_ref() else {
+        return false;
+    };
+    let waiting = pending(Some(status));
+    if waiting.is_empty() {
+        return false;
+    }
+    let live = !status.phase.is_some_and(Phase::is_final);
+    if !live || request.metadata.deletion_timestamp.is_some() || waiting.len() >= TELL_AT_ONCE_FROM
+    {
+        return true;
+    }
+    let waited = waiting
+        .iter()
+        .map(|e| e.time)
+        .min()
+        .is_some_and(|oldest| now - oldest >= TELL_LIVE_AFTER);
+    let deadline_near = status
+        .deadline
+        .is_some_and(|d| d > now - TELL_NOT_BEFORE_DEADLINE && d - now < TELL_NOT_BEFORE_DEADLINE);
+    waited && !deadline_near
 }
 
 /// The records of the request waiting for the chain.

@@ -916,3 +916,41 @@ fn records_made_after_the_end_hold_the_request_again() {
     assert_eq!(late.steps.first(), Some(&Step::AddFinalizer), "{late:#?}");
     assert!(!late.steps.contains(&Step::Settle));
 }
+
+/// A live request is told its records are sealed only once they have waited a little and not
+/// next to its deadline (each telling is a status write); an ended one at once.
+#[test]
+fn a_live_request_is_told_of_sealed_records_away_from_its_deadline() {
+    let (request, policy, control) = approved();
+    let recorded = request
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .time;
+    let until = request.status.as_ref().unwrap().granted_until.unwrap();
+    assert!(
+        !audit::trail::tell_now(&request, recorded + TimeDelta::seconds(1)),
+        "just made"
+    );
+    assert!(audit::trail::tell_now(
+        &request,
+        recorded + audit::trail::TELL_LIVE_AFTER
+    ));
+    assert!(
+        !audit::trail::tell_now(&request, until - TimeDelta::seconds(1)),
+        "its deadline is near"
+    );
+    let ended = plan(&observe(
+        &request,
+        Some(&policy),
+        Some(&control),
+        &[],
+        until,
+    ));
+    let mut request = request;
+    request.status = Some(ended.status);
+    assert!(audit::trail::tell_now(&request, until));
+}
