@@ -46,38 +46,18 @@ impl Sender {
         hook: &AuditWebhook,
         lines: &[String],
     ) -> Result<(), Error> {
-        let url = match (&hook.url, &hook.url_secret) {
-            (Some(url), _) => url.clone(),
-            (None, Some(secret)) => self
-                .secret(&secret.name, &secret.key)
-                .await?
-                .expose()
-                .to_owned(),
-            (None, None) => {
-                return Err(Error::Webhook {
-                    reason: "sets neither url nor urlSecret".to_owned(),
-                });
-            }
-        };
+        let url = self
+            .webhook_url(hook.url.as_ref(), hook.url_secret.as_ref())
+            .await?;
         let body = format!("[{}]", lines.join(","));
-        let mut request = self
+        let request = self
             .http
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, BATCH_CONTENT_TYPE)
             .body(body);
-        if let Some(secret) = &hook.token_secret {
-            let clear = reqwest::Url::parse(&url).map_or(true, |parsed| {
-                parsed.scheme() != "https" && !parsed.host_str().is_some_and(super::is_loopback)
-            });
-            if clear {
-                return Err(Error::Config {
-                    sink: sink.to_owned(),
-                    reason: "tokenSecret needs an https:// URL: kubepam sends a token in clear only to a loopback address".to_owned(),
-                });
-            }
-            let token = self.secret(&secret.name, &secret.key).await?;
-            request = request.bearer_auth(token.expose());
-        }
+        let request = self
+            .with_token(request, sink, &url, hook.token_secret.as_ref())
+            .await?;
         let response = request.send().await.map_err(|e| Error::Webhook {
             reason: chain(&e.without_url()),
         })?;

@@ -16,37 +16,17 @@ pub(super) async fn send(
     message: &Message,
     body: &Value,
 ) -> Result<(), Error> {
-    let url = match (&hook.url, &hook.url_secret) {
-        (Some(url), _) => url.clone(),
-        (None, Some(secret)) => sender
-            .secret(&secret.name, &secret.key)
-            .await?
-            .expose()
-            .to_owned(),
-        (None, None) => {
-            return Err(Error::Webhook {
-                reason: "sets neither url nor urlSecret".to_owned(),
-            });
-        }
-    };
-    let mut request = sender
+    let url = sender
+        .webhook_url(hook.url.as_ref(), hook.url_secret.as_ref())
+        .await?;
+    let request = sender
         .http
         .post(&url)
         .header(ID_HEADER, &message.id)
         .json(body);
-    if let Some(secret) = &hook.token_secret {
-        let clear = reqwest::Url::parse(&url).map_or(true, |parsed| {
-            parsed.scheme() != "https" && !parsed.host_str().is_some_and(super::is_loopback)
-        });
-        if clear {
-            return Err(Error::Config {
-                sink: sink.to_owned(),
-                reason: "tokenSecret needs an https:// URL: kubepam sends a token in clear only to a loopback address".to_owned(),
-            });
-        }
-        let token = sender.secret(&secret.name, &secret.key).await?;
-        request = request.bearer_auth(token.expose());
-    }
+    let request = sender
+        .with_token(request, sink, &url, hook.token_secret.as_ref())
+        .await?;
     // Without the URL: it can be a credential (Slack's incoming webhooks).
     let response = request.send().await.map_err(|e| Error::Webhook {
         reason: chain(&e.without_url()),

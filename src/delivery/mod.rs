@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use serde_json::Value;
 
-use kubepam_core::api::{Notification, Sink};
+use kubepam_core::api::{Notification, SecretKeyRef, Sink};
 use kubepam_core::notify::render::Message;
 
 /// The label a Secret needs before kubepam sends any of it: without it, whoever edits the
@@ -178,6 +178,51 @@ impl Sender {
                     })
             })
             .collect()
+    }
+}
+
+impl Sender {
+    /// A webhook's URL: given, or read from its Secret.
+    async fn webhook_url(
+        &self,
+        url: Option<&String>,
+        secret: Option<&SecretKeyRef>,
+    ) -> Result<String, Error> {
+        match (url, secret) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(secret)) => Ok(self
+                .secret(&secret.name, &secret.key)
+                .await?
+                .expose()
+                .to_owned()),
+            (None, None) => Err(Error::Webhook {
+                reason: "sets neither url nor urlSecret".to_owned(),
+            }),
+        }
+    }
+
+    /// `request` with the bearer token of `secret`, if any: only over https, or to loopback.
+    async fn with_token(
+        &self,
+        request: reqwest::RequestBuilder,
+        sink: &str,
+        url: &str,
+        secret: Option<&SecretKeyRef>,
+    ) -> Result<reqwest::RequestBuilder, Error> {
+        let Some(secret) = secret else {
+            return Ok(request);
+        };
+        let clear = reqwest::Url::parse(url).map_or(true, |parsed| {
+            parsed.scheme() != "https" && !parsed.host_str().is_some_and(is_loopback)
+        });
+        if clear {
+            return Err(Error::Config {
+                sink: sink.to_owned(),
+                reason: "tokenSecret needs an https:// URL: kubepam sends a token in clear only to a loopback address".to_owned(),
+            });
+        }
+        let token = self.secret(&secret.name, &secret.key).await?;
+        Ok(request.bearer_auth(token.expose()))
     }
 }
 
