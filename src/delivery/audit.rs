@@ -158,3 +158,30 @@ pub fn last_sequence_in_file(dir: &Path, name: &str) -> Option<u64> {
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .find_map(|record| record.get("kubepamsequence")?.as_u64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line left half written (a full disk, a crash before the sync) is cut off before the
+    /// next records, and the last whole record is found again.
+    #[tokio::test]
+    async fn a_half_written_line_is_cut_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(
+            &path,
+            "{\"kubepamsequence\":1}\n{\"kubepamsequence\":2}\n{\"kubepamseq",
+        )
+        .unwrap();
+        assert_eq!(last_sequence_in_file(dir.path(), "audit.jsonl"), Some(2));
+        append(path.clone(), &["{\"kubepamsequence\":3}".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"kubepamsequence\":1}\n{\"kubepamsequence\":2}\n{\"kubepamsequence\":3}\n"
+        );
+        assert_eq!(last_sequence_in_file(dir.path(), "audit.jsonl"), Some(3));
+    }
+}
