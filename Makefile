@@ -13,7 +13,13 @@ help: ## List the targets
 
 .PHONY: controlplane
 controlplane: ## Build kube-apiserver, kubectl and etcd at the pinned versions (cached)
-	@hack/build-controlplane.sh >/dev/null
+	@echo "==> control plane: kube-apiserver, kubectl and etcd (built once from the Go module proxy, several minutes on 2 cores; then cached)"
+	@start=$$SECONDS; hack/build-controlplane.sh >/dev/null; echo "    ready in $$((SECONDS - start))s"
+
+.PHONY: tools
+tools: ## Build helm and promtool and fetch cert-manager's CRDs at the pinned versions (cached)
+	@echo "==> tools: helm, promtool, cert-manager CRDs (built once from the Go module proxy, about 8 minutes; then cached)"
+	@start=$$SECONDS; hack/build-tools.sh >/dev/null; echo "    ready in $$((SECONDS - start))s"
 
 .PHONY: cluster
 cluster: ## Start the local control plane (reuses a running one); kubeconfig in .dev/kubeconfig
@@ -62,9 +68,11 @@ lint: ## rustfmt check and clippy with warnings as errors
 	cargo clippy --workspace --all-targets -- -D warnings
 
 .PHONY: test
-test: controlplane testtools ## Run the whole test suite (unit, property, and real control-plane tests)
-	@status=0; cargo test --locked --workspace --lib --bins --tests || status=$$?; \
-	  hack/check-test-processes.sh || status=1; exit $$status
+test: controlplane tools testtools ## Run the whole test suite (unit, property, and real control-plane tests)
+	@echo "==> cargo test: compiles the workspace first (about 10 minutes the first time on 2 cores), then runs every suite"
+	@start=$$SECONDS; status=0; cargo test --locked --workspace --lib --bins --tests || status=$$?; \
+	  hack/check-test-processes.sh || status=1; \
+	  echo "    tests finished in $$((SECONDS - start))s"; exit $$status
 
 # The SMTP server the notification tests send to (aiosmtpd from PyPI), in a
 # virtualenv of its own under target/.
@@ -72,6 +80,7 @@ TEST_PYTHON := target/testtools/bin/python3
 .PHONY: testtools
 testtools: $(TEST_PYTHON)
 $(TEST_PYTHON): hack/testtools-requirements.txt
+	@echo "==> test tools: an SMTP server (aiosmtpd) in target/testtools"
 	python3 -m venv target/testtools
 	target/testtools/bin/pip install --quiet --disable-pip-version-check -r hack/testtools-requirements.txt
 	@touch $@

@@ -15,14 +15,34 @@ log_file="$dev/kubepam.log"
 
 running() { [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; }
 
+# One line per stage, and how long it took: the first run builds a lot.
+stage_start=0
+stage() { stage_start=$SECONDS; echo "==> $*"; }
+stage_done() { echo "    done in $((SECONDS - stage_start))s"; }
+
 up() {
+  if [[ ! -x "$root/target/release/kubepam" ]]; then
+    cat <<'EOF'
+First run: kube-apiserver, etcd and kubectl are built from the Go module proxy
+(several minutes on 2 cores, then cached in ~/.cache/kubepam), and kubepam and
+kubectl-pam are compiled in release mode (about 8 minutes on 2 cores; cargo
+shows its progress). Later runs take seconds.
+EOF
+  fi
+  stage "control plane: build (once, then cached) and start"
   "$root/hack/cluster.sh" up --dir "$dev" >/dev/null
   local bin kubectl
-  bin="$("$root/hack/build-controlplane.sh")"
+  bin="$("$root/hack/build-controlplane.sh" 2>/dev/null)"
   kubectl="$bin/kubectl --kubeconfig $dev/kubeconfig --context admin"
+  stage_done
+  stage "install the CRDs, namespace and RBAC (hack/local)"
   $kubectl apply --server-side -k "$root/hack/local/" >/dev/null
   $kubectl wait --for condition=Established --timeout 60s -f "$root/crds/kubepam.io.yaml" >/dev/null
-  (cd "$root" && cargo build --release --quiet --bin kubepam --bin kubectl-pam)
+  stage_done
+  stage "build kubepam and kubectl-pam (release)"
+  (cd "$root" && cargo build --release --bin kubepam --bin kubectl-pam)
+  stage_done
+  stage "start kubepam and wait until its webhooks are registered"
 
   if running; then
     echo "kubepam already running (pid $(cat "$pid_file"))"
@@ -47,6 +67,7 @@ up() {
     ((waited++ < 300)) || { echo "kubepam not ready after 30 s; see $log_file" >&2; exit 1; }
     sleep 0.1
   done
+  stage_done
 
   cat <<EOF
 

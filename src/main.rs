@@ -167,9 +167,12 @@ struct WebhookArgs {
     /// Private key of --tls-cert-file (PEM).
     #[arg(long, env = "KUBEPAM_TLS_KEY_FILE", requires = "tls_cert_file")]
     tls_key_file: Option<std::path::PathBuf>,
-    /// CA bundle (PEM) the API server must trust for --tls-cert-file; without
-    /// it the webhook configurations carry no caBundle (set by cert-manager's
-    /// CA injector, for example).
+    /// CA bundle (PEM) the API server must trust for --tls-cert-file, e.g. the
+    /// `ca.crt` of cert-manager's Secret; written as the webhooks' caBundle and
+    /// followed when it changes. Without it the webhook configurations carry
+    /// no caBundle and the API server trusts only its system roots. kubepam
+    /// keeps its webhook configurations exactly as it writes them, so a CA
+    /// injector's caBundle is undone: give the CA here instead.
     #[arg(long, env = "KUBEPAM_TLS_CA_FILE")]
     tls_ca_file: Option<std::path::PathBuf>,
     /// Secret (NAMESPACE/NAME) that keeps the certificate kubepam generates,

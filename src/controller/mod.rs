@@ -429,7 +429,7 @@ pub async fn lead(
         // Register only once the caches are filled, so the API server never
         // calls a webhook that cannot decide.
         caches.synced().await;
-        registration::run(registrar, registration.endpoint, registration.operator).await;
+        registration::run(registrar, registration).await;
     };
     let register = async move {
         tokio::select! {

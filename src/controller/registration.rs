@@ -202,7 +202,13 @@ where
 /// Applies the configurations until the task is dropped.
 // One loop: the order of the checks and of what each records matters.
 #[allow(clippy::too_many_lines)]
-pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
+pub async fn run(ctx: Arc<Context>, registration: Registration) {
+    let Registration {
+        mut endpoint,
+        operator,
+        ca_file,
+    } = registration;
+    let mut ca_file = ca_file.map(|path| CaFile::new(path, endpoint.ca_bundle.as_deref()));
     let client = ctx.client.clone();
     let validating_api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
     let mutating_api = Api::<MutatingWebhookConfiguration>::all(client.clone());
@@ -239,6 +245,9 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     loop {
         ticker.tick().await;
+        if let Some(ca_file) = &mut ca_file {
+            ca_file.follow(&mut endpoint).await;
+        }
         let cached = ctx.policies.state();
         let access_policies: Vec<&AccessPolicy> = cached.iter().map(|p| &**p).collect();
         let control = ctx.control();
@@ -354,6 +363,95 @@ pub async fn run(ctx: Arc<Context>, endpoint: Endpoint, operator: String) {
     }
 }
 
+/// How long a replaced CA stays in the caBundle beside its successor: longer
+/// than the kubelet takes to update a mounted Secret in every replica and a
+/// replica takes to reload its serving certificate ([`crate::admission_server::tls::RELOAD_CHECK`]),
+/// so the API server trusts every replica while they move to the new CA.
+const REPLACED_CA_KEPT: Duration = Duration::from_secs(300);
+
+/// Follows the CA file (`--tls-ca-file`) into the caBundle kubepam writes:
+/// cert-manager renews its CA in place, and kubepam, which restores its
+/// webhook configurations field by field, must be the one that writes the new
+/// bundle (a CA injector writing it would be undone as tampering). A file
+/// caught half-written, or holding no certificate, is ignored until it is
+/// whole; the warning is logged once per trouble.
+struct CaFile {
+    path: std::path::PathBuf,
+    /// What the file held when last taken.
+    current: Option<Vec<u8>>,
+    /// The CA it replaced, and when.
+    replaced: Option<(Vec<u8>, tokio::time::Instant)>,
+    troubled: bool,
+}
+
+impl CaFile {
+    fn new(path: std::path::PathBuf, loaded: Option<&[u8]>) -> Self {
+        Self {
+            path,
+            current: loaded.map(<[u8]>::to_vec),
+            replaced: None,
+            troubled: false,
+        }
+    }
+
+    async fn follow(&mut self, endpoint: &mut Endpoint) {
+        let trouble = match tokio::fs::read(&self.path).await {
+            Ok(pem) if self.current.as_deref() == Some(pem.as_slice()) => None,
+            Ok(pem) if is_certificate_bundle(&pem) => {
+                info!(ca = %self.path.display(), "webhook CA changed; registering it beside the one it replaces");
+                self.replaced = self
+                    .current
+                    .replace(pem)
+                    .map(|old| (old, tokio::time::Instant::now()));
+                None
+            }
+            Ok(_) => Some("it holds no whole certificate".to_owned()),
+            Err(error) => Some(error.to_string()),
+        };
+        match trouble {
+            Some(error) if !self.troubled => {
+                warn!(ca = %self.path.display(), %error, "cannot take the webhook CA file; keeping the bundle registered");
+                self.troubled = true;
+            }
+            Some(_) => {}
+            None => self.troubled = false,
+        }
+        if self
+            .replaced
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() >= REPLACED_CA_KEPT)
+        {
+            info!(ca = %self.path.display(), "the replaced webhook CA is no longer trusted");
+            self.replaced = None;
+        }
+        if let Some(current) = &self.current {
+            endpoint.ca_bundle = Some(ca_bundle(
+                current,
+                self.replaced.as_ref().map(|(old, _)| old.as_slice()),
+            ));
+        }
+    }
+}
+
+/// The caBundle: the current CA, then the one it replaced while that is kept.
+fn ca_bundle(current: &[u8], replaced: Option<&[u8]>) -> Vec<u8> {
+    let mut bundle = current.to_vec();
+    if let Some(old) = replaced.filter(|old| *old != current) {
+        if !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+        bundle.extend_from_slice(old);
+    }
+    bundle
+}
+
+/// Whether `pem` holds at least one certificate and ends with a whole one.
+fn is_certificate_bundle(pem: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(pem);
+    let begins = text.matches("-----BEGIN CERTIFICATE-----").count();
+    begins > 0 && begins == text.matches("-----END CERTIFICATE-----").count()
+}
+
 /// A Warning Event on the control, a log line and the metric.
 async fn report_tampering(ctx: &Context, what: &str) {
     let note = format!(
@@ -390,4 +488,31 @@ pub struct Registration {
     pub endpoint: Endpoint,
     /// kubepam's own username, exempt from its webhooks.
     pub operator: String,
+    /// The CA file whose changes the caBundle follows (`--tls-ca-file`).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_certificates_count_as_a_bundle() {
+        let one = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert!(is_certificate_bundle(one.as_bytes()));
+        assert!(is_certificate_bundle(format!("{one}{one}").as_bytes()));
+        assert!(!is_certificate_bundle(b""));
+        assert!(!is_certificate_bundle(
+            format!("{one}-----BEGIN CERTIFICATE-----\nMII").as_bytes()
+        ));
+        assert!(!is_certificate_bundle(b"-----BEGIN PRIVATE KEY-----\n"));
+    }
+
+    #[test]
+    fn a_replaced_ca_is_trusted_beside_its_successor() {
+        assert_eq!(ca_bundle(b"NEW\n", None), b"NEW\n");
+        assert_eq!(ca_bundle(b"NEW\n", Some(b"OLD\n")), b"NEW\nOLD\n");
+        assert_eq!(ca_bundle(b"NEW", Some(b"OLD\n")), b"NEW\nOLD\n");
+        assert_eq!(ca_bundle(b"SAME\n", Some(b"SAME\n")), b"SAME\n");
+    }
 }

@@ -185,6 +185,8 @@ async fn start_admission(
     let operator = whoami(&ctx.client)
         .await
         .map_err(admission_server::Error::Identity)?;
+    // Which identity's rights kubepam works with: in a pod, its service account.
+    tracing::info!(user = %operator, "authenticated to the API server");
     let (use_log, uses) = admission_server::uses::channel();
     let handle = axum_server::Handle::new();
     let server = admission_server::serve(
@@ -213,9 +215,14 @@ async fn start_admission(
         ))),
         tls::Source::Generated { .. } => None,
     };
-    let registration = options
-        .register
-        .then_some(Registration { endpoint, operator });
+    let registration = options.register.then_some(Registration {
+        endpoint,
+        operator,
+        ca_file: match &options.tls {
+            tls::Source::Files { ca, .. } => ca.clone(),
+            tls::Source::Generated { .. } => None,
+        },
+    });
     Ok(Admission {
         server,
         handle,

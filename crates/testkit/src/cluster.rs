@@ -504,7 +504,7 @@ pub async fn balancer(backends: Vec<u16>) -> u16 {
 
 /// Kills `pid` as soon as this test process exits, however it exits.
 #[allow(clippy::zombie_processes)] // the watchdog must outlive this process
-fn kill_with_this_process(pid: u32) {
+pub fn kill_with_this_process(pid: u32) {
     let script = "while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; kill -9 \"$1\" 2>/dev/null";
     Command::new("setsid")
         .args(["bash", "-c", script])

@@ -4,18 +4,96 @@
 
 pub mod v1alpha1;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 pub use v1alpha1::*;
 
 /// The CRDs of every kind, in a fixed order (control, policy, request).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         PrivilegedAccessControl::crd(),
         AccessPolicy::crd(),
         ElevationRequest::crd(),
-    ]
+    ];
+    for version in crds.iter_mut().flat_map(|crd| crd.spec.versions.iter_mut()) {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            keep_only_kubernetes_formats(schema);
+        }
+    }
+    crds
+}
+
+/// The `format`s the API server knows (apiextensions-apiserver's supported
+/// formats). Any other (`uint16`, `uint64` from unsigned Rust integers) makes
+/// every `kubectl apply` of the CRDs print `unrecognized format` and checks
+/// nothing, so it is dropped; `minimum`/`maximum` keep the range.
+const KUBERNETES_FORMATS: &[&str] = &[
+    "bsonobjectid",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
+    "uuid3",
+    "uuid4",
+    "uuid5",
+    "isbn",
+    "isbn10",
+    "isbn13",
+    "creditcard",
+    "ssn",
+    "hexcolor",
+    "rgbcolor",
+    "byte",
+    "password",
+    "date",
+    "duration",
+    "datetime",
+    "date-time",
+    "int32",
+    "int64",
+    "float",
+    "double",
+];
+
+fn keep_only_kubernetes_formats(schema: &mut JSONSchemaProps) {
+    if schema
+        .format
+        .as_deref()
+        .is_some_and(|f| !KUBERNETES_FORMATS.contains(&f))
+    {
+        schema.format = None;
+    }
+    let nested = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(match &mut schema.items {
+            Some(JSONSchemaPropsOrArray::Schema(one)) => vec![one.as_mut()],
+            Some(JSONSchemaPropsOrArray::Schemas(many)) => many.iter_mut().collect(),
+            None => Vec::new(),
+        })
+        .chain(match &mut schema.additional_properties {
+            Some(JSONSchemaPropsOrBool::Schema(one)) => Some(one.as_mut()),
+            _ => None,
+        })
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten())
+        .chain(schema.not.as_deref_mut());
+    for child in nested {
+        keep_only_kubernetes_formats(child);
+    }
 }
 
 /// The CRDs as one multi-document YAML stream; the same bytes for the same code.
@@ -125,6 +203,42 @@ mod tests {
             ".status.conditions[?(@.type==\"Accepted\")].status"
         );
         assert_eq!(columns(&crds[2])[0].1, ".status.phase");
+    }
+
+    #[test]
+    fn every_format_is_one_the_api_server_knows() {
+        fn walk(path: &str, v: &serde_json::Value, unknown: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, child) in map {
+                        if k == "format"
+                            && let Some(format) = child.as_str()
+                            && !KUBERNETES_FORMATS.contains(&format)
+                        {
+                            unknown.push(format!("{path}: {format}"));
+                        }
+                        walk(&format!("{path}.{k}"), child, unknown);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for child in items {
+                        walk(&format!("{path}[]"), child, unknown);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut unknown = Vec::new();
+        for crd in crds() {
+            let v = serde_json::to_value(&crd.spec).unwrap();
+            walk(&crd.spec.names.kind, &v, &mut unknown);
+        }
+        assert!(
+            unknown.is_empty(),
+            "formats the API server warns about: {unknown:?}"
+        );
+        // The range the dropped format implied is still checked.
+        assert!(crds_yaml().contains("maximum: 65535.0"));
     }
 
     #[test]

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds helm and promtool from the Go module proxy at the versions pinned in
+# hack/tools.env, into a cache outside the work tree keyed by version, and
+# fetches cert-manager's CRDs (the install tests validate against them).
+# A second run reuses the cache. Prints the bin directory on stdout; the CRDs
+# are in its sibling directory `cert-manager-crds/`.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=hack/tools.env
+source "$root/hack/tools.env"
+
+cache="${KUBEPAM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubepam}"
+dir="$cache/tools/helm-$HELM_VERSION-prometheus-$PROMETHEUS_MODULE_VERSION-cert-manager-$CERT_MANAGER_VERSION"
+bin="$dir/bin"
+mkdir -p "$bin"
+
+build() { # package@version output ldflags
+  local pkg="$1" out="$2" flags="$3"
+  if [[ -x "$bin/$out" ]]; then
+    echo "reusing $bin/$out" >&2
+    return
+  fi
+  echo "building $out from ${pkg%@*} (first build takes a few minutes)" >&2
+  local start=$SECONDS work
+  work="$(mktemp -d)"
+  # `go install pkg@version` builds the module as its own main module, with
+  # the go.sum it publishes, checked against the checksum database.
+  GOBIN="$work" CGO_ENABLED=0 go install -trimpath -ldflags "$flags" "$pkg"
+  mv "$work/$(basename "${pkg%@*}")" "$bin/$out"
+  rmdir "$work"
+  echo "built $out in $((SECONDS - start))s" >&2
+}
+
+# v0.316.0 is Prometheus 3.16.0.
+module_minor="${PROMETHEUS_MODULE_VERSION#v0.}"; module_minor="${module_minor%%.*}"
+prometheus_version="3.$((module_minor - 300)).${PROMETHEUS_MODULE_VERSION##*.}"
+build "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" helm \
+  "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION" promtool \
+  "-s -w -X github.com/prometheus/common/version.Version=$prometheus_version"
+
+crds="$dir/cert-manager-crds"
+if [[ ! -f "$crds/cert-manager.io_certificates.yaml" ]]; then
+  echo "fetching cert-manager $CERT_MANAGER_VERSION CRDs from the Go module proxy" >&2
+  module="$(cd "$(mktemp -d)" && GOFLAGS=-mod=mod go mod download -json \
+    "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION")"
+  source_dir="$(python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["Dir"])' <<<"$module")"
+  rm -rf "$crds" "$crds.tmp"
+  mkdir -p "$crds.tmp"
+  cp "$source_dir"/deploy/crds/*cert-manager.io_*.yaml "$crds.tmp/"
+  chmod u+w "$crds.tmp"/*
+  mv "$crds.tmp" "$crds"
+fi
+
+echo "$bin"
