@@ -40,7 +40,7 @@ EOF
   $kubectl wait --for condition=Established --timeout 60s -f "$root/crds/kubepam.io.yaml" >/dev/null
   stage_done
   stage "build kubepam and kubectl-pam (release)"
-  (cd "$root" && cargo build --release --bin kubepam --bin kubectl-pam)
+  (cd "$root" && cargo build --release --package kubepam --package kubectl-pam)
   stage_done
   stage "start kubepam and wait until its webhooks are registered"
 
