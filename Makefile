@@ -35,8 +35,9 @@ build: ## Build kubepam
 	cargo build --release
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ (and the chart's copy) from the Rust types
 	cargo run --quiet -- crds > crds/kubepam.io.yaml
+	cp crds/kubepam.io.yaml charts/kubepam/files/crds/kubepam.io.yaml
 
 .PHONY: demo
 demo: ## Start the local control plane and kubepam in the background, and print what to try as alice and bob

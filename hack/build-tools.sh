@@ -11,7 +11,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/hack/tools.env"
 
 cache="${KUBEPAM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubepam}"
-dir="$cache/tools/helm-$HELM_VERSION-prometheus-$PROMETHEUS_MODULE_VERSION-cert-manager-$CERT_MANAGER_VERSION"
+dir="$cache/tools/helm-$HELM_VERSION-k8s-1.$HELM_KUBERNETES_MINOR-prometheus-$PROMETHEUS_MODULE_VERSION-cert-manager-$CERT_MANAGER_VERSION"
 bin="$dir/bin"
 mkdir -p "$bin"
 
@@ -35,8 +35,12 @@ build() { # package@version output ldflags
 # v0.316.0 is Prometheus 3.16.0.
 module_minor="${PROMETHEUS_MODULE_VERSION#v0.}"; module_minor="${module_minor%%.*}"
 prometheus_version="3.$((module_minor - 300)).${PROMETHEUS_MODULE_VERSION##*.}"
+# As helm's own release build: its default Kubernetes version for `template`
+# and `lint` is that of its client-go, not 1.20.
+helm_k8s="-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$HELM_KUBERNETES_MINOR"
+helm_k8s+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_KUBERNETES_MINOR"
 build "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" helm \
-  "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $helm_k8s"
 build "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION" promtool \
   "-s -w -X github.com/prometheus/common/version.Version=$prometheus_version"
 
