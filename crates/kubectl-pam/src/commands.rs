@@ -77,7 +77,14 @@ pub async fn run(cli: Cli) -> Result<u8, Error> {
     if let Command::Completion(c) = &cli.command {
         let mut out = Vec::new();
         clap_complete::generate(c.shell, &mut Cli::command(), "kubectl-pam", &mut out);
-        print(&String::from_utf8_lossy(&out))?;
+        let mut script = String::from_utf8_lossy(&out).into_owned();
+        if c.shell == clap_complete::Shell::Bash {
+            // clap_complete names a hyphenated program's subcommand states two
+            // ways in bash (clap-rs/clap#6421), so nothing past the first
+            // word completed; one name makes them meet.
+            script = script.replace("kubectl__subcmd__pam", "kubectl__pam");
+        }
+        print(&script)?;
         return Ok(exit::OK);
     }
     if let Command::Audit(command) = &cli.command {
