@@ -39,6 +39,8 @@ pub enum Error {
     },
     #[error("the webhook certificate or key is not usable")]
     Certificate(#[source] rustls::Error),
+    #[error("{path} is not a CA bundle for the webhook certificate: {reason}")]
+    CaBundle { path: PathBuf, reason: String },
 }
 
 /// Who may call the webhooks: anyone who can reach them (TLS only), or only
@@ -138,17 +140,27 @@ pub struct Serving {
     pub ca_bundle: Option<Vec<u8>>,
 }
 
-/// Loads or generates the serving certificate.
+/// Loads or generates the serving certificate; `server_name` is the name the
+/// API server calls the webhooks by.
 pub async fn load(
     source: &Source,
     client: &kube::Client,
     auth: &ClientAuth,
+    server_name: &str,
 ) -> Result<Serving, Error> {
     match source {
         Source::Files { cert, key, ca } => {
-            let config = auth.server_config(&read(cert)?, &read(key)?)?;
+            let serving = read(cert)?;
+            let config = auth.server_config(&serving, &read(key)?)?;
             let ca_bundle = match ca {
-                Some(path) => Some(read(path)?),
+                Some(path) => Some(
+                    checked_ca_bundle(&read(path)?, &serving, server_name).map_err(|reason| {
+                        Error::CaBundle {
+                            path: path.clone(),
+                            reason,
+                        }
+                    })?,
+                ),
                 None => None,
             };
             Ok(Serving { config, ca_bundle })
@@ -165,6 +177,56 @@ pub async fn load(
             })
         }
     }
+}
+
+/// The caBundle to register from the PEM of a CA file: its certificates
+/// alone, re-encoded, so a private key or anything else in the file never
+/// reaches the cluster-wide webhook configurations; and only when the chain
+/// kubepam serves (`serving`, PEM) verifies against them for `server_name`,
+/// as the API server will check it. Anything else would make every call to
+/// the webhooks fail, or trust what the file's owner did not mean to.
+pub fn checked_ca_bundle(ca: &[u8], serving: &[u8], server_name: &str) -> Result<Vec<u8>, String> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let certificates = CertificateDer::pem_slice_iter(ca)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("it is not PEM ({e})"))?;
+    if certificates.is_empty() {
+        return Err("it holds no certificate".to_owned());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, unparsable) = roots.add_parsable_certificates(certificates.iter().cloned());
+    if unparsable > 0 {
+        return Err(format!("{unparsable} of its certificates cannot be parsed"));
+    }
+    let mut chain = CertificateDer::pem_slice_iter(serving)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the serving certificate is not PEM ({e})"))?
+        .into_iter();
+    let leaf = chain
+        .next()
+        .ok_or_else(|| "there is no serving certificate".to_owned())?;
+    let intermediates: Vec<_> = chain.collect();
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| format!("{server_name:?} is no server name ({e})"))?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(&leaf, &intermediates, &name, &[], UnixTime::now())
+        .map_err(|e| {
+            format!("the serving certificate does not verify against it for {server_name}: {e}")
+        })?;
+    let blocks: Vec<pem::Pem> = certificates
+        .iter()
+        .map(|der| pem::Pem::new("CERTIFICATE", der.to_vec()))
+        .collect();
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    Ok(pem::encode_many_config(&blocks, lf).into_bytes())
 }
 
 const CA_KEY: &str = "ca.crt";
@@ -327,6 +389,34 @@ pub async fn watch_files(
 mod tests {
     use super::*;
 
+    /// A CA file as cert-manager writes it, and what must never be registered.
+    #[test]
+    fn only_a_ca_that_verifies_the_serving_certificate_is_a_bundle() {
+        let (ca, cert, key) = generate(&["127.0.0.1".into()]).unwrap();
+        let bundle = checked_ca_bundle(ca.as_bytes(), cert.as_bytes(), "127.0.0.1").unwrap();
+        assert_eq!(String::from_utf8(bundle).unwrap().trim(), ca.trim());
+        // A private key beside the CA is never registered.
+        let with_key = format!("{ca}{key}");
+        let bundle = checked_ca_bundle(with_key.as_bytes(), cert.as_bytes(), "127.0.0.1").unwrap();
+        assert!(!String::from_utf8_lossy(&bundle).contains("PRIVATE KEY"));
+        // Another CA, an empty file, a broken block, the wrong name.
+        let (other_ca, _, _) = generate(&["127.0.0.1".into()]).unwrap();
+        for (file, name) in [
+            (other_ca.as_str(), "127.0.0.1"),
+            ("", "127.0.0.1"),
+            (
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "127.0.0.1",
+            ),
+            (ca.as_str(), "kubepam.kubepam-system.svc"),
+        ] {
+            assert!(
+                checked_ca_bundle(file.as_bytes(), cert.as_bytes(), name).is_err(),
+                "{file:?} for {name} taken as a bundle"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn rotated_files_are_reloaded() {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -346,7 +436,7 @@ mod tests {
         let client_config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         let client = kube::Client::try_from(client_config).unwrap();
         let loaded = file_times(&cert, &key);
-        let serving = load(&source, &client, &ClientAuth::default())
+        let serving = load(&source, &client, &ClientAuth::default(), "127.0.0.1")
             .await
             .unwrap();
         let before = serving.config.get_inner();

@@ -36,6 +36,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::Context;
+use crate::admission_server::tls;
 use kubepam_core::api::{AccessPolicy, CONTROL_NAME, PrivilegedAccessControl};
 use kubepam_core::control::GuardState;
 use kubepam_core::webhook_configuration::{
@@ -208,7 +209,7 @@ pub async fn run(ctx: Arc<Context>, registration: Registration) {
         operator,
         ca_file,
     } = registration;
-    let mut ca_file = ca_file.map(|path| CaFile::new(path, endpoint.ca_bundle.as_deref()));
+    let mut ca_file = ca_file.map(|source| CaFile::new(source, endpoint.ca_bundle.as_deref()));
     let client = ctx.client.clone();
     let validating_api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
     let mutating_api = Api::<MutatingWebhookConfiguration>::all(client.clone());
@@ -372,56 +373,65 @@ const REPLACED_CA_KEPT: Duration = Duration::from_secs(300);
 /// Follows the CA file (`--tls-ca-file`) into the caBundle kubepam writes:
 /// cert-manager renews its CA in place, and kubepam, which restores its
 /// webhook configurations field by field, must be the one that writes the new
-/// bundle (a CA injector writing it would be undone as tampering). A file
-/// caught half-written, or holding no certificate, is ignored until it is
-/// whole; the warning is logged once per trouble.
+/// bundle (a CA injector writing it would be undone as tampering). A new CA is
+/// taken only as [`tls::checked_ca_bundle`] takes it (its certificates alone,
+/// verifying the serving certificate beside it); until then the bundle
+/// registered stays, with a warning logged once per trouble.
 struct CaFile {
-    path: std::path::PathBuf,
-    /// What the file held when last taken.
+    source: CaSource,
+    /// The files' contents last looked at: (CA, serving certificate).
+    seen: Option<(Vec<u8>, Vec<u8>)>,
+    /// The bundle taken from them.
     current: Option<Vec<u8>>,
-    /// The CA it replaced, and when.
+    /// The bundle it replaced, and when.
     replaced: Option<(Vec<u8>, tokio::time::Instant)>,
-    troubled: bool,
 }
 
 impl CaFile {
-    fn new(path: std::path::PathBuf, loaded: Option<&[u8]>) -> Self {
+    fn new(source: CaSource, loaded: Option<&[u8]>) -> Self {
         Self {
-            path,
+            source,
+            seen: None,
             current: loaded.map(<[u8]>::to_vec),
             replaced: None,
-            troubled: false,
         }
     }
 
     async fn follow(&mut self, endpoint: &mut Endpoint) {
-        let trouble = match tokio::fs::read(&self.path).await {
-            Ok(pem) if self.current.as_deref() == Some(pem.as_slice()) => None,
-            Ok(pem) if is_certificate_bundle(&pem) => {
-                info!(ca = %self.path.display(), "webhook CA changed; registering it beside the one it replaces");
-                self.replaced = self
-                    .current
-                    .replace(pem)
-                    .map(|old| (old, tokio::time::Instant::now()));
-                None
+        let files = (
+            tokio::fs::read(&self.source.ca).await,
+            tokio::fs::read(&self.source.serving).await,
+        );
+        if let (Ok(ca), Ok(serving)) = files {
+            let unchanged = self
+                .seen
+                .as_ref()
+                .is_some_and(|(c, s)| *c == ca && *s == serving);
+            if !unchanged {
+                match tls::checked_ca_bundle(&ca, &serving, &self.source.server_name) {
+                    Ok(bundle) if self.current.as_ref() == Some(&bundle) => {}
+                    Ok(bundle) => {
+                        info!(ca = %self.source.ca.display(), "webhook CA changed; registering it beside the one it replaces");
+                        self.replaced = self
+                            .current
+                            .replace(bundle)
+                            .map(|old| (old, tokio::time::Instant::now()));
+                    }
+                    Err(reason) => {
+                        warn!(ca = %self.source.ca.display(), %reason, "not taking the webhook CA file; keeping the bundle registered");
+                    }
+                }
+                self.seen = Some((ca, serving));
             }
-            Ok(_) => Some("it holds no whole certificate".to_owned()),
-            Err(error) => Some(error.to_string()),
-        };
-        match trouble {
-            Some(error) if !self.troubled => {
-                warn!(ca = %self.path.display(), %error, "cannot take the webhook CA file; keeping the bundle registered");
-                self.troubled = true;
-            }
-            Some(_) => {}
-            None => self.troubled = false,
+        } else if self.seen.take().is_some() {
+            warn!(ca = %self.source.ca.display(), "cannot read the webhook CA or certificate file; keeping the bundle registered");
         }
         if self
             .replaced
             .as_ref()
             .is_some_and(|(_, at)| at.elapsed() >= REPLACED_CA_KEPT)
         {
-            info!(ca = %self.path.display(), "the replaced webhook CA is no longer trusted");
+            info!(ca = %self.source.ca.display(), "the replaced webhook CA is no longer trusted");
             self.replaced = None;
         }
         if let Some(current) = &self.current {
@@ -443,13 +453,6 @@ fn ca_bundle(current: &[u8], replaced: Option<&[u8]>) -> Vec<u8> {
         bundle.extend_from_slice(old);
     }
     bundle
-}
-
-/// Whether `pem` holds at least one certificate and ends with a whole one.
-fn is_certificate_bundle(pem: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(pem);
-    let begins = text.matches("-----BEGIN CERTIFICATE-----").count();
-    begins > 0 && begins == text.matches("-----END CERTIFICATE-----").count()
 }
 
 /// A Warning Event on the control, a log line and the metric.
@@ -489,24 +492,23 @@ pub struct Registration {
     /// kubepam's own username, exempt from its webhooks.
     pub operator: String,
     /// The CA file whose changes the caBundle follows (`--tls-ca-file`).
-    pub ca_file: Option<std::path::PathBuf>,
+    pub ca_file: Option<CaSource>,
+}
+
+/// Where the webhooks' CA comes from when it is given as a file.
+#[derive(Debug, Clone)]
+pub struct CaSource {
+    /// `--tls-ca-file`.
+    pub ca: std::path::PathBuf,
+    /// `--tls-cert-file`: a new CA is taken only once it verifies this.
+    pub serving: std::path::PathBuf,
+    /// The name the API server calls the webhooks by.
+    pub server_name: String,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_whole_certificates_count_as_a_bundle() {
-        let one = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-        assert!(is_certificate_bundle(one.as_bytes()));
-        assert!(is_certificate_bundle(format!("{one}{one}").as_bytes()));
-        assert!(!is_certificate_bundle(b""));
-        assert!(!is_certificate_bundle(
-            format!("{one}-----BEGIN CERTIFICATE-----\nMII").as_bytes()
-        ));
-        assert!(!is_certificate_bundle(b"-----BEGIN PRIVATE KEY-----\n"));
-    }
 
     #[test]
     fn a_replaced_ca_is_trusted_beside_its_successor() {

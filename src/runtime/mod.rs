@@ -171,7 +171,18 @@ async fn start_admission(
         tls::Source::Files { cert, key, .. } => Some(tls::file_times(cert, key)),
         tls::Source::Generated { .. } => None,
     };
-    let serving = tls::load(&options.tls, &ctx.client, &options.client_auth).await?;
+    // The name the API server calls the webhooks by, and checks the certificate for.
+    let server_name = kubepam_core::webhook_configuration::certificate_names(&options.endpoint)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let serving = tls::load(
+        &options.tls,
+        &ctx.client,
+        &options.client_auth,
+        &server_name,
+    )
+    .await?;
     if !options.client_auth.required() {
         warn!(
             "the webhooks accept calls from anyone who reaches them (no --webhook-client-ca-file): \
@@ -219,8 +230,14 @@ async fn start_admission(
         endpoint,
         operator,
         ca_file: match &options.tls {
-            tls::Source::Files { ca, .. } => ca.clone(),
-            tls::Source::Generated { .. } => None,
+            tls::Source::Files {
+                ca: Some(ca), cert, ..
+            } => Some(controller::registration::CaSource {
+                ca: ca.clone(),
+                serving: cert.clone(),
+                server_name,
+            }),
+            tls::Source::Files { ca: None, .. } | tls::Source::Generated { .. } => None,
         },
     });
     Ok(Admission {

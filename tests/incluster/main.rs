@@ -454,7 +454,14 @@ async fn in_a_pod_kubepam_works_as_its_service_account_and_follows_a_new_webhook
     std::fs::copy(&cluster_ca, account_dir.join("ca.crt")).unwrap();
     std::fs::write(account_dir.join("namespace"), "kubepam-system").unwrap();
     let first = certificate_files("cert-manager CA one");
-    write_secret_files(&tls_dir, &first);
+    // A careless issuer or person put the private key into ca.crt as well:
+    // it must never reach the cluster-wide webhook configurations.
+    let with_key = (
+        format!("{}{}", first.0, first.2),
+        first.1.clone(),
+        first.2.clone(),
+    );
+    write_secret_files(&tls_dir, &with_key);
 
     let kubepam = spawn_in_cluster(cluster, &account_dir, &tls_dir, &home);
     eventually("kubepam is ready", Duration::from_secs(60), || async {
@@ -478,7 +485,11 @@ async fn in_a_pod_kubepam_works_as_its_service_account_and_follows_a_new_webhook
     eventually("webhooks registered with ca.crt", SOON, || async {
         let live = webhooks.get_opt("kubepam").await.ok()??;
         let bundles = ca_bundle(&live);
-        (!bundles.is_empty() && bundles.iter().all(|b| *b == first.0.as_bytes())).then_some(())
+        (!bundles.is_empty()
+            && bundles
+                .iter()
+                .all(|b| b.trim_ascii() == first.0.trim().as_bytes()))
+        .then_some(())
     })
     .await;
 
@@ -537,7 +548,7 @@ async fn in_a_pod_kubepam_works_as_its_service_account_and_follows_a_new_webhook
         let expected = format!("{}{}", second.0, first.0);
         ca_bundle(&live)
             .iter()
-            .all(|b| *b == expected.as_bytes())
+            .all(|b| b.trim_ascii() == expected.trim().as_bytes())
             .then_some(())
     })
     .await;
@@ -559,6 +570,26 @@ async fn in_a_pod_kubepam_works_as_its_service_account_and_follows_a_new_webhook
         (uses().await? == 2).then_some(())
     })
     .await;
+    // A CA that does not sign the certificate served beside it would make
+    // every call fail: it is not taken, and the registered bundle stays.
+    let (stranger, _, _) = certificate_files("a stranger's CA");
+    std::fs::write(tls_dir.join(".ca.crt.new"), &stranger).unwrap();
+    std::fs::rename(tls_dir.join(".ca.crt.new"), tls_dir.join("ca.crt")).unwrap();
+    eventually("the stranger's CA refused", SOON, || async {
+        kubepam
+            .log()
+            .contains("not taking the webhook CA file")
+            .then_some(())
+    })
+    .await;
+    let live = webhooks.get("kubepam").await.unwrap();
+    let expected = format!("{}{}", second.0, first.0);
+    assert!(
+        ca_bundle(&live)
+            .iter()
+            .all(|b| b.trim_ascii() == expected.trim().as_bytes()),
+        "the bundle changed to an unchecked CA"
+    );
     let log = kubepam.log();
     assert!(log.contains("webhook certificate reloaded"), "{log}");
     assert!(!log.contains("behind kubepam's back"), "{log}");
