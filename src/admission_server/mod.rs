@@ -466,6 +466,7 @@ async fn guard(State(state): State<AppState>, body: Bytes) -> Response {
             GuardVerdict::Allowed {
                 request: allowed_by,
             } if !request.dry_run => {
+                state.ctx.metrics.guard_executions.inc();
                 let mut execution = admission::execution(&operation, &caller, now);
                 // Anyone who reaches the port could have sent this review.
                 execution.unverified = !state.callers_verified;

@@ -560,6 +560,15 @@ async fn announce(
             reason: transition.reason.clone(),
         })
         .inc();
+    // An approver's decision: how long the request waited for it.
+    if matches!(
+        transition.reason.as_str(),
+        lifecycle::reason::MANUAL_APPROVAL | lifecycle::reason::DENIED_BY_APPROVER
+    ) && let Some(submitted) = request.status.as_ref().and_then(|s| s.submitted_at)
+    {
+        let waited = (Utc::now() - submitted).to_std().unwrap_or_default();
+        ctx.metrics.decided(transition.to, waited);
+    }
     // Break glass is loud: emergency access is a Warning, as every refusal and end.
     let type_ = match transition.to {
         _ if transition.reason == lifecycle::reason::BREAK_GLASS => EventType::Warning,

@@ -83,6 +83,14 @@ fn admission_histogram() -> Histogram {
     ])
 }
 
+/// An approver's decision comes seconds to days after the request: 1 s .. 1 day.
+fn decision_histogram() -> Histogram {
+    Histogram::new([
+        1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+        28800.0, 86400.0,
+    ])
+}
+
 /// Every metric kubepam exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -98,6 +106,11 @@ pub struct Metrics {
     pub admission_duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
     pub guard_executions: Counter,
     pub leader: Gauge,
+    /// 1 while this replica's caches are synced (as `/readyz`).
+    pub ready: Gauge,
+    /// Time from a request's submission to an approver's decision, by the
+    /// phase decided (`Approved`, `Denied`).
+    pub decision_duration: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     pub drift_repairs: Family<ActionLabels, Counter>,
     pub foreign_bindings: Gauge,
     pub notifications: Family<DeliveryLabels, Counter>,
@@ -164,6 +177,8 @@ impl Default for Metrics {
             admission_duration: Family::new_with_constructor(admission_histogram),
             guard_executions: Counter::default(),
             leader: Gauge::default(),
+            ready: Gauge::default(),
+            decision_duration: Family::new_with_constructor(decision_histogram),
             drift_repairs: Family::default(),
             foreign_bindings: Gauge::default(),
             notifications: Family::default(),
@@ -257,6 +272,17 @@ impl Default for Metrics {
             metrics.leader.clone(),
         );
         registry.register(
+            "ready",
+            "1 while this replica's caches are synced and it can decide (as /readyz)",
+            metrics.ready.clone(),
+        );
+        registry.register(
+            "time_to_decision_seconds",
+            "Time from a request's submission to an approver's decision, by phase decided \
+             (Approved, Denied)",
+            metrics.decision_duration.clone(),
+        );
+        registry.register(
             "drift_repairs",
             "RBAC drift repaired, by action: restored (a grant's object put back), removed-extra (an object labelled as a grant but not part of it), removed-orphan (labelled as kubepam's, no live request), removed-foreign (a hand-made binding of a generated role)",
             metrics.drift_repairs.clone(),
@@ -328,6 +354,15 @@ impl Metrics {
                 action: action.to_owned(),
             })
             .inc_by(count as u64);
+    }
+
+    /// Observes an approver's decision, `waited` after the request was submitted.
+    pub fn decided(&self, phase: Phase, waited: std::time::Duration) {
+        self.decision_duration
+            .get_or_create(&PhaseLabels {
+                phase: phase.as_str().to_owned(),
+            })
+            .observe(waited.as_secs_f64());
     }
 
     /// Counts one notification try.
@@ -402,6 +437,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn times_decisions_in_buckets_by_phase() {
+        let metrics = Metrics::default();
+        metrics.decided(Phase::Approved, std::time::Duration::from_secs(90));
+        let text = metrics.render(std::iter::empty());
+        for series in [
+            "kubepam_time_to_decision_seconds_bucket{le=\"60.0\",phase=\"Approved\"} 0",
+            "kubepam_time_to_decision_seconds_bucket{le=\"120.0\",phase=\"Approved\"} 1",
+            "kubepam_time_to_decision_seconds_count{phase=\"Approved\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+    }
+
+    #[test]
     fn renders_every_family_with_the_prefix() {
         let metrics = Metrics::default();
         metrics
@@ -428,6 +477,7 @@ mod tests {
             "kubepam_admission_refusals_total{webhook=\"requester\",reason=\"ForgedRequester\"} 1",
             "# HELP kubepam_admission_refusals Admission refusals, by webhook and reason code",
             "# TYPE kubepam_admission_refusals counter",
+            "kubepam_ready 0",
         ] {
             assert!(text.contains(series), "{series} missing from\n{text}");
         }

@@ -101,6 +101,7 @@ impl Shared {
 impl crate::metrics::server::Exposed for Shared {
     fn render(&self) -> String {
         let requests = self.requests.state();
+        self.metrics.ready.set(i64::from(self.is_ready()));
         self.metrics.render(requests.iter().map(|r| &**r))
     }
 

@@ -8,6 +8,7 @@ mod admission;
 mod drift;
 mod install;
 mod lifecycle;
+mod monitoring;
 mod observability;
 use kubepam_testkit::pam;
 mod plugin;

@@ -19,7 +19,7 @@ use kubepam_testkit::cluster as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use serde::Deserialize as _;
@@ -130,16 +130,7 @@ struct Tools {
 fn tools() -> &'static Tools {
     static TOOLS: OnceLock<Tools> = OnceLock::new();
     TOOLS.get_or_init(|| {
-        let output = Command::new(repo_root().join("hack/build-tools.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running hack/build-tools.sh");
-        assert!(
-            output.status.success(),
-            "hack/build-tools.sh failed ({})",
-            output.status
-        );
-        let bin = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        let bin = support::tools_bin();
         Tools {
             helm: bin.join("helm"),
             cert_manager_crds: bin

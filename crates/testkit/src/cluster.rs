@@ -109,6 +109,24 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     binary
 }
 
+/// The directory `hack/build-tools.sh` builds helm and promtool into (built
+/// once, cached); cert-manager's CRDs are in its sibling `cert-manager-crds/`.
+pub fn tools_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let output = Command::new(repo_root().join("hack/build-tools.sh"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("running hack/build-tools.sh");
+        assert!(
+            output.status.success(),
+            "hack/build-tools.sh failed ({})",
+            output.status
+        );
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+}
+
 /// The control plane of this test binary, started on first use.
 pub fn cluster() -> &'static TestCluster {
     CLUSTER.get_or_init(|| {
