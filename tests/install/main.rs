@@ -648,7 +648,7 @@ fn the_chart_lints_strictly_with_every_certificate_source() {
                 "--set",
                 "webhook.certificate.certManager.issuerRef.name=corp-ca",
                 "--set",
-                "webhook.certificate.certManager.issuerRef.kind=ClusterIssuer",
+                "webhook.certificate.certManager.issuerRef.kind=Issuer",
             ],
         ),
         (
@@ -728,7 +728,7 @@ fn the_chart_and_the_component_apply_cleanly_with_a_server_side_dry_run() {
                 "--set",
                 "webhook.certificate.certManager.issuerRef.name=corp-ca",
                 "--set",
-                "webhook.certificate.certManager.issuerRef.kind=ClusterIssuer",
+                "webhook.certificate.certManager.issuerRef.kind=Issuer",
             ],
             &["certificate.cert-manager.io/kubepam-webhook"],
         ),
@@ -818,7 +818,7 @@ fn a_namespace_other_than_kubepam_system_is_refused() {
 fn values_that_cannot_work_are_refused_with_what_to_do() {
     let _one = one_at_a_time();
     let helm = Helm::new();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["--set", "webhook.certificate.source=vault"],
             "value must be one of 'generated', 'cert-manager', 'secret'",
@@ -847,6 +847,45 @@ fn values_that_cannot_work_are_refused_with_what_to_do() {
                 "control.approverGroup=pam-approvers",
             ],
             "install the chart without control.create first, then `helm upgrade` with control.create=true",
+        ),
+        // What would open kubepam up, refused as an attacker or a careless value would set it.
+        (
+            &[
+                "--set",
+                "webhook.certificate.source=cert-manager",
+                "--set",
+                "webhook.certificate.certManager.issuerRef.name=corp-ca",
+                "--set",
+                "webhook.certificate.certManager.issuerRef.kind=ClusterIssuer",
+            ],
+            "issuerRef names a ClusterIssuer",
+        ),
+        (
+            &["--set", "extraArgs={--no-webhooks}"],
+            "extraArgs may not set --no-webhooks",
+        ),
+        (
+            &["--set", "extraArgs={--webhook-url=https://evil.example}"],
+            "extraArgs may not set --webhook-url",
+        ),
+        (
+            &[
+                "--set",
+                "extraEnv[0].name=KUBEPAM_NO_WEBHOOKS",
+                "--set",
+                "extraEnv[0].value=true",
+            ],
+            "extraEnv may not set KUBEPAM_NO_WEBHOOKS",
+        ),
+        (&["--set", "replicas=0"], "/replicas"),
+        (
+            &[
+                "--set",
+                "control.create=true",
+                "--set",
+                "control.approverGroup=system:authenticated",
+            ],
+            "/control/approverGroup",
         ),
     ];
     for (values, message) in cases {
@@ -1057,10 +1096,10 @@ fn each_certificate_source_gives_kubepam_its_secret_as_files() {
                 "--set",
                 "webhook.certificate.certManager.issuerRef.name=corp-ca",
                 "--set",
-                "webhook.certificate.certManager.issuerRef.kind=ClusterIssuer",
+                "webhook.certificate.certManager.issuerRef.kind=Issuer",
             ]),
             Source::Issuer(
-                json!({ "name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io" }),
+                json!({ "name": "corp-ca", "kind": "Issuer", "group": "cert-manager.io" }),
             ),
         ),
         (

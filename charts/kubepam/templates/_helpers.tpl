@@ -77,6 +77,20 @@ what to do.
 {{- if not .name }}
 {{- fail "webhook.certificate.certManager.issuerRef needs a name (and kind Issuer or ClusterIssuer), or leave it empty for the chart's own CA" }}
 {{- end }}
+{{- if and (eq (.kind | default "Issuer") "ClusterIssuer") (not $certificate.certManager.allowClusterIssuer) }}
+{{- fail "webhook.certificate.certManager.issuerRef names a ClusterIssuer: anyone who may request a certificate from it in any namespace could get one the API server takes for kubepam's webhooks. Use an Issuer in kubepam-system whose CA signs nothing else (or leave issuerRef empty for the chart's own CA), or set webhook.certificate.certManager.allowClusterIssuer=true if only trusted parties can use that ClusterIssuer" }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraArgs }}
+{{- $flag := regexReplaceAll "=.*$" . "" }}
+{{- if has $flag (list "--no-webhooks" "--no-register-webhooks" "--webhook-url" "--webhook-service" "--tls-secret" "--tls-cert-file" "--tls-key-file" "--tls-ca-file") }}
+{{- fail (printf "extraArgs may not set %s: the chart does not turn off, move or re-key kubepam's guard through extra arguments; use webhook.certificate for the certificate" $flag) }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if has .name (list "KUBEPAM_NO_WEBHOOKS" "KUBEPAM_NO_REGISTER_WEBHOOKS" "KUBEPAM_WEBHOOK_URL" "KUBEPAM_WEBHOOK_SERVICE" "KUBEPAM_TLS_SECRET" "KUBEPAM_TLS_CERT_FILE" "KUBEPAM_TLS_KEY_FILE" "KUBEPAM_TLS_CA_FILE") }}
+{{- fail (printf "extraEnv may not set %s: the chart does not turn off, move or re-key kubepam's guard through extra settings; use webhook.certificate for the certificate" .name) }}
+{{- end }}
 {{- end }}
 {{- $lease := include "kubepam.seconds" (.Values.leaderElection.leaseDuration | default "10s") | atoi }}
 {{- $grace := include "kubepam.seconds" (.Values.leaderElection.renewGrace | default "3s") | atoi }}
