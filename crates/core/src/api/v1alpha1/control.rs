@@ -44,7 +44,6 @@ pub struct PrivilegedAccessControlSpec {
     #[schemars(length(max = 256))]
     #[x_kube(validation = Rule::new("self.trim() != ''").message("defaultApproverGroup must name the Kubernetes group whose members approve requests, e.g. pam-approvers"))]
     #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("defaultApproverGroup must be a group name without control characters (newlines, tabs)"))]
-    #[x_kube(validation = Rule::new("!(self in ['system:authenticated', 'system:unauthenticated', 'system:serviceaccounts'])").message("defaultApproverGroup must name approvers, not a group every user or service account is in"))]
     pub default_approver_group: String,
     /// Usernames that privileged access never gates, e.g.
     /// `system:serviceaccount:argocd:argocd-application-controller`.

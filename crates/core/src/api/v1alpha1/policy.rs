@@ -68,7 +68,6 @@ pub struct AccessPolicySpec {
     #[schemars(length(max = 256))]
     #[x_kube(validation = Rule::new("self.trim() != ''").message("approverGroup must name a Kubernetes group, or be left out to use the control's defaultApproverGroup"))]
     #[x_kube(validation = Rule::new("!self.matches('[[:cntrl:]]')").message("approverGroup must be a group name without control characters (newlines, tabs)"))]
-    #[x_kube(validation = Rule::new("!(self in ['system:authenticated', 'system:unauthenticated', 'system:serviceaccounts'])").message("approverGroup must name approvers, not a group every user or service account is in"))]
     pub approver_group: Option<String>,
     /// Longest duration a request may ask for, e.g. `8h`; no limit when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
