@@ -70,7 +70,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 
 .PHONY: test
 test: controlplane tools testtools ## Run the whole test suite (unit, property, and real control-plane tests)
-	@echo "==> cargo test: compiles the workspace first (about 10 minutes the first time on 2 cores), then runs every suite"
+	@echo "==> cargo test: compiles the workspace first (several minutes the first time on 2 cores), then runs every suite"
 	@start=$$SECONDS; status=0; cargo test --locked --workspace --lib --bins --tests || status=$$?; \
 	  hack/check-test-processes.sh || status=1; \
 	  echo "    tests finished in $$((SECONDS - start))s"; exit $$status

@@ -25,7 +25,7 @@ up() {
     cat <<'EOF'
 First run: kube-apiserver, etcd and kubectl are built from the Go module proxy
 (several minutes on 2 cores, then cached in ~/.cache/kubepam), and kubepam and
-kubectl-pam are compiled in release mode (about 8 minutes on 2 cores; cargo
+kubectl-pam are compiled in release mode (about 6 minutes on 2 cores; cargo
 shows its progress). Later runs take seconds.
 EOF
   fi

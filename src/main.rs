@@ -60,7 +60,7 @@ struct RunArgs {
     secret_namespace: String,
     /// The cluster's name, in every audit record's `source`
     /// (`kubepam.io/clusters/NAME`).
-    #[arg(long, env = "KUBEPAM_CLUSTER_NAME", default_value = "kubernetes")]
+    #[arg(long, env = "KUBEPAM_CLUSTER_NAME", default_value = "kubernetes", value_parser = parse_cluster_name)]
     cluster_name: String,
     /// Where audit sinks of type `file` write (a volume a log shipper reads).
     #[arg(long, env = "KUBEPAM_AUDIT_DIR", default_value = "/var/log/kubepam")]
@@ -235,6 +235,24 @@ impl WebhookArgs {
     }
 }
 
+/// A cluster name fit for a URI path segment: letters, digits, `.`, `_`, `-`,
+/// at most 63, beginning and ending with a letter or digit. A `/`, `?` or a
+/// newline would change what every audit record's `source` says.
+fn parse_cluster_name(raw: &str) -> Result<String, String> {
+    let edges_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let fits = raw.len() <= 63
+        && edges_ok(raw.chars().next())
+        && edges_ok(raw.chars().last())
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if fits {
+        Ok(raw.to_owned())
+    } else {
+        Err("a cluster name is letters, digits, '.', '_' and '-', at most 63, beginning and ending with a letter or digit, e.g. prod-eu-1".to_owned())
+    }
+}
+
 /// `NAMESPACE/NAME`.
 fn parse_secret(raw: &str) -> anyhow::Result<(String, String)> {
     match raw.split_once('/') {
@@ -366,6 +384,27 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_name_is_one_plain_uri_segment() {
+        for good in ["kubernetes", "prod-eu-1", "a", "k8s.example_2"] {
+            assert_eq!(parse_cluster_name(good).as_deref(), Ok(good));
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a/b",
+            "a?x=1",
+            "a\nb",
+            "a b",
+            "ä",
+            long.as_str(),
+        ] {
+            assert!(parse_cluster_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn lease_durations_are_whole_seconds_or_minutes() {

@@ -385,6 +385,8 @@ struct CaFile {
     current: Option<Vec<u8>>,
     /// The bundle it replaced, and when.
     replaced: Option<(Vec<u8>, tokio::time::Instant)>,
+    /// When the files were last looked at.
+    looked_at: Option<tokio::time::Instant>,
 }
 
 impl CaFile {
@@ -394,10 +396,19 @@ impl CaFile {
             seen: None,
             current: loaded.map(<[u8]>::to_vec),
             replaced: None,
+            looked_at: None,
         }
     }
 
+    /// Looks at the files at most once per [`VERIFY_EVERY`] (the serving
+    /// certificate itself is reloaded every 10 s), and sets the endpoint's
+    /// bundle only when it changes.
     async fn follow(&mut self, endpoint: &mut Endpoint) {
+        if self.looked_at.is_some_and(|at| at.elapsed() < VERIFY_EVERY) {
+            return;
+        }
+        self.looked_at = Some(tokio::time::Instant::now());
+        let before = (self.current.clone(), self.replaced.is_some());
         let files = (
             tokio::fs::read(&self.source.ca).await,
             tokio::fs::read(&self.source.serving).await,
@@ -434,7 +445,9 @@ impl CaFile {
             info!(ca = %self.source.ca.display(), "the replaced webhook CA is no longer trusted");
             self.replaced = None;
         }
-        if let Some(current) = &self.current {
+        if before != (self.current.clone(), self.replaced.is_some())
+            && let Some(current) = &self.current
+        {
             endpoint.ca_bundle = Some(ca_bundle(
                 current,
                 self.replaced.as_ref().map(|(old, _)| old.as_slice()),

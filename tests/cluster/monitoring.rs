@@ -13,7 +13,6 @@
 //! removed at the end.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -61,15 +60,10 @@ const APPROVERS: &str = "monitoring-approvers";
 /// The field manager that owns this test's sinks on the control.
 const FIELD_MANAGER: &str = "kubepam-monitoring-test";
 
-/// The directory `hack/build-tools.sh` builds `promtool` and `helm` into.
-fn tools() -> &'static Path {
-    crate::support::tools_bin()
-}
-
 /// Runs a tool from [`tools`] in the repository and returns its stdout, or panics with its
 /// output.
 fn run(tool: &str, args: &[&str]) -> String {
-    let output = Command::new(tools().join(tool))
+    let output = Command::new(crate::support::tools_bin().join(tool))
         .args(args)
         .current_dir(repo_root())
         .output()

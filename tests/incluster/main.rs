@@ -29,7 +29,6 @@ use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use kubepam_core::api::{ElevationRequest, Phase};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::{Value, json};
 
 use support::{Identity, TestCluster, eventually, free_port, http_get};
@@ -236,7 +235,7 @@ async fn the_service_account_token_has_exactly_the_rights_of_the_manifests() {
     // What every service account in the namespace may do anyway (discovery,
     // self reviews): an account with no binding of its own shows it.
     let unbound = "kubepam-test-unbound";
-    let _ = k8s_api_create_account(&admin, unbound).await;
+    let _ = create_service_account(&admin, unbound).await;
     let nobody = token_client(cluster, &token_for(cluster, "kubepam-system", unbound)).await;
 
     let (cluster_wide, in_namespace) = manifest_rules(cluster);
@@ -262,7 +261,7 @@ async fn the_service_account_token_has_exactly_the_rights_of_the_manifests() {
     other.delete().await;
 }
 
-async fn k8s_api_create_account(admin: &Client, name: &str) -> Result<(), kube::Error> {
+async fn create_service_account(admin: &Client, name: &str) -> Result<(), kube::Error> {
     use k8s_openapi::api::core::v1::ServiceAccount;
     let account: ServiceAccount =
         serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
@@ -272,19 +271,10 @@ async fn k8s_api_create_account(admin: &Client, name: &str) -> Result<(), kube::
         .map(|_| ())
 }
 
-/// A CA and a serving certificate for 127.0.0.1 it signed, in PEM:
+/// A fresh CA and a serving certificate for 127.0.0.1 it signed, in PEM:
 /// (ca.crt, tls.crt, tls.key), as cert-manager's Secret holds them.
-fn certificate_files(ca_name: &str) -> (String, String, String) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, ca_name);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
+fn certificate_files() -> (String, String, String) {
+    kubepam::admission_server::tls::generate(&["127.0.0.1".to_owned()]).unwrap()
 }
 
 /// Writes the three files as the kubelet updates a mounted Secret: each
@@ -453,7 +443,7 @@ async fn in_a_pod_kubepam_works_as_its_service_account_and_follows_a_new_webhook
     .unwrap();
     std::fs::copy(&cluster_ca, account_dir.join("ca.crt")).unwrap();
     std::fs::write(account_dir.join("namespace"), "kubepam-system").unwrap();
-    let first = certificate_files("cert-manager CA one");
+    let first = certificate_files();
     // A careless issuer or person put the private key into ca.crt as well:
     // it must never reach the cluster-wide webhook configurations.
     let with_key = (
@@ -541,7 +531,7 @@ async fn in_a_pod_kubepam_works_as_its_service_account_and_follows_a_new_webhook
     // cert-manager renews the CA: the bundle carries the new CA (beside the
     // replaced one), the serving certificate follows, and the guard keeps
     // answering; kubepam's own change is not taken for tampering.
-    let second = certificate_files("cert-manager CA two");
+    let second = certificate_files();
     write_secret_files(&tls_dir, &second);
     eventually("the new CA registered beside the old", SOON, || async {
         let live = webhooks.get_opt("kubepam").await.ok()??;
@@ -572,7 +562,7 @@ async fn in_a_pod_kubepam_works_as_its_service_account_and_follows_a_new_webhook
     .await;
     // A CA that does not sign the certificate served beside it would make
     // every call fail: it is not taken, and the registered bundle stays.
-    let (stranger, _, _) = certificate_files("a stranger's CA");
+    let (stranger, _, _) = certificate_files();
     std::fs::write(tls_dir.join(".ca.crt.new"), &stranger).unwrap();
     std::fs::rename(tls_dir.join(".ca.crt.new"), tls_dir.join("ca.crt")).unwrap();
     eventually("the stranger's CA refused", SOON, || async {

@@ -818,7 +818,7 @@ fn a_namespace_other_than_kubepam_system_is_refused() {
 fn values_that_cannot_work_are_refused_with_what_to_do() {
     let _one = one_at_a_time();
     let helm = Helm::new();
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 13] = [
         (
             &["--set", "webhook.certificate.source=vault"],
             "value must be one of 'generated', 'cert-manager', 'secret'",
@@ -878,6 +878,21 @@ fn values_that_cannot_work_are_refused_with_what_to_do() {
             "extraEnv may not set KUBEPAM_NO_WEBHOOKS",
         ),
         (&["--set", "replicas=0"], "/replicas"),
+        // A value that would smuggle a second argument past the extraArgs check.
+        (
+            &[
+                "--set-string",
+                "clusterName=prod\n            - --no-webhooks",
+            ],
+            "/clusterName",
+        ),
+        (
+            &[
+                "--set-string",
+                "log.level=info\n            - --no-webhooks",
+            ],
+            "/log/level",
+        ),
     ];
     for (values, message) in cases {
         let stderr = failed(&helm.template(NAMESPACE, values), &format!("{values:?}"));
